@@ -1,0 +1,70 @@
+"""`lorefine` command line: one subcommand per module in this package.
+
+A subcommand module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
+A user's mistake (`InputError`) becomes one line on stderr and exit status 2; logging is set up
+here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+
+from lorefine_mpi import __version__
+from lorefine_mpi.errors import InputError
+
+EXIT_INPUT_ERROR = 2
+
+
+def _subcommand_modules():
+    package = importlib.import_module("lorefine_mpi.cli")
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if info.name in ("main", "common") or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"lorefine_mpi.cli.{info.name}")
+        if hasattr(module, "NAME") and hasattr(module, "run"):
+            yield module
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake in one line with exit status 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"lorefine: error: {message} (see 'lorefine --help')\n")
+        sys.exit(EXIT_INPUT_ERROR)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="lorefine",
+        description="Local optimization refinement (LO-refinement) of the rigid modules of a "
+        "flexible complex in cryo-EM, MPI-parallel.",
+    )
+    parser.add_argument("--version", action="version", version=f"lorefine {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for module in _subcommand_modules():
+        p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return EXIT_INPUT_ERROR
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return int(args._run(args) or 0)
+    except InputError as error:
+        sys.stderr.write(f"lorefine: error: {error}\n")
+        return EXIT_INPUT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
