@@ -1,0 +1,327 @@
+"""RELION STAR files (3.0 and 3.1) ↔ `ParticleTable`; the only place where degrees and Å origins live.
+
+Reading
+    STAR 3.1: ``data_optics`` (one row per optics group: pixel size, voltage, Cs, amplitude contrast,
+    image size) and ``data_particles``; origins in ``rlnOriginXAngst/YAngst`` (Å).
+    STAR 3.0: one particle block (``data_``, ``data_images`` or ``data_particles``), no optics table,
+    origins in ``rlnOriginX/Y`` (px); pixel size from ``rlnImagePixelSize`` or
+    ``rlnDetectorPixelSize`` (µm) · 1e4 / ``rlnMagnification``; voltage, Cs, Q0 per particle.
+    ``rlnImageName`` is ``000123@stack.mrcs`` (1-based), the stack relative to the STAR file's folder.
+
+Writing
+    Always STAR 3.1. Every column read is written back, in order, with its original text, unless new
+    poses replace it; so a round trip keeps the columns lorefine does not use.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from lorefine_mpi.errors import InputError
+from lorefine_mpi.io.particles import OpticsGroup, ParticleTable
+
+_REQUIRED = ("rlnImageName", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+
+
+def parse_star(path) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """All blocks of a STAR file: name → (column names without '_', rows of strings)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: cannot read it as a STAR file ({error.__class__.__name__})") from None
+    blocks: dict[str, tuple[list[str], list[list[str]]]] = {}
+    name, columns, rows, in_loop = None, [], [], False
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("data_"):
+            name, columns, rows, in_loop = line[5:], [], [], False
+            blocks[name] = (columns, rows)
+            continue
+        if name is None:
+            raise InputError(f"{path}: line {number}: expected a 'data_' block first, got {line[:40]!r}")
+        if line.startswith("loop_"):
+            in_loop = True
+            continue
+        if line.startswith("_"):
+            parts = line[1:].split(None, 1)
+            if in_loop and not rows:
+                columns.append(parts[0])
+            else:  # a key-value block
+                if len(parts) < 2:
+                    raise InputError(f"{path}: line {number}: key {parts[0]!r} has no value")
+                columns.append(parts[0])
+                if not rows:
+                    rows.append([])
+                rows[0].append(_tokens(parts[1], path, number)[0])
+            continue
+        values = _tokens(line, path, number)
+        if not in_loop or len(values) != len(columns):
+            raise InputError(
+                f"{path}: line {number}: expected {len(columns)} values in block data_{name}, got {len(values)}"
+            )
+        rows.append(values)
+    if not blocks:
+        raise InputError(f"{path}: not a STAR file (no 'data_' block)")
+    return blocks
+
+
+def _tokens(line, path, number):
+    if '"' not in line and "'" not in line:
+        return line.split()
+    try:
+        return shlex.split(line, posix=True)
+    except ValueError:
+        raise InputError(f"{path}: line {number}: unbalanced quotes") from None
+
+
+def _column(path, columns, rows, name, convert=float, default=None):
+    if name not in columns:
+        if default is None:
+            raise InputError(f"{path}: missing required column _{name}")
+        return np.full(len(rows), default, dtype=np.float64)
+    j = columns.index(name)
+    try:
+        return np.array([convert(r[j]) for r in rows])
+    except ValueError:
+        bad = next(r[j] for r in rows if not _converts(convert, r[j]))
+        raise InputError(f"{path}: column _{name}: expected numbers, got {bad!r}") from None
+
+
+def _converts(convert, text):
+    try:
+        convert(text)
+        return True
+    except ValueError:
+        return False
+
+
+def read_star(path) -> ParticleTable:
+    """A RELION STAR file (3.0 or 3.1) as a `ParticleTable` in internal units."""
+    path = Path(path).resolve() if Path(path).exists() else Path(path)
+    blocks = parse_star(path)
+    optics_columns, optics_rows = blocks.get("optics", ([], []))
+    if "particles" in blocks:
+        columns, rows = blocks["particles"]
+    else:
+        candidates = [b for b in blocks if b != "optics"]
+        if not candidates:
+            raise InputError(f"{path}: no particle block (data_particles or data_)")
+        columns, rows = blocks[candidates[0]]
+    if not rows:
+        raise InputError(f"{path}: the particle table is empty")
+    for name in _REQUIRED:
+        if name not in columns:
+            raise InputError(f"{path}: missing required column _{name}")
+    has_px_origin = "rlnOriginX" in columns or "rlnOriginY" in columns
+    has_angst_origin = "rlnOriginXAngst" in columns or "rlnOriginYAngst" in columns
+    if has_px_origin and (has_angst_origin or optics_rows):
+        raise InputError(
+            f"{path}: mixes STAR 3.0 and 3.1 columns (_rlnOriginX/Y in px with "
+            f"{'_rlnOriginXAngst' if has_angst_origin else 'a data_optics table'}); expected one format"
+        )
+    n = len(rows)
+    optics = _optics(path, optics_columns, optics_rows, columns, rows)
+    group = _column(path, columns, rows, "rlnOpticsGroup", int, 1).astype(np.int64) if optics_rows else np.ones(n, np.int64)
+    if optics_rows:
+        unknown = sorted(set(group.tolist()) - set(optics))
+        if unknown:
+            raise InputError(f"{path}: _rlnOpticsGroup {unknown[0]} is not in the data_optics table")
+    else:
+        optics, group = _optics_30(path, columns, rows)
+    apix = np.array([optics[int(g)].pixel_size_angstrom for g in group])
+    if has_px_origin:
+        origin = np.stack([_column(path, columns, rows, "rlnOriginX", default=0.0), _column(path, columns, rows, "rlnOriginY", default=0.0)], -1)
+    else:
+        origin = np.stack(
+            [_column(path, columns, rows, "rlnOriginXAngst", default=0.0), _column(path, columns, rows, "rlnOriginYAngst", default=0.0)], -1
+        ) / apix[:, None]
+    names = [r[columns.index("rlnImageName")] for r in rows]
+    index, stacks = _image_locations(path, names)
+    seen = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise InputError(f"{path}: duplicate image name {name!r} (rows {seen[name] + 1} and {i + 1})")
+        seen[name] = i
+    has_ctf = "rlnDefocusU" in columns
+    deg = np.deg2rad
+    return ParticleTable(
+        rot_rad=deg(_column(path, columns, rows, "rlnAngleRot")),
+        tilt_rad=deg(_column(path, columns, rows, "rlnAngleTilt")),
+        psi_rad=deg(_column(path, columns, rows, "rlnAnglePsi")),
+        origin_px=origin,
+        defocus_u_angstrom=_column(path, columns, rows, "rlnDefocusU", default=0.0),
+        defocus_v_angstrom=_column(path, columns, rows, "rlnDefocusV", default=0.0) if "rlnDefocusV" in columns
+        else _column(path, columns, rows, "rlnDefocusU", default=0.0),
+        defocus_angle_rad=deg(_column(path, columns, rows, "rlnDefocusAngle", default=0.0)),
+        phase_shift_rad=deg(_column(path, columns, rows, "rlnPhaseShift", default=0.0)),
+        ctf_bfactor_angstrom2=_column(path, columns, rows, "rlnCtfBfactor", default=0.0),
+        ctf_scale=_column(path, columns, rows, "rlnCtfScalefactor", default=1.0),
+        optics_group=group,
+        random_subset=_column(path, columns, rows, "rlnRandomSubset", int, 0).astype(np.int64),
+        image_index=index,
+        stack_path=stacks,
+        image_name=np.array(names, dtype=object),
+        optics=optics,
+        has_ctf=has_ctf,
+        columns=list(columns),
+        rows=rows,
+        optics_columns=list(optics_columns),
+        optics_rows=optics_rows,
+        source=str(path),
+    )
+
+
+def _optics(path, columns, rows, particle_columns, particle_rows):
+    groups = {}
+    for row in rows:
+        get = lambda name, default=None: _column(path, columns, [row], name, default=default)[0]  # noqa: E731
+        number = int(get("rlnOpticsGroup"))
+        apix = get("rlnImagePixelSize", 0.0)
+        if apix <= 0:
+            raise InputError(f"{path}: data_optics group {number}: _rlnImagePixelSize must be > 0, got {apix}")
+        name = row[columns.index("rlnOpticsGroupName")] if "rlnOpticsGroupName" in columns else f"opticsGroup{number}"
+        groups[number] = OpticsGroup(
+            number, name, float(apix), int(get("rlnImageSize", 0.0)), float(get("rlnVoltage", 300.0)),
+            float(get("rlnSphericalAberration", 2.7)), float(get("rlnAmplitudeContrast", 0.1)),
+        )
+    return groups
+
+
+def _optics_30(path, columns, rows):
+    """STAR 3.0: one optics group per distinct (pixel size, voltage, Cs, Q0)."""
+    if "rlnImagePixelSize" in columns:
+        apix = _column(path, columns, rows, "rlnImagePixelSize")
+    elif "rlnDetectorPixelSize" in columns and "rlnMagnification" in columns:
+        apix = _column(path, columns, rows, "rlnDetectorPixelSize") * 1e4 / _column(path, columns, rows, "rlnMagnification")
+    else:
+        raise InputError(f"{path}: STAR 3.0 file without a pixel size (_rlnImagePixelSize or _rlnDetectorPixelSize + _rlnMagnification)")
+    if np.any(apix <= 0):
+        raise InputError(f"{path}: pixel size must be > 0, got {apix.min()}")
+    kv = _column(path, columns, rows, "rlnVoltage", default=300.0)
+    cs = _column(path, columns, rows, "rlnSphericalAberration", default=2.7)
+    q0 = _column(path, columns, rows, "rlnAmplitudeContrast", default=0.1)
+    keys = list(zip(np.round(apix, 6), kv, cs, q0))
+    numbers, groups, group = {}, {}, np.empty(len(rows), np.int64)
+    for i, key in enumerate(keys):
+        if key not in numbers:
+            numbers[key] = len(numbers) + 1
+            groups[numbers[key]] = OpticsGroup(numbers[key], f"opticsGroup{numbers[key]}", float(key[0]), 0, float(key[1]), float(key[2]), float(key[3]))
+        group[i] = numbers[key]
+    return groups, group
+
+
+def _image_locations(path, names):
+    folder = Path(path).parent
+    index = np.empty(len(names), np.int64)
+    stacks = np.empty(len(names), dtype=object)
+    resolved: dict[str, str] = {}
+    for i, name in enumerate(names):
+        number, sep, stack = name.partition("@")
+        if not sep or not number.isdigit() or int(number) < 1 or not stack:
+            raise InputError(f"{path}: _rlnImageName {name!r}: expected 000123@stack.mrcs (1-based index)")
+        index[i] = int(number) - 1
+        if stack not in resolved:
+            resolved[stack] = str(Path(stack) if os.path.isabs(stack) else (folder / stack).resolve())
+        stacks[i] = resolved[stack]
+    return index, stacks
+
+
+def _format(value):
+    return f"{value:.6f}"
+
+
+def write_star(path, table: ParticleTable, *, rot_rad=None, tilt_rad=None, psi_rad=None, origin_px=None,
+               image_name=None, extra_columns=None) -> None:
+    """Write a STAR 3.1 file: data_optics, then data_particles with every column of ``table``.
+
+    New poses (radians, px) replace their columns (origins as _rlnOriginXAngst/YAngst in Å); image_name
+    (n,) replaces _rlnImageName; extra_columns maps a column name (without '_') to (n,) values. Written to a
+    temporary name, then renamed.
+    """
+    columns = list(table.columns)
+    rows = [list(r) for r in table.rows]
+    n = len(rows)
+    apix = table.pixel_size_angstrom()
+
+    def put(name, values, fmt=_format):
+        if name not in columns:
+            columns.append(name)
+            for r in rows:
+                r.append("")
+        j = columns.index(name)
+        for r, v in zip(rows, values):
+            r[j] = fmt(v) if not isinstance(v, str) else v
+
+    if "rlnOriginX" in columns or "rlnOriginY" in columns:  # STAR 3.0 → 3.1 origins
+        o = table.origin_px if origin_px is None else np.asarray(origin_px)
+        for name in ("rlnOriginX", "rlnOriginY"):
+            if name in columns:
+                j = columns.index(name)
+                columns.pop(j)
+                for r in rows:
+                    r.pop(j)
+        origin_px = o
+    for name, values in (("rlnAngleRot", rot_rad), ("rlnAngleTilt", tilt_rad), ("rlnAnglePsi", psi_rad)):
+        if values is not None:
+            put(name, np.rad2deg(np.asarray(values)))
+    if origin_px is not None:
+        origin_angst = np.asarray(origin_px) * apix[:, None]
+        put("rlnOriginXAngst", origin_angst[:, 0])
+        put("rlnOriginYAngst", origin_angst[:, 1])
+    if image_name is not None:
+        put("rlnImageName", list(image_name))
+    if "rlnOpticsGroup" not in columns:
+        put("rlnOpticsGroup", table.optics_group, fmt=lambda v: str(int(v)))
+    for name, values in (extra_columns or {}).items():
+        put(name, np.asarray(values))
+    optics_columns, optics_rows = table.optics_columns, table.optics_rows
+    if not optics_rows:
+        optics_columns = ["rlnOpticsGroupName", "rlnOpticsGroup", "rlnImagePixelSize", "rlnVoltage",
+                          "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnImageSize", "rlnImageDimensionality"]
+        optics_rows = [[g.name, str(g.number), _format(g.pixel_size_angstrom), _format(g.voltage_kv), _format(g.cs_mm),
+                        _format(g.amplitude_contrast), str(g.image_size_px), "2"] for g in table.optics.values()]
+    lines = ["", "# version 30001", "", "data_optics", "", "loop_"]
+    lines += [f"_{c} #{i + 1}" for i, c in enumerate(optics_columns)]
+    lines += [" ".join(_quote(v) for v in r) for r in optics_rows]
+    lines += ["", "", "# version 30001", "", "data_particles", "", "loop_"]
+    lines += [f"_{c} #{i + 1}" for i, c in enumerate(columns)]
+    lines += [" ".join(_quote(v) for v in r) for r in rows]
+    assert len(rows) == n
+    atomic_write_text(path, "\n".join(lines) + "\n\n")
+
+
+def _quote(value: str) -> str:
+    return f'"{value}"' if (not value or any(c.isspace() for c in value)) else value
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def relative_image_names(table: ParticleTable, out_dir) -> np.ndarray:
+    """rlnImageName values that find the same stacks from a STAR file written in ``out_dir``."""
+    out_dir = Path(out_dir).resolve()
+    names = np.empty(len(table), dtype=object)
+    for i, (index, stack) in enumerate(zip(table.image_index, table.stack_path)):
+        names[i] = f"{index + 1:06d}@{os.path.relpath(stack, out_dir)}"
+    return names

@@ -1,0 +1,95 @@
+"""RELION's contrast transfer function, in lorefine's rfft2 layout.
+
+    λ = 12.2643247 / sqrt(V (1 + 0.978466e-6 V))   Å, V in volts (relativistic)
+    Δf(α) = (ΔU + ΔV)/2 + (ΔU − ΔV)/2 · cos(2 (α − α_ast))   Å, positive = underfocus
+    χ(k) = −π λ Δf k² + (π/2) Cs λ³ k⁴ − φ − atan(Q0 / sqrt(1 − Q0²))
+    CTF(k) = −sin χ · exp(−B k² / 4) · scale
+
+k in 1/Å, α the azimuth of k in the image (atan2(ky, kx)), Cs in Å, φ the phase shift. At k = 0 the
+CTF is +Q0 (positive contrast), as in RELION's CTF::getCTF. Pinned against relion_project images in
+tests/unit/test_projector.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lorefine_mpi.projection.fourier import image_frequencies
+
+
+def wavelength_angstrom(voltage_kv) -> np.ndarray:
+    """Relativistic electron wavelength (Å) for an acceleration voltage in kV."""
+    volts = np.asarray(voltage_kv, dtype=np.float64) * 1e3
+    return 12.2643247 / np.sqrt(volts * (1.0 + volts * 0.978466e-6))
+
+
+def ctf_2d(
+    box_px,
+    pixel_size_angstrom,
+    defocus_u_angstrom,
+    defocus_v_angstrom,
+    defocus_angle_rad,
+    voltage_kv,
+    cs_mm,
+    amplitude_contrast,
+    phase_shift_rad=0.0,
+    bfactor_angstrom2=0.0,
+    scale=1.0,
+) -> np.ndarray:
+    """CTFs of n particles: (n, N, N//2+1) float32 in lorefine's rfft2 layout.
+
+    Every parameter is a scalar or an (n,) array (per particle): pixel size Å, defocus U/V Å, astigmatism
+    angle rad, voltage kV, Cs mm, amplitude contrast Q0 (fraction), phase shift rad, B-factor Å², scale.
+    """
+    params = np.broadcast_arrays(
+        *(
+            np.atleast_1d(np.asarray(v, dtype=np.float64))
+            for v in (
+                pixel_size_angstrom,
+                defocus_u_angstrom,
+                defocus_v_angstrom,
+                defocus_angle_rad,
+                voltage_kv,
+                cs_mm,
+                amplitude_contrast,
+                phase_shift_rad,
+                bfactor_angstrom2,
+                scale,
+            )
+        )
+    )
+    apix, du, dv, angle, kv, cs, q0, phase, bfac, sc = (p[:, None, None] for p in params)
+    kx_px, ky_px = image_frequencies(int(box_px))
+    kx = kx_px[None] / (box_px * apix)
+    ky = ky_px[None] / (box_px * apix)
+    k2 = kx**2 + ky**2
+    azimuth = np.arctan2(ky, kx)
+    lam = wavelength_angstrom(kv)
+    defocus = 0.5 * (du + dv) + 0.5 * (du - dv) * np.cos(2.0 * (azimuth - angle))
+    chi = -np.pi * lam * defocus * k2 + 0.5 * np.pi * cs * 1e7 * lam**3 * k2**2 - phase - np.arctan(q0 / np.sqrt(1.0 - q0**2))
+    ctf = -np.sin(chi) * sc
+    ctf = np.where(bfac != 0, ctf * np.exp(-bfac * k2 / 4.0), ctf)
+    return ctf.astype(np.float32)
+
+
+def ctf_for_table(table, indices, box_px, extra_angle_rad=0.0) -> np.ndarray:
+    """CTFs (k, N, N//2+1) float32 of the particles ``indices`` of a ParticleTable.
+
+    extra_angle_rad: scalar or (k,), added to each astigmatism angle (used when images are turned).
+    """
+    idx = np.asarray(indices)
+    groups = table.optics
+    og = table.optics_group[idx]
+    return ctf_2d(
+        box_px,
+        np.array([groups[int(g)].pixel_size_angstrom for g in og]),
+        table.defocus_u_angstrom[idx],
+        table.defocus_v_angstrom[idx],
+        table.defocus_angle_rad[idx] + extra_angle_rad,
+        np.array([groups[int(g)].voltage_kv for g in og]),
+        np.array([groups[int(g)].cs_mm for g in og]),
+        np.array([groups[int(g)].amplitude_contrast for g in og]),
+        table.phase_shift_rad[idx],
+        table.ctf_bfactor_angstrom2[idx],
+        table.ctf_scale[idx],
+    )
