@@ -85,17 +85,6 @@ def canonical_frames(directions) -> np.ndarray:
     return rotations.euler_to_matrix(rot, tilt, psi)
 
 
-def minimal_rotation(u, v) -> np.ndarray:
-    """The rotation G of least angle with ``G u = v`` (unit vectors, ``(3,)`` and ``(k, 3)`` → ``(k, 3, 3)``)."""
-    u = np.asarray(u, dtype=np.float64)
-    v = np.atleast_2d(np.asarray(v, dtype=np.float64))
-    axis = np.cross(np.broadcast_to(u, v.shape), v)
-    sin = np.linalg.norm(axis, axis=1)
-    cos = np.clip(v @ u, -1.0, 1.0)
-    safe = np.where(sin[:, None] > 1e-12, axis, np.array([1.0, 0.0, 0.0]))
-    return rotations.rotation_about_axis(safe, np.arctan2(sin, cos))
-
-
 @dataclasses.dataclass
 class ParticleCandidates:
     """One particle's candidate set on the shared lattice.
@@ -115,10 +104,8 @@ def particle_candidates(a0, unit_directions, unit_frames, settings: SearchSettin
 
     unit_directions: (r, 3) unit vectors (a subset of D); unit_frames: (r, 3, 3) their canonical frames.
     """
-    e0 = a0[2]
-    inside = np.nonzero(unit_directions @ e0 >= np.cos(settings.cone_half_angle_rad) - 1e-12)[0]
-    g = minimal_rotation(e0, unit_directions[inside])
-    transported = a0[None] @ np.swapaxes(g, -1, -2)
+    inside = candidates.cone_directions(unit_directions, a0[2], settings.cone_half_angle_rad)
+    transported = candidates.transported_poses(a0, unit_directions[inside])
     inplane = transported @ np.swapaxes(unit_frames[inside], -1, -2)
     beta = np.arctan2(inplane[:, 0, 1], inplane[:, 0, 0])
     centre = np.rint(beta / settings.psi_step_rad).astype(np.int64)
@@ -233,7 +220,7 @@ class UnitSearch:
         self.settings = settings
         self.box = box
         t2, d2 = settings.max_shift_steps, settings.shift_step_px
-        self.shifts_px = candidates.shift_grid(t2 * d2, d2)
+        self.shifts_px = score.shift_grid(t2 * d2, d2)
         self.zero_shift = np.zeros((1, 2))
 
     def run(self, unit: UnitInput) -> UnitResult:

@@ -1,0 +1,37 @@
+"""`lorefine refine CONFIG.yaml [--continue]`: LO-refinement of every module (serial or under MPI)."""
+
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from lorefine_mpi.config import load_config
+
+NAME = "refine"
+HELP = "LO-refinement of the modules in CONFIG (run it under mpiexec/srun for many ranks)"
+
+
+def add_arguments(parser):
+    parser.add_argument("config", help="the run's YAML config")
+    parser.add_argument("--continue", dest="resume", action="store_true",
+                        help="resume from OUTPUT/results.h5: finished work units are kept, the rest is done")
+
+
+def run(args) -> int:
+    from lorefine_mpi.parallel.context import ParallelContext, world_communicator
+    from lorefine_mpi.refine.pipeline import RefineRun
+
+    ctx = ParallelContext(world_communicator())
+    ctx.check_slurm()
+    ctx.install_signal_handlers()
+    cfg = load_config(args.config)
+    root_logger = logging.getLogger()
+    if ctx.is_root:  # opened at the first record, which comes after the inputs were checked
+        root_logger.addHandler(logging.FileHandler(Path(cfg.output) / "lorefine.log", delay=True))
+    else:
+        root_logger.setLevel(logging.WARNING)
+    for handler in root_logger.handlers:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s [{ctx.rank}/{ctx.size}] %(message)s", "%H:%M:%S"))
+    with ctx.guard():
+        code = RefineRun(cfg, ctx, command_line=shlex.join(sys.argv), resume=args.resume).run()
+    return code

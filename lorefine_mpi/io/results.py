@@ -1,0 +1,133 @@
+"""``results.h5``: the refined parameters of every particle and module, and the run's checkpoint.
+
+Schema (h5py; written by rank 0 only)
+    root attrs
+        lorefine_version, command_line, config_yaml (the resolved config),
+        search_fingerprint (JSON of the settings that change per-particle results).
+    /particles/image_name            (n,) str, rlnImageName of each particle, in STAR order
+    /<stage>/                        one group per (iteration, module), e.g. ``iteration_01/large``
+        attrs: iteration, module, n_units, complete (0/1), reconstructed (0/1)
+        unit_of_particle (n,) int32  the work unit of each particle (projection-class chunks)
+        unit_done        (n_units,) int8, 1 once every particle of the unit is written
+        matrix           (n, 3, 3) float64, the module's pose (RELION A), consensus frame
+        origin_px        (n, 2) float64, the module's origin (RELION convention, px), consensus frame
+        score            (n,) float32, the best CCC (Eq. 1)
+        rest_scale       (n,) float32, k of the subtract mode (0 when not used)
+        status           (n,) int8, 0 pending, 1 done
+
+Crash safety: every dataset of a stage is created, at full size, when the stage starts, with early
+allocation; afterwards only raw data changes. A unit is written data first, then its ``unit_done``
+flag, then the file is flushed, so a unit whose flag is set is complete whatever happened after.
+The default (oldest) HDF5 file format is used, so a killed writer does not leave the file marked open.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from lorefine_mpi.errors import InputError
+
+FIELDS = {
+    "matrix": ((3, 3), np.float64),
+    "origin_px": ((2,), np.float64),
+    "score": ((), np.float32),
+    "rest_scale": ((), np.float32),
+    "status": ((), np.int8),
+}
+
+
+def _create_early(group, name, shape, dtype, fill=0):
+    """A contiguous dataset whose storage is allocated now (so later writes change only raw data)."""
+    space = h5py.h5s.create_simple(tuple(int(s) for s in shape))
+    plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    plist.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    plist.set_fill_time(h5py.h5d.FILL_TIME_ALLOC)
+    tid = h5py.h5t.py_create(np.dtype(dtype), logical=True)
+    array = np.array(fill, dtype=dtype)
+    plist.set_fill_value(array)
+    h5py.h5d.create(group.id, name.encode(), tid, space, dcpl=plist)
+    return group[name]
+
+
+class ResultsFile:
+    """Open (or create) ``results.h5`` in an output folder. Only rank 0 makes one."""
+
+    def __init__(self, path, *, image_names, config_yaml: str, fingerprint: dict, command_line: str,
+                 version: str, resume: bool):
+        self.path = Path(path)
+        fingerprint_json = json.dumps(fingerprint, sort_keys=True)
+        if self.path.exists():
+            if not resume:
+                raise InputError(f"{self.path}: a results file exists already; use --continue to resume it or a new output folder")
+            try:
+                self.file = h5py.File(self.path, "r+")
+            except OSError as error:
+                raise InputError(f"{self.path}: cannot open the checkpoint ({error})") from None
+            if self.file.attrs.get("search_fingerprint") != fingerprint_json:
+                self.file.close()
+                raise InputError(
+                    f"{self.path}: was made with different search settings, input files or seed; "
+                    "--continue needs the same config (or use a new output folder)"
+                )
+            return
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with h5py.File(tmp, "w") as f:
+            f.attrs["lorefine_version"] = version
+            f.attrs["command_line"] = command_line
+            f.attrs["config_yaml"] = config_yaml
+            f.attrs["search_fingerprint"] = fingerprint_json
+            f.create_dataset("particles/image_name", data=np.array(list(image_names), dtype=h5py.string_dtype()))
+        tmp.replace(self.path)
+        self.file = h5py.File(self.path, "r+")
+
+    def stage(self, name: str, *, iteration: int, module: str, unit_of_particle) -> h5py.Group:
+        """The group of a stage, created at full size on first use."""
+        if name in self.file:
+            return self.file[name]
+        unit_of_particle = np.asarray(unit_of_particle, dtype=np.int32)
+        n = len(unit_of_particle)
+        n_units = int(unit_of_particle.max()) + 1 if n else 0
+        g = self.file.create_group(name)
+        g.attrs.update({"iteration": iteration, "module": module, "n_units": n_units, "complete": 0, "reconstructed": 0})
+        _create_early(g, "unit_of_particle", (n,), np.int32)
+        g["unit_of_particle"][...] = unit_of_particle
+        _create_early(g, "unit_done", (n_units,), np.int8)
+        for field, (shape, dtype) in FIELDS.items():
+            _create_early(g, field, (n,) + shape, dtype)
+        self.file.flush()
+        return g
+
+    def write_unit(self, name: str, unit: int, particles, results: dict) -> None:
+        """Data first, then the unit's flag, then flush."""
+        g = self.file[name]
+        order = np.argsort(particles)
+        idx = np.asarray(particles)[order]
+        for field in ("matrix", "origin_px", "score", "rest_scale"):
+            g[field][idx] = np.asarray(results[field])[order]
+        g["status"][idx] = 1
+        self.file.flush()
+        g["unit_done"][unit] = 1
+        self.file.flush()
+
+    def done_units(self, name: str) -> np.ndarray:
+        return np.asarray(self.file[name]["unit_done"][...], dtype=bool) if name in self.file else np.zeros(0, bool)
+
+    def read_stage(self, name: str) -> dict:
+        g = self.file[name]
+        return {field: g[field][...] for field in FIELDS}
+
+    def mark(self, name: str, attr: str) -> None:
+        self.file[name].attrs[attr] = 1
+        self.file.flush()
+
+    def is_marked(self, name: str, attr: str) -> bool:
+        return name in self.file and bool(self.file[name].attrs.get(attr, 0))
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+            self.file = None

@@ -1,0 +1,118 @@
+"""One object owns the communicator (mpi4py only in `parallel/`); with none, the same code runs serially.
+
+Failure policy: an exception on any rank is printed once (by that rank) and ends every rank through
+``MPI_Abort`` within seconds, with a non-zero exit; a user's mistake found by rank 0 before heavy work
+is broadcast, so every rank exits 2 with the same one-line message printed once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import traceback
+
+import numpy as np
+
+from lorefine_mpi.errors import InputError
+
+
+def world_communicator():
+    """COMM_WORLD when mpi4py can start MPI, else None (serial)."""
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+class ParallelContext:
+    """rank/size/node facts, collectives on numpy arrays, the stop flag set by SIGTERM/SIGUSR1."""
+
+    def __init__(self, comm=None):
+        self.comm = comm
+        self.rank = comm.Get_rank() if comm is not None else 0
+        self.size = comm.Get_size() if comm is not None else 1
+        self.is_root = self.rank == 0
+        self.stop_requested = False
+        if comm is not None and self.size > 1:
+            from mpi4py import MPI
+
+            self.node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        else:
+            self.node = None
+        self.node_rank = self.node.Get_rank() if self.node is not None else 0
+        self.is_node_leader = self.node_rank == 0
+
+    # -- collectives -------------------------------------------------------------------------
+    def bcast(self, obj, root: int = 0):
+        return obj if self.comm is None or self.size == 1 else self.comm.bcast(obj, root=root)
+
+    def barrier(self) -> None:
+        if self.comm is not None and self.size > 1:
+            self.comm.Barrier()
+
+    def node_barrier(self) -> None:
+        if self.node is not None:
+            self.node.Barrier()
+
+    def reduce_sum(self, array: np.ndarray, root: int = 0) -> None:
+        """Sum ``array`` over ranks into the root's copy, in place, in chunks of at most 256 MiB."""
+        if self.comm is None or self.size == 1:
+            return
+        from mpi4py import MPI
+
+        flat = array.reshape(-1)
+        if np.iscomplexobj(flat):
+            flat = flat.view(np.float64 if flat.dtype == np.complex128 else np.float32)
+        step = max(1, (256 << 20) // flat.itemsize)
+        for start in range(0, flat.size, step):
+            part = flat[start : start + step]
+            if self.rank == root:
+                self.comm.Reduce(MPI.IN_PLACE, part, op=MPI.SUM, root=root)
+            else:
+                self.comm.Reduce(part, None, op=MPI.SUM, root=root)
+
+    # -- failure and signals ------------------------------------------------------------------
+    def check_slurm(self) -> None:
+        """Refuse the trap of srun starting N one-rank jobs (wrong --mpi plugin for the MPI build)."""
+        ntasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
+        if ntasks > 1 and self.size == 1 and os.environ.get("SLURM_STEP_ID") is not None:
+            raise InputError(
+                f"SLURM_NTASKS={ntasks} but MPI sees 1 rank: srun started independent copies; "
+                "use 'srun --mpi=pmi2' (MPICH) or the plugin your MPI was built for"
+            )
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM / SIGUSR1 (Slurm's warnings before a time limit or preemption) set ``stop_requested``."""
+
+        def handler(signum, frame):
+            self.stop_requested = True
+
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, handler)
+
+    def abort(self, code: int) -> None:
+        if self.comm is not None and self.size > 1:
+            self.comm.Abort(code)
+        sys.exit(code)
+
+    @contextlib.contextmanager
+    def guard(self):
+        """Around a whole run: any exception on this rank ends every rank (message printed once)."""
+        try:
+            yield
+        except InputError:
+            raise
+        except SystemExit:
+            raise
+        except BaseException as error:  # a bug or a system failure: report and end the job
+            sys.stderr.write(f"lorefine: rank {self.rank}/{self.size} failed: {error.__class__.__name__}: {error}\n")
+            traceback.print_exc(file=sys.stderr)
+            sys.stderr.flush()
+            self.abort(1)
+
+    def agree_on_error(self, error: InputError | None) -> None:
+        """Root's verdict on the inputs, broadcast: every rank raises the same InputError (or none)."""
+        message = self.bcast(str(error) if error is not None else None)
+        if message is not None:
+            raise InputError(message)

@@ -1,0 +1,1 @@
+"""LO-refinement: the stages of a run (split, search, reconstruct), serial code driven by `parallel/`."""

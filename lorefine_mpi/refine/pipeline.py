@@ -1,0 +1,305 @@
+"""`lorefine refine`: LO-refinement of every module, iterated, on 1 … many MPI ranks.
+
+A run is a sequence of *stages*, one per (iteration, module):
+    1. split: module map ``V·M``, recentred so its centre of mass is at the box centre; the rest of the
+       complex for the subtract/composite scores (iteration 1: ``V·(1−M)`` at the consensus poses;
+       later: every other module's map at its own refined poses plus the unmasked remainder);
+       the node leader puts their padded Fourier transforms in node-shared memory;
+    2. search: rank 0 partitions particles by projection class into work units and hands them out
+       (`parallel.scheduler`); each unit's reference projections are computed once (`search.local`);
+       rank 0 writes each finished unit to ``results.h5`` (the checkpoint);
+    3. reconstruct: every rank back-projects its block of particles with the refined poses into its own
+       accumulators; they are summed on rank 0, which writes the half maps, the masked map (in the
+       consensus frame), the FSC, and the module's STAR file.
+After each iteration the refined modules are combined into the model of the next iteration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lorefine_mpi import __version__
+from lorefine_mpi.config import dump_config, search_fingerprint
+from lorefine_mpi.config.check import check_inputs
+from lorefine_mpi.errors import InputError
+from lorefine_mpi.geometry import candidates, rotations
+from lorefine_mpi.io import mrc
+from lorefine_mpi.io.results import ResultsFile
+from lorefine_mpi.io.star import atomic_write_text, read_star, relative_image_names, write_star
+from lorefine_mpi.parallel import partition, scheduler
+from lorefine_mpi.parallel.shared import SharedArray
+from lorefine_mpi.projection import ctf as ctf_model
+from lorefine_mpi.projection import fourier
+from lorefine_mpi.reconstruction.backproject import BackProjector
+from lorefine_mpi.search import local, modules
+from lorefine_mpi.validation import fsc as fsc_mod
+
+log = logging.getLogger(__name__)
+
+EXIT_STOPPED = 3
+_READ_BATCH = 256
+
+
+@dataclasses.dataclass
+class Poses:
+    """matrices (n, 3, 3) and origin_px (n, 2), consensus frame."""
+
+    matrices: np.ndarray
+    origin_px: np.ndarray
+
+
+def search_settings(cfg, module_mask, centre_px, box) -> local.SearchSettings:
+    s = cfg.search
+    diameter = s.mask_diameter_px or modules.auto_mask_diameter_px(module_mask, centre_px, box, s.max_shift_px)
+    step = int(s.shift_step_px)
+    return local.SearchSettings(
+        strategy=s.strategy,
+        mode=cfg.score.mode,
+        cone_half_angle_rad=np.deg2rad(s.cone_half_angle_deg),
+        angular_step_rad=np.deg2rad(s.angular_step_deg),
+        psi_step_rad=np.deg2rad(s.psi_step_deg),
+        psi_half_steps=int(np.floor(s.psi_half_range_deg / s.psi_step_deg + 1e-9)),
+        max_shift_steps=int(np.floor(s.max_shift_px / step + 1e-9)),
+        shift_step_px=step,
+        n_random_angles=s.n_random_angles,
+        mask=modules.circular_mask(box, diameter),
+    )
+
+
+def particle_seeds(seed: int, iteration: int, module_index: int, n: int) -> np.ndarray:
+    """One seed per particle, independent of units and ranks."""
+    base = np.random.SeedSequence([seed, iteration, module_index]).generate_state(1)[0]
+    return (np.uint64(base) + np.arange(n, dtype=np.uint64)).astype(np.int64) & 0x7FFFFFFFFFFF
+
+
+class RefineRun:
+    def __init__(self, cfg, ctx, *, command_line: str, resume: bool):
+        self.cfg, self.ctx, self.resume = cfg, ctx, resume
+        self.command_line = command_line
+        self.out = Path(cfg.output)
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _prepare(self):
+        cfg, ctx = self.cfg, self.ctx
+        error = None
+        self.results = None
+        if ctx.is_root:
+            try:
+                check_inputs(cfg)
+                self.out.mkdir(parents=True, exist_ok=True)
+                self.results = ResultsFile(
+                    self.out / "results.h5",
+                    image_names=read_star(cfg.particles).image_name,
+                    config_yaml=dump_config(cfg),
+                    fingerprint=search_fingerprint(cfg),
+                    command_line=self.command_line,
+                    version=__version__,
+                    resume=self.resume,
+                )
+                atomic_write_text(self.out / "config.yaml", dump_config(cfg))
+            except InputError as e:
+                error = e
+        ctx.agree_on_error(error)
+        self.table = read_star(cfg.particles)
+        self.consensus, self.voxel = mrc.read_map(cfg.consensus_map)
+        self.box = self.consensus.shape[0]
+        self.masks = [np.ones_like(self.consensus) if m.mask is None else np.clip(mrc.read_map(m.mask)[0], 0, 1) for m in cfg.modules]
+        self.use_ctf = self.table.has_ctf if cfg.score.ctf == "auto" else bool(cfg.score.ctf)
+        self.directions = candidates.direction_grid(np.deg2rad(cfg.search.angular_step_deg))
+        self.reader = mrc.StackReader()
+        A = rotations.euler_to_matrix(self.table.rot_rad, self.table.tilt_rad, self.table.psi_rad)
+        self.consensus_poses = Poses(A, self.table.origin_px.copy())
+        subset = self.table.random_subset.copy()
+        if (subset == 0).any():  # a seeded random half split where the STAR file has none
+            rng = np.random.default_rng(cfg.seed)
+            subset = np.where(subset == 0, rng.integers(1, 3, len(subset)), subset)
+        self.subset = subset
+        self.centres = {}
+
+    def run(self) -> int:
+        self._prepare()
+        cfg, ctx = self.cfg, self.ctx
+        model = self.consensus
+        poses = [self.consensus_poses for _ in cfg.modules]
+        for iteration in range(1, cfg.iterations + 1):
+            maps = []
+            new_poses = []
+            for index, module in enumerate(cfg.modules):
+                stage = f"iteration_{iteration:02d}/{module.name}"
+                refined = self._search_stage(stage, iteration, index, model, poses)
+                if refined is None:
+                    if ctx.is_root:
+                        log.warning(
+                            "stopped on request with finished work saved in %s; resume with: lorefine refine %s --continue",
+                            self.out / "results.h5", cfg.source,
+                        )
+                        print(f"lorefine: stopped; finished work is saved. Resume with: lorefine refine {cfg.source} --continue", flush=True)
+                    return EXIT_STOPPED
+                new_poses.append(refined)
+                maps.append(self._reconstruct_stage(stage, iteration, index, refined))
+            poses = new_poses
+            model = self._combine(model, maps, iteration)
+        if ctx.is_root:
+            self.results.close()
+            log.info("done: outputs in %s", self.out)
+        return 0
+
+    # -- one stage: search --------------------------------------------------------------------
+    def _rest_components(self, index, model, poses):
+        """[(volume, Poses)] of what is not the target module, for the scores that need it."""
+        if self.cfg.score.mode not in ("subtract", "composite") or self.cfg.modules[index].mask is None:
+            return []
+        mask = self.masks[index]
+        if all(p is self.consensus_poses for p in poses):
+            return [(model * (1.0 - mask), self.consensus_poses)]
+        parts = [(model * self.masks[j], poses[j]) for j in range(len(self.masks)) if j != index]
+        remainder = np.clip(1.0 - sum(self.masks), 0.0, 1.0)
+        if remainder.any():
+            parts.append((model * remainder, self.consensus_poses))
+        return parts
+
+    def _shared_fvol(self, volume):
+        pad = self.cfg.reconstruction.padding
+        shape = fourier.spectrum_shape(self.box, pad)
+        shared = SharedArray(self.ctx, shape, np.complex64, lambda out: fourier.prepare_volume(volume, pad, out=out))
+        return shared, fourier.FourierVolume.from_array(shared.array, self.box, pad)
+
+    def _search_stage(self, stage, iteration, index, model, poses):
+        cfg, ctx = self.cfg, self.ctx
+        module_mask = self.masks[index]
+        centre = modules.centre_of_mass_px(model, module_mask)
+        self.centres[index] = centre
+        prelim = poses[index]
+        unit_of_particle, members = partition.work_units(
+            partition.projection_classes(prelim.matrices, np.deg2rad(cfg.parallel.class_spacing_deg)), cfg.parallel.unit_size
+        )
+        done = None
+        if ctx.is_root:
+            self.results.stage(stage, iteration=iteration, module=cfg.modules[index].name, unit_of_particle=unit_of_particle)
+            done = self.results.done_units(stage)
+        done = ctx.bcast(done)
+        pending = [u for u in range(len(members)) if not done[u]]
+        if ctx.is_root:
+            log.info("%s: %d particles in %d units (%d to do), module centre (%.2f, %.2f, %.2f) px",
+                     stage, len(unit_of_particle), len(members), len(pending), *centre)
+        if pending:
+            settings = search_settings(cfg, module_mask, centre, self.box)
+            held = []
+            module_shared, module_fvol = self._shared_fvol(modules.recentre(model * module_mask, centre))
+            held.append(module_shared)
+            rest = []
+            for volume, rest_poses in self._rest_components(index, model, poses):
+                shared, fvol = self._shared_fvol(volume)
+                held.append(shared)
+                rest.append((fvol, rest_poses))
+            searcher = local.UnitSearch(module_fvol, self.directions, settings, self.box)
+            seeds = particle_seeds(cfg.seed, iteration, index, len(self.table))
+            process = lambda unit: self._process_unit(members[unit], searcher, prelim, centre, rest, seeds)  # noqa: E731
+            record = (lambda unit, result: self.results.write_unit(stage, unit, members[unit], result)) if ctx.is_root else None
+            started = time.time()
+
+            def progress(count, total):
+                if count == total or count % max(1, total // 10) == 0:
+                    log.info("%s: %d/%d units, %.1f s", stage, count, total, time.time() - started)
+
+            finished = scheduler.run_units(ctx, pending, process, record, progress if ctx.is_root else None)
+            for shared in held:
+                shared.free()
+            if not finished:
+                return None
+        stored = self.results.read_stage(stage) if ctx.is_root else None
+        if ctx.is_root:
+            self.results.mark(stage, "complete")
+        stored = ctx.bcast(stored)
+        return Poses(stored["matrix"], stored["origin_px"])
+
+    def _ctf(self, ids):
+        if not self.use_ctf:
+            return None
+        return lambda rows, extra: ctf_model.ctf_for_table(self.table, ids[rows], self.box, extra)
+
+    def _process_unit(self, ids, searcher, prelim, centre, rest, seeds) -> dict:
+        images_ft = fourier.to_fourier(mrc.read_images(self.table, ids, self.reader))
+        ctf = self._ctf(ids)
+        rest_ft = None
+        if rest:
+            ctf_all = None if ctf is None else ctf(np.arange(len(ids)), 0.0)
+            rest_ft = sum(fourier.project(fvol, p.matrices[ids], p.origin_px[ids], ctf=ctf_all) for fvol, p in rest)
+        origin_centred = modules.recentre_origins(prelim.matrices[ids], prelim.origin_px[ids], centre)
+        unit = local.UnitInput(images_ft, prelim.matrices[ids], origin_centred, ctf, rest_ft, seeds[ids])
+        found = searcher.run(unit)
+        return {
+            "matrix": found.matrix,
+            "origin_px": modules.consensus_origins(found.matrix, found.origin_px, centre),
+            "score": found.score,
+            "rest_scale": found.rest_scale,
+        }
+
+    # -- one stage: reconstruction -------------------------------------------------------------
+    def _reconstruct_stage(self, stage, iteration, index, refined: Poses):
+        cfg, ctx = self.cfg, self.ctx
+        module = cfg.modules[index]
+        module_mask = self.masks[index]
+        # The module is rebuilt in its recentred frame (sharper: the centre tolerates angular error best),
+        # then moved back to overlay the consensus map.
+        centre = self.centres[index]
+        origin_centred = modules.recentre_origins(refined.matrices, refined.origin_px, centre)
+        n = len(self.table)
+        block = np.array_split(np.arange(n), ctx.size)[ctx.rank]
+        halves = [BackProjector(self.box, cfg.reconstruction.padding) for _ in (1, 2)]
+        for start in range(0, len(block), _READ_BATCH):
+            ids = block[start : start + _READ_BATCH]
+            images_ft = fourier.to_fourier(mrc.read_images(self.table, ids, self.reader))
+            ctf = ctf_model.ctf_for_table(self.table, ids, self.box) if self.use_ctf else None
+            for h, bp in enumerate(halves, 1):
+                rows = np.nonzero(self.subset[ids] == h)[0]
+                if len(rows):
+                    bp.insert(images_ft[rows], refined.matrices[ids[rows]], None if ctf is None else ctf[rows], origin_centred[ids[rows]])
+        for bp in halves:
+            ctx.reduce_sum(bp.data)
+            ctx.reduce_sum(bp.weight)
+        result = None
+        if ctx.is_root:
+            result = self._write_module(stage, module, module_mask, centre, halves, refined, iteration)
+        return ctx.bcast(result)
+
+    def _write_module(self, stage, module, module_mask, centre, halves, refined, iteration):
+        cfg = self.cfg
+        floor = cfg.reconstruction.weight_floor
+        half_maps = [modules.shift_volume(bp.reconstruct(floor), centre) for bp in halves]
+        halves[0].add(halves[1])
+        full = modules.shift_volume(halves[0].reconstruct(floor), centre)
+        folder = self.out / (module.name if iteration == cfg.iterations else f"iteration_{iteration:02d}/{module.name}")
+        folder.mkdir(parents=True, exist_ok=True)
+        mrc.write_map(folder / "half1.mrc", half_maps[0], self.voxel)
+        mrc.write_map(folder / "half2.mrc", half_maps[1], self.voxel)
+        mrc.write_map(folder / "map.mrc", full * module_mask, self.voxel)
+        mrc.write_map(folder / "mask.mrc", module_mask, self.voxel)
+        curve = fsc_mod.fsc(half_maps[0], half_maps[1], self.voxel, mask=module_mask, seed=cfg.seed)
+        fsc_mod.write_fsc_json(folder / "fsc.json", {"half_maps_masked": curve})
+        fsc_mod.plot_fsc_png(folder / "fsc.png", {f"{module.name} half maps (masked)": curve}, f"{stage}: gold-standard FSC")
+        rot, tilt, psi = rotations.matrix_to_euler(refined.matrices)
+        stored = self.results.read_stage(stage)
+        write_star(
+            folder / "particles.star", self.table, rot_rad=rot, tilt_rad=tilt, psi_rad=psi, origin_px=refined.origin_px,
+            image_name=relative_image_names(self.table, folder), extra_columns={"rlnLorefineScore": stored["score"]},
+        )
+        self.results.mark(stage, "reconstructed")
+        log.info("%s: map %s, half-map FSC 0.143 at %.2f Å (masked)", stage, folder / "map.mrc", fsc_mod.resolution_at(curve, 0.143))
+        return full
+
+    def _combine(self, model, maps, iteration):
+        """The updated model: each refined module inside its mask, the old model elsewhere."""
+        total_mask = np.clip(sum(self.masks), 0.0, 1.0)
+        combined = sum(m * mask for m, mask in zip(maps, self.masks)) + model * (1.0 - total_mask)
+        combined = combined.astype(np.float32)
+        if self.ctx.is_root:
+            name = "combined.mrc" if iteration == self.cfg.iterations else f"iteration_{iteration:02d}/combined.mrc"
+            (self.out / name).parent.mkdir(parents=True, exist_ok=True)
+            mrc.write_map(self.out / name, combined, self.voxel)
+        return combined

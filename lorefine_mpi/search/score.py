@@ -1,0 +1,175 @@
+"""The exact masked cross-correlation coefficient (paper Eq. 1) for many references and every shift at once.
+
+For an experimental image f with a fixed 2D mask M (the J pixels of Eq. 1) and a reference g moved by
+an integer shift s, ``g_s(y) = g(y + s)``:
+
+    ρ(s) = Σ_M (f − f̄)(g_s − ḡ_s) / sqrt( Σ_M (f − f̄)² · Σ_M (g_s − ḡ_s)² )
+
+The means and norms are over the mask *for each shift* (the exact form). With h = (f − f̄)·M the
+numerator is ``Σ_y h(y) g(y + s)`` and, since Σ h = 0, needs no ḡ_s. All shifts of all references are
+one matrix product: templates ``G (r, K)`` (references cropped to the mask's bounding box dilated by the
+largest shift) times the image's shifted copies ``H (K, S)``. The reference-side sums
+``Σ_M g_s`` and ``Σ_M g_s²`` depend only on the reference and the mask, so `prepare_references`
+computes them once (float64) and every particle sharing the references reuses them.
+
+Sign: if the image is the reference moved by +s (``f(y) = g(y + s)``, i.e. image = P(x + o + s) for
+a reference P(x + o)), the best shift is +s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def shift_grid(max_shift_px: float, shift_step_px: float) -> np.ndarray:
+    """Integer shifts (S, 2) float64 (x, y), ``n · step`` for ``|n| ≤ floor(max / step)``; y outer, x inner."""
+    t = int(np.floor(max_shift_px / shift_step_px + 1e-9))
+    axis = np.arange(-t, t + 1) * shift_step_px
+    y, x = np.meshgrid(axis, axis, indexing="ij")
+    return np.stack([x.ravel(), y.ravel()], -1).astype(np.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceTables:
+    """Templates and per-shift tables of r references for one mask and one shift set.
+
+    templates: (r, K) float32, the references over the region R (mask bounding box dilated by the
+    largest shift), row-major. sum_g, sum_g2: (r, S) float64, ``Σ_M g_s`` and ``Σ_M g_s²``.
+    mask_windows: (S, K) float64, the mask moved by each shift, over R. box, region (y0, y1, x0, x1),
+    reach (largest shift, px), shift_offsets (S, 2) int (x, y), n_mask (J).
+    """
+
+    templates: np.ndarray
+    sum_g: np.ndarray
+    sum_g2: np.ndarray
+    mask_windows: np.ndarray
+    region: tuple
+    reach: int
+    shift_offsets: np.ndarray
+    n_mask: int
+    mask: np.ndarray
+
+
+def _windows(image, region, reach, shift_offsets):
+    """(…, S, K): for each shift s, ``image(z − s)`` over the region R (zero outside the image)."""
+    y0, y1, x0, x1 = region
+    ext = np.zeros(image.shape[:-2] + (y1 - y0 + 2 * reach, x1 - x0 + 2 * reach), dtype=image.dtype)
+    ny, nx = image.shape[-2:]
+    # ext covers [y0 − reach, y1 + reach) × [x0 − reach, x1 + reach) of the image plane.
+    sy0, sy1 = max(y0 - reach, 0), min(y1 + reach, ny)
+    sx0, sx1 = max(x0 - reach, 0), min(x1 + reach, nx)
+    ext[..., sy0 - (y0 - reach) : sy1 - (y0 - reach), sx0 - (x0 - reach) : sx1 - (x0 - reach)] = image[..., sy0:sy1, sx0:sx1]
+    views = sliding_window_view(ext, (y1 - y0, x1 - x0), axis=(-2, -1))
+    # window (j_y, j_x) starts at R − reach + j, i.e. holds image(z − s) with s = reach − j.
+    jy = reach - shift_offsets[:, 1]
+    jx = reach - shift_offsets[:, 0]
+    picked = views[..., jy, jx, :, :]
+    return picked.reshape(picked.shape[:-2] + (-1,))
+
+
+def prepare_references(references, mask, shifts_px) -> ReferenceTables:
+    """Tables for references (r, N, N) float (real space, centred), mask (N, N) bool or 0/1, shifts (S, 2) px."""
+    g = np.asarray(references, dtype=np.float32)
+    m = np.asarray(mask).astype(bool)
+    offsets = np.rint(np.asarray(shifts_px, dtype=np.float64)).astype(np.int64).reshape(-1, 2)
+    reach = int(np.abs(offsets).max()) if len(offsets) else 0
+    rows, cols = np.nonzero(m)
+    box = m.shape[0]
+    region = (max(rows.min() - reach, 0), min(rows.max() + 1 + reach, box), max(cols.min() - reach, 0), min(cols.max() + 1 + reach, box))
+    y0, y1, x0, x1 = region
+    templates = np.ascontiguousarray(g[:, y0:y1, x0:x1].reshape(len(g), -1))
+    mask_windows = _windows(m.astype(np.float64), region, reach, offsets)  # (S, K)
+    t64 = templates.astype(np.float64)
+    sum_g = t64 @ mask_windows.T
+    sum_g2 = (t64 * t64) @ mask_windows.T
+    return ReferenceTables(templates, sum_g, sum_g2, mask_windows, region, reach, offsets, int(m.sum()), m)
+
+
+def take(tables: ReferenceTables, ids) -> ReferenceTables:
+    """The tables of the references ``ids`` only."""
+    ids = np.asarray(ids)
+    return dataclasses.replace(tables, templates=tables.templates[ids], sum_g=tables.sum_g[ids], sum_g2=tables.sum_g2[ids])
+
+
+def correlate(tables: ReferenceTables, images) -> np.ndarray:
+    """``Σ_y X(y) g(y + s)`` over the region for images X (p, N, N): (p, r, S) float64.
+
+    X is used as given (multiply by the mask first to restrict the sum to the mask).
+    """
+    x = np.asarray(images, dtype=np.float32)
+    windows = _windows(x, tables.region, tables.reach, tables.shift_offsets)  # (p, S, K)
+    p, s, k = windows.shape
+    out = np.ascontiguousarray(windows).reshape(p * s, k) @ tables.templates.T  # (p·S, r)
+    return out.reshape(p, s, -1).transpose(0, 2, 1).astype(np.float64)
+
+
+def masked_ccc(tables: ReferenceTables, images) -> np.ndarray:
+    """The exact masked CCC (Eq. 1): images (p, N, N) float × references → (p, r, S) float32."""
+    f = np.asarray(images, dtype=np.float64)
+    m = tables.mask
+    j = tables.n_mask
+    mean = f[:, m].mean(axis=1)
+    h = (f - mean[:, None, None]) * m
+    f_norm2 = (h * h).sum(axis=(1, 2))
+    numerator = correlate(tables, h)
+    g_var = np.maximum(tables.sum_g2 - tables.sum_g**2 / j, 0.0)
+    denominator = np.sqrt(f_norm2[:, None, None] * g_var[None])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), 0.0)
+    return rho.astype(np.float32)
+
+
+def composite_ccc(tables: ReferenceTables, images, rest) -> np.ndarray:
+    """Eq. 1 against ``g_s + rest`` (the moved target plus the rest at its fixed pose), (p, r, S) float32.
+
+    images, rest: (p, N, N) float. Expands the sums over the mask so all shifts stay one matrix product:
+    numerator ``Σ_M h g_s + Σ_M h rest``; variance ``Σ g_s² + 2 Σ_M g_s rest + Σ_M rest² − (Σ g_s + Σ_M rest)² / J``.
+    """
+    f = np.asarray(images, dtype=np.float64)
+    r = np.asarray(rest, dtype=np.float64)
+    m = tables.mask
+    j = tables.n_mask
+    mean = f[:, m].mean(axis=1)
+    h = (f - mean[:, None, None]) * m
+    f_norm2 = (h * h).sum(axis=(1, 2))
+    rm = r * m
+    numerator = correlate(tables, h) + (h * r).sum(axis=(1, 2))[:, None, None]
+    cross = correlate(tables, rm)
+    sum_r = rm.sum(axis=(1, 2))[:, None, None]
+    sum_r2 = (rm * r).sum(axis=(1, 2))[:, None, None]
+    var = tables.sum_g2[None] + 2 * cross + sum_r2 - (tables.sum_g[None] + sum_r) ** 2 / j
+    denominator = np.sqrt(f_norm2[:, None, None] * np.maximum(var, 0.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), 0.0)
+    return rho.astype(np.float32)
+
+
+def subpixel_peak(scores, shifts_px) -> np.ndarray:
+    """Sub-pixel shift (n, 2) of each row of scores (n, S) on the square grid ``shifts_px`` (S, 2):
+    the best grid point refined by a parabola through it and its two neighbours in x and in y
+    (kept on the grid point at the edge of the window or when the parabola is not a maximum)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    n, s = scores.shape
+    side = int(round(np.sqrt(s)))
+    grid = scores.reshape(n, side, side)
+    step = shifts_px[1, 0] - shifts_px[0, 0] if s > 1 else 1.0
+    best = np.argmax(scores, axis=1)
+    iy, ix = np.divmod(best, side)
+    out = np.asarray(shifts_px, dtype=np.float64)[best].copy()
+    rows = np.arange(n)
+    for axis, (i, column) in enumerate(((ix, 0), (iy, 1))):
+        inner = (i > 0) & (i < side - 1)
+        lo = np.where(inner, i - 1, i)
+        hi = np.where(inner, i + 1, i)
+        if axis == 0:
+            left, mid, right = grid[rows, iy, lo], grid[rows, iy, ix], grid[rows, iy, hi]
+        else:
+            left, mid, right = grid[rows, lo, ix], grid[rows, iy, ix], grid[rows, hi, ix]
+        curvature = left - 2 * mid + right
+        ok = inner & (curvature < 0)
+        delta = np.where(ok, 0.5 * (left - right) / np.where(ok, curvature, 1.0), 0.0)
+        out[:, column] += np.clip(delta, -0.5, 0.5) * step
+    return out
