@@ -95,14 +95,14 @@ _TOP = ("particles", "consensus_map", "modules", "output", "search", "score", "r
 _REQUIRED = ("particles", "consensus_map", "modules", "output")
 
 
-def _unknown(key_path: str, key: str, valid) -> InputError:
+def unknown_key(key_path: str, key: str, valid) -> InputError:
     close = difflib.get_close_matches(str(key), [str(v) for v in valid], n=1, cutoff=0.5)
     hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(valid)})"
     return InputError(f"{key_path}: unknown key{hint}")
 
 
-def _value(path: str, value):
-    kind, check, expected = _RULES[path]
+def checked_value(path: str, value, rules=None):
+    kind, check, expected = (rules or _RULES)[path]
     if kind == "choice":
         if isinstance(value, str) and value.lower() in ("true", "false") and True in check:
             value = value.lower() == "true"
@@ -127,7 +127,7 @@ def _value(path: str, value):
     return value
 
 
-def _path(key: str, value, folder: Path) -> str:
+def resolve_path(key: str, value, folder: Path) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InputError(f"{key}: expected a file path, got {value!r}")
     p = Path(value).expanduser()
@@ -146,7 +146,7 @@ def _modules(value, folder: Path) -> tuple[ModuleConfig, ...]:
             raise InputError(f"{where}: expected {{name: ..., mask: ...}}, got {item!r}")
         for key in item:
             if key not in ("name", "mask"):
-                raise _unknown(f"{where}.{key}", key, ("name", "mask"))
+                raise unknown_key(f"{where}.{key}", key, ("name", "mask"))
         name = item.get("name")
         if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_-" for c in name):
             raise InputError(f"{where}.name: expected a name of letters, digits, '_' or '-', got {name!r}")
@@ -155,7 +155,7 @@ def _modules(value, folder: Path) -> tuple[ModuleConfig, ...]:
         names.add(name)
         if "mask" not in item:
             raise InputError(f"{where}.mask: required (a soft mask MRC of this module)")
-        out.append(ModuleConfig(name, _path(f"{where}.mask", item["mask"], folder)))
+        out.append(ModuleConfig(name, resolve_path(f"{where}.mask", item["mask"], folder)))
     return tuple(out)
 
 
@@ -165,7 +165,7 @@ def config_from_dict(raw, folder: Path, source: str = "") -> Config:
         raise InputError(f"{source or 'config'}: expected a mapping of keys at the top level, got {type(raw).__name__}")
     for key in raw:
         if key not in _TOP:
-            raise _unknown(str(key), key, _TOP)
+            raise unknown_key(str(key), key, _TOP)
     for key in _REQUIRED:
         if key not in raw:
             raise InputError(f"{key}: required key missing from {source or 'the config'}")
@@ -178,15 +178,15 @@ def config_from_dict(raw, folder: Path, source: str = "") -> Config:
         values = {}
         for key, value in given.items():
             if key not in fields:
-                raise _unknown(f"{name}.{key}", key, fields)
-            values[key] = _value(f"{name}.{key}", value)
+                raise unknown_key(f"{name}.{key}", key, fields)
+            values[key] = checked_value(f"{name}.{key}", value)
         sections[name] = cls(**values)
-    top = {k: _value(k, raw[k]) for k in ("iterations", "seed") if k in raw}
+    top = {k: checked_value(k, raw[k]) for k in ("iterations", "seed") if k in raw}
     return Config(
-        particles=_path("particles", raw["particles"], folder),
-        consensus_map=_path("consensus_map", raw["consensus_map"], folder),
+        particles=resolve_path("particles", raw["particles"], folder),
+        consensus_map=resolve_path("consensus_map", raw["consensus_map"], folder),
         modules=_modules(raw["modules"], folder),
-        output=_path("output", raw["output"], folder),
+        output=resolve_path("output", raw["output"], folder),
         source=source,
         **sections,
         **top,

@@ -325,3 +325,32 @@ def relative_image_names(table: ParticleTable, out_dir) -> np.ndarray:
     for i, (index, stack) in enumerate(zip(table.image_index, table.stack_path)):
         names[i] = f"{index + 1:06d}@{os.path.relpath(stack, out_dir)}"
     return names
+
+
+def write_new_star(path, optics: list, columns: dict) -> ParticleTable:
+    """Write a new STAR 3.1 file from per-particle columns and return it as read back.
+
+    optics: OpticsGroup list; columns: name (without '_') → (n,) values (str, int or float; floats %.6f).
+    """
+    names = list(columns)
+    n = len(next(iter(columns.values())))
+
+    def text(v):
+        if isinstance(v, (str, np.str_)):
+            return str(v)
+        if isinstance(v, (int, np.integer)):
+            return str(int(v))
+        return _format(float(v))
+
+    lines = ["", "# version 30001", "", "data_optics", "", "loop_"]
+    optics_columns = ["rlnOpticsGroupName", "rlnOpticsGroup", "rlnImagePixelSize", "rlnVoltage",
+                      "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnImageSize", "rlnImageDimensionality"]
+    lines += [f"_{c} #{i + 1}" for i, c in enumerate(optics_columns)]
+    lines += [f"{g.name} {g.number} {_format(g.pixel_size_angstrom)} {_format(g.voltage_kv)} {_format(g.cs_mm)} "
+              f"{_format(g.amplitude_contrast)} {g.image_size_px} 2" for g in optics]
+    lines += ["", "", "# version 30001", "", "data_particles", "", "loop_"]
+    lines += [f"_{c} #{i + 1}" for i, c in enumerate(names)]
+    values = [columns[c] for c in names]
+    lines += [" ".join(text(v[i]) for v in values) for i in range(n)]
+    atomic_write_text(path, "\n".join(lines) + "\n\n")
+    return read_star(path)

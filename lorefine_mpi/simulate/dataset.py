@@ -1,0 +1,319 @@
+"""`lorefine simulate`: datasets of a flexible complex made with the paper's protocol (Materials and Methods).
+
+Per particle: a uniform random orientation A and a consensus origin o ~ N(0, origin_sigma_px) per axis;
+each module k rotated about a random axis through its own centre of mass c_k by an angle ~ N(0, σ_rot)
+and shifted by t_k ~ N(0, σ_shift) per axis (paper: 1.67°, 1 px; every module moves). The image is the
+sum of the unmoved modules projected with their composed poses (``A_k = A Q_k``,
+``o_k = o + (A_k d_k)_xy``, ``d_k = c_k − Q_kᵀ(c_k + t_k)``; exactly the moved module, no 3D resampling),
+times the CTF (optional, in defocus groups), times a camera MTF (optional), plus white Gaussian noise.
+
+SNR (as in the paper and the RELION-made fixtures): the mean over images of the variance of the
+noise-free image over the whole box, divided by the noise variance. Images are then scaled so the noise
+has unit standard deviation (noise-free sets: the clean signal has unit standard deviation).
+
+Camera (optional, for an InSilicoTEM-like set): the signal and noise are detected through
+``MTF(ω) = a / (1 + α ω²) + (1 − a) / (1 + β ω²)`` with ω the spatial frequency as a fraction of Nyquist
+(a CCD-like two-term model); keys ``camera.mtf_a``, ``camera.mtf_alpha``, ``camera.mtf_beta``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import yaml
+
+from lorefine_mpi.config.schema import checked_value, resolve_path, unknown_key
+from lorefine_mpi.errors import InputError
+from lorefine_mpi.geometry import rotations
+from lorefine_mpi.io import mrc
+from lorefine_mpi.io.particles import OpticsGroup
+from lorefine_mpi.io.star import atomic_write_text, write_new_star
+from lorefine_mpi.projection import ctf as ctf_model
+from lorefine_mpi.projection import fourier
+from lorefine_mpi.reconstruction.backproject import BackProjector
+from lorefine_mpi.simulate.phantoms import make_phantom
+
+log = logging.getLogger(__name__)
+
+_RULES = {
+    "seed": ("int", lambda v: v >= 0, "must be >= 0"),
+    "n_particles": ("int", lambda v: 2 <= v <= 10_000_000, "must be in [2, 10000000]"),
+    "box": ("int", lambda v: 16 <= v <= 1024 and v % 2 == 0, "must be an even number in [16, 1024]"),
+    "pixel_size_angstrom": ("float", lambda v: 0 < v <= 100, "must be in (0, 100]"),
+    "origin_sigma_px": ("float", lambda v: 0 <= v <= 20, "must be in [0, 20]"),
+    "motion.sigma_rot_deg": ("float", lambda v: 0 <= v <= 45, "must be in [0, 45]"),
+    "motion.sigma_shift_px": ("float", lambda v: 0 <= v <= 10, "must be in [0, 10]"),
+    "noise.snr": ("optional_float", lambda v: v > 0, "must be > 0 (or null for noise-free images)"),
+    "ctf.defocus_min_um": ("float", lambda v: 0 < v <= 20, "must be in (0, 20]"),
+    "ctf.defocus_max_um": ("float", lambda v: 0 < v <= 20, "must be in (0, 20]"),
+    "ctf.n_defocus_groups": ("int", lambda v: v >= 1, "must be >= 1"),
+    "ctf.astigmatism_angstrom": ("float", lambda v: 0 <= v <= 5000, "must be in [0, 5000]"),
+    "ctf.voltage_kv": ("float", lambda v: 10 <= v <= 1000, "must be in [10, 1000]"),
+    "ctf.cs_mm": ("float", lambda v: 0 <= v <= 10, "must be in [0, 10]"),
+    "ctf.amplitude_contrast": ("float", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "camera.mtf_a": ("float", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    "camera.mtf_alpha": ("float", lambda v: v >= 0, "must be >= 0"),
+    "camera.mtf_beta": ("float", lambda v: v >= 0, "must be >= 0"),
+    "phantom.seed": ("int", lambda v: v >= 0, "must be >= 0"),
+}
+_DEFAULTS = {
+    "seed": 1, "n_particles": 2000, "box": 64, "pixel_size_angstrom": 4.0, "origin_sigma_px": 2.0,
+    "motion": {"sigma_rot_deg": 1.67, "sigma_shift_px": 1.0}, "noise": {"snr": 0.25}, "ctf": None, "camera": None,
+    "phantom": {"seed": 11}, "source": "phantom",
+}
+_CTF_DEFAULTS = {"defocus_min_um": 1.0, "defocus_max_um": 3.0, "n_defocus_groups": 9, "astigmatism_angstrom": 200.0,
+                 "voltage_kv": 300.0, "cs_mm": 2.7, "amplitude_contrast": 0.1}
+_CAMERA_DEFAULTS = {"mtf_a": 0.7, "mtf_alpha": 10.0, "mtf_beta": 0.5}
+
+
+@dataclasses.dataclass
+class SimulateConfig:
+    output: str
+    seed: int
+    n_particles: int
+    box: int
+    pixel_size_angstrom: float
+    origin_sigma_px: float
+    motion: dict
+    noise: dict
+    ctf: dict | None
+    camera: dict | None
+    phantom: dict
+    source: object  # "phantom", {"map": path, "masks": [paths]} or {"modules": [paths]}
+
+
+def load_simulate_config(path) -> SimulateConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InputError(f"{path}: YAML syntax error{where}: {getattr(error, 'problem', error)}") from None
+    return simulate_config_from_dict(raw, path.resolve().parent)
+
+
+def simulate_config_from_dict(raw, folder: Path) -> SimulateConfig:
+    if not isinstance(raw, dict):
+        raise InputError("simulate config: expected a mapping at the top level")
+    keys = list(_DEFAULTS) + ["output"]
+    for key in raw:
+        if key not in keys:
+            raise unknown_key(str(key), key, keys)
+    if "output" not in raw:
+        raise InputError("output: required key missing (the dataset folder to write)")
+    values = {}
+    for key, default in _DEFAULTS.items():
+        given = raw.get(key, default)
+        if key in ("motion", "noise", "phantom", "ctf", "camera"):
+            if given is None:
+                values[key] = None
+                continue
+            base = {"ctf": _CTF_DEFAULTS, "camera": _CAMERA_DEFAULTS}.get(key, default)
+            if not isinstance(given, dict):
+                raise InputError(f"{key}: expected a mapping, got {given!r}")
+            merged = dict(base)
+            for sub, value in given.items():
+                if sub not in base:
+                    raise unknown_key(f"{key}.{sub}", sub, list(base))
+                merged[sub] = checked_value(f"{key}.{sub}", value, _RULES)
+            values[key] = merged
+        elif key == "source":
+            values[key] = _source(given, folder)
+        else:
+            values[key] = checked_value(key, given, _RULES)
+    if values["ctf"] and values["ctf"]["defocus_min_um"] > values["ctf"]["defocus_max_um"]:
+        raise InputError("ctf.defocus_min_um: must not exceed ctf.defocus_max_um")
+    return SimulateConfig(output=resolve_path("output", raw["output"], folder), **values)
+
+
+def _source(value, folder):
+    if value == "phantom":
+        return "phantom"
+    if isinstance(value, dict) and set(value) == {"map", "masks"} and isinstance(value["masks"], list) and len(value["masks"]) >= 2:
+        return {"map": resolve_path("source.map", value["map"], folder),
+                "masks": [resolve_path(f"source.masks[{i}]", m, folder) for i, m in enumerate(value["masks"])]}
+    if isinstance(value, dict) and set(value) == {"modules"} and isinstance(value["modules"], list) and len(value["modules"]) >= 2:
+        return {"modules": [resolve_path(f"source.modules[{i}]", m, folder) for i, m in enumerate(value["modules"])]}
+    raise InputError("source: expected 'phantom', {map: MAP, masks: [MASK, ...]} or {modules: [MAP, ...]} with >= 2 modules")
+
+
+def _module_maps(cfg: SimulateConfig):
+    """(module maps, masks) in the simulation box."""
+    from lorefine_mpi.simulate.phantoms import soft_masks
+
+    if cfg.source == "phantom":
+        ph = make_phantom(cfg.box, cfg.phantom["seed"])
+        return ph.module_maps, ph.masks
+    if "map" in cfg.source:
+        volume, _ = mrc.read_map(cfg.source["map"])
+        masks = [np.clip(mrc.read_map(m)[0], 0, 1) for m in cfg.source["masks"]]
+        maps = [volume * m for m in masks]
+    else:
+        maps = [mrc.read_map(m)[0] for m in cfg.source["modules"]]
+        masks = soft_masks(maps)
+    for m in maps:
+        if m.shape != (cfg.box,) * 3:
+            raise InputError(f"box: the source maps are {m.shape[0]} px but box is {cfg.box}; expected the same")
+    return maps, masks
+
+
+def uniform_rotations(rng, n) -> np.ndarray:
+    """n rotations uniform on SO(3) (normalised Gaussian quaternions): (n, 3, 3)."""
+    q = rng.normal(size=(n, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    w, x, y, z = q.T
+    return np.stack([
+        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+    ], -2)
+
+
+def camera_mtf(box, camera) -> np.ndarray:
+    """(N, N//2+1) MTF of the camera model (module docstring) in lorefine's rfft2 layout."""
+    kx, ky = fourier.image_frequencies(box)
+    w2 = (kx**2 + ky**2) / (box / 2) ** 2
+    a = camera["mtf_a"]
+    return (a / (1 + camera["mtf_alpha"] * w2) + (1 - a) / (1 + camera["mtf_beta"] * w2)).astype(np.float32)
+
+
+def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:
+    """Write the dataset into ``cfg.output``; returns the realised statistics."""
+    started = time.time()
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(cfg.seed)
+    n, box, apix = cfg.n_particles, cfg.box, cfg.pixel_size_angstrom
+    maps, masks = _module_maps(cfg)
+    from lorefine_mpi.search.modules import centre_of_mass_px
+
+    centres = np.array([centre_of_mass_px(m) for m in maps])
+    fvols = [fourier.prepare_volume(m, 2) for m in maps]
+    # Every random draw up front (so results do not depend on the batch size).
+    A = uniform_rotations(rng, n)
+    origin = rng.normal(0, cfg.origin_sigma_px, (n, 2))
+    k_mod = len(maps)
+    axes = rng.normal(size=(k_mod, n, 3))
+    angles_deg = rng.normal(0, cfg.motion["sigma_rot_deg"], (k_mod, n))
+    shifts = rng.normal(0, cfg.motion["sigma_shift_px"], (k_mod, n, 3))
+    q = rotations.rotation_about_axis(axes, np.deg2rad(angles_deg))
+    module_poses = [rotations.compose_module_pose(A, origin, q[k], centres[k], shifts[k]) for k in range(k_mod)]
+    ctf_params = None
+    if cfg.ctf:
+        c = cfg.ctf
+        groups = np.arange(n) * c["n_defocus_groups"] // n
+        mean = rng.uniform(c["defocus_min_um"], c["defocus_max_um"], c["n_defocus_groups"]) * 1e4
+        ast_angle = rng.uniform(0, np.pi, c["n_defocus_groups"])
+        du, dv = (mean + c["astigmatism_angstrom"] / 2)[groups], (mean - c["astigmatism_angstrom"] / 2)[groups]
+        ctf_params = (du, dv, ast_angle[groups], groups)
+    mtf = camera_mtf(box, cfg.camera) if cfg.camera else None
+    noise_seed = rng.integers(2**63)
+    stack_path = out / "particles.mrcs"
+    tmp_stack = out / ".particles.mrcs.tmp"
+    with mrcfile.new_mmap(tmp_stack, shape=(n, box, box), mrc_mode=2, overwrite=True) as stack:
+        stack.voxel_size = apix
+        variances = np.empty(n)
+        for start in range(0, n, batch):
+            rows = np.arange(start, min(n, start + batch))
+            ctf = None
+            if ctf_params:
+                ctf = ctf_model.ctf_2d(box, apix, ctf_params[0][rows], ctf_params[1][rows], ctf_params[2][rows],
+                                       cfg.ctf["voltage_kv"], cfg.ctf["cs_mm"], cfg.ctf["amplitude_contrast"])
+            spectrum = sum(fourier.project(fv, pose[0][rows], pose[1][rows], ctf=ctf) for fv, pose in zip(fvols, module_poses))
+            if mtf is not None:
+                spectrum = spectrum * mtf
+            clean = fourier.to_real(spectrum, box)
+            variances[rows] = clean.reshape(len(rows), -1).var(axis=1)
+            stack.data[rows] = clean
+        signal_var = float(variances.mean())
+        snr = cfg.noise["snr"] if cfg.noise else None
+        noise_sd = np.sqrt(signal_var / snr) if snr else 0.0
+        scale = 1.0 / noise_sd if snr else 1.0 / np.sqrt(signal_var)
+        noise_rng = np.random.default_rng(noise_seed)
+        achieved = []
+        for start in range(0, n, batch):
+            rows = slice(start, min(n, start + batch))
+            clean = np.asarray(stack.data[rows], dtype=np.float64)
+            if snr:
+                noise = noise_rng.normal(0, noise_sd, clean.shape)
+                if mtf is not None:
+                    noise = fourier.to_real(fourier.to_fourier(noise) * mtf, box)
+                achieved.append(clean.reshape(len(clean), -1).var(axis=1).mean() / noise.var())
+                clean = clean + noise
+            stack.data[rows] = (clean * scale).astype(np.float32)
+            if start and start % (10 * batch) == 0:
+                log.info("simulate: %d/%d images", start, n)
+    tmp_stack.replace(stack_path)
+    optics = [OpticsGroup(1, "opticsGroup1", apix, box, cfg.ctf["voltage_kv"] if cfg.ctf else 300.0,
+                          cfg.ctf["cs_mm"] if cfg.ctf else 2.7, cfg.ctf["amplitude_contrast"] if cfg.ctf else 0.1)]
+    names = [f"{i + 1:06d}@particles.mrcs" for i in range(n)]
+    subset = (np.arange(n) % 2) + 1
+
+    def star(path, matrices, origins):
+        rot, tilt, psi = (np.rad2deg(a) for a in rotations.matrix_to_euler(matrices))
+        columns = {"rlnImageName": names, "rlnAngleRot": rot, "rlnAngleTilt": tilt, "rlnAnglePsi": psi,
+                   "rlnOriginXAngst": origins[:, 0] * apix, "rlnOriginYAngst": origins[:, 1] * apix,
+                   "rlnOpticsGroup": np.ones(n, int), "rlnRandomSubset": subset}
+        if ctf_params:
+            columns |= {"rlnMicrographName": [f"mic{g + 1:03d}.mrc" for g in ctf_params[3]],
+                        "rlnDefocusU": ctf_params[0], "rlnDefocusV": ctf_params[1],
+                        "rlnDefocusAngle": np.rad2deg(ctf_params[2]), "rlnCtfBfactor": np.zeros(n),
+                        "rlnCtfScalefactor": np.ones(n), "rlnPhaseShift": np.zeros(n)}
+        return write_new_star(path, optics, columns)
+
+    table = star(out / "particles.star", A, origin)
+    for k in range(k_mod):
+        star(out / f"gt_module_{k + 1}.star", *module_poses[k])
+    whole = sum(maps)
+    for k, (m, mask) in enumerate(zip(maps, masks), 1):
+        mrc.write_map(out / f"gt_module_{k}.mrc", m * scale, apix)
+        mrc.write_map(out / f"mask_module_{k}.mrc", mask, apix)
+    mrc.write_map(out / "gt_whole.mrc", whole * scale, apix)
+    mrc.write_map(out / "mask_whole.mrc", np.clip(sum(masks), 0, 1), apix)
+    consensus = reconstruct_consensus(table, out / "particles.mrcs", box, use_ctf=bool(cfg.ctf))
+    mrc.write_map(out / "consensus.mrc", consensus, apix)
+    stats = {
+        "signal_variance": signal_var, "noise_sd": float(noise_sd),
+        "achieved_snr": float(np.mean(achieved)) if achieved else None, "image_scale": float(scale),
+        "median_module_rotation_deg": [float(np.median(np.abs(a))) for a in angles_deg],
+        "median_module_shift_px": [float(np.median(np.linalg.norm(s, axis=1))) for s in shifts],
+        "centres_px": centres.tolist(), "seconds": round(time.time() - started, 1),
+    }
+    description = dataclasses.asdict(cfg) | {"statistics": stats, "snr_definition":
+                  "mean over images of var(noise-free image, whole box) / var(noise)"}
+    atomic_write_text(out / "dataset.yaml", yaml.safe_dump(description, sort_keys=False))
+    refine = {
+        "particles": "particles.star", "consensus_map": "consensus.mrc",
+        "modules": [{"name": name, "mask": f"mask_module_{k + 1}.mrc"} for k, name in enumerate(module_names(k_mod))],
+        "search": {"strategy": "separate", "cone_half_angle_deg": 10, "angular_step_deg": 2, "psi_half_range_deg": 6,
+                   "psi_step_deg": 2, "max_shift_px": 4, "shift_step_px": 1, "n_random_angles": 10},
+        "score": {"mode": "subtract"}, "iterations": 1, "output": "refined/", "seed": cfg.seed,
+    }
+    atomic_write_text(out / "lorefine.yaml", "# LO-refinement of this dataset: lorefine refine lorefine.yaml\n" + yaml.safe_dump(refine, sort_keys=False))
+    return stats
+
+
+def module_names(k: int) -> list[str]:
+    return ["large", "small"] if k == 2 else [f"module{i + 1}" for i in range(k)]
+
+
+def reconstruct_consensus(table, stack_path, box, use_ctf, batch=500) -> np.ndarray:
+    """The consensus map (full, both halves) from the STAR poses."""
+    bp = BackProjector(box, 2)
+    A = rotations.euler_to_matrix(table.rot_rad, table.tilt_rad, table.psi_rad)
+    reader = mrc.StackReader()
+    for start in range(0, len(table), batch):
+        rows = np.arange(start, min(len(table), start + batch))
+        images = mrc.read_images(table, rows, reader)
+        ctf = ctf_model.ctf_for_table(table, rows, box) if use_ctf else None
+        bp.insert(fourier.to_fourier(images), A[rows], ctf, table.origin_px[rows])
+    reader.close()
+    return bp.reconstruct()
