@@ -35,14 +35,13 @@ from lorefine_mpi.parallel import partition, scheduler
 from lorefine_mpi.parallel.shared import SharedArray
 from lorefine_mpi.projection import ctf as ctf_model
 from lorefine_mpi.projection import fourier
-from lorefine_mpi.reconstruction.backproject import BackProjector
+from lorefine_mpi.reconstruction.reconstruct import backproject_halves, half_subsets, maps_from_halves
 from lorefine_mpi.search import local, modules
 from lorefine_mpi.validation import fsc as fsc_mod
 
 log = logging.getLogger(__name__)
 
 EXIT_STOPPED = 3
-_READ_BATCH = 256
 
 
 @dataclasses.dataclass
@@ -114,11 +113,7 @@ class RefineRun:
         self.reader = mrc.StackReader()
         A = rotations.euler_to_matrix(self.table.rot_rad, self.table.tilt_rad, self.table.psi_rad)
         self.consensus_poses = Poses(A, self.table.origin_px.copy())
-        subset = self.table.random_subset.copy()
-        if (subset == 0).any():  # a seeded random half split where the STAR file has none
-            rng = np.random.default_rng(cfg.seed)
-            subset = np.where(subset == 0, rng.integers(1, 3, len(subset)), subset)
-        self.subset = subset
+        self.subset = half_subsets(self.table, cfg.seed)
         self.centres = {}
 
     def run(self) -> int:
@@ -249,17 +244,11 @@ class RefineRun:
         # then moved back to overlay the consensus map.
         centre = self.centres[index]
         origin_centred = modules.recentre_origins(refined.matrices, refined.origin_px, centre)
-        n = len(self.table)
-        block = np.array_split(np.arange(n), ctx.size)[ctx.rank]
-        halves = [BackProjector(self.box, cfg.reconstruction.padding) for _ in (1, 2)]
-        for start in range(0, len(block), _READ_BATCH):
-            ids = block[start : start + _READ_BATCH]
-            images_ft = fourier.to_fourier(mrc.read_images(self.table, ids, self.reader))
-            ctf = ctf_model.ctf_for_table(self.table, ids, self.box) if self.use_ctf else None
-            for h, bp in enumerate(halves, 1):
-                rows = np.nonzero(self.subset[ids] == h)[0]
-                if len(rows):
-                    bp.insert(images_ft[rows], refined.matrices[ids[rows]], None if ctf is None else ctf[rows], origin_centred[ids[rows]])
+        block = np.array_split(np.arange(len(self.table)), ctx.size)[ctx.rank]
+        halves = backproject_halves(
+            self.table, block, self.box, use_ctf=self.use_ctf, padding=cfg.reconstruction.padding, subset=self.subset,
+            matrices=refined.matrices, origin_px=origin_centred, reader=self.reader,
+        )
         for bp in halves:
             ctx.reduce_sum(bp.data)
             ctx.reduce_sum(bp.weight)
@@ -270,10 +259,8 @@ class RefineRun:
 
     def _write_module(self, stage, module, module_mask, centre, halves, refined, iteration):
         cfg = self.cfg
-        floor = cfg.reconstruction.weight_floor
-        half_maps = [modules.shift_volume(bp.reconstruct(floor), centre) for bp in halves]
-        halves[0].add(halves[1])
-        full = modules.shift_volume(halves[0].reconstruct(floor), centre)
+        maps = {k: modules.shift_volume(v, centre) for k, v in maps_from_halves(halves, cfg.reconstruction.weight_floor).items()}
+        half_maps, full = [maps["half1"], maps["half2"]], maps["full"]
         folder = self.out / (module.name if iteration == cfg.iterations else f"iteration_{iteration:02d}/{module.name}")
         folder.mkdir(parents=True, exist_ok=True)
         mrc.write_map(folder / "half1.mrc", half_maps[0], self.voxel)

@@ -35,7 +35,7 @@ from lorefine_mpi.io.particles import OpticsGroup
 from lorefine_mpi.io.star import atomic_write_text, write_new_star
 from lorefine_mpi.projection import ctf as ctf_model
 from lorefine_mpi.projection import fourier
-from lorefine_mpi.reconstruction.backproject import BackProjector
+from lorefine_mpi.reconstruction.reconstruct import backproject_halves, maps_from_halves
 from lorefine_mpi.simulate.phantoms import make_phantom
 
 log = logging.getLogger(__name__)
@@ -278,7 +278,7 @@ def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:
         mrc.write_map(out / f"mask_module_{k}.mrc", mask, apix)
     mrc.write_map(out / "gt_whole.mrc", whole * scale, apix)
     mrc.write_map(out / "mask_whole.mrc", np.clip(sum(masks), 0, 1), apix)
-    consensus = reconstruct_consensus(table, out / "particles.mrcs", box, use_ctf=bool(cfg.ctf))
+    consensus = reconstruct_consensus(table, box, use_ctf=bool(cfg.ctf))
     mrc.write_map(out / "consensus.mrc", consensus, apix)
     stats = {
         "signal_variance": signal_var, "noise_sd": float(noise_sd),
@@ -305,15 +305,6 @@ def module_names(k: int) -> list[str]:
     return ["large", "small"] if k == 2 else [f"module{i + 1}" for i in range(k)]
 
 
-def reconstruct_consensus(table, stack_path, box, use_ctf, batch=500) -> np.ndarray:
-    """The consensus map (full, both halves) from the STAR poses."""
-    bp = BackProjector(box, 2)
-    A = rotations.euler_to_matrix(table.rot_rad, table.tilt_rad, table.psi_rad)
-    reader = mrc.StackReader()
-    for start in range(0, len(table), batch):
-        rows = np.arange(start, min(len(table), start + batch))
-        images = mrc.read_images(table, rows, reader)
-        ctf = ctf_model.ctf_for_table(table, rows, box) if use_ctf else None
-        bp.insert(fourier.to_fourier(images), A[rows], ctf, table.origin_px[rows])
-    reader.close()
-    return bp.reconstruct()
+def reconstruct_consensus(table, box, use_ctf) -> np.ndarray:
+    """The consensus map (both halves together) from the STAR poses."""
+    return maps_from_halves(backproject_halves(table, np.arange(len(table)), box, use_ctf=use_ctf))["full"]

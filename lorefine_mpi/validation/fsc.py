@@ -89,7 +89,7 @@ def fsc(map1, map2, voxel_size_angstrom: float, mask=None, seed: int = 0) -> FSC
     ra = np.where(beyond, np.abs(fa) * phases, fa)
     phases = np.exp(2j * np.pi * rng.random(shells.shape))
     rb = np.where(beyond, np.abs(fb) * phases, fb)
-    randomised = _curve(np.fft.rfftn(np.fft.irfftn(ra, s=a.shape) * mk), np.fft.rfftn(np.fft.irfftn(rb, s=a.shape) * mk), shells, m)
+    randomised = _curve(np.fft.rfftn(np.fft.irfftn(ra, s=a.shape, axes=(0, 1, 2)) * mk), np.fft.rfftn(np.fft.irfftn(rb, s=a.shape, axes=(0, 1, 2)) * mk), shells, m)
     corrected = masked.copy()
     tail = np.arange(m) >= start
     with np.errstate(invalid="ignore", divide="ignore"):

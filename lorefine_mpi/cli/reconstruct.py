@@ -1,0 +1,51 @@
+"""`lorefine reconstruct --particles X.star --out MAP.mrc`: weighted back-projection from a STAR file."""
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lorefine_mpi.errors import InputError
+from lorefine_mpi.io import mrc
+from lorefine_mpi.io.star import read_star
+from lorefine_mpi.reconstruction.reconstruct import backproject_halves, maps_from_halves
+
+NAME = "reconstruct"
+HELP = "reconstruct a map from a RELION STAR file by weighted back-projection (direct Fourier inversion)"
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser):
+    parser.add_argument("--particles", required=True, help="RELION STAR file (3.0 or 3.1)")
+    parser.add_argument("--out", required=True, help="output map (MRC)")
+    parser.add_argument("--half-maps", action="store_true", help="also write OUT_half1.mrc and OUT_half2.mrc (rlnRandomSubset)")
+    parser.add_argument("--no-ctf", action="store_true", help="ignore the CTF even when the STAR file has defocus values")
+    parser.add_argument("--padding", type=int, default=2, choices=(1, 2, 3, 4), help="Fourier padding factor (default 2)")
+
+
+def run(args) -> int:
+    table = read_star(args.particles)
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise InputError(f"--out: folder {out.parent} does not exist")
+    box = mrc.stack_shape(table.stack_path[0])[-1]
+    pixel = table.pixel_size_angstrom()
+    if np.ptp(pixel) > 1e-3 * pixel[0]:
+        raise InputError(f"{args.particles}: optics groups have different pixel sizes; expected one")
+    started = time.time()
+
+    def progress(done, total):
+        if done == total or done % 2048 < 256:
+            log.info("reconstruct: %d/%d particles, %.1f s", done, total, time.time() - started)
+
+    halves = backproject_halves(table, np.arange(len(table)), box, use_ctf=table.has_ctf and not args.no_ctf,
+                                padding=args.padding, progress=progress)
+    maps = maps_from_halves(halves)
+    mrc.write_map(out, maps["full"], float(pixel[0]))
+    if args.half_maps:
+        for h in ("half1", "half2"):
+            mrc.write_map(out.with_name(f"{out.stem}_{h}{out.suffix}"), maps[h], float(pixel[0]))
+    print(f"lorefine reconstruct: wrote {out} from {len(table)} particles ({time.time() - started:.1f} s)")
+    return 0
