@@ -10,8 +10,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
+
+# Under MPI every rank is one core's worth of work: one BLAS/OpenMP thread per rank unless the user
+# says otherwise (several threaded ranks on one node oversubscribe the cores). Set before numpy loads.
+if any(int(os.environ.get(v, "1") or 1) > 1 for v in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS")):
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 
 from lorefine_mpi import __version__
 from lorefine_mpi.errors import InputError

@@ -2,8 +2,9 @@
 
 A run is a sequence of *stages*, one per (iteration, module):
     1. split: module map ``V·M``, recentred so its centre of mass is at the box centre; the rest of the
-       complex for the subtract/composite scores (iteration 1: ``V·(1−M)`` at the consensus poses;
-       later: every other module's map at its own refined poses plus the unmasked remainder);
+       complex for the subtract/composite scores: every other module's map at its latest poses (the
+       refined ones once that module has been refined, in this iteration or the last; the consensus
+       poses before) plus the unmasked remainder at the consensus poses;
        the node leader puts their padded Fourier transforms in node-shared memory;
     2. search: rank 0 partitions particles by projection class into work units and hands them out
        (`parallel.scheduler`); each unit's reference projections are computed once (`search.local`);
@@ -123,7 +124,6 @@ class RefineRun:
         poses = [self.consensus_poses for _ in cfg.modules]
         for iteration in range(1, cfg.iterations + 1):
             maps = []
-            new_poses = []
             for index, module in enumerate(cfg.modules):
                 stage = f"iteration_{iteration:02d}/{module.name}"
                 refined = self._search_stage(stage, iteration, index, model, poses)
@@ -135,9 +135,9 @@ class RefineRun:
                         )
                         print(f"lorefine: stopped; finished work is saved. Resume with: lorefine refine {cfg.source} --continue", flush=True)
                     return EXIT_STOPPED
-                new_poses.append(refined)
+                # Gauss-Seidel: the next module's rest is this module at its refined poses.
+                poses[index] = refined
                 maps.append(self._reconstruct_stage(stage, iteration, index, refined))
-            poses = new_poses
             model = self._combine(model, maps, iteration)
         if ctx.is_root:
             self.results.close()
