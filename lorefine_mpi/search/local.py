@@ -256,12 +256,18 @@ class UnitSearch:
                 image_ft = image_ft - k * unit.rest_ft[i]
                 out.rest_scale[i] = k
             centred_ft = fourier.shift_images_ft(image_ft[None], -unit.origin_px[i : i + 1])[0]
-            pose, shift_px, best = self._search_particle(centred_ft, cands, frames, tables, unit.seeds[i])
+            rest_centred = None
+            if unit.rest_ft is not None and s.mode == "composite":
+                rest_centred = fourier.shift_images_ft(unit.rest_ft[i : i + 1], -unit.origin_px[i : i + 1])[0]
+            pose, shift_px, best = self._search_particle(centred_ft, cands, frames, tables, unit.seeds[i], rest_centred)
             out.matrix[i], out.origin_px[i], out.score[i] = pose, unit.origin_px[i] + shift_px, best
         return out
 
-    def _search_particle(self, centred_ft, cands: ParticleCandidates, frames, tables, seed):
-        """Best (pose, image-frame shift px, score) of one particle; see the module docstring."""
+    def _search_particle(self, centred_ft, cands: ParticleCandidates, frames, tables, seed, rest_ft=None):
+        """Best (pose, image-frame shift px, score) of one particle; see the module docstring.
+
+        rest_ft: (N, N//2+1) the rest's projection in the same (centred) frame for the composite score, or None.
+        """
         s = self.settings
         shift_tables, zero_tables = tables
         ms = np.unique(cands.m)
@@ -269,9 +275,14 @@ class UnitSearch:
         # valid[t, k]: in-plane lattice index ms[t] belongs to direction k's ψ range
         valid = (cands.m[None, :, :] == ms[:, None, None]).any(axis=2)
         turned = turn_images(centred_ft, angles, self.box)
+        rest = None if rest_ft is None else turn_images(rest_ft, angles, self.box)
+
+        def ccc(table, images, rest_images):
+            return score.masked_ccc(table, images) if rest_images is None else score.composite_ccc(table, images, rest_images)
+
         dir_ids = cands.direction_ids
         if s.strategy == "simultaneous":
-            cube = score.masked_ccc(score.take(shift_tables, dir_ids), turned)
+            cube = ccc(score.take(shift_tables, dir_ids), turned, rest)
             cube = np.where(valid[:, :, None], cube, -np.inf)
             t, k, j = np.unravel_index(np.argmax(cube), cube.shape)
             shift_px = image_frame_shift(self.shifts_px[j], angles[t])
@@ -281,11 +292,13 @@ class UnitSearch:
         picked = pairs[rng.choice(len(pairs), size=min(s.n_random_angles, len(pairs)), replace=False)]
         ut, it = np.unique(picked[:, 0], return_inverse=True)
         uk, ik = np.unique(picked[:, 1], return_inverse=True)
-        sub = score.masked_ccc(score.take(shift_tables, dir_ids[uk]), turned[ut])[it, ik]
+        sub = ccc(score.take(shift_tables, dir_ids[uk]), turned[ut], None if rest is None else rest[ut])[it, ik]
         best_shift = score.subpixel_peak(sub, self.shifts_px)
         shift_px = image_frame_shift(best_shift, angles[picked[:, 0]]).mean(axis=0)
+        # The image (and the rest, fixed to it) moved by the averaged shift; the mask follows the module.
         moved_ft = fourier.shift_images_ft(centred_ft[None], -shift_px[None])[0]
-        cube = score.masked_ccc(score.take(zero_tables, dir_ids), turn_images(moved_ft, angles, self.box))[..., 0]
+        moved_rest = None if rest_ft is None else turn_images(fourier.shift_images_ft(rest_ft[None], -shift_px[None])[0], angles, self.box)
+        cube = ccc(score.take(zero_tables, dir_ids), turn_images(moved_ft, angles, self.box), moved_rest)[..., 0]
         cube = np.where(valid, cube, -np.inf)
         t, k = np.unravel_index(np.argmax(cube), cube.shape)
         return candidate_pose(frames[dir_ids[k]], ms[t], s.psi_step_rad), shift_px, cube[t, k]
