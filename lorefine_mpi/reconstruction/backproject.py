@@ -69,7 +69,7 @@ class BackProjector:
         floor = weight_floor * weight.max() if weight.max() > 0 else 1.0
         spectrum = data / np.maximum(weight, floor)
         spectrum = np.fft.ifftshift(spectrum, axes=(0, 1))
-        padded = np.fft.fftshift(np.fft.irfftn(spectrum, s=(p, p, p)))
+        padded = np.fft.fftshift(np.fft.irfftn(spectrum, s=(p, p, p), axes=(0, 1, 2)))
         start = p // 2 - n // 2
         volume = padded[start : start + n, start : start + n, start : start + n]
         axis = (np.arange(n) - n // 2) / p

@@ -61,7 +61,7 @@ def shift_volume(volume, shift_px) -> np.ndarray:
     kz, ky, kx = np.meshgrid(k, k, np.fft.rfftfreq(n), indexing="ij")
     sx, sy, sz = np.asarray(shift_px, dtype=np.float64)
     ramp = np.exp(-2j * np.pi * (kx * sx + ky * sy + kz * sz))
-    return np.fft.irfftn(np.fft.rfftn(v) * ramp, s=v.shape).astype(np.float32)
+    return np.fft.irfftn(np.fft.rfftn(v) * ramp, s=v.shape, axes=(0, 1, 2)).astype(np.float32)
 
 
 def recentre(volume, centre_px) -> np.ndarray:

@@ -87,7 +87,7 @@ def atoms_to_map(atoms_px, box, sigma_px=ATOM_SIGMA_PX) -> np.ndarray:
     kz, ky, kx = np.meshgrid(k, k, np.fft.rfftfreq(box), indexing="ij")
     # The splat's own trilinear blur (sinc²) is left in: it adds < 0.3 px of blur.
     blur = np.exp(-2 * np.pi**2 * sigma_px**2 * (kx**2 + ky**2 + kz**2))
-    return np.fft.irfftn(np.fft.rfftn(grid) * blur, s=grid.shape).astype(np.float32)
+    return np.fft.irfftn(np.fft.rfftn(grid) * blur, s=grid.shape, axes=(0, 1, 2)).astype(np.float32)
 
 
 def soft_masks(module_maps, threshold_fraction=0.04, lowpass_px=1.5, dilate_px=2.0, soft_px=4.0):

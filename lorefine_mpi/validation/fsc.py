@@ -138,7 +138,12 @@ def plot_fsc_png(path, curves: dict, title: str = "") -> None:
     ax.set_ylim(-0.1, 1.05)
     ax.set_title(title)
     ax.legend(fontsize=8)
-    top = ax.secondary_xaxis("top", functions=(lambda f: 1 / np.maximum(f, 1e-6), lambda r: 1 / np.maximum(r, 1e-6)))
+    low, high = ax.get_xlim()
+    top = ax.twiny()
+    top.set_xlim(low, high)
+    marks = [r for r in (100, 50, 30, 20, 15, 12, 10, 8, 6, 5, 4, 3, 2.5, 2) if low < 1 / r < high]
+    top.set_xticks([1 / r for r in marks])
+    top.set_xticklabels([f"{r:g}" for r in marks])
     top.set_xlabel("resolution (Å)")
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(prefix=".fsc.", suffix=".png", dir=os.path.dirname(os.path.abspath(path)))

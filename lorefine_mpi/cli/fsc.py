@@ -1,0 +1,43 @@
+"""`lorefine fsc MAP1 MAP2 [--mask M] [--json F] [--png F]`: Fourier shell correlation and resolution."""
+
+from lorefine_mpi.errors import InputError
+from lorefine_mpi.io import mrc
+from lorefine_mpi.validation import fsc
+
+NAME = "fsc"
+HELP = "FSC of two maps (masked: phase-randomisation corrected), resolution at FSC 0.5 and 0.143"
+
+
+def add_arguments(parser):
+    parser.add_argument("map1")
+    parser.add_argument("map2")
+    parser.add_argument("--mask", help="soft mask (MRC, values in [0, 1])")
+    parser.add_argument("--json", help="write the curves as JSON")
+    parser.add_argument("--png", help="plot the curves as PNG")
+
+
+def run(args) -> int:
+    a, voxel = mrc.read_map(args.map1)
+    b, voxel_b = mrc.read_map(args.map2)
+    if a.shape != b.shape:
+        raise InputError(f"{args.map2}: box {b.shape} differs from {args.map1}'s {a.shape}; expected the same")
+    if abs(voxel - voxel_b) > 1e-3 * voxel:
+        raise InputError(f"{args.map2}: voxel size {voxel_b:g} Å differs from {args.map1}'s {voxel:g} Å")
+    mask = None
+    if args.mask:
+        mask, _ = mrc.read_map(args.mask)
+        if mask.shape != a.shape:
+            raise InputError(f"{args.mask}: mask box {mask.shape} differs from the maps' {a.shape}")
+    result = fsc.fsc(a, b, voxel, mask=mask)
+    print(f"FSC 0.5:   {fsc.resolution_at(result, 0.5):.2f} Å")
+    print(f"FSC 0.143: {fsc.resolution_at(result, 0.143):.2f} Å")
+    print(" shell  1/Å      Å        FSC")
+    for i, (f, c) in enumerate(zip(result.spatial_frequency_inv_angstrom, result.fsc)):
+        if i:
+            print(f"{i:5d} {f:7.4f} {1 / f:7.2f} {c:9.4f}")
+    label = "masked, corrected" if mask is not None else "unmasked"
+    if args.json:
+        fsc.write_fsc_json(args.json, {label: result})
+    if args.png:
+        fsc.plot_fsc_png(args.png, {label: result}, f"{args.map1} vs {args.map2}")
+    return 0

@@ -1,0 +1,94 @@
+"""Recentring and the local search on noise-free synthetic particles with known poses."""
+
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+
+from lorefine_mpi.geometry import candidates, rotations
+from lorefine_mpi.projection import ctf as ctf_model
+from lorefine_mpi.projection import fourier
+from lorefine_mpi.search import local, modules
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+@pytest.fixture(scope="module")
+def module_map():
+    with mrcfile.open(DATA / "phantom_module_1.mrc") as m:
+        return np.array(m.data, dtype=np.float32)
+
+
+def correlation(a, b):
+    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
+    return float(a @ b / np.sqrt((a @ a) * (b @ b)))
+
+
+def test_recentred_model_with_new_parameters_makes_the_same_images(module_map):
+    with mrcfile.open(DATA / "phantom_whole.mrc") as m:
+        whole = np.array(m.data)
+    centre = modules.centre_of_mass_px(whole, np.ones_like(whole)) + np.array([3.0, -2.0, 4.0])  # off-centre on purpose
+    rng = np.random.default_rng(0)
+    a = rotations.euler_to_matrix(*rng.uniform(-np.pi, np.pi, (3, 8)))
+    o = rng.normal(0, 2, (8, 2))
+    before = fourier.to_real(fourier.project(fourier.prepare_volume(whole), a, o), 48)
+    moved = modules.recentre(whole, centre)
+    np.testing.assert_allclose(modules.centre_of_mass_px(moved), modules.centre_of_mass_px(whole) - centre, atol=0.15)  # Fourier-shift ringing
+    after = fourier.to_real(fourier.project(fourier.prepare_volume(moved), a, modules.recentre_origins(a, o, centre)), 48)
+    assert min(correlation(x, y) for x, y in zip(before, after)) > 0.999
+    np.testing.assert_allclose(modules.consensus_origins(a, modules.recentre_origins(a, o, centre), centre), o, atol=1e-12)
+
+
+def synthetic_unit(module_map, n, rng, ctf=False):
+    box = module_map.shape[0]
+    centre = modules.centre_of_mass_px(module_map)
+    fvol = fourier.prepare_volume(modules.recentre(module_map, centre), 2)
+    a0 = rotations.euler_to_matrix(rng.uniform(-np.pi, np.pi, n), np.arccos(rng.uniform(-1, 1, n)), rng.uniform(-np.pi, np.pi, n))
+    truth = a0 @ rotations.rotation_about_axis(rng.normal(size=(n, 3)), np.deg2rad(rng.normal(0, 3, n)))
+    o0 = rng.normal(0, 2, (n, 2))
+    o_true = o0 + rng.uniform(-2.5, 2.5, (n, 2))
+    ctf_fn = None
+    c = None
+    if ctf:
+        du = rng.uniform(8000, 20000, n)
+        c = ctf_model.ctf_2d(box, 4.0, du, du, 0.0, 300, 2.7, 0.1)
+        ctf_fn = lambda rows, extra: ctf_model.ctf_2d(box, 4.0, du[rows], du[rows], 0.0 + extra, 300, 2.7, 0.1)  # noqa: E731
+    images = fourier.project(fvol, truth, o_true, ctf=c)
+    return fvol, local.UnitInput(images, a0, o0, ctf_fn, None, np.arange(n)), truth, o_true
+
+
+@pytest.mark.parametrize("ctf", [False, True])
+def test_separate_search_recovers_known_poses_within_one_grid_step(module_map, ctf):
+    rng = np.random.default_rng(1)
+    fvol, unit, truth, o_true = synthetic_unit(module_map, 10, rng, ctf)
+    settings = local.SearchSettings("separate", "subtract", np.deg2rad(10), np.deg2rad(2), np.deg2rad(2), 3, 4, 1, 10,
+                                    modules.circular_mask(48, 30))
+    found = local.UnitSearch(fvol, candidates.direction_grid(np.deg2rad(2)), settings, 48).run(unit)
+    angle = np.rad2deg(rotations.geodesic_angle(found.matrix, truth))
+    shift = np.linalg.norm(found.origin_px - o_true, axis=1)
+    assert np.mean((angle <= 2.0) & (shift <= 1.0)) >= 0.9, (angle, shift)
+    assert np.all(found.score > 0.95)
+
+
+def test_results_do_not_depend_on_the_other_particles_of_the_unit(module_map):
+    rng = np.random.default_rng(2)
+    fvol, unit, _, _ = synthetic_unit(module_map, 6, rng)
+    settings = local.SearchSettings("simultaneous", "subtract", np.deg2rad(6), np.deg2rad(2), np.deg2rad(2), 1, 2, 1, 4,
+                                    modules.circular_mask(48, 30))
+    search = local.UnitSearch(fvol, candidates.direction_grid(np.deg2rad(2)), settings, 48)
+    whole = search.run(unit)
+    part = search.run(local.UnitInput(unit.images_ft[3:], unit.matrices[3:], unit.origin_px[3:], None, None, unit.seeds[3:]))
+    np.testing.assert_allclose(part.matrix, whole.matrix[3:], atol=1e-12)
+    np.testing.assert_allclose(part.origin_px, whole.origin_px[3:], atol=1e-9)
+
+
+def test_turned_image_matches_the_projection_of_the_turned_pose(module_map):
+    fvol = fourier.prepare_volume(module_map, 2)
+    frame = local.canonical_frames(np.array([[0.3, 0.4, np.sqrt(0.75)]]))
+    beta = np.deg2rad(37.0)
+    image = fourier.project(fvol, rotations.inplane_rotation(beta) @ frame)[0]
+    turned = local.turn_images(image, np.array([beta]), 48)[0]
+    reference = fourier.to_real(fourier.project(fvol, frame), 48)[0]
+    mask = modules.circular_mask(48, 36)
+    assert correlation(turned[mask], reference[mask]) > 0.995
