@@ -1,0 +1,128 @@
+"""Run lorefine under mpiexec in subprocesses, kill ranks, compare outcomes. Shared by tests/mpi and
+benchmarks/bench_kill_trials.py (the robust pattern: never run pytest itself under mpiexec)."""
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import mrcfile
+import numpy as np
+import yaml
+
+from lorefine_mpi.io.star import read_star, write_star
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+STAGES = ("iteration_01/large", "iteration_01/small")
+
+
+def env():
+    e = dict(os.environ)
+    e.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return e
+
+
+def command(n, *args, script=None):
+    program = [sys.executable, "-m", "mpi4py"] + ([str(script)] if script else ["-m", "lorefine_mpi.cli.main"])
+    return [MPIEXEC, "-n", str(n)] + program + list(args)
+
+
+def run(n, *args, script=None, timeout=300):
+    return subprocess.run(command(n, *args, script=script), capture_output=True, text=True, timeout=timeout, env=env())
+
+
+def make_run(folder: Path, n_particles=120, unit_size=4, **search) -> Path:
+    """A config over the first particles of the RELION recon_noctf set (box 48), two modules, a small search."""
+    folder.mkdir(parents=True, exist_ok=True)
+    table = read_star(DATA / "recon_noctf.star").subset(slice(0, n_particles))
+    for f in ("recon_noctf.mrcs", "phantom_whole.mrc", "phantom_mask_module_1.mrc", "phantom_mask_module_2.mrc"):
+        shutil.copy(DATA / f, folder / f)
+    write_star(folder / "particles.star", table)
+    cfg = {
+        "particles": "particles.star", "consensus_map": "phantom_whole.mrc",
+        "modules": [{"name": "large", "mask": "phantom_mask_module_1.mrc"}, {"name": "small", "mask": "phantom_mask_module_2.mrc"}],
+        "search": {"strategy": "separate", "cone_half_angle_deg": 4, "angular_step_deg": 2, "psi_half_range_deg": 2,
+                   "psi_step_deg": 2, "max_shift_px": 2, "shift_step_px": 1, "n_random_angles": 4, **search},
+        "score": {"mode": "subtract", "ctf": False}, "parallel": {"unit_size": unit_size, "class_spacing_deg": 15},
+        "output": "out", "seed": 3,
+    }
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return folder
+
+
+def results(folder):
+    with h5py.File(folder / "out" / "results.h5", "r") as f:
+        return {stage: {k: f[stage][k][...] for k in ("matrix", "origin_px", "score", "status", "unit_done")} for stage in STAGES}
+
+
+def maps(folder):
+    out = {}
+    for module in ("large", "small"):
+        with mrcfile.open(folder / "out" / module / "map.mrc") as m:
+            out[module] = np.array(m.data)
+    return out
+
+
+def assert_same(folder_a, folder_b):
+    """Per-particle parameters bitwise equal, every particle done once, maps equal to 1e-5 relative."""
+    a, b = results(folder_a), results(folder_b)
+    for stage in STAGES:
+        for key in ("matrix", "origin_px", "score"):
+            np.testing.assert_array_equal(a[stage][key], b[stage][key], err_msg=f"{stage}/{key}")
+        assert (a[stage]["status"] == 1).all() and (b[stage]["status"] == 1).all()
+        assert (b[stage]["unit_done"] == 1).all()
+    other = maps(folder_b)
+    for module, m in maps(folder_a).items():
+        assert np.abs(m - other[module]).max() <= 1e-5 * np.abs(m).max()
+
+
+def rank_pids(config_path):
+    """{rank: pid} of the python processes of the running job (MPICH exports PMI_RANK)."""
+    pids = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            if str(config_path).encode() not in cmdline or b"mpi4py" not in cmdline:
+                continue
+            environ = dict(kv.split(b"=", 1) for kv in open(f"/proc/{pid}/environ", "rb").read().split(b"\0") if b"=" in kv)
+        except OSError:
+            continue
+        if b"PMI_RANK" in environ:
+            pids[int(environ[b"PMI_RANK"])] = int(pid)
+    return pids
+
+
+def units_done(folder):
+    try:
+        with h5py.File(folder / "out" / "results.h5", "r", locking=False) as f:
+            return int(f[STAGES[0]]["unit_done"][...].sum()) if STAGES[0] in f else 0
+    except (OSError, KeyError):
+        return 0
+
+
+def kill_and_resume(reference: Path, folder: Path, victim: int, seed: int, ranks: int = 3) -> bool:
+    """Start a run, SIGKILL rank ``victim`` after a random number of finished units, resume with --continue,
+    and check the outcome equals the finished ``reference`` run. Returns whether the kill happened mid-run."""
+    config = folder / "config.yaml"
+    job = subprocess.Popen(command(ranks, "refine", str(config)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
+    target = random.Random(seed).randint(2, 12)
+    deadline = time.time() + 120
+    while units_done(folder) < target and job.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    pids = rank_pids(config)
+    killed = job.poll() is None and victim in pids
+    if killed:
+        os.kill(pids[victim], signal.SIGKILL)
+    job.communicate(timeout=60)
+    resumed = run(ranks, "refine", str(config), "--continue")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same(reference, folder)
+    return killed
