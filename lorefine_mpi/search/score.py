@@ -106,20 +106,25 @@ def correlate(tables: ReferenceTables, images) -> np.ndarray:
     return out.reshape(p, s, -1).transpose(0, 2, 1).astype(np.float64)
 
 
-def masked_ccc(tables: ReferenceTables, images) -> np.ndarray:
-    """The exact masked CCC (Eq. 1): images (p, N, N) float × references → (p, r, S) float32."""
+def _centred_in_mask(tables: ReferenceTables, images):
+    """h = (f − f̄_M)·M (p, N, N) float64 and its squared norm (p,)."""
     f = np.asarray(images, dtype=np.float64)
     m = tables.mask
-    j = tables.n_mask
-    mean = f[:, m].mean(axis=1)
-    h = (f - mean[:, None, None]) * m
-    f_norm2 = (h * h).sum(axis=(1, 2))
-    numerator = correlate(tables, h)
-    g_var = np.maximum(tables.sum_g2 - tables.sum_g**2 / j, 0.0)
-    denominator = np.sqrt(f_norm2[:, None, None] * g_var[None])
+    h = (f - f[:, m].mean(axis=1)[:, None, None]) * m
+    return h, (h * h).sum(axis=(1, 2))
+
+
+def _ratio(numerator, f_norm2, g_var):
+    denominator = np.sqrt(f_norm2[:, None, None] * np.maximum(g_var, 0.0))
     with np.errstate(invalid="ignore", divide="ignore"):
         rho = np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), 0.0)
     return rho.astype(np.float32)
+
+
+def masked_ccc(tables: ReferenceTables, images) -> np.ndarray:
+    """The exact masked CCC (Eq. 1): images (p, N, N) float × references → (p, r, S) float32."""
+    h, f_norm2 = _centred_in_mask(tables, images)
+    return _ratio(correlate(tables, h), f_norm2, (tables.sum_g2 - tables.sum_g**2 / tables.n_mask)[None])
 
 
 def composite_ccc(tables: ReferenceTables, images, rest) -> np.ndarray:
@@ -128,23 +133,15 @@ def composite_ccc(tables: ReferenceTables, images, rest) -> np.ndarray:
     images, rest: (p, N, N) float. Expands the sums over the mask so all shifts stay one matrix product:
     numerator ``Σ_M h g_s + Σ_M h rest``; variance ``Σ g_s² + 2 Σ_M g_s rest + Σ_M rest² − (Σ g_s + Σ_M rest)² / J``.
     """
-    f = np.asarray(images, dtype=np.float64)
+    h, f_norm2 = _centred_in_mask(tables, images)
     r = np.asarray(rest, dtype=np.float64)
-    m = tables.mask
-    j = tables.n_mask
-    mean = f[:, m].mean(axis=1)
-    h = (f - mean[:, None, None]) * m
-    f_norm2 = (h * h).sum(axis=(1, 2))
-    rm = r * m
+    rm = r * tables.mask
     numerator = correlate(tables, h) + (h * r).sum(axis=(1, 2))[:, None, None]
     cross = correlate(tables, rm)
     sum_r = rm.sum(axis=(1, 2))[:, None, None]
     sum_r2 = (rm * r).sum(axis=(1, 2))[:, None, None]
-    var = tables.sum_g2[None] + 2 * cross + sum_r2 - (tables.sum_g[None] + sum_r) ** 2 / j
-    denominator = np.sqrt(f_norm2[:, None, None] * np.maximum(var, 0.0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), 0.0)
-    return rho.astype(np.float32)
+    var = tables.sum_g2[None] + 2 * cross + sum_r2 - (tables.sum_g[None] + sum_r) ** 2 / tables.n_mask
+    return _ratio(numerator, f_norm2, var)
 
 
 def subpixel_peak(scores, shifts_px) -> np.ndarray:
