@@ -47,7 +47,7 @@ def main():
     print(f"  prepare volume (gridding correction, pad, FFT): {t_prep:.2f} s")
     print(f"  projection with CTF and origin: {n / t_proj:.0f} images/s ({1000 * t_proj / n:.2f} ms each)")
     print(f"  back-projection with CTF: {n / t_bp:.0f} particles/s ({1000 * t_bp / n:.2f} ms each)")
-    print(f"  final division, inverse FFT, gridding correction: {t_rec:.2f} s")
+    print(f"  final weighting (10 gridding iterations), inverse FFT, gridding correction: {t_rec:.2f} s")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ class ScoreConfig:
 class ReconstructionConfig:
     padding: int = 2
     weight_floor: float = 1e-3
+    gridding_iterations: int = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +86,7 @@ _RULES: dict[str, tuple[str, Any, str]] = {
     "score.ctf": ("choice", ("auto", True, False), "one of auto, true, false"),
     "reconstruction.padding": ("int", lambda v: v in (1, 2, 3, 4), "must be 1, 2, 3 or 4"),
     "reconstruction.weight_floor": ("float", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "reconstruction.gridding_iterations": ("int", lambda v: 0 <= v <= 50, "must be an integer in [0, 50]"),
     "parallel.class_spacing_deg": ("float", lambda v: 0 < v <= 90, "must be in (0, 90]"),
     "parallel.unit_size": ("int", lambda v: v >= 1, "must be >= 1"),
     "iterations": ("int", lambda v: 1 <= v <= 100, "must be in [1, 100]"),

@@ -49,9 +49,9 @@ def backproject_halves(table, indices, box, *, use_ctf: bool, padding: int = 2, 
     return halves
 
 
-def maps_from_halves(halves, weight_floor: float = 1e-3) -> dict:
+def maps_from_halves(halves, weight_floor: float = 1e-3, gridding_iterations: int = 10) -> dict:
     """{'half1', 'half2', 'full'} maps (N, N, N) float32 from two accumulators (the first is summed into)."""
-    out = {"half1": halves[0].reconstruct(weight_floor), "half2": halves[1].reconstruct(weight_floor)}
+    out = {f"half{h}": bp.reconstruct(weight_floor, gridding_iterations) for h, bp in enumerate(halves, 1)}
     halves[0].add(halves[1])
-    out["full"] = halves[0].reconstruct(weight_floor)
+    out["full"] = halves[0].reconstruct(weight_floor, gridding_iterations)
     return out

@@ -259,7 +259,7 @@ class RefineRun:
 
     def _write_module(self, stage, module, module_mask, centre, halves, refined, iteration):
         cfg = self.cfg
-        maps = {k: modules.shift_volume(v, centre) for k, v in maps_from_halves(halves, cfg.reconstruction.weight_floor).items()}
+        maps = {k: modules.shift_volume(v, centre) for k, v in maps_from_halves(halves, cfg.reconstruction.weight_floor, cfg.reconstruction.gridding_iterations).items()}
         half_maps, full = [maps["half1"], maps["half2"]], maps["full"]
         folder = self.out / (module.name if iteration == cfg.iterations else f"iteration_{iteration:02d}/{module.name}")
         folder.mkdir(parents=True, exist_ok=True)

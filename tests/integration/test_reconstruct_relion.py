@@ -33,6 +33,6 @@ def test_reconstruct_agrees_with_relion(tmp_path, name, flags):
     assert agreement.min() >= 0.9, agreement.min()
     ours_vs_truth = fsc.fsc(ours, truth, 4.0).fsc[1 : up_to + 1]
     relion_vs_truth = fsc.fsc(relion, truth, 4.0).fsc[1 : up_to + 1]
-    print(f"{name}: FSC(ours, RELION) min {agreement.min():.4f}; vs phantom: ours mean {ours_vs_truth.mean():.4f}, "
-          f"RELION mean {relion_vs_truth.mean():.4f}")
-    assert ours_vs_truth.mean() >= relion_vs_truth.mean() - 2e-3
+    print(f"{name}: FSC(ours, RELION) min {agreement.min():.4f}; vs phantom: ours mean {ours_vs_truth.mean():.5f}, "
+          f"RELION mean {relion_vs_truth.mean():.5f}")
+    assert ours_vs_truth.mean() >= relion_vs_truth.mean()
