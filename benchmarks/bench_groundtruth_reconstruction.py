@@ -4,7 +4,7 @@ RELION's `relion_reconstruct`, and compare with the ground-truth module inside i
 
     python benchmarks/bench_groundtruth_reconstruction.py DATASET_DIR
 
-DATASET_DIR: `lorefine simulate configs/simulate_noisefree.yaml` output (≥ 2,000 particles).
+DATASET_DIR: `lorefine simulate configs/simulate_noisefree.yaml --output DATASET_DIR` output (≥ 2,000 particles).
 Prints per module and source: the lowest FSC up to 0.8 × Nyquist and the FSC 0.5 resolution.
 """
 

@@ -1,6 +1,6 @@
 """Pose accuracy on a noise-free set: the LO-refinement of the complex, and each module alone as the control.
 
-    lorefine simulate configs/simulate_noisefree.yaml            # makes noisefree/
+    lorefine simulate configs/simulate_noisefree.yaml --output noisefree
     python benchmarks/noisefree_accuracy.py noisefree --work /tmp/nf_accuracy [--iterations 1 3] [--ranks 2]
 
 Prints, per module, the fraction of particles whose refined pose lies within one grid step of the truth
