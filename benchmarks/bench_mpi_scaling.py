@@ -9,6 +9,7 @@ from which a 1,000-rank run can be estimated.
 """
 
 import argparse
+import os
 import pickle
 import re
 import shutil
@@ -48,7 +49,7 @@ def main():
         started = time.time()
         done = subprocess.run([mpiexec, "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", "lorefine_mpi.cli.main", "refine",
                                str(work / "data" / f"run{ranks}.yaml")], capture_output=True, text=True,
-                              env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
         wall = time.time() - started
         assert done.returncode == 0, done.stderr[-2000:]
         seconds, stages = search_seconds(done.stderr + done.stdout)
