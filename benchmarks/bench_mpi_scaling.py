@@ -66,7 +66,8 @@ def main():
     print(f"search traffic per unit of {unit_size}: 2 messages ({out_bytes} B out, {back_bytes} B back) "
           f"= {2 / unit_size:.3f} messages and {(out_bytes + back_bytes) / unit_size:.0f} B per particle per module")
     per_particle_bcast = 9 * 8 + 2 * 8 + 4 + 4 + 1
-    print(f"per stage: rank 0 broadcasts the refined poses ({per_particle_bcast} B per particle) and every rank sends its two "
+    print(f"per stage: rank 0 broadcasts the work units (4 B per particle) and the refined poses ({per_particle_bcast} B per "
+          f"particle), and every rank sends its two "
           f"half-map accumulators to the reduction (box 64: {2 * 128 * 128 * 65 * 24 / 2**20:.0f} MiB; box 128: "
           f"{2 * 256 * 256 * 129 * 24 / 2**20:.0f} MiB per rank, independent of the particle count)")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -224,8 +225,19 @@ def dump_config(cfg: Config) -> str:
 
 
 def search_fingerprint(cfg: Config) -> dict:
-    """The settings that change per-particle results; a checkpoint made with others is refused."""
+    """The settings and input contents that change per-particle results; a checkpoint made with others is
+    refused. The maps feed later iterations, so the reconstruction settings count too; the particle stacks
+    are identified by the STAR file that names them (hashing them would read every image)."""
     d = config_to_dict(cfg)
-    return {k: d[k] for k in ("particles", "consensus_map", "modules", "search", "score", "iterations", "seed")} | {
-        "padding": cfg.reconstruction.padding
+    inputs = [cfg.particles, cfg.consensus_map] + [m.mask for m in cfg.modules if m.mask is not None]
+    return {k: d[k] for k in ("particles", "consensus_map", "modules", "search", "score", "reconstruction", "iterations", "seed")} | {
+        "input_sha256": {path: _sha256(path) for path in inputs}
     }
+
+
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

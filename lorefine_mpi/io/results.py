@@ -3,7 +3,8 @@
 Schema (h5py; written by rank 0 only)
     root attrs
         lorefine_version, command_line, config_yaml (the resolved config),
-        search_fingerprint (JSON of the settings that change per-particle results).
+        search_fingerprint (JSON of the settings and input-file SHA-256 digests that change per-particle
+        results; `--continue` refuses a config whose fingerprint differs and names what changed).
     /particles/image_name            (n,) str, rlnImageName of each particle, in STAR order
     /<stage>/                        one group per (iteration, module), e.g. ``iteration_01/large``
         attrs: iteration, module, n_units, complete (0/1), reconstructed (0/1)
@@ -53,6 +54,29 @@ def _create_early(group, name, shape, dtype, fill=0):
     return group[name]
 
 
+def fingerprint_changes(stored: dict, current: dict) -> list[str]:
+    """What differs between two search fingerprints, one phrase per dotted key."""
+    def flat(d, prefix=""):
+        out = {}
+        for key, value in d.items():
+            if isinstance(value, dict):
+                out |= flat(value, f"{prefix}{key}.")
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    old, new = flat(stored), flat(current)
+    changes = []
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key) == new.get(key):
+            continue
+        if key.startswith("input_sha256."):
+            changes.append(f"the contents of {key.removeprefix('input_sha256.')} changed")
+        else:
+            changes.append(f"{key} was {json.dumps(old.get(key))}, is {json.dumps(new.get(key))}")
+    return changes
+
+
 class ResultsFile:
     """Open (or create) ``results.h5`` in an output folder. Only rank 0 makes one."""
 
@@ -67,11 +91,12 @@ class ResultsFile:
                 self.file = h5py.File(self.path, "r+")
             except OSError as error:
                 raise InputError(f"{self.path}: cannot open the checkpoint ({error})") from None
-            if self.file.attrs.get("search_fingerprint") != fingerprint_json:
+            changed = fingerprint_changes(json.loads(self.file.attrs.get("search_fingerprint", "{}")), json.loads(fingerprint_json))
+            if changed:
                 self.file.close()
                 raise InputError(
-                    f"{self.path}: was made with different search settings, input files or seed; "
-                    "--continue needs the same config (or use a new output folder)"
+                    f"{self.path}: --continue needs the checkpoint's settings and inputs, but {'; '.join(changed)} "
+                    "(restore them, or use a new output folder)"
                 )
             return
         tmp = self.path.with_name(f".{self.path.name}.tmp")

@@ -23,13 +23,19 @@ def work_units(classes, unit_size: int) -> tuple[np.ndarray, list[np.ndarray]]:
     """(unit_of_particle (n,), members: one ascending particle-index array per unit)."""
     classes = np.asarray(classes)
     order = np.lexsort((np.arange(len(classes)), classes))
-    members = []
-    sorted_classes = classes[order]
-    bounds = np.flatnonzero(np.diff(sorted_classes)) + 1
+    unit_of_particle = np.empty(len(classes), dtype=np.int64)
+    unit = 0
+    bounds = np.flatnonzero(np.diff(classes[order])) + 1
     for group in np.split(order, bounds):
         for start in range(0, len(group), unit_size):
-            members.append(np.sort(group[start : start + unit_size]))
-    unit_of_particle = np.empty(len(classes), dtype=np.int64)
-    for u, m in enumerate(members):
-        unit_of_particle[m] = u
-    return unit_of_particle, members
+            unit_of_particle[group[start : start + unit_size]] = unit
+            unit += 1
+    return unit_of_particle, members_of(unit_of_particle)
+
+
+def members_of(unit_of_particle) -> list[np.ndarray]:
+    """The ascending particle indices of each unit 0 … max, from each particle's unit."""
+    unit_of_particle = np.asarray(unit_of_particle)
+    order = np.argsort(unit_of_particle, kind="stable")
+    bounds = np.flatnonzero(np.diff(unit_of_particle[order])) + 1
+    return np.split(order, bounds) if len(order) else []

@@ -170,14 +170,16 @@ class RefineRun:
         centre = modules.centre_of_mass_px(model, module_mask)
         self.centres[index] = centre
         prelim = poses[index]
-        unit_of_particle, members = partition.work_units(
-            partition.projection_classes(prelim.matrices, np.deg2rad(cfg.parallel.class_spacing_deg)), cfg.parallel.unit_size
-        )
-        done = None
+        unit_of_particle, done = None, None
         if ctx.is_root:
-            self.results.stage(stage, iteration=iteration, module=cfg.modules[index].name, unit_of_particle=unit_of_particle)
-            done = self.results.done_units(stage)
-        done = ctx.bcast(done)
+            # The checkpoint fixes the work units of a stage it holds (whatever the parallel settings now).
+            planned, _ = partition.work_units(
+                partition.projection_classes(prelim.matrices, np.deg2rad(cfg.parallel.class_spacing_deg)), cfg.parallel.unit_size
+            )
+            group = self.results.stage(stage, iteration=iteration, module=cfg.modules[index].name, unit_of_particle=planned)
+            unit_of_particle, done = group["unit_of_particle"][...], self.results.done_units(stage)
+        unit_of_particle, done = ctx.bcast((unit_of_particle, done))
+        members = partition.members_of(unit_of_particle)
         pending = [u for u in range(len(members)) if not done[u]]
         if ctx.is_root:
             log.info("%s: %d particles in %d units (%d to do), module centre (%.2f, %.2f, %.2f) px",
@@ -259,7 +261,8 @@ class RefineRun:
 
     def _write_module(self, stage, module, module_mask, centre, halves, refined, iteration):
         cfg = self.cfg
-        maps = {k: modules.shift_volume(v, centre) for k, v in maps_from_halves(halves, cfg.reconstruction.weight_floor, cfg.reconstruction.gridding_iterations).items()}
+        rebuilt = maps_from_halves(halves, cfg.reconstruction.weight_floor, cfg.reconstruction.gridding_iterations)
+        maps = {k: modules.shift_volume(v, centre) for k, v in rebuilt.items()}
         half_maps, full = [maps["half1"], maps["half2"]], maps["full"]
         folder = self.out / (module.name if iteration == cfg.iterations else f"iteration_{iteration:02d}/{module.name}")
         folder.mkdir(parents=True, exist_ok=True)

@@ -7,9 +7,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import h5py
+import mrcfile
+import numpy as np
 import pytest
+import yaml
 
-from mpi_jobs import assert_same, command, env, kill_and_resume, make_run, rank_pids, run, units_done
+from mpi_jobs import STAGES, assert_same, command, env, kill_and_resume, make_run, rank_pids, run, units_done
 
 pytestmark = pytest.mark.mpi
 
@@ -63,4 +67,49 @@ def test_sigterm_stops_cleanly_and_resume_completes(tmp_path):
     assert "--continue" in out
     resumed = run(2, "refine", str(config), "--continue")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same(reference, folder)
+
+
+def edit_config(config: Path, edit) -> None:
+    cfg = yaml.safe_load(config.read_text())
+    edit(cfg)
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def test_continue_refuses_a_changed_config_and_names_what_changed(tmp_path):
+    folder = make_run(tmp_path / "run", n_particles=40)
+    config, checkpoint = folder / "config.yaml", folder / "out" / "results.h5"
+    assert run(1, "refine", str(config)).returncode == 0
+    before = checkpoint.read_bytes()
+    edit_config(config, lambda c: c["search"].update(cone_half_angle_deg=6))
+    done = run(1, "refine", str(config), "--continue")
+    assert done.returncode == 2
+    ours = [line for line in done.stderr.splitlines() if line.startswith("lorefine")]  # mpi4py's runner adds MPICH's abort line
+    assert len(ours) == 1 and "search.cone_half_angle_deg was 4.0, is 6.0" in ours[0], done.stderr
+    edit_config(config, lambda c: c["search"].update(cone_half_angle_deg=4))
+    mask = folder / "phantom_mask_module_2.mrc"
+    with mrcfile.open(mask, "r+") as m:  # same path and size, other contents
+        m.data[...] *= 0.9
+    done = run(1, "refine", str(config), "--continue")
+    assert done.returncode == 2 and f"the contents of {mask} changed" in done.stderr, done.stderr
+    assert checkpoint.read_bytes() == before
+
+
+def test_continue_keeps_the_checkpoint_work_units_when_the_parallel_settings_change(tmp_path):
+    reference, folder = make_run(tmp_path / "reference"), make_run(tmp_path / "resumed")
+    assert run(1, "refine", str(reference / "config.yaml")).returncode == 0
+    assert run(1, "refine", str(folder / "config.yaml")).returncode == 0
+    with h5py.File(folder / "out" / "results.h5", "r+") as f:  # as if stopped after every other unit
+        for stage in STAGES:
+            g = f[stage]
+            undone = np.flatnonzero(np.arange(len(g["unit_done"])) % 2 == 1)
+            lost = np.isin(g["unit_of_particle"][...], undone)
+            for name, value, where in (("unit_done", 0, undone), ("status", 0, lost), ("matrix", 0.0, lost)):
+                data = g[name][...]
+                data[where] = value
+                g[name][...] = data
+            g.attrs["complete"] = 0
+    edit_config(folder / "config.yaml", lambda c: c["parallel"].update(unit_size=16, class_spacing_deg=60))
+    done = run(2, "refine", str(folder / "config.yaml"), "--continue")
+    assert done.returncode == 0, done.stderr[-2000:]
     assert_same(reference, folder)
