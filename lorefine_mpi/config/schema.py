@@ -184,6 +184,12 @@ def config_from_dict(raw, folder: Path, source: str = "") -> Config:
                 raise unknown_key(f"{name}.{key}", key, fields)
             values[key] = checked_value(f"{name}.{key}", value)
         sections[name] = cls(**values)
+    search = sections["search"]
+    if search.cone_half_angle_deg < search.angular_step_deg:  # the grid's covering radius is about 0.77 steps
+        raise InputError(
+            f"search.cone_half_angle_deg: must be >= search.angular_step_deg ({search.angular_step_deg:g}) so that every "
+            f"cone holds a direction of the grid, got {search.cone_half_angle_deg:g}"
+        )
     top = {k: checked_value(k, raw[k]) for k in ("iterations", "seed") if k in raw}
     return Config(
         particles=resolve_path("particles", raw["particles"], folder),

@@ -131,6 +131,8 @@ CASES = {
     "zero step": (edit_config(lambda c: c["search"].update(psi_step_deg=0)), "search.psi_step_deg"),
     "cone half-angle above 90": (edit_config(lambda c: c["search"].update(cone_half_angle_deg=120)), "search.cone_half_angle_deg: must be in (0, 90], got 120"),
     "negative cone": (edit_config(lambda c: c["search"].update(cone_half_angle_deg=-5)), "search.cone_half_angle_deg: must be in (0, 90], got -5"),
+    "cone narrower than the grid": (edit_config(lambda c: c["search"].update(cone_half_angle_deg=1, angular_step_deg=3)),
+                                    "search.cone_half_angle_deg: must be >= search.angular_step_deg (3)"),
     "bad strategy": (edit_config(lambda c: c["search"].update(strategy="greedy")), "search.strategy"),
     "duplicate module name": (edit_config(lambda c: c["modules"][1].update(name="large")), "duplicate module name"),
     "output folder not writable": (unreadable_output, "output"),
