@@ -2,6 +2,7 @@
 LO-refinement for both strategies and both score modes, and the module pose errors before and after.
 
     python benchmarks/table1.py DATASET_DIR [--ranks 2] [--modes subtract composite] [--strategies separate simultaneous]
+                                [--search KEY=VALUE ...] [--out DIR]
 
 DATASET_DIR is a `lorefine simulate` output (or shared/fixtures/flex_dev_snr025, whose consensus map is
 consensus_relion.mrc). Each combination runs `mpiexec -n RANKS lorefine refine` into DATASET_DIR/table1/.
@@ -29,7 +30,10 @@ def main(argv=None):
     p.add_argument("--modes", nargs="+", default=["subtract", "composite"])
     p.add_argument("--strategies", nargs="+", default=["separate", "simultaneous"])
     p.add_argument("--out", help="folder for the runs (default DATASET/table1)")
+    p.add_argument("--search", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="search settings other than the defaults (the paper's), e.g. cone_half_angle_deg=4")
     args = p.parse_args(argv)
+    search = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.search)}
     data = Path(args.dataset).resolve()
     consensus = next(c for c in ("consensus.mrc", "consensus_relion.mrc") if (data / c).exists())
     out_root = Path(args.out).resolve() if args.out else data / "table1"
@@ -42,7 +46,7 @@ def main(argv=None):
             cfg = {
                 "particles": str(data / "particles.star"), "consensus_map": str(data / consensus),
                 "modules": [{"name": "large", "mask": str(data / "mask_module_1.mrc")}, {"name": "small", "mask": str(data / "mask_module_2.mrc")}],
-                "search": {"strategy": strategy}, "score": {"mode": mode}, "output": str(out_root / name), "seed": 1,
+                "search": {"strategy": strategy, **search}, "score": {"mode": mode}, "output": str(out_root / name), "seed": 1,
             }
             config = out_root / f"{name}.yaml"
             config.write_text(yaml.safe_dump(cfg, sort_keys=False))

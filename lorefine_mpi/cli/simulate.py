@@ -39,6 +39,6 @@ def run(args) -> int:
     log.info("simulate: %d particles, box %d, %.2f Å/px -> %s", cfg.n_particles, cfg.box, cfg.pixel_size_angstrom, cfg.output)
     stats = simulate(cfg)
     print(f"lorefine simulate: wrote {cfg.output} ({cfg.n_particles} particles, achieved SNR "
-          f"{stats['achieved_snr'] if stats['achieved_snr'] is not None else 'noise-free'}, {stats['seconds']} s)")
+          f"{'noise-free' if stats['achieved_snr'] is None else format(stats['achieved_snr'], '.3f')}, {stats['seconds']} s)")
     print(f"next: lorefine refine {Path(cfg.output) / 'lorefine.yaml'}")
     return 0

@@ -13,7 +13,9 @@ has unit standard deviation (noise-free sets: the clean signal has unit standard
 
 Camera (optional, for an InSilicoTEM-like set): the signal and noise are detected through
 ``MTF(ω) = a / (1 + α ω²) + (1 − a) / (1 + β ω²)`` with ω the spatial frequency as a fraction of Nyquist
-(a CCD-like two-term model); keys ``camera.mtf_a``, ``camera.mtf_alpha``, ``camera.mtf_beta``.
+(a CCD-like two-term model); keys ``camera.mtf_a``, ``camera.mtf_alpha``, ``camera.mtf_beta``. The SNR is
+that of the detected images: the white noise is drawn so that, after the MTF, its variance is the
+noise-free (detected) image variance over the SNR.
 """
 
 from __future__ import annotations
@@ -185,6 +187,14 @@ def camera_mtf(box, camera) -> np.ndarray:
     return (a / (1 + camera["mtf_alpha"] * w2) + (1 - a) / (1 + camera["mtf_beta"] * w2)).astype(np.float32)
 
 
+def full_spectrum_mean_square(half, box) -> float:
+    """Mean of |H|² over the full (N, N) spectrum, from H (N, N//2+1) in rfft2 layout (columns 1 … N/2 − 1
+    stand for their mirror images too)."""
+    weights = np.full(box // 2 + 1, 2.0)
+    weights[0] = weights[-1] = 1.0
+    return float((np.abs(half) ** 2 * weights).sum() / box**2)
+
+
 def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:
     """Write the dataset into ``cfg.output``; returns the realised statistics."""
     started = time.time()
@@ -235,7 +245,9 @@ def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:
             stack.data[rows] = clean
         signal_var = float(variances.mean())
         snr = cfg.noise["snr"] if cfg.noise else None
-        noise_sd = np.sqrt(signal_var / snr) if snr else 0.0
+        noise_sd = np.sqrt(signal_var / snr) if snr else 0.0  # of the noise as detected (after the MTF)
+        # White noise through the MTF keeps mean(MTF²) over the full spectrum of its variance (Parseval).
+        white_sd = noise_sd / np.sqrt(full_spectrum_mean_square(mtf, box)) if mtf is not None else noise_sd
         scale = 1.0 / noise_sd if snr else 1.0 / np.sqrt(signal_var)
         noise_rng = np.random.default_rng(noise_seed)
         achieved = []
@@ -243,7 +255,7 @@ def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:
             rows = slice(start, min(n, start + batch))
             clean = np.asarray(stack.data[rows], dtype=np.float64)
             if snr:
-                noise = noise_rng.normal(0, noise_sd, clean.shape)
+                noise = noise_rng.normal(0, white_sd, clean.shape)
                 if mtf is not None:
                     noise = fourier.to_real(fourier.to_fourier(noise) * mtf, box)
                 achieved.append(clean.reshape(len(clean), -1).var(axis=1).mean() / noise.var())

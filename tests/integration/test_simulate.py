@@ -11,6 +11,7 @@ import yaml
 from lorefine_mpi.io.star import read_star
 from lorefine_mpi.geometry import rotations
 from lorefine_mpi.projection import fourier
+from lorefine_mpi.simulate.dataset import full_spectrum_mean_square
 from lorefine_mpi.simulate.phantoms import make_phantom
 
 
@@ -56,10 +57,20 @@ def test_snr_is_as_asked_and_same_seed_gives_the_same_bits(tmp_path):
     assert stats["achieved_snr"] == pytest.approx(0.25, rel=0.03)
 
 
-def test_ctf_and_camera_sets_are_made(tmp_path):
-    ds = simulate(tmp_path, ctf={"n_defocus_groups": 3}, camera={"mtf_a": 0.7}, noise={"snr": 0.5})
+def test_ctf_and_camera_sets_are_made_at_the_asked_snr(tmp_path):
+    ds = simulate(tmp_path, ctf={"n_defocus_groups": 3}, camera={"mtf_a": 0.7}, noise={"snr": 0.5}, n_particles=200)
     table = read_star(ds / "particles.star")
     assert table.has_ctf and len(set(table.defocus_u_angstrom.round(3))) == 3
+    stats = yaml.safe_load((ds / "dataset.yaml").read_text())["statistics"]
+    assert stats["achieved_snr"] == pytest.approx(0.5, rel=0.03)  # of the detected images, after the MTF
+
+
+def test_full_spectrum_mean_square_is_the_variance_of_filtered_white_noise():
+    box = 32
+    kx, ky = fourier.image_frequencies(box)
+    half = 1.0 / (1.0 + 3.0 * (kx**2 + ky**2) / (box / 2) ** 2)
+    full = np.abs(np.fft.fft2(np.fft.irfft2(half, s=(box, box)))) ** 2  # the same filter on the full grid
+    assert full_spectrum_mean_square(half, box) == pytest.approx(full.mean(), rel=1e-9)
 
 
 def test_phantom_mass_ratio_masks_and_detail():
