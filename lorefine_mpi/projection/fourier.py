@@ -81,6 +81,17 @@ def prepare_volume(volume, padding: int = 2, out=None) -> FourierVolume:
     return FourierVolume(out, n, padding)
 
 
+def half_axis_multiplicity(n: int) -> np.ndarray:
+    """(n//2+1,) float: how many coefficients of the full spectrum each index of the halved (last, rfft)
+    axis stands for: 1 at k = 0 and k = n/2, 2 elsewhere (itself and its mirror). Sums over a half
+    spectrum weighted by it are sums over the full spectrum (Parseval, power spectra, least squares)."""
+    multiplicity = np.full(n // 2 + 1, 2.0)
+    multiplicity[0] = 1.0
+    if n % 2 == 0:
+        multiplicity[-1] = 1.0
+    return multiplicity
+
+
 def image_frequencies(box: int):
     """(kx, ky) of lorefine's rfft2 layout in cycles per box: two (N, N//2+1) float arrays."""
     ky = np.fft.fftfreq(box, 1.0 / box)

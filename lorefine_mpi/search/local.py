@@ -194,9 +194,7 @@ def fit_rest_scale(image_ft, target_ft, rest_ft) -> tuple[float, float]:
     All three are (N, N//2+1) spectra of real images; the constant b is the DC term, so the fit uses the
     other Fourier coefficients (Parseval: the same least squares as in real space after removing means).
     """
-    weights = np.full(image_ft.shape, 2.0)
-    weights[:, 0] = 1.0
-    weights[:, -1] = 1.0
+    weights = np.broadcast_to(fourier.half_axis_multiplicity(image_ft.shape[0]), image_ft.shape).copy()
     weights[0, 0] = 0.0
     basis = [target_ft, rest_ft]
     gram = np.array([[np.sum(weights * (u.conj() * v).real) for v in basis] for u in basis])

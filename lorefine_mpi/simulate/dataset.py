@@ -188,11 +188,8 @@ def camera_mtf(box, camera) -> np.ndarray:
 
 
 def full_spectrum_mean_square(half, box) -> float:
-    """Mean of |H|² over the full (N, N) spectrum, from H (N, N//2+1) in rfft2 layout (columns 1 … N/2 − 1
-    stand for their mirror images too)."""
-    weights = np.full(box // 2 + 1, 2.0)
-    weights[0] = weights[-1] = 1.0
-    return float((np.abs(half) ** 2 * weights).sum() / box**2)
+    """Mean of |H|² over the full (N, N) spectrum, from H (N, N//2+1) in rfft2 layout."""
+    return float((np.abs(half) ** 2 * fourier.half_axis_multiplicity(box)).sum() / box**2)
 
 
 def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:

@@ -11,6 +11,8 @@ import json
 
 import numpy as np
 
+from lorefine_mpi.projection import fourier
+
 
 @dataclasses.dataclass
 class FSCResult:
@@ -50,13 +52,8 @@ def _shells(n: int) -> np.ndarray:
 
 
 def _curve(ft1, ft2, shells, n_shells):
-    # rfftn halves the kx axis: every kx > 0 (and < N/2) column stands for itself and its mirror.
-    n = shells.shape[0]
-    weight = np.full(shells.shape, 2.0)
-    weight[..., 0] = 1.0
-    weight[..., n // 2] = 1.0
     s = shells.ravel()
-    w = weight.ravel()
+    w = np.broadcast_to(fourier.half_axis_multiplicity(shells.shape[0]), shells.shape).ravel()
     cross = np.bincount(s, (w * (ft1 * np.conj(ft2)).real.ravel()), minlength=n_shells)[:n_shells]
     p1 = np.bincount(s, (w * np.abs(ft1.ravel()) ** 2), minlength=n_shells)[:n_shells]
     p2 = np.bincount(s, (w * np.abs(ft2.ravel()) ** 2), minlength=n_shells)[:n_shells]
