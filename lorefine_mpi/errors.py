@@ -8,7 +8,11 @@ traceback.
 
 
 class InputError(Exception):
-    """A user's input is wrong; the message is one line naming what and what was expected."""
+    """A user's input is wrong; the message is one line naming what and what was expected.
 
-    def __init__(self, message: str):
+    quiet: another process (MPI rank 0) reports the same error, so this one exits without printing it.
+    """
+
+    def __init__(self, message: str, *, quiet: bool = False):
         super().__init__(" ".join(str(message).split()))
+        self.quiet = quiet

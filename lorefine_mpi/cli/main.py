@@ -36,11 +36,20 @@ def _subcommand_modules():
             yield module
 
 
+def _launcher_rank() -> int:
+    """This process's rank as the MPI launcher or srun set it (0 without one); known before MPI starts."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage mistake in one line with exit status 2."""
+    """argparse that reports a usage mistake in one line with exit status 2 (printed by rank 0 only)."""
 
     def error(self, message):
-        sys.stderr.write(f"lorefine: error: {message} (see 'lorefine --help')\n")
+        if _launcher_rank() == 0:
+            sys.stderr.write(f"lorefine: error: {message} (see 'lorefine --help')\n")
         sys.exit(EXIT_INPUT_ERROR)
 
 
@@ -69,7 +78,8 @@ def main(argv=None) -> int:
     try:
         return int(args._run(args) or 0)
     except InputError as error:
-        sys.stderr.write(f"lorefine: error: {error}\n")
+        if not error.quiet:
+            sys.stderr.write(f"lorefine: error: {error}\n")
         return EXIT_INPUT_ERROR
 
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from lorefine_mpi.config import load_config
+from lorefine_mpi.errors import InputError
 
 NAME = "refine"
 HELP = "LO-refinement of the modules in CONFIG (run it under mpiexec/srun for many ranks)"
@@ -24,7 +25,12 @@ def run(args) -> int:
     ctx = ParallelContext(world_communicator())
     ctx.check_slurm()
     ctx.install_signal_handlers()
-    cfg = load_config(args.config)
+    cfg, error = None, None
+    try:
+        cfg = load_config(args.config)
+    except InputError as e:
+        error = e
+    ctx.agree_on_error(error)  # every rank reads the config; the message is printed once
     root_logger = logging.getLogger()
     if ctx.is_root:  # opened at the first record, which comes after the inputs were checked
         root_logger.addHandler(logging.FileHandler(Path(cfg.output) / "lorefine.log", delay=True))

@@ -112,7 +112,10 @@ class ParallelContext:
             self.abort(1)
 
     def agree_on_error(self, error: InputError | None) -> None:
-        """Root's verdict on the inputs, broadcast: every rank raises the same InputError (or none)."""
+        """Root's verdict on the inputs, broadcast: every rank raises the same InputError (or none), and
+        only root's is printed. A rank whose own check failed where root's passed raises its own, loudly."""
         message = self.bcast(str(error) if error is not None else None)
         if message is not None:
-            raise InputError(message)
+            raise InputError(message, quiet=not self.is_root)
+        if error is not None:
+            raise error

@@ -113,3 +113,12 @@ def test_continue_keeps_the_checkpoint_work_units_when_the_parallel_settings_cha
     done = run(2, "refine", str(folder / "config.yaml"), "--continue")
     assert done.returncode == 0, done.stderr[-2000:]
     assert_same(reference, folder)
+
+
+def test_an_input_error_under_mpi_is_printed_once(tmp_path):
+    folder = make_run(tmp_path / "run", n_particles=20)
+    edit_config(folder / "config.yaml", lambda c: c["search"].update(cone_half_angle_deg=1))  # below the 2° step
+    for args in (("refine", str(folder / "config.yaml")), ("refine", str(tmp_path / "missing.yaml")), ("refine", "--bogus")):
+        done = run(3, *args)
+        assert done.returncode != 0
+        assert [line.startswith("lorefine: error:") for line in done.stderr.splitlines()].count(True) == 1, done.stderr
