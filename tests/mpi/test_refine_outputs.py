@@ -6,11 +6,11 @@ import subprocess
 import sys
 
 import h5py
-import mrcfile
 import numpy as np
 import pytest
 import yaml
 
+from lorefine_mpi.io.mrc import read_map
 from lorefine_mpi.io.star import read_star
 from mpi_jobs import make_run, run
 
@@ -18,13 +18,8 @@ MODULES = ("large", "small")
 PER_MODULE = ("map.mrc", "half1.mrc", "half2.mrc", "mask.mrc", "particles.star", "fsc.json", "fsc.png")
 
 
-def read_map(path):
-    with mrcfile.open(path) as m:
-        return np.array(m.data, dtype=np.float64), float(m.voxel_size.x)
-
-
 def masked_correlation(a, b, mask):
-    a, b = (a * mask).ravel(), (b * mask).ravel()
+    a, b = (np.float64(a) * mask).ravel(), (np.float64(b) * mask).ravel()
     a, b = a - a.mean(), b - b.mean()
     return float(a @ b / np.sqrt((a @ a) * (b @ b)))
 
