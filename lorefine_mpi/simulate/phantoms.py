@@ -108,6 +108,20 @@ def soft_masks(module_maps, threshold_fraction=0.04, lowpass_px=1.5, dilate_px=2
     return [(m / total).astype(np.float32) for m in masks]
 
 
+def _touching_separation(r_a, r_b, axis) -> float:
+    """Smallest distance along ``axis`` between the centres of two axis-aligned ellipsoids at which they
+    do not overlap (they touch), found by bisection on points of b's surface."""
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=(4000, 3))
+    surface = r_b * (u / np.linalg.norm(u, axis=1, keepdims=True))
+    lo, hi = 0.0, 2.0 * float(max(r_a) + max(r_b))
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        inside = (((surface + mid * axis) / r_a) ** 2).sum(1) < 1.0
+        lo, hi = (mid, hi) if inside.any() else (lo, mid)
+    return hi
+
+
 def make_phantom(box: int, seed: int, n_atoms_large: int | None = None) -> Phantom:
     """The two-module phantom for a box of N px (N even, ≥ 32). Mass ratio ≈ 2:1."""
     rng = np.random.default_rng(seed)
@@ -116,7 +130,7 @@ def make_phantom(box: int, seed: int, n_atoms_large: int | None = None) -> Phant
     r_small = np.array([0.17, 0.15, 0.12]) * box
     axis = rng.normal(size=3)
     axis /= np.linalg.norm(axis)
-    separation = 0.7 * (r_large.mean() + r_small.mean())
+    separation = _touching_separation(r_large, r_small, axis)  # the envelopes touch, they do not overlap
     c_large = -axis * separation / 3
     c_small = axis * 2 * separation / 3
     large = _fill(rng, c_large, r_large, n_large)
