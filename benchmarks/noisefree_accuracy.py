@@ -1,15 +1,17 @@
 """Pose accuracy on a noise-free set: the LO-refinement of the complex, and each module alone as the control.
 
     lorefine simulate configs/simulate_noisefree.yaml --output noisefree
-    python benchmarks/noisefree_accuracy.py noisefree --work /tmp/nf_accuracy [--iterations 1 3] [--ranks 2]
+    python benchmarks/noisefree_accuracy.py noisefree --work /tmp/nf_accuracy [--iterations 3] [--ranks 2]
+        [--angle-refinement quadratic none]
 
 Prints, per module, the fraction of particles whose refined pose lies within one grid step of the truth
 (geodesic angle ≤ the angular step and origin error ≤ the shift step of the dataset's ``lorefine.yaml``)
 and the median errors, for two runs:
 
-complex  ``lorefine refine`` of the simulated images with the dataset's consensus map and masks, for each
-         number of iterations given (the paper's method: the rest of the complex is removed at its
-         preliminary pose, which is itself off by the other module's motion).
+complex  ``lorefine refine`` of the simulated images with the dataset's consensus map and masks, one run
+         of ``--iterations`` iterations per angle refinement given, every iteration reported (read from
+         its results.h5). The paper's method: the first reference is the consensus map, blurred by the
+         motion being refined, and the rest of the complex is removed at its preliminary pose.
 alone    images of that module alone at its true pose, refined with its true map (``modules: whole``):
          the candidate set, the image turning and the score, free of the other module's motion.
 """
@@ -20,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import mrcfile
 import numpy as np
 import yaml
@@ -64,7 +67,20 @@ def module_alone(data: Path, k: int, work: Path, batch: int = 500) -> Path:
 
 
 def accuracy(star: Path, truth: Path, step_deg: float, step_px: float) -> str:
-    angle, shift = pose_errors(read_star(star), read_star(truth))
+    return summary(*pose_errors(read_star(star), read_star(truth)), step_deg, step_px)
+
+
+def stage_accuracy(results: Path, stage: str, truth: Path, step_deg: float, step_px: float) -> str:
+    """The same figures for one stage of a run's results.h5 (poses in the consensus frame)."""
+    table = read_star(truth)
+    with h5py.File(results, "r") as f:
+        found, origin = f[stage]["matrix"][...], f[stage]["origin_px"][...]
+    expected = rotations.euler_to_matrix(table.rot_rad, table.tilt_rad, table.psi_rad)
+    angle = np.rad2deg(rotations.geodesic_angle(found, expected))
+    return summary(angle, np.linalg.norm(origin - table.origin_px, axis=1), step_deg, step_px)
+
+
+def summary(angle, shift, step_deg, step_px) -> str:
     within = np.mean((angle <= step_deg + 1e-6) & (shift <= step_px + 1e-6))
     return f"{100 * within:6.1f}%   median {np.median(angle):5.2f}° {np.median(shift):5.2f} px"
 
@@ -73,8 +89,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--iterations", type=int, nargs="+", default=[1])
+    parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--angle-refinement", nargs="+", default=["quadratic"], choices=["quadratic", "none"])
     args = parser.parse_args(argv)
     data, work = args.dataset.resolve(), args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -82,21 +99,26 @@ def main(argv=None):
     step_deg, step_px = base["search"]["angular_step_deg"], base["search"]["shift_step_px"]
     names = [m["name"] for m in base["modules"]]
     before = {name: accuracy(data / "particles.star", data / f"gt_module_{k}.star", step_deg, step_px) for k, name in enumerate(names, 1)}
-    lines = [f"{'run':24} {'module':6} within one step ({step_deg:g}°, {step_px:g} px)"]
-    lines += [f"{'consensus poses':24} {name:6} {before[name]}" for name in names]
-    for iterations in args.iterations:
-        out = work / f"complex_it{iterations}"
+    lines = [f"{'run':32} {'module':6} within one step ({step_deg:g}°, {step_px:g} px)"]
+    lines += [f"{'consensus poses':32} {name:6} {before[name]}" for name in names]
+    for refinement in args.angle_refinement:
+        out = work / f"complex_{refinement}"
         config = dict(base, particles=str(data / base["particles"]), consensus_map=str(data / base["consensus_map"]),
-                      modules=[dict(m, mask=str(data / m["mask"])) for m in base["modules"]], iterations=iterations, output=str(out))
-        refine(config, work / f"complex_it{iterations}.yaml", args.ranks)
-        lines += [f"{f'complex, {iterations} iteration(s)':24} {name:6} "
-                  f"{accuracy(out / name / 'particles.star', data / f'gt_module_{k}.star', step_deg, step_px)}" for k, name in enumerate(names, 1)]
-    for k, name in enumerate(names, 1):
-        out = work / f"alone_{k}"
-        config = dict(base, particles=str(module_alone(data, k, work)), consensus_map=str(data / f"gt_module_{k}.mrc"),
-                      modules="whole", iterations=1, output=str(out))
-        refine(config, work / f"alone_{k}.yaml", args.ranks)
-        lines.append(f"{'module alone, true map':24} {name:6} {accuracy(out / 'whole' / 'particles.star', data / f'gt_module_{k}.star', step_deg, step_px)}")
+                      modules=[dict(m, mask=str(data / m["mask"])) for m in base["modules"]], iterations=args.iterations,
+                      output=str(out), search=dict(base["search"], angle_refinement=refinement))
+        refine(config, work / f"complex_{refinement}.yaml", args.ranks)
+        for iteration in range(1, args.iterations + 1):
+            lines += [f"{f'complex, angles {refinement}, iteration {iteration}':32} {name:6} "
+                      f"{stage_accuracy(out / 'results.h5', f'iteration_{iteration:02d}/{name}', data / f'gt_module_{k}.star', step_deg, step_px)}"
+                      for k, name in enumerate(names, 1)]
+    for refinement in args.angle_refinement:
+        for k, name in enumerate(names, 1):
+            out = work / f"alone_{k}_{refinement}"
+            config = dict(base, particles=str(module_alone(data, k, work)), consensus_map=str(data / f"gt_module_{k}.mrc"),
+                          modules="whole", iterations=1, output=str(out), search=dict(base["search"], angle_refinement=refinement))
+            refine(config, work / f"alone_{k}_{refinement}.yaml", args.ranks)
+            lines.append(f"{f'module alone, true map, {refinement}':32} {name:6} "
+                         f"{accuracy(out / 'whole' / 'particles.star', data / f'gt_module_{k}.star', step_deg, step_px)}")
     print("\n".join(lines))
     return 0
 

@@ -55,7 +55,8 @@ class Summary:
         out.append(
             f"search           {cfg.search.strategy}: {k['n_directions']:.0f} directions × {k['n_psi']} ψ = "
             f"{k['n_orientations']:.0f} orientations × {k['n_shifts']} shifts; "
-            f"{k['evaluations_per_particle']:.0f} CCC evaluations per particle and module"
+            f"{k['evaluations_per_particle']:.0f} CCC evaluations per particle and module; "
+            + ("angles refined between grid points (quadratic)" if cfg.search.angle_refinement == "quadratic" else "angles on the grid")
         )
         return out
 

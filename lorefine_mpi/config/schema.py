@@ -36,6 +36,7 @@ class SearchConfig:
     shift_step_px: float = 1.0
     n_random_angles: int = 10
     mask_diameter_px: float | None = None
+    angle_refinement: str = "quadratic"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +84,7 @@ _RULES: dict[str, tuple[str, Any, str]] = {
     "search.shift_step_px": ("int", lambda v: 1 <= v <= 8, "must be a whole number of pixels in [1, 8]"),
     "search.n_random_angles": ("int", lambda v: v >= 1, "must be >= 1"),
     "search.mask_diameter_px": ("optional_float", lambda v: v > 0, "must be > 0 (or null for automatic)"),
+    "search.angle_refinement": ("choice", ("quadratic", "none"), "one of quadratic, none"),
     "score.mode": ("choice", ("subtract", "composite"), "one of subtract, composite"),
     "score.ctf": ("choice", ("auto", True, False), "one of auto, true, false"),
     "reconstruction.padding": ("int", lambda v: v in (1, 2, 3, 4), "must be 1, 2, 3 or 4"),

@@ -108,6 +108,27 @@ def inplane_rotation(angle_rad) -> np.ndarray:
     return out
 
 
+def rotation_vector(matrices) -> np.ndarray:
+    """The rotation vector ω (axis × angle, radians) of rotations ``(..., 3, 3)`` with angle < π: ``(..., 3)``.
+
+    Inverse of `from_rotation_vector`; ``rotation_about_axis(ω/|ω|, |ω|)`` gives the matrix back.
+    """
+    q = np.asarray(matrices, dtype=np.float64)
+    angle = np.arccos(np.clip((np.trace(q, axis1=-2, axis2=-1) - 1.0) / 2.0, -1.0, 1.0))
+    skew = np.stack([q[..., 2, 1] - q[..., 1, 2], q[..., 0, 2] - q[..., 2, 0], q[..., 1, 0] - q[..., 0, 1]], -1)
+    small = angle < 1e-8
+    factor = np.where(small, 0.5, angle / (2.0 * np.sin(np.where(small, 1.0, angle))))
+    return skew * factor[..., None]
+
+
+def from_rotation_vector(vectors) -> np.ndarray:
+    """Rotation matrices ``(..., 3, 3)`` of rotation vectors ``(..., 3)`` (axis × angle, radians)."""
+    v = np.asarray(vectors, dtype=np.float64)
+    angle = np.linalg.norm(v, axis=-1)
+    axis = np.where(angle[..., None] > 0, v, np.array([0.0, 0.0, 1.0]))
+    return rotation_about_axis(axis, angle)
+
+
 def geodesic_angle(a, b) -> np.ndarray:
     """Angle in radians of the rotation taking pose ``a`` to pose ``b`` (both ``(..., 3, 3)``)."""
     trace = np.einsum("...ij,...ij->...", np.asarray(a), np.asarray(b))

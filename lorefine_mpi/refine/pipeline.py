@@ -68,6 +68,7 @@ def search_settings(cfg, module_mask, centre_px, box) -> local.SearchSettings:
         shift_step_px=step,
         n_random_angles=s.n_random_angles,
         mask=modules.circular_mask(box, diameter),
+        angle_refinement=s.angle_refinement,
     )
 
 

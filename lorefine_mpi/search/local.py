@@ -33,6 +33,11 @@ Strategies: ``simultaneous`` (Fig. 3A): all (direction, ψ, shift). ``separate``
     (direction, ψ) of the particle's set, each over all shifts; their best shifts (sub-pixel, parabolic)
     are averaged in the image frame; then all (direction, ψ) at that shift.
 
+Angles between grid points (``search.angle_refinement: quadratic``, the default): the best grid pose is
+    moved to the peak of a quadratic fitted to the scores of its grid neighbours at the chosen shift
+    (`score.quadratic_peak_rotation`, at most half a step), as the shift's parabola does for pixels.
+    ``none`` keeps the best grid pose (the paper).
+
 CTF: references are ``CTF ⊛ P_{B_d}``. Since the image is turned by −β, the CTF used for a particle's
     references is its own with the astigmatism angle turned by +β̄ (the turned image sees its
     U axis at α + β̄) (β̄ = the particle's central in-plane angle); for astigmatism the
@@ -70,6 +75,7 @@ class SearchSettings:
     shift_step_px: int  # d2 (integer pixels)
     n_random_angles: int
     mask: np.ndarray  # (N, N) bool, the J pixels of Eq. 1, centred at N//2
+    angle_refinement: str = "quadratic"  # or "none": keep the best grid pose
 
 
 def canonical_frames(directions) -> np.ndarray:
@@ -284,7 +290,7 @@ class UnitSearch:
             cube = np.where(valid[:, :, None], cube, -np.inf)
             t, k, j = np.unravel_index(np.argmax(cube), cube.shape)
             shift_px = image_frame_shift(self.shifts_px[j], angles[t])
-            return candidate_pose(frames[dir_ids[k]], ms[t], s.psi_step_rad), shift_px, cube[t, k, j]
+            return self._refined_pose(cube[:, :, j], t, k, frames, dir_ids, ms), shift_px, cube[t, k, j]
         pairs = np.argwhere(valid)
         rng = np.random.default_rng(seed)
         picked = pairs[rng.choice(len(pairs), size=min(s.n_random_angles, len(pairs)), replace=False)]
@@ -299,4 +305,15 @@ class UnitSearch:
         cube = ccc(score.take(zero_tables, dir_ids), turn_images(moved_ft, angles, self.box), moved_rest)[..., 0]
         cube = np.where(valid, cube, -np.inf)
         t, k = np.unravel_index(np.argmax(cube), cube.shape)
-        return candidate_pose(frames[dir_ids[k]], ms[t], s.psi_step_rad), shift_px, cube[t, k]
+        return self._refined_pose(cube, t, k, frames, dir_ids, ms), shift_px, cube[t, k]
+
+    def _refined_pose(self, scores, t, k, frames, dir_ids, ms) -> np.ndarray:
+        """The best grid pose (in-plane index ms[t], direction dir_ids[k]) or, with ``angle_refinement:
+        quadratic``, that pose moved to the peak of the scores (t, k) of its grid neighbours (at one shift)."""
+        s = self.settings
+        best = candidate_pose(frames[dir_ids[k]], ms[t], s.psi_step_rad)
+        if s.angle_refinement == "none":
+            return best
+        tt, kk = np.nonzero(np.isfinite(scores))
+        poses = candidate_pose(frames[dir_ids[kk]], ms[tt], s.psi_step_rad)
+        return score.quadratic_peak_rotation(best, poses, scores[tt, kk], max(s.angular_step_rad, s.psi_step_rad))

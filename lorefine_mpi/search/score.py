@@ -23,6 +23,8 @@ import dataclasses
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from lorefine_mpi.geometry import rotations
+
 
 def shift_grid(max_shift_px: float, shift_step_px: float) -> np.ndarray:
     """Integer shifts (S, 2) float64 (x, y), ``n · step`` for ``|n| ≤ floor(max / step)``; y outer, x inner."""
@@ -170,3 +172,29 @@ def subpixel_peak(scores, shifts_px) -> np.ndarray:
         delta = np.where(ok, 0.5 * (left - right) / np.where(ok, curvature, 1.0), 0.0)
         out[:, column] += np.clip(delta, -0.5, 0.5) * step
     return out
+
+
+def quadratic_peak_rotation(best, poses, scores, step_rad, reach_steps=1.6, min_points=10) -> np.ndarray:
+    """The best grid pose (3, 3) moved to the peak of a quadratic fitted to the scores around it.
+
+    poses (k, 3, 3) and scores (k,) are the candidates searched (non-finite scores are ignored). Each is
+    placed at ω = rotation_vector(pose · bestᵀ) / step, and the scores of those within ``reach_steps``
+    are fitted by least squares with s(ω) = c + gᵀω + ½ ωᵀHω (10 coefficients). When H is negative definite
+    the pose moves to ω* = −H⁻¹g, shortened to half a step if farther (the angular analogue of
+    `subpixel_peak`); otherwise (fewer than ``min_points`` candidates, no maximum) ``best`` is returned.
+    """
+    omega = rotations.rotation_vector(np.asarray(poses) @ np.asarray(best).T) / step_rad
+    near = (np.linalg.norm(omega, axis=1) <= reach_steps) & np.isfinite(scores)
+    if near.sum() < min_points:
+        return best
+    x, y, z = omega[near].T
+    design = np.stack([np.ones_like(x), x, y, z, x * x, y * y, z * z, x * y, x * z, y * z], 1)
+    c = np.linalg.lstsq(design, np.asarray(scores, dtype=np.float64)[near], rcond=None)[0]
+    hessian = np.array([[2 * c[4], c[7], c[8]], [c[7], 2 * c[5], c[9]], [c[8], c[9], 2 * c[6]]])
+    if np.linalg.eigvalsh(hessian).max() >= 0:
+        return best
+    peak = -np.linalg.solve(hessian, c[1:4])
+    length = np.linalg.norm(peak)
+    if length > 0.5:
+        peak *= 0.5 / length
+    return rotations.from_rotation_vector(peak * step_rad) @ best

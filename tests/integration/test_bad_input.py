@@ -134,6 +134,7 @@ CASES = {
     "cone narrower than the grid": (edit_config(lambda c: c["search"].update(cone_half_angle_deg=1, angular_step_deg=3)),
                                     "search.cone_half_angle_deg: must be >= search.angular_step_deg (3)"),
     "bad strategy": (edit_config(lambda c: c["search"].update(strategy="greedy")), "search.strategy"),
+    "bad angle refinement": (edit_config(lambda c: c["search"].update(angle_refinement="cubic")), "search.angle_refinement"),
     "duplicate module name": (edit_config(lambda c: c["modules"][1].update(name="large")), "duplicate module name"),
     "output folder not writable": (unreadable_output, "output"),
     "missing config file": (lambda f: (f / "config.yaml").unlink(), "config.yaml"),

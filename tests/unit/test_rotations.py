@@ -92,3 +92,13 @@ def test_recentre_pose_keeps_every_image_point(rng):
     p = rng.normal(size=(6, 3)) * 10
     o2 = R.recentre_pose(a, o, c)
     np.testing.assert_allclose(R.image_position_px(a, p - c, o2), R.image_position_px(a, p, o), atol=1e-12)
+
+
+def test_rotation_vector_round_trip_and_axis_angle_by_hand(rng):
+    axis = rng.normal(size=(50, 3))
+    axis /= np.linalg.norm(axis, axis=1, keepdims=True)
+    angle = np.concatenate([rng.uniform(0, 3.0, 45), [0.0, 1e-10, 1e-6, 1e-3, 3.1]])
+    omega = R.rotation_vector(R.rotation_about_axis(axis, angle))
+    np.testing.assert_allclose(omega, axis * angle[:, None], atol=1e-7)
+    np.testing.assert_allclose(R.from_rotation_vector(axis * angle[:, None]), R.rotation_about_axis(axis, angle), atol=1e-12)
+    np.testing.assert_allclose(R.from_rotation_vector(np.zeros(3)), np.eye(3))

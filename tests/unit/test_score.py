@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from lorefine_mpi.geometry import rotations
 from lorefine_mpi.search import modules, score
 
 
@@ -74,3 +75,38 @@ def test_take_selects_references_and_subpixel_peak_refines():
     peak = np.array([0.4, -0.3])
     values = -((shifts - peak) ** 2).sum(1)  # a paraboloid with its top at (0.4, -0.3)
     np.testing.assert_allclose(score.subpixel_peak(values[None], shifts)[0], peak, atol=1e-9)
+
+
+def lattice_around(best, step_rad):
+    """Candidates at the 27 offsets {-1, 0, 1}³ · step around ``best`` (rotation vectors, left-multiplied)."""
+    offsets = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3).astype(float)
+    return offsets, rotations.from_rotation_vector(offsets * step_rad) @ best
+
+
+@pytest.mark.parametrize("peak", [[0.2, -0.3, 0.1], [0.0, 0.0, 0.0], [-0.4, 0.1, 0.25]])
+def test_quadratic_peak_rotation_finds_the_peak_of_a_quadratic_score(peak):
+    rng = np.random.default_rng(3)
+    best = rotations.euler_to_matrix(*rng.uniform(-np.pi, np.pi, 3))
+    step = np.deg2rad(2.0)
+    _, poses = lattice_around(best, step)
+    # A concave quadratic in the rotation vector (in steps) of each pose relative to the true pose.
+    truth = rotations.from_rotation_vector(np.array(peak) * step) @ best
+    hessian = -np.array([[3.0, 0.5, 0.2], [0.5, 2.0, -0.3], [0.2, -0.3, 1.5]])
+    u = rotations.rotation_vector(poses @ truth.T) / step
+    scores = 0.9 + 0.5 * np.einsum("ki,ij,kj->k", u, hessian, u)
+    found = score.quadratic_peak_rotation(best, poses, scores, step)
+    # The fit is in coordinates about `best`, the score about the truth: equal to second order in the step.
+    assert np.rad2deg(rotations.geodesic_angle(found, truth)) < 0.01
+    assert np.rad2deg(rotations.geodesic_angle(found, best)) <= 0.5 * 2.0 + 1e-9
+
+
+def test_quadratic_peak_rotation_stays_within_half_a_step_and_keeps_the_grid_pose_without_a_maximum():
+    best, step = np.eye(3), np.deg2rad(2.0)
+    offsets, poses = lattice_around(best, step)
+    far = score.quadratic_peak_rotation(best, poses, -((offsets - [3.0, 0.0, 0.0]) ** 2).sum(1), step)
+    np.testing.assert_allclose(rotations.rotation_vector(far) / step, [0.5, 0.0, 0.0], atol=1e-9)
+    saddle = offsets[:, 0] ** 2 - offsets[:, 1] ** 2 - offsets[:, 2] ** 2
+    assert score.quadratic_peak_rotation(best, poses, saddle, step) is best
+    few = np.full(len(poses), -np.inf)
+    few[:5] = 1.0
+    assert score.quadratic_peak_rotation(best, poses, few, step) is best
