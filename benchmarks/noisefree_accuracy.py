@@ -99,8 +99,8 @@ def main(argv=None):
     step_deg, step_px = base["search"]["angular_step_deg"], base["search"]["shift_step_px"]
     names = [m["name"] for m in base["modules"]]
     before = {name: accuracy(data / "particles.star", data / f"gt_module_{k}.star", step_deg, step_px) for k, name in enumerate(names, 1)}
-    lines = [f"{'run':32} {'module':6} within one step ({step_deg:g}°, {step_px:g} px)"]
-    lines += [f"{'consensus poses':32} {name:6} {before[name]}" for name in names]
+    lines = [f"{'run':40} {'module':6} within one step ({step_deg:g}°, {step_px:g} px)"]
+    lines += [f"{'consensus poses':40} {name:6} {before[name]}" for name in names]
     for refinement in args.angle_refinement:
         out = work / f"complex_{refinement}"
         config = dict(base, particles=str(data / base["particles"]), consensus_map=str(data / base["consensus_map"]),
@@ -108,7 +108,7 @@ def main(argv=None):
                       output=str(out), search=dict(base["search"], angle_refinement=refinement))
         refine(config, work / f"complex_{refinement}.yaml", args.ranks)
         for iteration in range(1, args.iterations + 1):
-            lines += [f"{f'complex, angles {refinement}, iteration {iteration}':32} {name:6} "
+            lines += [f"{f'complex, angles {refinement}, iteration {iteration}':40} {name:6} "
                       f"{stage_accuracy(out / 'results.h5', f'iteration_{iteration:02d}/{name}', data / f'gt_module_{k}.star', step_deg, step_px)}"
                       for k, name in enumerate(names, 1)]
     for refinement in args.angle_refinement:
@@ -117,7 +117,7 @@ def main(argv=None):
             config = dict(base, particles=str(module_alone(data, k, work)), consensus_map=str(data / f"gt_module_{k}.mrc"),
                           modules="whole", iterations=1, output=str(out), search=dict(base["search"], angle_refinement=refinement))
             refine(config, work / f"alone_{k}_{refinement}.yaml", args.ranks)
-            lines.append(f"{f'module alone, true map, {refinement}':32} {name:6} "
+            lines.append(f"{f'module alone, true map, {refinement}':40} {name:6} "
                          f"{accuracy(out / 'whole' / 'particles.star', data / f'gt_module_{k}.star', step_deg, step_px)}")
     print("\n".join(lines))
     return 0
