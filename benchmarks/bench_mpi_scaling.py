@@ -59,13 +59,13 @@ def main():
     print(f"parallel efficiency with 2 ranks on 2 cores: {100 * rates[2] / (2 * rates[1]):.1f} %")
     # What crosses MPI: the scheduler sends a unit number (a pickled int) and gets back the unit's results.
     unit_size = 64
-    result = {"matrix": np.zeros((unit_size, 3, 3)), "origin_px": np.zeros((unit_size, 2)), "score": np.zeros(unit_size, np.float32),
+    result = {"search_matrix": np.zeros((unit_size, 3, 3)), "search_origin_px": np.zeros((unit_size, 2)), "score": np.zeros(unit_size, np.float32),
               "rest_scale": np.zeros(unit_size, np.float32)}
     out_bytes = len(pickle.dumps(7))
     back_bytes = len(pickle.dumps((7, result, False)))
     print(f"search traffic per unit of {unit_size}: 2 messages ({out_bytes} B out, {back_bytes} B back) "
           f"= {2 / unit_size:.3f} messages and {(out_bytes + back_bytes) / unit_size:.0f} B per particle per module")
-    per_particle_bcast = 9 * 8 + 2 * 8 + 4 + 4 + 1
+    per_particle_bcast = 9 * 8 + 2 * 8  # the final pose matrix and origin, float64
     print(f"per stage: rank 0 broadcasts the work units (4 B per particle) and the refined poses ({per_particle_bcast} B per "
           f"particle), and every rank sends its two "
           f"half-map accumulators to the reduction (box 64: {2 * 128 * 128 * 65 * 24 / 2**20:.0f} MiB; box 128: "

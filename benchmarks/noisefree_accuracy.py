@@ -2,18 +2,20 @@
 
     lorefine simulate configs/simulate_noisefree.yaml --output noisefree
     python benchmarks/noisefree_accuracy.py noisefree --work /tmp/nf_accuracy [--iterations 3] [--ranks 2]
-        [--angle-refinement quadratic none]
+        [--runs angle_refinement=quadratic,mean_motion=remove angle_refinement=none,mean_motion=keep]
 
 Prints, per module, the fraction of particles whose refined pose lies within one grid step of the truth
 (geodesic angle ≤ the angular step and origin error ≤ the shift step of the dataset's ``lorefine.yaml``)
-and the median errors, for two runs:
+and the median errors, for two kinds of run:
 
 complex  ``lorefine refine`` of the simulated images with the dataset's consensus map and masks, one run
-         of ``--iterations`` iterations per angle refinement given, every iteration reported (read from
-         its results.h5). The paper's method: the first reference is the consensus map, blurred by the
-         motion being refined, and the rest of the complex is removed at its preliminary pose.
-alone    images of that module alone at its true pose, refined with its true map (``modules: whole``):
-         the candidate set, the image turning and the score, free of the other module's motion.
+         of ``--iterations`` iterations per ``--runs`` item (search settings, KEY=VALUE joined by commas),
+         every iteration reported (read from its results.h5). The paper's method: the first reference is
+         the consensus map, blurred by the motion being refined, and the rest of the complex is removed
+         at its preliminary pose.
+alone    images of that module alone at its true pose, refined with its true map (``modules: whole``),
+         once per angle refinement of the runs: the candidate set, the image turning and the score, free
+         of the other module's motion.
 """
 
 import argparse
@@ -91,33 +93,36 @@ def main(argv=None):
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--ranks", type=int, default=2)
-    parser.add_argument("--angle-refinement", nargs="+", default=["quadratic"], choices=["quadratic", "none"])
+    parser.add_argument("--runs", nargs="+", default=["angle_refinement=quadratic"], metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="search settings of each complex run")
     args = parser.parse_args(argv)
+    runs = [dict((key, yaml.safe_load(value)) for key, value in (item.split("=", 1) for item in run.split(","))) for run in args.runs]
     data, work = args.dataset.resolve(), args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load((data / "lorefine.yaml").read_text())
     step_deg, step_px = base["search"]["angular_step_deg"], base["search"]["shift_step_px"]
     names = [m["name"] for m in base["modules"]]
     before = {name: accuracy(data / "particles.star", data / f"gt_module_{k}.star", step_deg, step_px) for k, name in enumerate(names, 1)}
-    lines = [f"{'run':40} {'module':6} within one step ({step_deg:g}°, {step_px:g} px)"]
-    lines += [f"{'consensus poses':40} {name:6} {before[name]}" for name in names]
-    for refinement in args.angle_refinement:
-        out = work / f"complex_{refinement}"
+    width = max(40, max(len(item) for item in args.runs) + 14)
+    lines = [f"{'run':{width}} {'module':6} within one step ({step_deg:g}°, {step_px:g} px)"]
+    lines += [f"{'consensus poses':{width}} {name:6} {before[name]}" for name in names]
+    for label, settings in zip(args.runs, runs):
+        out = work / f"complex_{label.replace(',', '_').replace('=', '-')}"
         config = dict(base, particles=str(data / base["particles"]), consensus_map=str(data / base["consensus_map"]),
                       modules=[dict(m, mask=str(data / m["mask"])) for m in base["modules"]], iterations=args.iterations,
-                      output=str(out), search=dict(base["search"], angle_refinement=refinement))
-        refine(config, work / f"complex_{refinement}.yaml", args.ranks)
+                      output=str(out), search=dict(base["search"], **settings))
+        refine(config, out.with_suffix(".yaml"), args.ranks)
         for iteration in range(1, args.iterations + 1):
-            lines += [f"{f'complex, angles {refinement}, iteration {iteration}':40} {name:6} "
+            lines += [f"{f'{label}, iteration {iteration}':{width}} {name:6} "
                       f"{stage_accuracy(out / 'results.h5', f'iteration_{iteration:02d}/{name}', data / f'gt_module_{k}.star', step_deg, step_px)}"
                       for k, name in enumerate(names, 1)]
-    for refinement in args.angle_refinement:
+    for refinement in dict.fromkeys(r.get("angle_refinement", "quadratic") for r in runs):
         for k, name in enumerate(names, 1):
             out = work / f"alone_{k}_{refinement}"
             config = dict(base, particles=str(module_alone(data, k, work)), consensus_map=str(data / f"gt_module_{k}.mrc"),
                           modules="whole", iterations=1, output=str(out), search=dict(base["search"], angle_refinement=refinement))
             refine(config, work / f"alone_{k}_{refinement}.yaml", args.ranks)
-            lines.append(f"{f'module alone, true map, {refinement}':40} {name:6} "
+            lines.append(f"{f'module alone, true map, {refinement}':{width}} {name:6} "
                          f"{accuracy(out / 'whole' / 'particles.star', data / f'gt_module_{k}.star', step_deg, step_px)}")
     print("\n".join(lines))
     return 0

@@ -37,6 +37,7 @@ class SearchConfig:
     n_random_angles: int = 10
     mask_diameter_px: float | None = None
     angle_refinement: str = "quadratic"
+    mean_motion: str = "remove"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +86,7 @@ _RULES: dict[str, tuple[str, Any, str]] = {
     "search.n_random_angles": ("int", lambda v: v >= 1, "must be >= 1"),
     "search.mask_diameter_px": ("optional_float", lambda v: v > 0, "must be > 0 (or null for automatic)"),
     "search.angle_refinement": ("choice", ("quadratic", "none"), "one of quadratic, none"),
+    "search.mean_motion": ("choice", ("remove", "keep"), "one of remove, keep"),
     "score.mode": ("choice", ("subtract", "composite"), "one of subtract, composite"),
     "score.ctf": ("choice", ("auto", True, False), "one of auto, true, false"),
     "reconstruction.padding": ("int", lambda v: v in (1, 2, 3, 4), "must be 1, 2, 3 or 4"),

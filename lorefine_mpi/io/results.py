@@ -7,14 +7,20 @@ Schema (h5py; written by rank 0 only)
         results; `--continue` refuses a config whose fingerprint differs and names what changed).
     /particles/image_name            (n,) str, rlnImageName of each particle, in STAR order
     /<stage>/                        one group per (iteration, module), e.g. ``iteration_01/large``
-        attrs: iteration, module, n_units, complete (0/1), reconstructed (0/1)
+        attrs: iteration, module, n_units, complete (0/1), reconstructed (0/1),
+               mean_rotation_removed_deg (3,) rotation vector and mean_shift_removed_px (3,) xyz of the
+               mean motion taken out of the search's poses (``search.mean_motion``; zeros for ``keep``)
         unit_of_particle (n,) int32  the work unit of each particle (projection-class chunks)
         unit_done        (n_units,) int8, 1 once every particle of the unit is written
-        matrix           (n, 3, 3) float64, the module's pose (RELION A), consensus frame
-        origin_px        (n, 2) float64, the module's origin (RELION convention, px), consensus frame
+        search_matrix    (n, 3, 3) float64, the pose the search found (RELION A), consensus frame
+        search_origin_px (n, 2) float64, its origin (RELION convention, px), consensus frame
         score            (n,) float32, the best CCC (Eq. 1)
         rest_scale       (n,) float32, k of the subtract mode (0 when not used)
         status           (n,) int8, 0 pending, 1 done
+        matrix, origin_px  the module's final pose (the one in its particles.star and its map): the
+                         search's pose with the stage's mean motion taken out; written when the stage
+                         completes (recomputed from the search's poses on every run, so a kill while it is
+                         written loses nothing)
 
 Crash safety: every dataset of a stage is created, at full size, when the stage starts, with early
 allocation; afterwards only raw data changes. A unit is written data first, then its ``unit_done``
@@ -33,12 +39,13 @@ import numpy as np
 from lorefine_mpi.errors import InputError
 
 FIELDS = {
-    "matrix": ((3, 3), np.float64),
-    "origin_px": ((2,), np.float64),
+    "search_matrix": ((3, 3), np.float64),
+    "search_origin_px": ((2,), np.float64),
     "score": ((), np.float32),
     "rest_scale": ((), np.float32),
     "status": ((), np.int8),
 }
+POSE_FIELDS = {"matrix": ((3, 3), np.float64), "origin_px": ((2,), np.float64)}
 
 
 def _create_early(group, name, shape, dtype, fill=0):
@@ -121,7 +128,7 @@ class ResultsFile:
         _create_early(g, "unit_of_particle", (n,), np.int32)
         g["unit_of_particle"][...] = unit_of_particle
         _create_early(g, "unit_done", (n_units,), np.int8)
-        for field, (shape, dtype) in FIELDS.items():
+        for field, (shape, dtype) in (FIELDS | POSE_FIELDS).items():
             _create_early(g, field, (n,) + shape, dtype)
         self.file.flush()
         return g
@@ -131,7 +138,7 @@ class ResultsFile:
         g = self.file[name]
         order = np.argsort(particles)
         idx = np.asarray(particles)[order]
-        for field in ("matrix", "origin_px", "score", "rest_scale"):
+        for field in ("search_matrix", "search_origin_px", "score", "rest_scale"):
             g[field][idx] = np.asarray(results[field])[order]
         g["status"][idx] = 1
         self.file.flush()
@@ -142,8 +149,18 @@ class ResultsFile:
         return np.asarray(self.file[name]["unit_done"][...], dtype=bool) if name in self.file else np.zeros(0, bool)
 
     def read_stage(self, name: str) -> dict:
+        """The search's results of a stage (`FIELDS`)."""
         g = self.file[name]
         return {field: g[field][...] for field in FIELDS}
+
+    def write_poses(self, name: str, matrix, origin_px, rotation_vector_deg, shift_px) -> None:
+        """The stage's final poses and the mean motion taken out of the search's poses."""
+        g = self.file[name]
+        g["matrix"][...] = matrix
+        g["origin_px"][...] = origin_px
+        g.attrs["mean_rotation_removed_deg"] = np.asarray(rotation_vector_deg, dtype=np.float64)
+        g.attrs["mean_shift_removed_px"] = np.asarray(shift_px, dtype=np.float64)
+        self.file.flush()
 
     def mark(self, name: str, attr: str) -> None:
         self.file[name].attrs[attr] = 1

@@ -2,13 +2,17 @@
 
 A run is a sequence of *stages*, one per (iteration, module):
     1. split: module map ``V·M``, recentred so its centre of mass is at the box centre; the rest of the
-       complex for the subtract/composite scores: every other module's map at its latest poses (the
-       refined ones once that module has been refined, in this iteration or the last; the consensus
-       poses before) plus the unmasked remainder at the consensus poses;
+       complex for the subtract/composite scores: every other module at its latest map and poses
+       (Gauss-Seidel: a module refined earlier in this iteration enters with its new map and poses, the
+       others with the iteration's model and their poses of the last iteration, or the consensus poses)
+       plus the unmasked remainder at the consensus poses;
        the node leader puts their padded Fourier transforms in node-shared memory;
     2. search: rank 0 partitions particles by projection class into work units and hands them out
        (`parallel.scheduler`); each unit's reference projections are computed once (`search.local`);
-       rank 0 writes each finished unit to ``results.h5`` (the checkpoint);
+       rank 0 writes each finished unit to ``results.h5`` (the checkpoint); once all are in, the mean
+       rigid motion of the module's poses relative to the consensus poses is taken out
+       (``search.mean_motion: remove``): the map and poses of a module are only defined up to a common
+       motion, and without this the module drifts from the consensus frame over iterations;
     3. reconstruct: every rank back-projects its block of particles with the refined poses into its own
        accumulators; they are summed on rank 0, which writes the half maps, the masked map (in the
        consensus frame), the FSC, and the module's STAR file.
@@ -127,7 +131,9 @@ class RefineRun:
             maps = []
             for index, module in enumerate(cfg.modules):
                 stage = f"iteration_{iteration:02d}/{module.name}"
-                refined = self._search_stage(stage, iteration, index, model, poses)
+                # Gauss-Seidel: the modules refined already in this iteration enter the rest with their new maps.
+                module_maps = maps + [model] * (len(cfg.modules) - len(maps))
+                refined = self._search_stage(stage, iteration, index, model, module_maps, poses)
                 if refined is None:
                     if ctx.is_root:
                         log.warning(
@@ -136,7 +142,6 @@ class RefineRun:
                         )
                         print(f"lorefine: stopped; finished work is saved. Resume with: lorefine refine {cfg.source} --continue", flush=True)
                     return EXIT_STOPPED
-                # Gauss-Seidel: the next module's rest is this module at its refined poses.
                 poses[index] = refined
                 maps.append(self._reconstruct_stage(stage, iteration, index, refined))
             model = self._combine(model, maps, iteration)
@@ -146,14 +151,15 @@ class RefineRun:
         return 0
 
     # -- one stage: search --------------------------------------------------------------------
-    def _rest_components(self, index, model, poses):
-        """[(volume, Poses)] of what is not the target module, for the scores that need it."""
+    def _rest_components(self, index, model, module_maps, poses):
+        """[(volume, Poses)] of what is not the target module, for the scores that need it: every other
+        module j as ``module_maps[j] · M_j`` at ``poses[j]``, and the model outside all masks at the consensus poses."""
         if self.cfg.score.mode not in ("subtract", "composite") or self.cfg.modules[index].mask is None:
             return []
         mask = self.masks[index]
         if all(p is self.consensus_poses for p in poses):
             return [(model * (1.0 - mask), self.consensus_poses)]
-        parts = [(model * self.masks[j], poses[j]) for j in range(len(self.masks)) if j != index]
+        parts = [(module_maps[j] * self.masks[j], poses[j]) for j in range(len(self.masks)) if j != index]
         remainder = np.clip(1.0 - sum(self.masks), 0.0, 1.0)
         if remainder.any():
             parts.append((model * remainder, self.consensus_poses))
@@ -165,7 +171,7 @@ class RefineRun:
         shared = SharedArray(self.ctx, shape, np.complex64, lambda out: fourier.prepare_volume(volume, pad, out=out))
         return shared, fourier.FourierVolume.from_array(shared.array, self.box, pad)
 
-    def _search_stage(self, stage, iteration, index, model, poses):
+    def _search_stage(self, stage, iteration, index, model, module_maps, poses):
         cfg, ctx = self.cfg, self.ctx
         module_mask = self.masks[index]
         centre = modules.centre_of_mass_px(model, module_mask)
@@ -191,7 +197,7 @@ class RefineRun:
             module_shared, module_fvol = self._shared_fvol(modules.recentre(model * module_mask, centre))
             held.append(module_shared)
             rest = []
-            for volume, rest_poses in self._rest_components(index, model, poses):
+            for volume, rest_poses in self._rest_components(index, model, module_maps, poses):
                 shared, fvol = self._shared_fvol(volume)
                 held.append(shared)
                 rest.append((fvol, rest_poses))
@@ -210,11 +216,26 @@ class RefineRun:
                 shared.free()
             if not finished:
                 return None
-        stored = self.results.read_stage(stage) if ctx.is_root else None
+        final = None
         if ctx.is_root:
+            final = self._final_poses(stage, centre)
             self.results.mark(stage, "complete")
-        stored = ctx.bcast(stored)
-        return Poses(stored["matrix"], stored["origin_px"])
+        return ctx.bcast(final)
+
+    def _final_poses(self, stage, centre) -> Poses:
+        """The stage's poses from the search's, with the mean motion taken out (`search.mean_motion`); rank 0.
+        Recomputed from the checkpoint on every run (deterministic), then written to ``results.h5``."""
+        stored = self.results.read_stage(stage)
+        matrices, origin_px = stored["search_matrix"], stored["search_origin_px"]
+        rotation_deg, shift_px = np.zeros(3), np.zeros(3)
+        if self.cfg.search.mean_motion == "remove":
+            reference = self.consensus_poses
+            matrices, origin_px, motion = modules.remove_mean_motion(matrices, origin_px, reference.matrices, reference.origin_px, centre)
+            rotation_deg, shift_px = np.rad2deg(rotations.rotation_vector(motion.rotation)), motion.shift_px
+            log.info("%s: mean motion relative to the consensus taken out: %.3f° rotation, %.3f px shift",
+                     stage, np.rad2deg(motion.angle_rad), np.linalg.norm(shift_px))
+        self.results.write_poses(stage, matrices, origin_px, rotation_deg, shift_px)
+        return Poses(matrices, origin_px)
 
     def _ctf(self, ids):
         if not self.use_ctf:
@@ -232,8 +253,8 @@ class RefineRun:
         unit = local.UnitInput(images_ft, prelim.matrices[ids], origin_centred, ctf, rest_ft, seeds[ids])
         found = searcher.run(unit)
         return {
-            "matrix": found.matrix,
-            "origin_px": modules.consensus_origins(found.matrix, found.origin_px, centre),
+            "search_matrix": found.matrix,
+            "search_origin_px": modules.consensus_origins(found.matrix, found.origin_px, centre),
             "score": found.score,
             "rest_scale": found.rest_scale,
         }

@@ -80,6 +80,48 @@ def consensus_origins(matrices, origin_px_centred, centre_px) -> np.ndarray:
     return np.asarray(origin_px_centred) + np.einsum("nij,j->ni", np.asarray(matrices), c)[:, :2]
 
 
+@dataclasses.dataclass(frozen=True)
+class MeanMotion:
+    """A rigid motion of a module about its centre: rotation (3, 3) and shift_px (3,) xyz px."""
+
+    rotation: np.ndarray
+    shift_px: np.ndarray
+
+    @property
+    def angle_rad(self) -> float:
+        return float(rotations.geodesic_angle(self.rotation, np.eye(3)))
+
+
+def remove_mean_motion(matrices, origin_px, reference_matrices, reference_origin_px, centre_px, max_iterations=50):
+    """The module's poses with their mean rigid motion relative to reference poses taken out.
+
+    A pose (A, o) of the module is its reference pose (A0, o0) with the module moved by a rotation Q about
+    its centre c and a shift t (`rotations.compose_module_pose`); in the recentred frame (o' = o − (A c)_xy)
+    that is ``A = A0 Q`` and ``o' = o0' − (A0 t)_xy``. The mean motion is the Karcher mean Q̄ of the
+    ``Q_i = A0_iᵀ A_i`` (``mean_i log(Q_i Q̄ᵀ) = 0``) and the least-squares t̄ of the origin changes (3D:
+    particles seen from different directions see different components of it; a component that no view
+    sees is left at 0). Taking it out, ``A_i Q̄ᵀ`` and ``o'_i + (A0_i t̄)_xy``, leaves poses whose mean
+    motion is zero, so a map reconstructed from them sits where the reference poses put the module.
+
+    matrices, reference_matrices: (n, 3, 3); origin_px, reference_origin_px: (n, 2) px, consensus frame;
+    centre_px: (3,) the module centre. Returns (matrices (n, 3, 3), origin_px (n, 2), `MeanMotion`).
+    """
+    a = np.asarray(matrices, dtype=np.float64)
+    a0 = np.asarray(reference_matrices, dtype=np.float64)
+    q = np.swapaxes(a0, -1, -2) @ a
+    mean = np.eye(3)
+    for _ in range(max_iterations):
+        step = rotations.rotation_vector(q @ mean.T).mean(axis=0)
+        mean = rotations.from_rotation_vector(step) @ mean
+        if np.linalg.norm(step) < 1e-13:
+            break
+    change = recentre_origins(a, origin_px, centre_px) - recentre_origins(a0, reference_origin_px, centre_px)
+    shift = np.linalg.lstsq(a0[:, :2, :].reshape(-1, 3), -change.reshape(-1), rcond=None)[0]
+    fixed = a @ mean.T
+    centred = recentre_origins(a, origin_px, centre_px) + np.einsum("nij,j->ni", a0, shift)[:, :2]
+    return fixed, consensus_origins(fixed, centred, centre_px), MeanMotion(mean, shift)
+
+
 def mask_radius_px(mask, centre_px, threshold=0.5) -> float:
     """Largest distance (px) from ``centre_px`` of a voxel with ``mask ≥ threshold``."""
     m = np.asarray(mask)

@@ -58,7 +58,8 @@ def make_run(folder: Path, n_particles=120, unit_size=4, **search) -> Path:
 
 def results(folder):
     with h5py.File(folder / "out" / "results.h5", "r") as f:
-        return {stage: {k: f[stage][k][...] for k in ("matrix", "origin_px", "score", "status", "unit_done")} for stage in STAGES}
+        return {stage: {k: f[stage][k][...] for k in ("search_matrix", "search_origin_px", "matrix", "origin_px", "score", "status", "unit_done")}
+                for stage in STAGES}
 
 
 def maps(folder):
@@ -73,7 +74,7 @@ def assert_same(folder_a, folder_b):
     """Per-particle parameters bitwise equal, every particle done once, maps equal to 1e-5 relative."""
     a, b = results(folder_a), results(folder_b)
     for stage in STAGES:
-        for key in ("matrix", "origin_px", "score"):
+        for key in ("search_matrix", "search_origin_px", "matrix", "origin_px", "score"):
             np.testing.assert_array_equal(a[stage][key], b[stage][key], err_msg=f"{stage}/{key}")
         assert (a[stage]["status"] == 1).all() and (b[stage]["status"] == 1).all()
         assert (b[stage]["unit_done"] == 1).all()

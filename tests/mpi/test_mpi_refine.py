@@ -104,7 +104,7 @@ def test_continue_keeps_the_checkpoint_work_units_when_the_parallel_settings_cha
             g = f[stage]
             undone = np.flatnonzero(np.arange(len(g["unit_done"])) % 2 == 1)
             lost = np.isin(g["unit_of_particle"][...], undone)
-            for name, value, where in (("unit_done", 0, undone), ("status", 0, lost), ("matrix", 0.0, lost)):
+            for name, value, where in (("unit_done", 0, undone), ("status", 0, lost), ("search_matrix", 0.0, lost), ("matrix", 0.0, lost)):
                 data = g[name][...]
                 data[where] = value
                 g[name][...] = data

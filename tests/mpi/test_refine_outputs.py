@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from lorefine_mpi.geometry import rotations
 from lorefine_mpi.io.mrc import read_map
 from lorefine_mpi.io.star import read_star
 from mpi_jobs import make_run, run
@@ -74,3 +75,19 @@ def test_relion_reconstruct_of_a_module_star_rebuilds_its_map(refined, module, t
     relion, _ = read_map(out)
     mask, _ = read_map(refined / module / "mask.mrc")
     assert masked_correlation(written, relion, mask) >= 0.99
+
+
+def test_final_poses_are_the_search_poses_with_the_mean_motion_taken_out(refined):
+    consensus = read_star(refined.parent / "particles.star")
+    a0 = rotations.euler_to_matrix(consensus.rot_rad, consensus.tilt_rad, consensus.psi_rad)
+    with h5py.File(refined / "results.h5", "r") as f:
+        for module in MODULES:
+            g = f[f"iteration_01/{module}"]
+            search, final = g["search_matrix"][...], g["matrix"][...]
+            removed = rotations.from_rotation_vector(np.deg2rad(g.attrs["mean_rotation_removed_deg"]))
+            np.testing.assert_allclose(final, search @ removed.T, atol=1e-12)
+            assert 0 < np.linalg.norm(g.attrs["mean_rotation_removed_deg"]) < 2.0
+            np.testing.assert_allclose(rotations.rotation_vector(np.swapaxes(a0, -1, -2) @ final).mean(axis=0), 0.0, atol=1e-12)
+            star = read_star(refined / module / "particles.star")
+            np.testing.assert_allclose(rotations.euler_to_matrix(star.rot_rad, star.tilt_rad, star.psi_rad), final, atol=1e-5)
+            np.testing.assert_allclose(star.origin_px, g["origin_px"][...], atol=1e-4)
