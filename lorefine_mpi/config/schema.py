@@ -38,6 +38,8 @@ class SearchConfig:
     mask_diameter_px: float | None = None
     angle_refinement: str = "quadratic"
     mean_motion: str = "remove"
+    prior_sigma_deg: float | str | None = "auto"
+    prior_sigma_px: float | str | None = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +76,7 @@ class Config:
     source: str = ""  # the config file this came from
 
 
-# key → (kind, check, message); kinds: "float", "int", "choice", "path", "optional_float"
+# key → (kind, check, message); kinds: "float", "int", "choice", "path", "optional_float", "prior" (auto, null or a float)
 _RULES: dict[str, tuple[str, Any, str]] = {
     "search.strategy": ("choice", ("separate", "simultaneous"), "one of separate, simultaneous"),
     "search.cone_half_angle_deg": ("float", lambda v: 0 < v <= 90, "must be in (0, 90]"),
@@ -87,6 +89,8 @@ _RULES: dict[str, tuple[str, Any, str]] = {
     "search.mask_diameter_px": ("optional_float", lambda v: v > 0, "must be > 0 (or null for automatic)"),
     "search.angle_refinement": ("choice", ("quadratic", "none"), "one of quadratic, none"),
     "search.mean_motion": ("choice", ("remove", "keep"), "one of remove, keep"),
+    "search.prior_sigma_deg": ("prior", lambda v: 0 < v <= 90, "must be auto, null or a number in (0, 90]"),
+    "search.prior_sigma_px": ("prior", lambda v: 0 < v <= 32, "must be auto, null or a number in (0, 32]"),
     "score.mode": ("choice", ("subtract", "composite"), "one of subtract, composite"),
     "score.ctf": ("choice", ("auto", True, False), "one of auto, true, false"),
     "reconstruction.padding": ("int", lambda v: v in (1, 2, 3, 4), "must be 1, 2, 3 or 4"),
@@ -118,6 +122,12 @@ def checked_value(path: str, value, rules=None):
         return value
     if kind == "optional_float" and value is None:
         return None
+    if kind == "prior":
+        if value is None or value == "auto":
+            return value
+        if isinstance(value, str) or isinstance(value, bool) or not isinstance(value, (int, float)) or not check(value):
+            raise InputError(f"{path}: {expected}, got {value!r}")
+        return float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         noun = "an integer" if kind == "int" else "a number"
         raise InputError(f"{path}: expected {noun}, got {value!r}")

@@ -57,10 +57,22 @@ class Poses:
     origin_px: np.ndarray
 
 
+PRIOR_WINDOW_SIGMAS = 3.0  # search.prior_sigma_*: auto puts the search window's edge at 3 σ of the prior
+
+
+def prior_sigmas(search) -> tuple[float | None, float | None]:
+    """(σ_rot rad, σ_shift px) of the Gaussian prior, or None for a flat one; ``auto`` = window / 3."""
+    rot, shift = search.prior_sigma_deg, search.prior_sigma_px
+    rot = search.cone_half_angle_deg / PRIOR_WINDOW_SIGMAS if rot == "auto" else rot
+    shift = search.max_shift_px / PRIOR_WINDOW_SIGMAS if shift == "auto" else shift
+    return (None if rot is None else float(np.deg2rad(rot))), (shift or None)
+
+
 def search_settings(cfg, module_mask, centre_px, box) -> local.SearchSettings:
     s = cfg.search
     diameter = s.mask_diameter_px or modules.auto_mask_diameter_px(module_mask, centre_px, box, s.max_shift_px)
     step = int(s.shift_step_px)
+    prior_rad, prior_px = prior_sigmas(s)
     return local.SearchSettings(
         strategy=s.strategy,
         mode=cfg.score.mode,
@@ -73,6 +85,8 @@ def search_settings(cfg, module_mask, centre_px, box) -> local.SearchSettings:
         n_random_angles=s.n_random_angles,
         mask=modules.circular_mask(box, diameter),
         angle_refinement=s.angle_refinement,
+        prior_sigma_rad=prior_rad,
+        prior_sigma_px=prior_px,
     )
 
 
@@ -250,7 +264,9 @@ class RefineRun:
             ctf_all = None if ctf is None else ctf(np.arange(len(ids)), 0.0)
             rest_ft = sum(fourier.project(fvol, p.matrices[ids], p.origin_px[ids], ctf=ctf_all) for fvol, p in rest)
         origin_centred = modules.recentre_origins(prelim.matrices[ids], prelim.origin_px[ids], centre)
-        unit = local.UnitInput(images_ft, prelim.matrices[ids], origin_centred, ctf, rest_ft, seeds[ids])
+        consensus = self.consensus_poses  # the centre of the prior: the module's motion is relative to the consensus
+        unit = local.UnitInput(images_ft, prelim.matrices[ids], origin_centred, ctf, rest_ft, seeds[ids], consensus.matrices[ids],
+                               modules.recentre_origins(consensus.matrices[ids], consensus.origin_px[ids], centre))
         found = searcher.run(unit)
         return {
             "search_matrix": found.matrix,

@@ -38,6 +38,15 @@ Angles between grid points (``search.angle_refinement: quadratic``, the default)
     (`score.quadratic_peak_rotation`, at most half a step), as the shift's parabola does for pixels.
     ``none`` keeps the best grid pose (the paper).
 
+Prior (``search.prior_sigma_deg`` / ``prior_sigma_px``, not in the paper; RELION multi-body has the same
+    Gaussian priors on a body's rotation and translation): candidates are chosen by the log-posterior
+    ``score.log_likelihood(ρ, J) − ½ (θ / σ_rot)² − ½ (|o − o_prior| / σ_px)²`` instead of ρ, θ the geodesic
+    angle from the prior pose. Its centre is the consensus pose (the module moves relative to the
+    consensus), so later iterations do not wander. Where the data decide (noise-free: ρ near 1, the
+    likelihood's curvature is huge), it changes nothing; at low SNR it keeps the noise from choosing an
+    orientation anywhere in the cone. The sub-grid fits (parabola, quadratic) use ρ plus the prior's
+    pull linearised at the chosen candidate (`score.prior_weight`).
+
 CTF: references are ``CTF ⊛ P_{B_d}``. Since the image is turned by −β, the CTF used for a particle's
     references is its own with the astigmatism angle turned by +β̄ (the turned image sees its
     U axis at α + β̄) (β̄ = the particle's central in-plane angle); for astigmatism the
@@ -76,6 +85,12 @@ class SearchSettings:
     n_random_angles: int
     mask: np.ndarray  # (N, N) bool, the J pixels of Eq. 1, centred at N//2
     angle_refinement: str = "quadratic"  # or "none": keep the best grid pose
+    prior_sigma_rad: float | None = None  # Gaussian prior on the rotation from the prior pose (None: flat, the paper)
+    prior_sigma_px: float | None = None  # Gaussian prior on the origin from the prior origin (None: flat)
+
+    @property
+    def has_prior(self) -> bool:
+        return self.prior_sigma_rad is not None or self.prior_sigma_px is not None
 
 
 def canonical_frames(directions) -> np.ndarray:
@@ -167,6 +182,8 @@ class UnitInput:
         particles ``rows`` with the astigmatism angle turned by ``extra_angle_rad`` (k,), or None (no CTF).
     rest_ft: (p, N, N//2+1) complex64, ``CTF ⊛ P[V_rest]`` at the rest's preliminary poses, raw frame, or None.
     seeds: (p,) int, one seed per particle (the separate strategy's random angles).
+    prior_matrices, prior_origin_px: (p, 3, 3) and (p, 2) the centres of the prior (the consensus poses,
+        recentred frame), or None for the preliminary poses.
     """
 
     images_ft: np.ndarray
@@ -175,6 +192,8 @@ class UnitInput:
     ctf: object
     rest_ft: np.ndarray | None
     seeds: np.ndarray
+    prior_matrices: np.ndarray | None = None
+    prior_origin_px: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -263,14 +282,20 @@ class UnitSearch:
             rest_centred = None
             if unit.rest_ft is not None and s.mode == "composite":
                 rest_centred = fourier.shift_images_ft(unit.rest_ft[i : i + 1], -unit.origin_px[i : i + 1])[0]
-            pose, shift_px, best = self._search_particle(centred_ft, cands, frames, tables, unit.seeds[i], rest_centred)
+            prior = None
+            if s.has_prior:
+                centre = unit.matrices[i] if unit.prior_matrices is None else unit.prior_matrices[i]
+                offset = np.zeros(2) if unit.prior_origin_px is None else unit.prior_origin_px[i] - unit.origin_px[i]
+                prior = ParticlePrior(centre, offset)
+            pose, shift_px, best = self._search_particle(centred_ft, cands, frames, tables, unit.seeds[i], rest_centred, prior)
             out.matrix[i], out.origin_px[i], out.score[i] = pose, unit.origin_px[i] + shift_px, best
         return out
 
-    def _search_particle(self, centred_ft, cands: ParticleCandidates, frames, tables, seed, rest_ft=None):
-        """Best (pose, image-frame shift px, score) of one particle; see the module docstring.
+    def _search_particle(self, centred_ft, cands: ParticleCandidates, frames, tables, seed, rest_ft=None, prior=None):
+        """Best (pose, image-frame shift px, CCC) of one particle; see the module docstring.
 
         rest_ft: (N, N//2+1) the rest's projection in the same (centred) frame for the composite score, or None.
+        prior: the particle's `ParticlePrior` (with ``settings.prior_sigma_*``), or None.
         """
         s = self.settings
         shift_tables, zero_tables = tables
@@ -280,40 +305,123 @@ class UnitSearch:
         valid = (cands.m[None, :, :] == ms[:, None, None]).any(axis=2)
         turned = turn_images(centred_ft, angles, self.box)
         rest = None if rest_ft is None else turn_images(rest_ft, angles, self.box)
+        dir_ids = cands.direction_ids
+        posterior = Posterior(s, shift_tables.n_mask, prior, frames[dir_ids], ms, angles, self.shifts_px)
 
         def ccc(table, images, rest_images):
             return score.masked_ccc(table, images) if rest_images is None else score.composite_ccc(table, images, rest_images)
 
-        dir_ids = cands.direction_ids
         if s.strategy == "simultaneous":
             cube = ccc(score.take(shift_tables, dir_ids), turned, rest)
             cube = np.where(valid[:, :, None], cube, -np.inf)
-            t, k, j = np.unravel_index(np.argmax(cube), cube.shape)
+            t, k, j = np.unravel_index(np.argmax(posterior.of_cube(cube)), cube.shape)
             shift_px = image_frame_shift(self.shifts_px[j], angles[t])
-            return self._refined_pose(cube[:, :, j], t, k, frames, dir_ids, ms), shift_px, cube[t, k, j]
+            return self._refined_pose(cube[:, :, j], t, k, frames, dir_ids, ms, posterior), shift_px, cube[t, k, j]
         pairs = np.argwhere(valid)
         rng = np.random.default_rng(seed)
         picked = pairs[rng.choice(len(pairs), size=min(s.n_random_angles, len(pairs)), replace=False)]
         ut, it = np.unique(picked[:, 0], return_inverse=True)
         uk, ik = np.unique(picked[:, 1], return_inverse=True)
         sub = ccc(score.take(shift_tables, dir_ids[uk]), turned[ut], None if rest is None else rest[ut])[it, ik]
-        best_shift = score.subpixel_peak(sub, self.shifts_px)
+        best_shift = posterior.subpixel_shifts(sub, picked[:, 0])
         shift_px = image_frame_shift(best_shift, angles[picked[:, 0]]).mean(axis=0)
         # The image (and the rest, fixed to it) moved by the averaged shift; the mask follows the module.
         moved_ft = fourier.shift_images_ft(centred_ft[None], -shift_px[None])[0]
         moved_rest = None if rest_ft is None else turn_images(fourier.shift_images_ft(rest_ft[None], -shift_px[None])[0], angles, self.box)
         cube = ccc(score.take(zero_tables, dir_ids), turn_images(moved_ft, angles, self.box), moved_rest)[..., 0]
         cube = np.where(valid, cube, -np.inf)
-        t, k = np.unravel_index(np.argmax(cube), cube.shape)
-        return self._refined_pose(cube, t, k, frames, dir_ids, ms), shift_px, cube[t, k]
+        t, k = np.unravel_index(np.argmax(posterior.of_angles(cube)), cube.shape)
+        return self._refined_pose(cube, t, k, frames, dir_ids, ms, posterior), shift_px, cube[t, k]
 
-    def _refined_pose(self, scores, t, k, frames, dir_ids, ms) -> np.ndarray:
+    def _refined_pose(self, scores, t, k, frames, dir_ids, ms, posterior) -> np.ndarray:
         """The best grid pose (in-plane index ms[t], direction dir_ids[k]) or, with ``angle_refinement:
-        quadratic``, that pose moved to the peak of the scores (t, k) of its grid neighbours (at one shift)."""
+        quadratic``, that pose moved to the peak of the scores (t, k) of its grid neighbours (at one shift),
+        with the prior's pull when there is one."""
         s = self.settings
         best = candidate_pose(frames[dir_ids[k]], ms[t], s.psi_step_rad)
         if s.angle_refinement == "none":
             return best
         tt, kk = np.nonzero(np.isfinite(scores))
         poses = candidate_pose(frames[dir_ids[kk]], ms[tt], s.psi_step_rad)
-        return score.quadratic_peak_rotation(best, poses, scores[tt, kk], max(s.angular_step_rad, s.psi_step_rad))
+        step = max(s.angular_step_rad, s.psi_step_rad)
+        weight, centre = posterior.rotation_pull(scores[t, k], step)
+        return score.quadratic_peak_rotation(best, poses, scores[tt, kk], step, prior_weight=weight, prior_centre=centre)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParticlePrior:
+    """The centre of one particle's prior: pose (3, 3), and its origin minus the preliminary one, offset_px (2,)
+    (image frame), so that the prior's centre is at the search shift ``offset_px``."""
+
+    pose: np.ndarray
+    offset_px: np.ndarray
+
+
+class Posterior:
+    """The scores by which one particle's candidates are chosen (``search.prior_sigma_*``).
+
+    Without a prior, the CCC itself (the paper). With one, the log-posterior in nats:
+    ``score.log_likelihood(ρ, J) − ½ (θ / σ_rot)² − ½ (|o − o_prior| / σ_px)²``, θ the geodesic angle of
+    the candidate's pose from the prior pose and o its origin. Sub-grid refinements fit ρ and add the
+    prior's pull, linearised at the chosen candidate (`score.prior_weight`).
+
+    frames: (K, 3, 3) the canonical frames of the particle's directions; ms (T,), angles_rad (T,): its
+    in-plane lattice indices and angles; shifts_px (S, 2) the shift grid.
+    """
+
+    def __init__(self, settings: SearchSettings, n_pixels, prior: ParticlePrior | None, frames, ms, angles_rad, shifts_px):
+        self.settings, self.n_pixels, self.prior = settings, n_pixels, prior
+        self.angles_rad, self.shifts_px = angles_rad, shifts_px
+        self.angle_cost = None
+        if prior is not None and settings.prior_sigma_rad is not None:
+            poses = candidate_pose(frames[None], ms[:, None], settings.psi_step_rad)  # (T, K, 3, 3)
+            self.angle_cost = 0.5 * (rotations.geodesic_angle(poses, prior.pose) / settings.prior_sigma_rad) ** 2
+
+    @property
+    def active(self) -> bool:
+        return self.prior is not None
+
+    def _turned_centres(self, angles_rad):
+        """(len(angles), 2): the prior's centre (offset_px, image frame) seen in frames turned by each β."""
+        return image_frame_shift(np.broadcast_to(self.prior.offset_px, (len(angles_rad), 2)), -np.asarray(angles_rad))
+
+    def _shift_cost(self, shifts_px, angles_rad):
+        """(len(angles), S): ½ |R2(β) s − offset|² / σ² of the grid shifts s seen in frames turned by β, or 0."""
+        if self.settings.prior_sigma_px is None:
+            return np.zeros((len(angles_rad), len(shifts_px)))
+        centre = self._turned_centres(angles_rad)
+        return 0.5 * (((shifts_px[None] - centre[:, None]) ** 2).sum(-1)) / self.settings.prior_sigma_px**2
+
+    def _log_likelihood_minus_angle_cost(self, rho):
+        """rho (T, K, ...) → log-likelihood less the rotation prior's cost of each (T, K)."""
+        out = score.log_likelihood(rho, self.n_pixels)
+        if self.angle_cost is None:
+            return out
+        return out - self.angle_cost.reshape(self.angle_cost.shape + (1,) * (out.ndim - 2))
+
+    def of_cube(self, cube):
+        """cube (T, K, S) of ρ → the scores to maximise."""
+        if not self.active:
+            return cube
+        return self._log_likelihood_minus_angle_cost(cube) - self._shift_cost(self.shifts_px, self.angles_rad)[:, None, :]
+
+    def of_angles(self, cube):
+        """cube (T, K) of ρ at one shift → the scores to maximise (the shift's prior is the same for all)."""
+        return self._log_likelihood_minus_angle_cost(cube) if self.active else cube
+
+    def subpixel_shifts(self, rho, t):
+        """The sub-pixel best shift (n, 2) of rows rho (n, S), each in the frame turned by angles_rad[t] (n,)
+        (the rotation prior is the same along a row, so only the shift's prior counts here)."""
+        if not self.active or self.settings.prior_sigma_px is None:
+            return score.subpixel_peak(rho, self.shifts_px)
+        best = np.argmax(score.log_likelihood(rho, self.n_pixels) - self._shift_cost(self.shifts_px, self.angles_rad[t]), axis=1)
+        rows = np.arange(len(rho))
+        step = self.settings.shift_step_px
+        weight = score.prior_weight(rho[rows, best], self.n_pixels, self.settings.prior_sigma_px, step)
+        return score.subpixel_peak(rho, self.shifts_px, best=best, prior_weight=weight, prior_centre_px=self._turned_centres(self.angles_rad[t]))
+
+    def rotation_pull(self, rho_best, step_rad):
+        """(λ, prior pose) for `score.quadratic_peak_rotation`, or (0, None) without a rotation prior."""
+        if self.angle_cost is None:
+            return 0.0, None
+        return float(score.prior_weight(rho_best, self.n_pixels, self.settings.prior_sigma_rad, step_rad)), self.prior.pose

@@ -146,18 +146,57 @@ def composite_ccc(tables: ReferenceTables, images, rest) -> np.ndarray:
     return _ratio(numerator, f_norm2, var)
 
 
-def subpixel_peak(scores, shifts_px) -> np.ndarray:
+RHO_MAX = 1.0 - 1e-7  # keeps log(1 − ρ²) finite for a perfect match
+
+
+def log_likelihood(rho, n_pixels):
+    """Log-likelihood of a candidate in nats, up to a constant shared by all candidates: ``−(J/2)·log(1 − ρ₊²)``.
+
+    The image f over the J pixels of the mask is modelled as ``a·g + b`` plus white Gaussian noise of unknown
+    variance; the maximum over a, b and the variance of the log-likelihood is ``−(J/2)·log(RSS) + const``
+    with ``RSS = Σ_M (f − f̄)² · (1 − ρ²)``, ρ of Eq. 1. Ranking by it is ranking by ρ; its differences are
+    in nats, so a log-prior can be added. A negative ρ (an inverted fit) counts as 0.
+    """
+    r = np.clip(np.asarray(rho, dtype=np.float64), 0.0, RHO_MAX)
+    return -0.5 * n_pixels * np.log1p(-r * r)
+
+
+def log_likelihood_slope(rho, n_pixels):
+    """``d log_likelihood / dρ = J·ρ₊ / (1 − ρ₊²)``."""
+    r = np.clip(np.asarray(rho, dtype=np.float64), 0.0, RHO_MAX)
+    return n_pixels * r / (1.0 - r * r)
+
+
+def prior_weight(rho, n_pixels, sigma, step) -> np.ndarray:
+    """λ of a Gaussian prior of width ``sigma`` in the sub-grid fits, in units of ρ per step².
+
+    Near a candidate of score ρ the log-posterior is ``log_likelihood(ρ(x)) − |x − μ|² / (2σ²)``
+    ≈ ``slope · (ρ(x) − ½ λ |u − μ_u|²)`` with u = x / step and ``λ = step² / (σ² · slope)``: the fits of
+    ρ (`subpixel_peak`, `quadratic_peak_rotation`) add that term. Capped at 1e12 (ρ ≤ 0: the prior decides).
+    """
+    slope = log_likelihood_slope(rho, n_pixels)
+    return np.minimum(step * step / (sigma * sigma * np.maximum(slope, 1e-300)), 1e12)
+
+
+def subpixel_peak(scores, shifts_px, best=None, prior_weight=None, prior_centre_px=None) -> np.ndarray:
     """Sub-pixel shift (n, 2) of each row of scores (n, S) on the square grid ``shifts_px`` (S, 2):
     the best grid point refined by a parabola through it and its two neighbours in x and in y
-    (kept on the grid point at the edge of the window or when the parabola is not a maximum)."""
+    (kept on the grid point at the edge of the window or when the parabola is not a maximum).
+
+    best: (n,) indices of the grid points to refine (default: the highest score of each row). With a
+    prior, prior_weight (n,) λ and prior_centre_px (n, 2) μ: the peak is that of the parabola minus
+    ``½ λ (x − μ)² / step²`` on each axis (`prior_weight`).
+    """
     scores = np.asarray(scores, dtype=np.float64)
     n, s = scores.shape
     side = int(round(np.sqrt(s)))
     grid = scores.reshape(n, side, side)
     step = shifts_px[1, 0] - shifts_px[0, 0] if s > 1 else 1.0
-    best = np.argmax(scores, axis=1)
+    best = np.argmax(scores, axis=1) if best is None else np.asarray(best)
     iy, ix = np.divmod(best, side)
     out = np.asarray(shifts_px, dtype=np.float64)[best].copy()
+    weight = np.zeros(n) if prior_weight is None else np.broadcast_to(np.asarray(prior_weight, dtype=np.float64), (n,))
+    offset = np.zeros((n, 2)) if prior_centre_px is None else (out - np.asarray(prior_centre_px)) / step  # u_b − μ_u
     rows = np.arange(n)
     for axis, (i, column) in enumerate(((ix, 0), (iy, 1))):
         inner = (i > 0) & (i < side - 1)
@@ -167,20 +206,24 @@ def subpixel_peak(scores, shifts_px) -> np.ndarray:
             left, mid, right = grid[rows, iy, lo], grid[rows, iy, ix], grid[rows, iy, hi]
         else:
             left, mid, right = grid[rows, lo, ix], grid[rows, iy, ix], grid[rows, hi, ix]
-        curvature = left - 2 * mid + right
+        curvature = left - 2 * mid + right - weight
         ok = inner & (curvature < 0)
-        delta = np.where(ok, 0.5 * (left - right) / np.where(ok, curvature, 1.0), 0.0)
+        gradient = 0.5 * (right - left) - weight * offset[:, column]
+        delta = np.where(ok, -gradient / np.where(ok, curvature, 1.0), 0.0)
         out[:, column] += np.clip(delta, -0.5, 0.5) * step
     return out
 
 
-def quadratic_peak_rotation(best, poses, scores, step_rad, reach_steps=1.6, min_points=10) -> np.ndarray:
+def quadratic_peak_rotation(best, poses, scores, step_rad, reach_steps=1.6, min_points=10, prior_weight=0.0,
+                            prior_centre=None) -> np.ndarray:
     """The best grid pose (3, 3) moved to the peak of a quadratic fitted to the scores around it.
 
     poses (k, 3, 3) and scores (k,) are the candidates searched (non-finite scores are ignored). Each is
     placed at ω = rotation_vector(pose · bestᵀ) / step, and the scores of those within ``reach_steps``
-    are fitted by least squares with s(ω) = c + gᵀω + ½ ωᵀHω (10 coefficients). When H is negative definite
-    the pose moves to ω* = −H⁻¹g, shortened to half a step if farther (the angular analogue of
+    are fitted by least squares with s(ω) = c + gᵀω + ½ ωᵀHω (10 coefficients). With a prior (weight λ,
+    `prior_weight`, centred on the pose ``prior_centre`` at μ in the same coordinates) the function
+    maximised is ``s(ω) − ½ λ |ω − μ|²``. When its Hessian ``H − λI`` is negative definite the pose moves
+    to its peak ``ω* = −(H − λI)⁻¹ (g + λμ)``, shortened to half a step if farther (the angular analogue of
     `subpixel_peak`); otherwise (fewer than ``min_points`` candidates, no maximum) ``best`` is returned.
     """
     omega = rotations.rotation_vector(np.asarray(poses) @ np.asarray(best).T) / step_rad
@@ -190,10 +233,13 @@ def quadratic_peak_rotation(best, poses, scores, step_rad, reach_steps=1.6, min_
     x, y, z = omega[near].T
     design = np.stack([np.ones_like(x), x, y, z, x * x, y * y, z * z, x * y, x * z, y * z], 1)
     c = np.linalg.lstsq(design, np.asarray(scores, dtype=np.float64)[near], rcond=None)[0]
-    hessian = np.array([[2 * c[4], c[7], c[8]], [c[7], 2 * c[5], c[9]], [c[8], c[9], 2 * c[6]]])
+    hessian = np.array([[2 * c[4], c[7], c[8]], [c[7], 2 * c[5], c[9]], [c[8], c[9], 2 * c[6]]]) - prior_weight * np.eye(3)
     if np.linalg.eigvalsh(hessian).max() >= 0:
         return best
-    peak = -np.linalg.solve(hessian, c[1:4])
+    gradient = c[1:4]
+    if prior_centre is not None and prior_weight > 0:
+        gradient = gradient + prior_weight * rotations.rotation_vector(np.asarray(prior_centre) @ np.asarray(best).T) / step_rad
+    peak = -np.linalg.solve(hessian, gradient)
     length = np.linalg.norm(peak)
     if length > 0.5:
         peak *= 0.5 / length

@@ -1,0 +1,163 @@
+"""The Gaussian prior on the module's pose (``search.prior_sigma_*``): the likelihood it is added to, the
+sub-grid fits with its pull, and the search's choice, each against a direct computation."""
+
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+
+from lorefine_mpi.geometry import candidates, rotations
+from lorefine_mpi.projection import fourier
+from lorefine_mpi.search import local, modules, score
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def test_log_likelihood_differences_are_those_of_the_gaussian_profile_likelihood():
+    """f = a·g + b + white noise of unknown variance, maximised over a, b, σ²: −(J/2)·log(RSS/J) − J/2 + const."""
+    rng = np.random.default_rng(0)
+    j = 300
+    f = rng.normal(size=j)
+    refs = rng.normal(size=(4, j)) + 0.5 * f
+
+    def profile(g):
+        design = np.stack([g, np.ones(j)], 1)
+        rss = ((f - design @ np.linalg.lstsq(design, f, rcond=None)[0]) ** 2).sum()
+        sigma2 = rss / j
+        return -0.5 * j * np.log(2 * np.pi * sigma2) - 0.5 * rss / sigma2
+
+    rho = np.array([np.corrcoef(f, g)[0, 1] for g in refs])
+    ours = score.log_likelihood(rho, j)
+    direct = np.array([profile(g) for g in refs])
+    np.testing.assert_allclose(ours - ours[0], direct - direct[0], rtol=1e-9, atol=1e-9)
+    assert score.log_likelihood(-0.3, j) == score.log_likelihood(0.0, j) == 0.0
+    h = 1e-6
+    assert score.log_likelihood_slope(0.4, j) == pytest.approx((score.log_likelihood(0.4 + h, j) - score.log_likelihood(0.4 - h, j)) / (2 * h), rel=1e-6)
+
+
+@pytest.mark.parametrize("peak,centre,weight", [((0.3, -0.2), (-2.0, 1.0), 0.5), ((-0.1, 0.4), (0.5, 0.5), 3.0), ((0.2, 0.1), (0.0, 0.0), 0.0)])
+def test_subpixel_peak_with_a_prior_is_the_top_of_parabola_minus_prior(peak, centre, weight):
+    shifts = score.shift_grid(2, 1)
+    values = -((shifts - np.array(peak)) ** 2).sum(1)  # a paraboloid, separable, exact on each axis
+    found = score.subpixel_peak(values[None], shifts, prior_weight=np.array([weight]), prior_centre_px=np.array([centre]))[0]
+    fine = np.linspace(-0.5, 0.5, 20001)
+    for axis in (0, 1):  # the best grid point is (0, 0): brute force over the half-pixel either side
+        objective = -((fine - peak[axis]) ** 2) - 0.5 * weight * (fine - centre[axis]) ** 2
+        assert found[axis] == pytest.approx(fine[np.argmax(objective)], abs=1e-4)
+
+
+def test_quadratic_peak_rotation_with_a_prior_is_the_top_of_the_quadratic_minus_prior():
+    rng = np.random.default_rng(2)
+    best = rotations.euler_to_matrix(*rng.uniform(-np.pi, np.pi, 3))
+    step = np.deg2rad(2.0)
+    offsets = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3).astype(float)
+    poses = rotations.from_rotation_vector(offsets * step) @ best
+    u = rotations.rotation_vector(poses @ best.T) / step
+    hessian = -np.array([[3.0, 0.5, 0.2], [0.5, 2.0, -0.3], [0.2, -0.3, 1.5]])
+    g = np.array([0.4, -0.2, 0.1])
+    scores = 0.8 + u @ g + 0.5 * np.einsum("ki,ij,kj->k", u, hessian, u)
+    mu = np.array([-0.6, 0.5, 0.3])
+    centre = rotations.from_rotation_vector(mu * step) @ best
+    weight = 1.7
+    found = score.quadratic_peak_rotation(best, poses, scores, step, prior_weight=weight, prior_centre=centre)
+    # by hand: maximise gᵀω + ½ωᵀHω − ½λ|ω − μ|² on a fine grid in the half-step ball
+    axis = np.linspace(-0.5, 0.5, 101)
+    w = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    w = w[np.linalg.norm(w, axis=1) <= 0.5]
+    objective = w @ g + 0.5 * np.einsum("ki,ij,kj->k", w, hessian, w) - 0.5 * weight * ((w - mu) ** 2).sum(1)
+    expected = rotations.from_rotation_vector(w[np.argmax(objective)] * step) @ best
+    assert np.rad2deg(rotations.geodesic_angle(found, expected)) < 0.02
+    without = score.quadratic_peak_rotation(best, poses, scores, step)
+    assert np.rad2deg(rotations.geodesic_angle(found, centre)) < np.rad2deg(rotations.geodesic_angle(without, centre))
+
+
+@pytest.fixture(scope="module")
+def module_map():
+    with mrcfile.open(DATA / "phantom_module_1.mrc") as m:
+        return np.array(m.data, dtype=np.float32)
+
+
+def noisy_unit(module_map, n, rng, noise_sd, motion_deg=1.5, motion_px=0.7):
+    """Images of the module at poses moved from the consensus by a small motion, plus white noise."""
+    box = module_map.shape[0]
+    fvol = fourier.prepare_volume(modules.recentre(module_map, modules.centre_of_mass_px(module_map)), 2)
+    a0 = rotations.euler_to_matrix(rng.uniform(-np.pi, np.pi, n), np.arccos(rng.uniform(-1, 1, n)), rng.uniform(-np.pi, np.pi, n))
+    truth = a0 @ rotations.from_rotation_vector(rng.normal(0, np.deg2rad(motion_deg) / np.sqrt(3), (n, 3)))
+    o0 = rng.normal(0, 2, (n, 2))
+    o_true = o0 + rng.normal(0, motion_px, (n, 2))
+    clean = fourier.to_real(fourier.project(fvol, truth, o_true), box)
+    images = fourier.to_fourier(clean + rng.normal(0, noise_sd * clean.std(), clean.shape))
+    return fvol, local.UnitInput(images, a0, o0, None, None, np.arange(n)), truth, o_true
+
+
+def settings(strategy, prior_deg, prior_px, refinement="quadratic"):
+    return local.SearchSettings(strategy, "subtract", np.deg2rad(8), np.deg2rad(2), np.deg2rad(2), 2, 3, 1, 8,
+                                modules.circular_mask(48, 30), refinement,
+                                None if prior_deg is None else np.deg2rad(prior_deg), prior_px)
+
+
+@pytest.mark.parametrize("strategy", ["separate", "simultaneous"])
+def test_a_very_wide_prior_changes_nothing(module_map, strategy):
+    fvol, unit, _, _ = noisy_unit(module_map, 6, np.random.default_rng(3), noise_sd=1.0)
+    grid = candidates.direction_grid(np.deg2rad(2))
+    flat = local.UnitSearch(fvol, grid, settings(strategy, None, None), 48).run(unit)
+    wide = local.UnitSearch(fvol, grid, settings(strategy, 1e5, 1e5), 48).run(unit)
+    np.testing.assert_allclose(wide.matrix, flat.matrix, atol=1e-6)
+    np.testing.assert_allclose(wide.origin_px, flat.origin_px, atol=1e-6)
+    np.testing.assert_array_equal(wide.score, flat.score)
+
+
+def test_the_chosen_candidate_maximises_the_log_posterior_computed_by_hand(module_map):
+    """Simultaneous search, grid poses: for every candidate (in-plane index m, direction d, shift s of the
+    turned frame) the CCC by hand over the mask between the image turned by −β = −m·d1 and P_{B_d} moved by
+    s, the pose Rz(β)·B_d, the image-frame origin o0 + R2(β)s, and the prior's terms by hand, centred away
+    from the preliminary pose (as in a later iteration, where the prior stays on the consensus)."""
+    rng = np.random.default_rng(4)
+    n = 4
+    fvol, unit, _, _ = noisy_unit(module_map, n, rng, noise_sd=5.0)
+    prior_pose = unit.matrices @ rotations.from_rotation_vector(rng.normal(0, np.deg2rad(3), (n, 3)))
+    prior_origin = unit.origin_px + rng.normal(0, 1.5, (n, 2))
+    unit = local.UnitInput(unit.images_ft, unit.matrices, unit.origin_px, None, None, unit.seeds, prior_pose, prior_origin)
+    s = settings("simultaneous", 1.0, 0.5, refinement="none")
+    grid = candidates.direction_grid(np.deg2rad(2))
+    found = local.UnitSearch(fvol, grid, s, 48).run(unit)
+    mask = s.mask
+    shifts = score.shift_grid(3, 1)
+    for i in range(n):
+        ids = local.unit_directions(grid, unit.matrices[i : i + 1], s.cone_half_angle_rad)
+        frames = local.canonical_frames(grid[ids])
+        cands = local.particle_candidates(unit.matrices[i], grid[ids], frames, s)
+        centred = fourier.shift_images_ft(unit.images_ft[i : i + 1], -unit.origin_px[i : i + 1])[0]
+        best, best_value = None, -np.inf
+        for k, d in enumerate(cands.direction_ids):
+            refs = fourier.to_real(fourier.project(fvol, np.repeat(frames[d][None], len(shifts), 0), shifts), 48)  # g(y + s)
+            for m in cands.m[k]:
+                beta = m * s.psi_step_rad
+                turned = local.turn_images(centred, np.array([beta]), 48)[0]
+                pose = rotations.inplane_rotation(beta) @ frames[d]
+                for shift, ref in zip(shifts, refs):
+                    a, b = turned[mask] - turned[mask].mean(), ref[mask] - ref[mask].mean()
+                    rho = (a @ b) / np.sqrt((a @ a) * (b @ b))
+                    c, sn = np.cos(beta), np.sin(beta)
+                    origin = unit.origin_px[i] + np.array([c * shift[0] + sn * shift[1], -sn * shift[0] + c * shift[1]])
+                    value = (score.log_likelihood(rho, mask.sum())
+                             - 0.5 * (rotations.geodesic_angle(pose, prior_pose[i]) / s.prior_sigma_rad) ** 2
+                             - 0.5 * (np.linalg.norm(origin - prior_origin[i]) / s.prior_sigma_px) ** 2)
+                    if value > best_value:
+                        best, best_value = (pose, origin), value
+        assert np.rad2deg(rotations.geodesic_angle(found.matrix[i], best[0])) < 1e-3
+        np.testing.assert_allclose(found.origin_px[i], best[1], atol=1e-6)
+
+
+def test_at_low_snr_the_prior_brings_the_poses_closer_to_the_truth(module_map):
+    fvol, unit, truth, o_true = noisy_unit(module_map, 24, np.random.default_rng(6), noise_sd=6.0)
+    grid = candidates.direction_grid(np.deg2rad(2))
+    errors = {}
+    for name, prior in (("flat", (None, None)), ("prior", (8 / 3, 1.0))):
+        found = local.UnitSearch(fvol, grid, settings("separate", *prior), 48).run(unit)
+        errors[name] = (np.median(np.rad2deg(rotations.geodesic_angle(found.matrix, truth))),
+                        np.median(np.linalg.norm(found.origin_px - o_true, axis=1)))
+    print(errors)
+    assert errors["prior"][0] < 0.8 * errors["flat"][0]
+    assert errors["prior"][1] < 1.2 * errors["flat"][1]
