@@ -117,7 +117,7 @@ def checked_value(path: str, value, rules=None):
     if kind == "choice":
         if isinstance(value, str) and value.lower() in ("true", "false") and True in check:
             value = value.lower() == "true"
-        if value not in check or (isinstance(value, bool) and False not in check):
+        if not any(type(value) is type(c) and value == c for c in check):  # 1 == True, but 1 is not a choice
             raise InputError(f"{path}: expected {expected}, got {value!r}")
         return value
     if kind == "optional_float" and value is None:

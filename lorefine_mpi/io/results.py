@@ -3,6 +3,7 @@
 Schema (h5py; written by rank 0 only)
     root attrs
         lorefine_version, command_line, config_yaml (the resolved config),
+        checkpoint_format (int, CHECKPOINT_FORMAT; `--continue` refuses a file of another format),
         search_fingerprint (JSON of the settings and input-file SHA-256 digests that change per-particle
         results; `--continue` refuses a config whose fingerprint differs and names what changed).
     /particles/image_name            (n,) str, rlnImageName of each particle, in STAR order
@@ -46,6 +47,9 @@ FIELDS = {
     "status": ((), np.int8),
 }
 POSE_FIELDS = {"matrix": ((3, 3), np.float64), "origin_px": ((2,), np.float64)}
+# 2: search_matrix/search_origin_px plus the final matrix/origin_px (mean motion); files without the
+# attribute are format 1 (matrix/origin_px were the search's own poses)
+CHECKPOINT_FORMAT = 2
 
 
 def _create_early(group, name, shape, dtype, fill=0):
@@ -98,6 +102,16 @@ class ResultsFile:
                 self.file = h5py.File(self.path, "r+")
             except OSError as error:
                 raise InputError(f"{self.path}: cannot open the checkpoint ({error})") from None
+            stored_format = int(self.file.attrs.get("checkpoint_format", 1))
+            if stored_format != CHECKPOINT_FORMAT:
+                version_stored = self.file.attrs.get("lorefine_version")
+                written_by = f"lorefine {version_stored}" if version_stored else "an older lorefine"
+                self.file.close()
+                raise InputError(
+                    f"{self.path}: the checkpoint was written by {written_by} in checkpoint format "
+                    f"{stored_format}; this lorefine reads format {CHECKPOINT_FORMAT} (finish the run with the "
+                    "version that started it, or use a new output folder)"
+                )
             changed = fingerprint_changes(json.loads(self.file.attrs.get("search_fingerprint", "{}")), json.loads(fingerprint_json))
             if changed:
                 self.file.close()
@@ -109,6 +123,7 @@ class ResultsFile:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with h5py.File(tmp, "w") as f:
             f.attrs["lorefine_version"] = version
+            f.attrs["checkpoint_format"] = CHECKPOINT_FORMAT
             f.attrs["command_line"] = command_line
             f.attrs["config_yaml"] = config_yaml
             f.attrs["search_fingerprint"] = fingerprint_json
