@@ -16,14 +16,15 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import time  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from lorefine_mpi.config.schema import SearchConfig  # noqa: E402
+from lorefine_mpi.config.schema import ScoreConfig, SearchConfig  # noqa: E402
 from lorefine_mpi.geometry import candidates, rotations  # noqa: E402
 from lorefine_mpi.projection import ctf as ctf_model  # noqa: E402
 from lorefine_mpi.projection import fourier  # noqa: E402
-from lorefine_mpi.refine.pipeline import prior_sigmas  # noqa: E402
+from lorefine_mpi.refine.pipeline import search_settings  # noqa: E402
 from lorefine_mpi.search import local, modules  # noqa: E402
 from lorefine_mpi.simulate.phantoms import make_phantom  # noqa: E402
 
@@ -55,11 +56,11 @@ def main():
         ctf = lambda rows, extra: ctf_model.ctf_2d(box, 2.0, du[rows], du[rows] - 200, 0.3 + extra, 200, 2.0, 0.07)  # noqa: E731
     images = fourier.project(fvol, truth, o0 + rng.normal(0, 1, (n, 2)), ctf=None if ctf is None else ctf_all)
     images = fourier.to_fourier(fourier.to_real(images, box) + rng.normal(0, 1, (n, box, box)).astype(np.float32) * 2)
-    search = SearchConfig(prior_sigma_deg=None if args.prior == "none" else "auto",
-                         prior_sigma_px=None if args.prior == "none" else "auto")
-    prior = prior_sigmas(search)  # SearchConfig defaults to the paper's ranges, as above
-    settings = local.SearchSettings(args.strategy, "subtract", np.deg2rad(10), np.deg2rad(2), np.deg2rad(2), 3, 4, 1, 10,
-                                    modules.circular_mask(box, 40 * box / 128), "quadratic", *prior)
+    prior = None if args.prior == "none" else "auto"
+    search = SearchConfig(strategy=args.strategy, mask_diameter_px=40 * box / 128, prior_sigma_deg=prior, prior_sigma_px=prior)
+    # SearchConfig's and ScoreConfig's defaults are the paper's ranges and the subtract mode; no module mask is
+    # needed with the mask diameter given
+    settings = search_settings(SimpleNamespace(search=search, score=ScoreConfig()), None, None, box)
     searcher = local.UnitSearch(fvol, candidates.direction_grid(np.deg2rad(2)), settings, box)
     unit = local.UnitInput(images, a0, o0, ctf, None, np.arange(n))
     t0 = time.process_time()

@@ -35,9 +35,9 @@ from lorefine_mpi.refine.pipeline import search_settings
 from lorefine_mpi.search import local, modules, score
 
 
-def poses(star):
-    t = read_star(star)
-    return rotations.euler_to_matrix(t.rot_rad, t.tilt_rad, t.psi_rad), t.origin_px
+def poses(table):
+    """(matrices (n, 3, 3), origins (n, 2) px) of a STAR table."""
+    return rotations.euler_to_matrix(table.rot_rad, table.tilt_rad, table.psi_rad), table.origin_px
 
 
 def climb(image_centred, fvol, mask, a_true, o_true_rel, box):
@@ -70,9 +70,8 @@ def main(argv=None):
     box = consensus.shape[0]
     masks = [np.clip(mrc.read_map(m.mask)[0], 0, 1) for m in cfg.modules]
     truth_maps = [mrc.read_map(data / f"gt_module_{k}.mrc")[0] for k in (1, 2)]
-    truth = [poses(data / f"gt_module_{k}.star") for k in (1, 2)]
-    a_cons = rotations.euler_to_matrix(table.rot_rad, table.tilt_rad, table.psi_rad)[ids]
-    o_cons = table.origin_px[ids]
+    truth = [poses(read_star(data / f"gt_module_{k}.star")) for k in (1, 2)]
+    a_cons, o_cons = (x[ids] for x in poses(table))
     images_ft = fourier.to_fourier(mrc.read_images(table, ids))
     print(f"{args.particles} particles of {data.name}; the peak of Eq. 1 nearest the true pose, within one step ({step_deg:g}°, {step_px:g} px)")
     for index, module in enumerate(cfg.modules):
