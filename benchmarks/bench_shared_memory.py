@@ -33,7 +33,7 @@ def measure():
     box = 128
     base_anon = status_kb("RssAnon")
     volume = np.random.default_rng(0).normal(size=(box, box, box)).astype(np.float32) if ctx.is_node_leader else None
-    shared = SharedArray(ctx, fourier.spectrum_shape(box, 2), np.complex64, lambda out: fourier.prepare_volume(volume, 2, out=out))
+    shared = SharedArray(ctx, fourier.band_shape(box, 2), np.complex64, lambda out: fourier.prepare_volume(volume, 2, out=out))
     checksum = float(np.abs(shared.array[::7, ::7, ::7]).sum()) + float(shared.array.real.sum())  # touch every page
     import gc
 

@@ -9,7 +9,7 @@ import numpy as np
 from lorefine_mpi.errors import InputError
 from lorefine_mpi.io import mrc
 from lorefine_mpi.io.star import read_star
-from lorefine_mpi.reconstruction.reconstruct import backproject_halves, maps_from_halves
+from lorefine_mpi.reconstruction.reconstruct import backproject_all, backproject_halves, maps_from_halves
 
 NAME = "reconstruct"
 HELP = "reconstruct a map from a RELION STAR file by weighted back-projection (direct Fourier inversion)"
@@ -40,12 +40,14 @@ def run(args) -> int:
         if done == total or done % 2048 < 256:
             log.info("reconstruct: %d/%d particles, %.1f s", done, total, time.time() - started)
 
-    halves = backproject_halves(table, np.arange(len(table)), box, use_ctf=table.has_ctf and not args.no_ctf,
-                                padding=args.padding, progress=progress)
-    maps = maps_from_halves(halves)
-    mrc.write_map(out, maps["full"], float(pixel[0]))
-    if args.half_maps:
+    use_ctf = table.has_ctf and not args.no_ctf
+    if args.half_maps:  # the two halves (rlnRandomSubset), each reconstructed once; the full map is their mean
+        maps = maps_from_halves(backproject_halves(table, np.arange(len(table)), box, use_ctf=use_ctf, padding=args.padding, progress=progress))
         for h in ("half1", "half2"):
             mrc.write_map(out.with_name(f"{out.stem}_{h}{out.suffix}"), maps[h], float(pixel[0]))
+        full = maps["full"]
+    else:  # one reconstruction from all particles, as relion_reconstruct
+        full = backproject_all(table, np.arange(len(table)), box, use_ctf=use_ctf, padding=args.padding, progress=progress).reconstruct()
+    mrc.write_map(out, full, float(pixel[0]))
     print(f"lorefine reconstruct: wrote {out} from {len(table)} particles ({time.time() - started:.1f} s)")
     return 0

@@ -73,6 +73,13 @@ class ParticleTable:
     def __len__(self) -> int:
         return len(self.rot_rad)
 
+    @property
+    def matrices(self) -> np.ndarray:
+        """(n, 3, 3) float64 pose matrices A of the Euler angles (`geometry.rotations`, RELION's convention)."""
+        from lorefine_mpi.geometry.rotations import euler_to_matrix
+
+        return euler_to_matrix(self.rot_rad, self.tilt_rad, self.psi_rad)
+
     def pixel_size_angstrom(self) -> np.ndarray:
         """(n,) pixel size of each particle's optics group, Å."""
         lookup = {k: g.pixel_size_angstrom for k, g in self.optics.items()}

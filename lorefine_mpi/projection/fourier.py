@@ -3,46 +3,52 @@
 Layouts
     Fourier images: ``rfft2(ifftshift(image))``, shape ``(..., N, N//2+1)``, phase origin at the box
     centre N//2, ky in FFT order. `to_fourier` / `to_real` convert.
-    Padded volume spectrum (`FourierVolume.data`): ``(P, P, P//2+1)`` complex64 with P = padding · N,
-    axes ``[kz, ky, kx]``, kz and ky centred (index P//2 is frequency 0), kx = 0 … P/2; the phase origin
-    is the volume's centre N//2. Frequencies in the padded grid are ``padding ×`` those of the image.
+    Padded volume spectrum (`FourierVolume.data`): the band layout of `lorefine_mpi.kernels.cpu`,
+    ``(2R+1, 2R+1, R+1)`` complex64 indexed ``[kz, ky, kx]`` in units of the padded grid (P = padding · N),
+    kz and ky centred at index R, kx = 0 … R, holding the spectrum up to the volume's band radius
+    (``radius_px`` image px; R = ceil(padding · radius) + 1); the phase origin is the volume's centre N//2.
+    Frequencies in the padded grid are ``padding ×`` those of the image.
 
 Projection (Fourier-slice theorem): the 2D spectrum of ``P_A[V]`` at (kx, ky) is the 3D spectrum at
-    ``Aᵀ (kx, ky, 0)``, sampled by trilinear interpolation; samples with kx3 < 0 are read at −k and
-    conjugated (Hermitian symmetry of a real volume). Trilinear interpolation multiplies the real-space
-    volume by sinc²(r / P) along each axis; `prepare_volume` divides it out first (gridding
-    correction, as RELION does). Origins are phase ramps: ``project(..., shifts_px=o)`` returns the
-    spectrum of ``P(x + o)``, RELION's particle image.
+    ``Aᵀ (kx, ky, 0)``, sampled by trilinear interpolation (`kernels.backend().gather_slices`); samples
+    with kx3 < 0 are read at −k and conjugated (Hermitian symmetry of a real volume). Trilinear
+    interpolation multiplies the real-space volume by sinc²(r / P) along each axis; `prepare_volume`
+    divides it out first (gridding correction, as RELION does). Origins are phase ramps:
+    ``project(..., shifts_px=o)`` returns the spectrum of ``P(x + o)``, RELION's particle image.
+
+Band-limited work (the search): a volume prepared with ``radius_px`` < N/2 holds only that band (a
+smaller array, cheaper to share and to sample), and `BandGrid` lists the pixels of a smaller working box
+(Fourier cropping keeps the integer frequency indices: index k stands for k / (N · pixel size) in both).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
+import scipy.fft
 
 from lorefine_mpi.errors import InputError
+from lorefine_mpi.kernels import backend
 
 
 @dataclasses.dataclass(frozen=True)
 class FourierVolume:
-    """A volume's padded half spectrum, ready for central slices.
+    """A volume's padded half spectrum in the band layout, ready for central slices.
 
-    data: (P, P, P//2+1) complex64, layout in the module docstring (may be a read-only view of MPI
-    shared memory). box: N, the original box. padding: P / N.
+    data: (2R+1, 2R+1, R+1) complex64 (may be a read-only view of MPI shared memory). box: N, the
+    original box. padding: P / N. radius_px: the band held, image px (N/2 = everything to Nyquist).
     """
 
     data: np.ndarray
     box: int
     padding: int
+    radius_px: float
 
     @classmethod
-    def from_array(cls, data, box, padding) -> "FourierVolume":
-        return cls(data, int(box), int(padding))
-
-    @property
-    def size(self) -> int:
-        return self.data.shape[0]
+    def from_array(cls, data, box, padding, radius_px=None) -> "FourierVolume":
+        return cls(data, int(box), int(padding), float(box // 2 if radius_px is None else radius_px))
 
 
 def require_even_box(box: int, what: str = "box") -> None:
@@ -51,34 +57,83 @@ def require_even_box(box: int, what: str = "box") -> None:
         raise InputError(f"{what}: the box size must be even (RELION refuses odd boxes), got {box}")
 
 
-def spectrum_shape(box: int, padding: int) -> tuple[int, int, int]:
-    p = box * padding
-    return (p, p, p // 2 + 1)
+def band_half_width(box: int, padding: int, radius_px=None) -> int:
+    """R of the band layout holding radius ``radius_px`` (default N/2) of a box-N volume at this padding."""
+    radius = box // 2 if radius_px is None else min(float(radius_px), box // 2)
+    return int(math.ceil(padding * radius - 1e-9)) + 1
 
 
-def prepare_volume(volume, padding: int = 2, out=None) -> FourierVolume:
-    """Gridding pre-correction, zero padding, FFT: a `FourierVolume` of ``volume`` (N, N, N) float.
+def band_shape(box: int, padding: int, radius_px=None) -> tuple[int, int, int]:
+    r = band_half_width(box, padding, radius_px)
+    return (2 * r + 1, 2 * r + 1, r + 1)
 
-    out: optional preallocated ``spectrum_shape(N, padding)`` complex64 array to fill (e.g. shared memory).
-    """
-    v = np.asarray(volume, dtype=np.float64)
+
+def padded_spectrum(volume, padding: int) -> np.ndarray:
+    """``rfftn(ifftshift(pad(volume)))`` of a cube (N, N, N), zero-padded to P = padding · N, after the
+    gridding pre-correction (÷ sinc²(r/P) per axis): (P, P, P//2+1) complex64, FFT order on every axis."""
+    v = np.asarray(volume, dtype=np.float32)
     n = v.shape[0]
     if v.shape != (n, n, n):
         raise InputError(f"volume: expected a cube, got shape {v.shape}")
     require_even_box(n, "volume")
     p = padding * n
-    axis = (np.arange(n) - n // 2) / p
-    correction = np.sinc(axis) ** 2
-    v = v / (correction[:, None, None] * correction[None, :, None] * correction[None, None, :])
-    padded = np.zeros((p, p, p))
+    correction = (np.sinc((np.arange(n) - n // 2) / p) ** 2).astype(np.float32)
+    padded = np.zeros((p, p, p), dtype=np.float32)
     start = p // 2 - n // 2
-    padded[start : start + n, start : start + n, start : start + n] = v
-    spectrum = np.fft.rfftn(np.fft.ifftshift(padded))
-    spectrum = np.fft.fftshift(spectrum, axes=(0, 1)).astype(np.complex64)
-    if out is None:
-        return FourierVolume(spectrum, n, padding)
-    out[...] = spectrum
-    return FourierVolume(out, n, padding)
+    padded[start : start + n, start : start + n, start : start + n] = v / (correction[:, None, None] * correction[None, :, None] * correction[None, None, :])
+    return scipy.fft.rfftn(np.fft.ifftshift(padded), workers=1).astype(np.complex64, copy=False)
+
+
+def prepare_volume(volume, padding: int = 2, out=None, radius_px=None) -> FourierVolume:
+    """Gridding pre-correction, zero padding, FFT: a `FourierVolume` of ``volume`` (N, N, N) float holding
+    the band up to ``radius_px`` image px (default N/2, everything).
+
+    out: optional preallocated ``band_shape(N, padding, radius_px)`` complex64 array to fill (e.g. shared memory).
+    """
+    spectrum = padded_spectrum(volume, padding)
+    n = np.asarray(volume).shape[0]
+    p = padding * n
+    r = band_half_width(n, padding, radius_px)
+    shape = (2 * r + 1, 2 * r + 1, r + 1)
+    data = np.zeros(shape, dtype=np.complex64) if out is None else out
+    if out is not None:
+        out[...] = 0
+    lo, hi = min(r, p // 2), min(r, p // 2 - 1)  # frequencies −lo … hi exist on the centred axes
+    k = np.arange(-lo, hi + 1)
+    kx = min(r, p // 2)
+    data[np.ix_(r + k, r + k, np.arange(kx + 1))] = spectrum[np.ix_(k % p, k % p, np.arange(kx + 1))]
+    return FourierVolume(data, n, padding, float(n // 2 if radius_px is None else min(radius_px, n // 2)))
+
+
+@dataclasses.dataclass(frozen=True)
+class BandGrid:
+    """The pixels of a box's rfft2 layout within a radius: what a band-limited projection fills.
+
+    box: the (working) box n; radius_px: the band (frequency index, same units in any box cropped from
+    the original); kx, ky: (M,) float64 frequencies of the kept pixels; index: (M,) flat indices into
+    ``(n, n//2+1)``.
+    """
+
+    box: int
+    radius_px: float
+    kx: np.ndarray
+    ky: np.ndarray
+    index: np.ndarray
+
+    def unpack(self, values) -> np.ndarray:
+        """(…, M) samples → (…, n, n//2+1) complex64 spectra, zero outside the band."""
+        values = np.asarray(values)
+        out = np.zeros(values.shape[:-1] + (self.box * (self.box // 2 + 1),), dtype=np.complex64)
+        out[..., self.index] = values
+        return out.reshape(values.shape[:-1] + (self.box, self.box // 2 + 1))
+
+
+def band_grid(box: int, radius_px=None) -> BandGrid:
+    """The pixels with ``|k| ≤ radius_px`` (default box/2) of a box's rfft2 layout."""
+    radius = box // 2 if radius_px is None else min(float(radius_px), box // 2)
+    kx, ky = image_frequencies(box)
+    index = np.nonzero((kx**2 + ky**2).ravel() <= radius**2 + 1e-9)[0]
+    return BandGrid(int(box), float(radius), kx.ravel()[index].copy(), ky.ravel()[index].copy(), index)
 
 
 def half_axis_multiplicity(n: int) -> np.ndarray:
@@ -99,65 +154,28 @@ def image_frequencies(box: int):
     return np.broadcast_to(kx[None, :], (box, box // 2 + 1)), np.broadcast_to(ky[:, None], (box, box // 2 + 1))
 
 
-def _slice_coordinates(fvol: FourierVolume, matrices, max_radius_px):
-    """Padded-grid coordinates of the central slices: (n, M, 3) float and the (M,) kept-pixel index."""
-    n = fvol.box
-    kx, ky = image_frequencies(n)
-    radius = n // 2 if max_radius_px is None else min(max_radius_px, n // 2)
-    keep = np.nonzero((kx**2 + ky**2).ravel() <= radius**2)[0]
-    k2 = np.stack([kx.ravel()[keep], ky.ravel()[keep]], -1) * fvol.padding
-    # Aᵀ (kx, ky, 0): the first two rows of A, transposed.
-    coords = np.einsum("mi,nij->nmj", k2, np.asarray(matrices, dtype=np.float64)[:, :2, :])
-    return coords, keep
-
-
-def _trilinear(fvol: FourierVolume, coords):
-    """Corner flat indices (…, 8), weights (…, 8) and the conjugation flag (…) for padded coordinates."""
-    p = fvol.size
-    conj = coords[..., 0] < 0
-    c = np.where(conj[..., None], -coords, coords)
-    x, y, z = c[..., 0], c[..., 1] + p // 2, c[..., 2] + p // 2
-    x0, y0, z0 = np.floor(x), np.floor(y), np.floor(z)
-    fx, fy, fz = x - x0, y - y0, z - z0
-    x0, y0, z0 = x0.astype(np.int64), y0.astype(np.int64), z0.astype(np.int64)
-    nx = p // 2 + 1
-    index = []
-    weight = []
-    for dz in (0, 1):
-        wz = fz if dz else 1 - fz
-        for dy in (0, 1):
-            wy = fy if dy else 1 - fy
-            for dx in (0, 1):
-                wx = fx if dx else 1 - fx
-                zi, yi, xi = z0 + dz, y0 + dy, x0 + dx
-                inside = (zi >= 0) & (zi < p) & (yi >= 0) & (yi < p) & (xi < nx)
-                index.append(np.where(inside, (zi * p + yi) * nx + xi, 0))
-                weight.append(np.where(inside, wz * wy * wx, 0.0))
-    return np.stack(index, -1), np.stack(weight, -1), conj
-
-
 def project(fvol: FourierVolume, matrices, shifts_px=None, ctf=None, max_radius_px=None) -> np.ndarray:
     """Fourier projections of a prepared volume for n poses at once.
 
     matrices: (n, 3, 3) poses A. shifts_px: (n, 2) RELION origins o (px) or None; the result is the
     spectrum of ``P_A[V](x + o)``. ctf: (n, N, N//2+1) float or None, multiplied in. max_radius_px:
-    keep only |k| ≤ this (Fourier px), default Nyquist N/2. Returns (n, N, N//2+1) complex64.
+    keep only |k| ≤ this (Fourier px), default the volume's band. Returns (n, N, N//2+1) complex64.
     """
-    matrices = np.asarray(matrices, dtype=np.float64).reshape(-1, 3, 3)
-    n_img, n = len(matrices), fvol.box
-    coords, keep = _slice_coordinates(fvol, matrices, max_radius_px)
-    index, weight, conj = _trilinear(fvol, coords)
-    flat = fvol.data.reshape(-1)
-    values = (flat[index] * weight.astype(np.float32)).sum(-1)
-    values = np.where(conj, np.conj(values), values)
-    out = np.zeros((n_img, n * (n // 2 + 1)), dtype=np.complex64)
-    out[:, keep] = values
-    out = out.reshape(n_img, n, n // 2 + 1)
+    radius = fvol.radius_px if max_radius_px is None else min(max_radius_px, fvol.radius_px)
+    grid = band_grid(fvol.box, radius)
+    out = grid.unpack(project_band(fvol, matrices, grid))
     if shifts_px is not None:
         out = shift_images_ft(out, shifts_px)
     if ctf is not None:
         out = out * np.asarray(ctf, dtype=np.float32)
     return out
+
+
+def project_band(fvol: FourierVolume, matrices, grid: BandGrid) -> np.ndarray:
+    """The projections' samples at the pixels of ``grid`` (within the volume's band): (n, M) complex64."""
+    if grid.radius_px > fvol.radius_px + 1e-9:
+        raise ValueError(f"band grid radius {grid.radius_px} exceeds the volume's band {fvol.radius_px}")
+    return backend().gather_slices(fvol.data, grid.kx, grid.ky, matrices, fvol.padding)
 
 
 def phase_ramp(box: int, shifts_px) -> np.ndarray:
@@ -177,10 +195,34 @@ def shift_images_ft(images_ft, shifts_px) -> np.ndarray:
 def to_fourier(images) -> np.ndarray:
     """Real images (..., N, N) → lorefine's rfft2 layout (..., N, N//2+1) complex64."""
     images = np.asarray(images, dtype=np.float32)
-    return np.fft.rfft2(np.fft.ifftshift(images, axes=(-2, -1))).astype(np.complex64)
+    return scipy.fft.rfft2(np.fft.ifftshift(images, axes=(-2, -1)), workers=1).astype(np.complex64, copy=False)
 
 
 def to_real(images_ft, box: int) -> np.ndarray:
     """lorefine's rfft2 layout (..., N, N//2+1) → real images (..., N, N) float32."""
-    real = np.fft.irfft2(np.asarray(images_ft), s=(box, box))
-    return np.fft.fftshift(real, axes=(-2, -1)).astype(np.float32)
+    spectra = np.asarray(images_ft)
+    if spectra.dtype != np.complex128:
+        spectra = spectra.astype(np.complex64, copy=False)
+    real = scipy.fft.irfft2(spectra, s=(box, box), workers=1)
+    return np.fft.fftshift(real, axes=(-2, -1)).astype(np.float32, copy=False)
+
+
+def crop_spectrum(images_ft, box: int) -> np.ndarray:
+    """Fourier cropping: the frequencies of a smaller box (..., n, n//2+1) from (..., N, N//2+1) spectra
+    (the same frequency indices; the Nyquist row and column of the small box are set to 0)."""
+    images_ft = np.asarray(images_ft)
+    half = box // 2
+    out = np.zeros(images_ft.shape[:-2] + (box, half + 1), dtype=images_ft.dtype)
+    out[..., :half, :half] = images_ft[..., :half, :half]
+    out[..., half + 1 :, :half] = images_ft[..., -half + 1 :, :half]
+    return out
+
+
+def upsampled_image(image_ft, box: int) -> np.ndarray:
+    """A real image twice as finely sampled from its rfft2 spectrum (box, box//2+1), without the Nyquist
+    row and column: (2·box, 2·box) float32, centre at index box, values on the scale of `to_real`."""
+    half = box // 2
+    up = np.zeros((2 * box, box + 1), dtype=np.complex64)
+    up[:half, :half] = image_ft[:half, :half]
+    up[-half + 1 :, :half] = image_ft[-half + 1 :, :half]
+    return to_real(up, 2 * box) * 4.0

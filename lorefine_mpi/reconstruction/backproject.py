@@ -1,126 +1,172 @@
 """Weighted back-projection by direct Fourier inversion, as RELION's BackProjector does.
 
 Each image's spectrum (lorefine's rfft2 layout), un-shifted to its origin, is inserted along its
-central slice into a padded 3D half grid by trilinear scatter (the exact transpose of
-`fourier.project`'s gather): ``data += CTF · F`` and ``weight += CTF²``. `reconstruct` enforces
-Hermitian symmetry on the kx = 0 plane, weights the data, inverts the FFT, divides out the trilinear
-gridding kernel (sinc²) and crops.
+central slice into a padded 3D half grid by trilinear scatter (`kernels.backend().scatter_slices`, the
+exact adjoint of the projector's gather; both use the band layout of `lorefine_mpi.kernels.cpu`):
+``data += CTF · F`` and ``weight += CTF²``. `reconstruct` enforces Hermitian symmetry on the kx = 0
+plane, keeps only the sphere of the original box's Nyquist frequency, weights the data, inverts the FFT,
+divides out the trilinear gridding kernel (sinc²), crops, and low-passes the result at Nyquist (cropping
+in real space spreads a little power into the corners of the small box's Fourier cube; none is left there).
 
 Weighting, as RELION's BackProjector::reconstruct: the iterative gridding of Pipe & Menon (1999). Start
 from ``w = 1``; repeat ``w ← w / max(|(weight · w) ⊛ b|, floor)`` where b is RELION's Kaiser–Bessel blob
 (radius 1.9 voxels, α = 15, normalised to sum 1; the convolution is a product in real space), then use
 ``data · w``. Where the slices sample densely this is ``data / weight``; where they sample sparsely (high
 frequency) it accounts for each sample's spread into its neighbours, which plain division does not.
-With 0 iterations the weighting is the plain ``data / max(weight, floor)``. The accumulators are plain arrays, so
-ranks can sum them (`add`, or an MPI reduction on ``data`` and ``weight``).
+With 0 iterations the weighting is the plain ``data / max(weight, floor)``. The accumulators are float64
+plain arrays, so ranks can sum them (`add`, or an MPI reduction on ``data`` and ``weight``); the
+weighting and the inversion run in single precision (scipy.fft), which changes the maps by ~1e-6.
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+import scipy.fft
 from scipy.special import i0
 
+from lorefine_mpi.kernels import backend
 from lorefine_mpi.projection import fourier
 
 BLOB_RADIUS_VOXELS = 1.9
 BLOB_ALPHA = 15.0
 
 
-def blob_multiplier(p: int) -> np.ndarray:
-    """Real-space (p, p, p) factor whose product with a volume convolves its spectrum with the blob.
+def blob_stencil_values() -> np.ndarray:
+    """The blob normalised to sum 1 on the integer offsets within its radius, by how many of the
+    offset's three components are non-zero: (4,) for the centre, a face, an edge and a corner neighbour."""
+    distances = np.sqrt(np.arange(4.0))
+    values = i0(BLOB_ALPHA * np.sqrt(np.clip(1.0 - (distances / BLOB_RADIUS_VOXELS) ** 2, 0.0, None))) / i0(BLOB_ALPHA)
+    values = np.where(distances <= BLOB_RADIUS_VOXELS, values, 0.0)
+    return values / (values * np.array([1, 6, 12, 8])).sum()
 
-    For a spectrum F (numpy layout) and the blob stencil S (sum 1): ``F ⊛ S = p³ · fftn(ifftn(F) · ifftn(S))``.
+
+@functools.lru_cache(maxsize=1)
+def blob_multiplier(p: int) -> np.ndarray:
+    """Real-space (p, p, p) float32 factor whose product with a volume convolves its spectrum with the blob
+    (computed once per size and kept, read-only).
+
+    For a spectrum F (numpy layout) and the blob stencil S (sum 1): ``F ⊛ S = p³ · fftn(ifftn(F) · ifftn(S))``,
+    and ``p³ · ifftn(S)(r) = Σ_o S(o) cos(2π o·r / p)``. The blob's radius (1.9 voxels) holds the 27 offsets
+    of the 3 × 3 × 3 cube, whose values depend only on how many components are non-zero, so with
+    ``c(r) = 2 cos(2π r / p)`` per axis the sum is ``b0 + b1 Σ c + b2 Σ c·c' + b3 c_x c_y c_z``.
     """
-    reach = int(np.floor(BLOB_RADIUS_VOXELS))
-    o = np.arange(-reach, reach + 1)
-    dz, dy, dx = np.meshgrid(o, o, o, indexing="ij")
-    r = np.sqrt(dz**2 + dy**2 + dx**2)
-    inside = r <= BLOB_RADIUS_VOXELS
-    blob = np.where(inside, i0(BLOB_ALPHA * np.sqrt(np.clip(1.0 - (r / BLOB_RADIUS_VOXELS) ** 2, 0.0, None))) / i0(BLOB_ALPHA), 0.0)
-    stencil = np.zeros((p, p, p))
-    stencil[dz % p, dy % p, dx % p] = blob / blob.sum()
-    # S is real and even, so ifftn(S) is real and the half spectrum suffices.
-    return np.fft.irfftn(stencil[:, :, : p // 2 + 1], s=(p, p, p), axes=(0, 1, 2)) * p**3
+    b0, b1, b2, b3 = blob_stencil_values()
+    c = (2.0 * np.cos(2.0 * np.pi * np.arange(p) / p)).astype(np.float32)
+    cz, cy, cx = c[:, None, None], c[None, :, None], c[None, None, :]
+    factor = np.float32(b0) + np.float32(b1) * (cz + cy + cx) + np.float32(b2) * (cz * cy + cz * cx + cy * cx) + np.float32(b3) * (cz * cy * cx)
+    factor.flags.writeable = False
+    return factor
+
+
+def lowpass_at_nyquist(volume) -> np.ndarray:
+    """A cube (N, N, N) with every Fourier coefficient beyond |k| = N/2 removed: float32."""
+    v = np.asarray(volume, dtype=np.float32)
+    n = v.shape[0]
+    k = np.fft.fftfreq(n) * n
+    k2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + np.arange(n // 2 + 1)[None, None, :] ** 2
+    spectrum = scipy.fft.rfftn(v, workers=1)
+    spectrum[k2 > (n // 2) ** 2] = 0
+    return scipy.fft.irfftn(spectrum, s=v.shape, workers=1).astype(np.float32, copy=False)
 
 
 class BackProjector:
     """Accumulators for one map. box: N (even); padding: P / N.
 
-    data: (P, P, P//2+1) complex128, weight: (P, P, P//2+1) float64, layout of `fourier.FourierVolume`.
+    data: band layout (2R+1, 2R+1, R+1) complex128 with R = padding · N/2 + 1 (`fourier.band_half_width`),
+    weight: the same shape, float64.
     """
 
     def __init__(self, box: int, padding: int = 2):
         fourier.require_even_box(box)
         self.box, self.padding = int(box), int(padding)
-        shape = fourier.spectrum_shape(self.box, self.padding)
+        shape = fourier.band_shape(self.box, self.padding)
         self.data = np.zeros(shape, dtype=np.complex128)
         self.weight = np.zeros(shape, dtype=np.float64)
-        self._geometry = fourier.FourierVolume(self.data, self.box, self.padding)
+        self._grid = fourier.band_grid(self.box)
 
-    def insert(self, images_ft, matrices, ctf=None, shifts_px=None) -> None:
+    def insert(self, images_ft, matrices, ctf=None, shifts_px=None, weights=None) -> None:
         """Add n images. images_ft: (n, N, N//2+1) complex, lorefine's rfft2 layout of the particle images;
-        matrices: (n, 3, 3); ctf: (n, N, N//2+1) or None; shifts_px: (n, 2) RELION origins or None."""
+        matrices: (n, 3, 3); ctf: (n, N, N//2+1) or None; shifts_px: (n, 2) RELION origins or None;
+        weights: (n,) a factor per image on both its data and its weight (posterior weights) or None."""
         matrices = np.asarray(matrices, dtype=np.float64).reshape(-1, 3, 3)
-        images_ft = np.asarray(images_ft, dtype=np.complex128)
+        n = len(matrices)
+        images_ft = np.asarray(images_ft).reshape(n, -1)[:, self._grid.index]
         if shifts_px is not None:
             # The image is P(x + o); the slice holds P, so move the content back by +o.
-            images_ft = fourier.shift_images_ft(images_ft, -np.asarray(shifts_px, dtype=np.float64)).astype(np.complex128)
-        ctf = np.ones(images_ft.shape) if ctf is None else np.asarray(ctf, dtype=np.float64)
-        coords, keep = fourier._slice_coordinates(self._geometry, matrices, None)
-        index, weight, conj = fourier._trilinear(self._geometry, coords)
-        values = (images_ft * ctf).reshape(len(matrices), -1)[:, keep]
-        values = np.where(conj, np.conj(values), values)
-        ctf2 = (ctf**2).reshape(len(matrices), -1)[:, keep]
-        flat_index = index.reshape(-1)
-        size = self.data.size
-        contrib = (values[..., None] * weight).reshape(-1)
-        self.data.reshape(-1)[:] += np.bincount(flat_index, contrib.real, size) + 1j * np.bincount(flat_index, contrib.imag, size)
-        self.weight.reshape(-1)[:] += np.bincount(flat_index, (ctf2[..., None] * weight).reshape(-1), size)
+            images_ft = images_ft * fourier.phase_ramp(self.box, -np.asarray(shifts_px, dtype=np.float64)).reshape(n, -1)[:, self._grid.index]
+        if ctf is None:
+            values, ctf2 = images_ft.astype(np.complex128), np.ones(images_ft.shape)
+        else:
+            c = np.asarray(ctf, dtype=np.float64).reshape(n, -1)[:, self._grid.index]
+            values, ctf2 = images_ft * c, c * c
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float64)[:, None]
+            values, ctf2 = values * w, ctf2 * w
+        backend().scatter_slices(self.data, self.weight, self._grid.kx, self._grid.ky, matrices, self.padding, values, ctf2)
 
     def add(self, other: "BackProjector") -> None:
         self.data += other.data
         self.weight += other.weight
 
+    def _fft_layout(self):
+        """data (complex64) and weight (float32) in the padded FFT layout (P, P, P//2+1), Hermitian
+        symmetry enforced on kx = 0, everything beyond the Nyquist sphere (|k| > P/2) set to 0."""
+        p, r = self.box * self.padding, (self.data.shape[0] - 1) // 2
+        window = (slice(r - p // 2, r + p // 2), slice(r - p // 2, r + p // 2), slice(0, p // 2 + 1))  # k = −P/2 … P/2 − 1
+        data = self.data[window].astype(np.complex64)
+        weight = self.weight[window].astype(np.float32)
+        # kx = 0 plane: a sample inserted at (0, ky, kz) stands for its conjugate at (0, −ky, −kz) too.
+        mirror = slice(r + p // 2, r - p // 2, -1)  # −k for k = −P/2 … P/2 − 1
+        data[:, :, 0] += np.conj(self.data[mirror, mirror, 0]).astype(np.complex64)
+        weight[:, :, 0] += self.weight[mirror, mirror, 0].astype(np.float32)
+        k2 = (np.arange(-p // 2, p // 2) ** 2).astype(np.float32)
+        outside = (k2[:, None, None] + k2[None, :, None] + np.arange(p // 2 + 1, dtype=np.float32)[None, None, :] ** 2) > (p // 2) ** 2
+        data[outside] = 0
+        weight[outside] = 0
+        # centred → FFT order on kz and ky
+        return np.fft.ifftshift(data, axes=(0, 1)), np.fft.ifftshift(weight, axes=(0, 1))
+
     def reconstruct(self, weight_floor: float = 1e-3, gridding_iterations: int = 10) -> np.ndarray:
-        """The map (N, N, N) float32: weight the data (module docstring), invert, correct, crop.
+        """The map (N, N, N) float32: weight the data (module docstring), invert, correct, crop, low-pass.
 
         weight_floor: fraction of the largest weight (plain division) or of the largest convolved weight
         (iterative gridding) below which it is not trusted. Voxels beyond radius N/2 of the centre are set
         to 0, as in RELION.
         """
         p, n = self.box * self.padding, self.box
-        data, weight = self.data.copy(), self.weight.copy()
-        # kx = 0 plane: a sample inserted at (0, ky, kz) stands for its conjugate at (0, −ky, −kz) too.
-        mirror = (p - np.arange(p)) % p  # centred index of −k
-        plane_d, plane_w = data[:, :, 0], weight[:, :, 0]
-        sym_d = plane_d + np.conj(plane_d[mirror][:, mirror])
-        sym_w = plane_w + plane_w[mirror][:, mirror]
-        data[:, :, 0], weight[:, :, 0] = sym_d, sym_w
-        spectrum = np.fft.ifftshift(data * self._weighting(weight, weight_floor, gridding_iterations), axes=(0, 1))
-        padded = np.fft.fftshift(np.fft.irfftn(spectrum, s=(p, p, p), axes=(0, 1, 2)))
+        data, weight = self._fft_layout()
+        data *= self._weighting(weight, weight_floor, gridding_iterations)
+        padded = np.fft.fftshift(scipy.fft.irfftn(data, s=(p, p, p), axes=(0, 1, 2), workers=1))
         start = p // 2 - n // 2
         volume = padded[start : start + n, start : start + n, start : start + n]
-        axis = (np.arange(n) - n // 2) / p
-        correction = np.sinc(axis) ** 2
-        volume = volume / (correction[:, None, None] * correction[None, :, None] * correction[None, None, :])
+        correction = (np.sinc((np.arange(n) - n // 2) / p) ** 2).astype(np.float32)
         # Scale so that a map rebuilt from its own projections comes back at the original scale.
-        volume = volume * (p**3) / (n**2) / n / self.padding**3
+        scale = np.float32((p**3) / (n**2) / n / self.padding**3)
+        volume = volume * scale / (correction[:, None, None] * correction[None, :, None] * correction[None, None, :])
+        volume = lowpass_at_nyquist(volume)
         r = np.arange(n) - n // 2
         outside = (r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2) > (n // 2) ** 2
         volume[outside] = 0.0
-        return volume.astype(np.float32)
+        return volume
 
     def _weighting(self, weight, weight_floor, iterations) -> np.ndarray:
-        """Factors for the data (same layout), see the module docstring."""
+        """Factors (float32) for the data in the FFT layout of `_fft_layout`, see the module docstring."""
+        top = float(weight.max())
         if iterations == 0:
-            floor = weight_floor * weight.max() if weight.max() > 0 else 1.0
-            return 1.0 / np.maximum(weight, floor)
+            return 1.0 / np.maximum(weight, np.float32(weight_floor * top if top > 0 else 1.0))
         p = self.box * self.padding
         shape, axes = (p, p, p), (0, 1, 2)
-        sampled = np.fft.ifftshift(weight, axes=(0, 1))
         multiplier = blob_multiplier(p)
-        factors = np.ones_like(sampled)
+        factors = np.ones_like(weight)
+        product = np.zeros(weight.shape, dtype=np.complex64)  # a complex input spares scipy a conversion
         for _ in range(iterations):
-            spread = np.abs(np.fft.rfftn(np.fft.irfftn(sampled * factors, s=shape, axes=axes) * multiplier, axes=axes))
-            factors /= np.maximum(spread, weight_floor * spread.max() if spread.max() > 0 else 1.0)
-        return np.fft.fftshift(factors, axes=(0, 1))
+            np.multiply(weight, factors, out=product.real)
+            real = scipy.fft.irfftn(product, s=shape, axes=axes, workers=1)
+            real *= multiplier
+            spread = np.abs(scipy.fft.rfftn(real, axes=axes, workers=1, overwrite_x=True))
+            largest = float(spread.max())
+            np.maximum(spread, np.float32(weight_floor * largest if largest > 0 else 1.0), out=spread)
+            factors /= spread
+        return factors

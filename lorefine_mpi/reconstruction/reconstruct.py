@@ -6,7 +6,6 @@ import logging
 
 import numpy as np
 
-from lorefine_mpi.geometry import rotations
 from lorefine_mpi.io import mrc
 from lorefine_mpi.projection import ctf as ctf_model
 from lorefine_mpi.projection import fourier
@@ -28,9 +27,21 @@ def backproject_halves(table, indices, box, *, use_ctf: bool, padding: int = 2, 
                        origin_px=None, reader=None, batch: int = 256, progress=None):
     """Two BackProjectors (half 1, half 2) holding the particles ``indices`` (poses from the table unless given)."""
     subset = half_subsets(table) if subset is None else subset
-    matrices = rotations.euler_to_matrix(table.rot_rad, table.tilt_rad, table.psi_rad) if matrices is None else matrices
+    return _backproject(table, indices, box, subset - 1, 2, use_ctf, padding, matrices, origin_px, reader, batch, progress)
+
+
+def backproject_all(table, indices, box, *, use_ctf: bool, padding: int = 2, matrices=None, origin_px=None, reader=None,
+                    batch: int = 256, progress=None) -> BackProjector:
+    """One BackProjector holding the particles ``indices`` (poses from the table unless given)."""
+    group = np.zeros(len(table), dtype=np.int64)
+    return _backproject(table, indices, box, group, 1, use_ctf, padding, matrices, origin_px, reader, batch, progress)[0]
+
+
+def _backproject(table, indices, box, group, n_groups, use_ctf, padding, matrices, origin_px, reader, batch, progress):
+    """``n_groups`` BackProjectors; particle i goes into accumulator ``group[i]``."""
+    matrices = table.matrices if matrices is None else matrices
     origin_px = table.origin_px if origin_px is None else origin_px
-    halves = [BackProjector(box, padding) for _ in (1, 2)]
+    accumulators = [BackProjector(box, padding) for _ in range(n_groups)]
     own = reader is None
     reader = reader or mrc.StackReader()
     indices = np.asarray(indices)
@@ -38,20 +49,23 @@ def backproject_halves(table, indices, box, *, use_ctf: bool, padding: int = 2, 
         ids = indices[start : start + batch]
         images_ft = fourier.to_fourier(mrc.read_images(table, ids, reader))
         ctf = ctf_model.ctf_for_table(table, ids, box) if use_ctf else None
-        for h, bp in enumerate(halves, 1):
-            rows = np.nonzero(subset[ids] == h)[0]
+        for g, bp in enumerate(accumulators):
+            rows = np.nonzero(group[ids] == g)[0]
             if len(rows):
                 bp.insert(images_ft[rows], matrices[ids[rows]], None if ctf is None else ctf[rows], origin_px[ids[rows]])
         if progress:
             progress(min(start + batch, len(indices)), len(indices))
     if own:
         reader.close()
-    return halves
+    return accumulators
 
 
 def maps_from_halves(halves, weight_floor: float = 1e-3, gridding_iterations: int = 10) -> dict:
-    """{'half1', 'half2', 'full'} maps (N, N, N) float32 from two accumulators (the first is summed into)."""
+    """{'half1', 'half2', 'full'} maps (N, N, N) float32 from two accumulators.
+
+    Each half map is reconstructed once; the full map is their mean (a third reconstruction from the summed
+    accumulators differs from it only where the two halves sample Fourier space unequally, and would cost
+    as much again)."""
     out = {f"half{h}": bp.reconstruct(weight_floor, gridding_iterations) for h, bp in enumerate(halves, 1)}
-    halves[0].add(halves[1])
-    out["full"] = halves[0].reconstruct(weight_floor, gridding_iterations)
+    out["full"] = 0.5 * (out["half1"] + out["half2"])
     return out

@@ -181,7 +181,7 @@ class RefineRun:
 
     def _shared_fvol(self, volume):
         pad = self.cfg.reconstruction.padding
-        shape = fourier.spectrum_shape(self.box, pad)
+        shape = fourier.band_shape(self.box, pad)
         shared = SharedArray(self.ctx, shape, np.complex64, lambda out: fourier.prepare_volume(volume, pad, out=out))
         return shared, fourier.FourierVolume.from_array(shared.array, self.box, pad)
 

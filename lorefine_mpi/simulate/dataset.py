@@ -37,7 +37,7 @@ from lorefine_mpi.io.particles import OpticsGroup
 from lorefine_mpi.io.star import atomic_write_text, write_new_star
 from lorefine_mpi.projection import ctf as ctf_model
 from lorefine_mpi.projection import fourier
-from lorefine_mpi.reconstruction.reconstruct import backproject_halves, maps_from_halves
+from lorefine_mpi.reconstruction.reconstruct import backproject_all
 from lorefine_mpi.simulate.phantoms import make_phantom
 
 log = logging.getLogger(__name__)
@@ -315,5 +315,5 @@ def module_names(k: int) -> list[str]:
 
 
 def reconstruct_consensus(table, box, use_ctf) -> np.ndarray:
-    """The consensus map (both halves together) from the STAR poses."""
-    return maps_from_halves(backproject_halves(table, np.arange(len(table)), box, use_ctf=use_ctf))["full"]
+    """The consensus map (all particles together) from the STAR poses."""
+    return backproject_all(table, np.arange(len(table)), box, use_ctf=use_ctf).reconstruct()

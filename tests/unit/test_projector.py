@@ -85,10 +85,10 @@ def test_slice_gather_and_scatter_are_adjoint():
     """⟨P v, u⟩ = ⟨v, Pᵀ u⟩ for the Fourier slice operator (trilinear gather vs BackProjector's scatter)."""
     rng = np.random.default_rng(2)
     box, pad = 16, 2
-    shape = fourier.spectrum_shape(box, pad)
+    shape = fourier.band_shape(box, pad)
     v = (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
     matrices = rotations.euler_to_matrix(*rng.uniform(-np.pi, np.pi, (3, 5)))
-    pv = fourier.project(fourier.FourierVolume(v, box, pad), matrices)
+    pv = fourier.project(fourier.FourierVolume.from_array(v, box, pad), matrices)
     u = rng.normal(size=pv.shape) + 1j * rng.normal(size=pv.shape)
     bp = BackProjector(box, pad)
     bp.insert(u, matrices)

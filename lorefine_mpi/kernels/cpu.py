@@ -1,0 +1,114 @@
+"""The CPU back-end: the hot kernels compiled with numba (see `lorefine_mpi.kernels` for the interface).
+
+Band layout of a padded 3D half spectrum (shared by `gather_slices` and `scatter_slices`, so the two are
+exact adjoints): an array ``(2R+1, 2R+1, R+1)`` indexed ``[kz, ky, kx]`` in padded-grid units, kz and ky
+centred at index R, kx = 0 … R. Every sample within radius ``R − 1`` has its eight trilinear corners
+inside, so the kernels need no bounds checks; a sample at ``kx < 0`` is read (or written) at ``−k``
+conjugated (Hermitian symmetry of a real volume).
+
+Measured at 128² (one core, a 12° cone of 150 slices, half band, padding 2): the gather costs 0.04 ms
+per slice with the pixel loop outside the slice loop (the slices of a projection class touch the same
+voxels, so they stay in cache), 0.13 ms with the slice loop outside, 0.73 ms as numpy fancy indexing
+and about 1.3 ms with ``scipy.ndimage.map_coordinates`` (real and imaginary parts): numba it is.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_JIT = dict(cache=True, nogil=True, boundscheck=False)
+
+
+@numba.njit(fastmath=True, **_JIT)
+def gather_slices(data, kx, ky, matrices, padding, out):
+    """Central slices by trilinear gather. data: band layout complex64; kx, ky: (M,) float64 image
+    frequencies (image px); matrices: (n, 3, 3) float64 poses; out: (n, M) complex64, filled."""
+    centre = (data.shape[0] - 1) // 2
+    n = matrices.shape[0]
+    rows = np.empty((n, 6))
+    for i in range(n):
+        for c in range(3):
+            rows[i, c] = matrices[i, 0, c] * padding
+            rows[i, 3 + c] = matrices[i, 1, c] * padding
+    for j in range(kx.shape[0]):
+        u, v = kx[j], ky[j]
+        for i in range(n):
+            x = u * rows[i, 0] + v * rows[i, 3]
+            y = u * rows[i, 1] + v * rows[i, 4]
+            z = u * rows[i, 2] + v * rows[i, 5]
+            conj = x < 0.0
+            if conj:
+                x, y, z = -x, -y, -z
+            y += centre
+            z += centre
+            x0, y0, z0 = int(x), int(y), int(z)
+            fx, fy, fz = np.float32(x - x0), np.float32(y - y0), np.float32(z - z0)
+            gx, gy, gz = np.float32(1.0) - fx, np.float32(1.0) - fy, np.float32(1.0) - fz
+            a = (data[z0, y0, x0] * gx + data[z0, y0, x0 + 1] * fx) * gy + (data[z0, y0 + 1, x0] * gx + data[z0, y0 + 1, x0 + 1] * fx) * fy
+            b = (data[z0 + 1, y0, x0] * gx + data[z0 + 1, y0, x0 + 1] * fx) * gy + (
+                data[z0 + 1, y0 + 1, x0] * gx + data[z0 + 1, y0 + 1, x0 + 1] * fx
+            ) * fy
+            value = a * gz + b * fz
+            out[i, j] = value.conjugate() if conj else value
+
+
+@numba.njit(**_JIT)
+def scatter_slices(data, weight, kx, ky, matrices, padding, values, weights):
+    """The adjoint of `gather_slices`, accumulated: ``data += Σ trilinear · values`` (conjugated where
+    read conjugated) and ``weight += Σ trilinear · weights``. data: band layout complex128; weight: the
+    same shape, float64; values: (n, M) complex; weights: (n, M) float (CTF², or 1)."""
+    centre = (data.shape[0] - 1) // 2
+    for i in range(matrices.shape[0]):
+        r00, r01, r02 = matrices[i, 0, 0] * padding, matrices[i, 0, 1] * padding, matrices[i, 0, 2] * padding
+        r10, r11, r12 = matrices[i, 1, 0] * padding, matrices[i, 1, 1] * padding, matrices[i, 1, 2] * padding
+        for j in range(kx.shape[0]):
+            u, v = kx[j], ky[j]
+            x = u * r00 + v * r10
+            y = u * r01 + v * r11
+            z = u * r02 + v * r12
+            value = complex(values[i, j])
+            w = weights[i, j]
+            if x < 0.0:
+                x, y, z = -x, -y, -z
+                value = value.conjugate()
+            y += centre
+            z += centre
+            x0, y0, z0 = int(x), int(y), int(z)
+            fx, fy, fz = x - x0, y - y0, z - z0
+            for dz in range(2):
+                wz = fz if dz else 1.0 - fz
+                for dy in range(2):
+                    wzy = wz * (fy if dy else 1.0 - fy)
+                    for dx in range(2):
+                        t = wzy * (fx if dx else 1.0 - fx)
+                        data[z0 + dz, y0 + dy, x0 + dx] += t * value
+                        weight[z0 + dz, y0 + dy, x0 + dx] += t * w
+
+
+@numba.njit(fastmath=True, **_JIT)
+def sample_patches(upsampled, zx, zy, cos, sin, shift_x, shift_y, out):
+    """Bilinear samples of an image at turned and shifted coordinates.
+
+    upsampled: (2n, 2n) float32, the image on a grid twice as fine, its centre at index n; zx, zy: (J,)
+    coordinates (image px from the centre); cos, sin, shift_x, shift_y: (Q,) one transform each; out:
+    (Q, J) float32 with ``out[q, j] = f(R2(β_q) z_j − u_q)``, R2(β) = [[c, s], [−s, c]] acting on (x, y);
+    samples outside the image are 0.
+    """
+    size = upsampled.shape[0]
+    half = size // 2
+    for q in range(cos.shape[0]):
+        c, s, ux, uy = cos[q], sin[q], shift_x[q], shift_y[q]
+        for j in range(zx.shape[0]):
+            x = 2.0 * (c * zx[j] + s * zy[j] - ux) + half
+            y = 2.0 * (-s * zx[j] + c * zy[j] - uy) + half
+            x0 = int(np.floor(x))
+            y0 = int(np.floor(y))
+            if x0 < 0 or y0 < 0 or x0 + 1 >= size or y0 + 1 >= size:
+                out[q, j] = 0.0
+                continue
+            fx = np.float32(x - x0)
+            fy = np.float32(y - y0)
+            top = upsampled[y0, x0] * (np.float32(1.0) - fx) + upsampled[y0, x0 + 1] * fx
+            bottom = upsampled[y0 + 1, x0] * (np.float32(1.0) - fx) + upsampled[y0 + 1, x0 + 1] * fx
+            out[q, j] = top * (np.float32(1.0) - fy) + bottom * fy
