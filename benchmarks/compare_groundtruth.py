@@ -21,6 +21,15 @@ from lorefine_mpi.io.star import read_star
 from lorefine_mpi.validation import fsc
 
 
+def masked_correlation(volume, truth, mask) -> float:
+    """Correlation of two maps over the voxels of a soft mask, each voxel weighted by the mask (means too)."""
+    w = np.asarray(mask, dtype=np.float64)
+    a, b = np.asarray(volume, dtype=np.float64), np.asarray(truth, dtype=np.float64)
+    a = a - (w * a).sum() / w.sum()
+    b = b - (w * b).sum() / w.sum()
+    return float((w * a * b).sum() / np.sqrt((w * a * a).sum() * (w * b * b).sum()))
+
+
 def pose_errors(table, truth):
     a = rotations.euler_to_matrix(table.rot_rad, table.tilt_rad, table.psi_rad)
     b = rotations.euler_to_matrix(truth.rot_rad, truth.tilt_rad, truth.psi_rad)

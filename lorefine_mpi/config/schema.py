@@ -40,6 +40,7 @@ class SearchConfig:
     mean_motion: str = "remove"
     prior_sigma_deg: float | str | None = "auto"
     prior_sigma_px: float | str | None = "auto"
+    max_resolution_angstrom: float | str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +77,8 @@ class Config:
     source: str = ""  # the config file this came from
 
 
-# key → (kind, check, message); kinds: "float", "int", "choice", "path", "optional_float", "prior" (auto, null or a float)
+# key → (kind, check, message); kinds: "float", "int", "choice", "path", "optional_float", "prior" (auto, null or a float),
+# "auto_float" (auto or a float)
 _RULES: dict[str, tuple[str, Any, str]] = {
     "search.strategy": ("choice", ("separate", "simultaneous"), "one of separate, simultaneous"),
     "search.cone_half_angle_deg": ("float", lambda v: 0 < v <= 90, "must be in (0, 90]"),
@@ -91,6 +93,7 @@ _RULES: dict[str, tuple[str, Any, str]] = {
     "search.mean_motion": ("choice", ("remove", "keep"), "one of remove, keep"),
     "search.prior_sigma_deg": ("prior", lambda v: 0 < v <= 90, "must be auto, null or a number in (0, 90]"),
     "search.prior_sigma_px": ("prior", lambda v: 0 < v <= 32, "must be auto, null or a number in (0, 32]"),
+    "search.max_resolution_angstrom": ("auto_float", lambda v: v > 0, "must be auto or a resolution in Å (> 0)"),
     "score.mode": ("choice", ("subtract", "composite"), "one of subtract, composite"),
     "score.ctf": ("choice", ("auto", True, False), "one of auto, true, false"),
     "reconstruction.padding": ("int", lambda v: v in (1, 2, 3, 4), "must be 1, 2, 3 or 4"),
@@ -122,6 +125,11 @@ def checked_value(path: str, value, rules=None):
         return value
     if kind == "optional_float" and value is None:
         return None
+    if kind == "auto_float":
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{path}: {expected}, got {value!r}")
     if kind == "prior":
         if value is None or value == "auto":
             return value

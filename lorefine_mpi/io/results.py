@@ -4,11 +4,13 @@ Schema (h5py; written by rank 0 only)
     root attrs
         lorefine_version, command_line, config_yaml (the resolved config),
         checkpoint_format (int, CHECKPOINT_FORMAT; `--continue` refuses a file of another format),
+        consensus_halves (0/1: OUT/consensus/half1.mrc and half2.mrc, the consensus poses' half maps, are written),
         search_fingerprint (JSON of the settings and input-file SHA-256 digests that change per-particle
         results; `--continue` refuses a config whose fingerprint differs and names what changed).
     /particles/image_name            (n,) str, rlnImageName of each particle, in STAR order
     /<stage>/                        one group per (iteration, module), e.g. ``iteration_01/large``
-        attrs: iteration, module, n_units, complete (0/1), reconstructed (0/1),
+        attrs: iteration, module, n_units, complete (0/1), reconstructed (0/1), cpu_seconds (JSON: CPU seconds
+               of the search, the reconstruction and the writing of the outputs, summed over ranks),
                mean_rotation_removed_deg (3,) rotation vector and mean_shift_removed_px (3,) xyz of the
                mean motion taken out of the search's poses (``search.mean_motion``; zeros for ``keep``)
         unit_of_particle (n,) int32  the work unit of each particle (projection-class chunks)
@@ -175,6 +177,17 @@ class ResultsFile:
         g["origin_px"][...] = origin_px
         g.attrs["mean_rotation_removed_deg"] = np.asarray(rotation_vector_deg, dtype=np.float64)
         g.attrs["mean_shift_removed_px"] = np.asarray(shift_px, dtype=np.float64)
+        self.file.flush()
+
+    def set_root_flag(self, attr: str) -> None:
+        self.file.attrs[attr] = 1
+        self.file.flush()
+
+    def root_flag(self, attr: str) -> bool:
+        return bool(self.file.attrs.get(attr, 0))
+
+    def set_attribute(self, name: str, attr: str, value) -> None:
+        self.file[name].attrs[attr] = value
         self.file.flush()
 
     def mark(self, name: str, attr: str) -> None:

@@ -54,36 +54,76 @@ def gather_slices(data, kx, ky, matrices, padding, out):
 
 
 @numba.njit(**_JIT)
+def _slice_point(rows, i, u, v, centre):
+    """Band-layout coordinates (x, y, z) of image frequency (u, v) of slice i, and whether it is read
+    conjugated (kx < 0 mirrored to −k)."""
+    x = u * rows[i, 0] + v * rows[i, 3]
+    y = u * rows[i, 1] + v * rows[i, 4]
+    z = u * rows[i, 2] + v * rows[i, 5]
+    if x < 0.0:
+        return -x, centre - y, centre - z, True
+    return x, y + centre, z + centre, False
+
+
+SCATTER_TILE = 8  # voxels per side of the (z, y) tiles the samples are sorted into
+
+
+@numba.njit(**_JIT)
 def scatter_slices(data, weight, kx, ky, matrices, padding, values, weights):
     """The adjoint of `gather_slices`, accumulated: ``data += Σ trilinear · values`` (conjugated where
     read conjugated) and ``weight += Σ trilinear · weights``. data: band layout complex128; weight: the
-    same shape, float64; values: (n, M) complex; weights: (n, M) float (CTF², or 1)."""
+    same shape, float64; values: (n, M) complex; weights: (n, M) float (CTF², or 1).
+
+    Samples land all over a volume far larger than the caches, and a read-modify-write of a line in
+    memory costs ten times one in cache, so the samples are first sorted (counting sort) into tiles of
+    ``SCATTER_TILE``² (z, y) rows and then added tile by tile; within a tile the order is the input's, so
+    the result is deterministic (2× faster at 128² than adding in input order).
+    """
     centre = (data.shape[0] - 1) // 2
-    for i in range(matrices.shape[0]):
-        r00, r01, r02 = matrices[i, 0, 0] * padding, matrices[i, 0, 1] * padding, matrices[i, 0, 2] * padding
-        r10, r11, r12 = matrices[i, 1, 0] * padding, matrices[i, 1, 1] * padding, matrices[i, 1, 2] * padding
-        for j in range(kx.shape[0]):
-            u, v = kx[j], ky[j]
-            x = u * r00 + v * r10
-            y = u * r01 + v * r11
-            z = u * r02 + v * r12
-            value = complex(values[i, j])
-            w = weights[i, j]
-            if x < 0.0:
-                x, y, z = -x, -y, -z
-                value = value.conjugate()
-            y += centre
-            z += centre
-            x0, y0, z0 = int(x), int(y), int(z)
-            fx, fy, fz = x - x0, y - y0, z - z0
-            for dz in range(2):
-                wz = fz if dz else 1.0 - fz
-                for dy in range(2):
-                    wzy = wz * (fy if dy else 1.0 - fy)
-                    for dx in range(2):
-                        t = wzy * (fx if dx else 1.0 - fx)
-                        data[z0 + dz, y0 + dy, x0 + dx] += t * value
-                        weight[z0 + dz, y0 + dy, x0 + dx] += t * w
+    n, m = matrices.shape[0], kx.shape[0]
+    rows = np.empty((n, 6))
+    for i in range(n):
+        for c in range(3):
+            rows[i, c] = matrices[i, 0, c] * padding
+            rows[i, 3 + c] = matrices[i, 1, c] * padding
+    per_row = data.shape[1] // SCATTER_TILE + 1
+    n_tiles = (data.shape[0] // SCATTER_TILE + 1) * per_row
+    start = np.zeros(n_tiles + 1, np.int64)
+    for i in range(n):
+        for j in range(m):
+            x, y, z, conj = _slice_point(rows, i, kx[j], ky[j], centre)
+            start[(int(z) // SCATTER_TILE) * per_row + int(y) // SCATTER_TILE + 1] += 1
+    for t in range(n_tiles):
+        start[t + 1] += start[t]
+    sample = np.empty(n * m, np.int64)
+    packed = np.empty(n * m, np.complex128)
+    packed_w = np.empty(n * m)
+    fill = start[:-1].copy()
+    for i in range(n):
+        for j in range(m):
+            x, y, z, conj = _slice_point(rows, i, kx[j], ky[j], centre)
+            t = (int(z) // SCATTER_TILE) * per_row + int(y) // SCATTER_TILE
+            f = fill[t]
+            sample[f] = i * m + j
+            packed[f] = complex(values[i, j]).conjugate() if conj else complex(values[i, j])
+            packed_w[f] = weights[i, j]
+            fill[t] += 1
+    for f in range(n * m):
+        i = sample[f] // m
+        j = sample[f] - i * m
+        x, y, z, conj = _slice_point(rows, i, kx[j], ky[j], centre)
+        x0, y0, z0 = int(x), int(y), int(z)
+        fx, fy, fz = x - x0, y - y0, z - z0
+        value, w = packed[f], packed_w[f]
+        for dz in range(2):
+            wz = fz if dz else 1.0 - fz
+            for dy in range(2):
+                wzy = wz * (fy if dy else 1.0 - fy)
+                t0, t1 = wzy * (1.0 - fx), wzy * fx
+                data[z0 + dz, y0 + dy, x0] += t0 * value
+                data[z0 + dz, y0 + dy, x0 + 1] += t1 * value
+                weight[z0 + dz, y0 + dy, x0] += t0 * w
+                weight[z0 + dz, y0 + dy, x0 + 1] += t1 * w
 
 
 @numba.njit(fastmath=True, **_JIT)

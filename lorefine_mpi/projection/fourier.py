@@ -24,6 +24,7 @@ smaller array, cheaper to share and to sample), and `BandGrid` lists the pixels 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -78,10 +79,10 @@ def padded_spectrum(volume, padding: int) -> np.ndarray:
     require_even_box(n, "volume")
     p = padding * n
     correction = (np.sinc((np.arange(n) - n // 2) / p) ** 2).astype(np.float32)
-    padded = np.zeros((p, p, p), dtype=np.float32)
-    start = p // 2 - n // 2
-    padded[start : start + n, start : start + n, start : start + n] = v / (correction[:, None, None] * correction[None, :, None] * correction[None, None, :])
-    return scipy.fft.rfftn(np.fft.ifftshift(padded), workers=1).astype(np.complex64, copy=False)
+    padded = np.zeros((p, p, p), dtype=np.float32)  # in FFT order: the centre N//2 of the volume at index 0
+    where = (np.arange(n) - n // 2) % p
+    padded[np.ix_(where, where, where)] = v / (correction[:, None, None] * correction[None, :, None] * correction[None, None, :])
+    return scipy.fft.rfftn(padded, workers=1, overwrite_x=True).astype(np.complex64, copy=False)
 
 
 def prepare_volume(volume, padding: int = 2, out=None, radius_px=None) -> FourierVolume:
@@ -128,8 +129,9 @@ class BandGrid:
         return out.reshape(values.shape[:-1] + (self.box, self.box // 2 + 1))
 
 
+@functools.lru_cache(maxsize=16)
 def band_grid(box: int, radius_px=None) -> BandGrid:
-    """The pixels with ``|k| ≤ radius_px`` (default box/2) of a box's rfft2 layout."""
+    """The pixels with ``|k| ≤ radius_px`` (default box/2) of a box's rfft2 layout (cached: do not modify)."""
     radius = box // 2 if radius_px is None else min(float(radius_px), box // 2)
     kx, ky = image_frequencies(box)
     index = np.nonzero((kx**2 + ky**2).ravel() <= radius**2 + 1e-9)[0]
@@ -179,11 +181,14 @@ def project_band(fvol: FourierVolume, matrices, grid: BandGrid) -> np.ndarray:
 
 
 def phase_ramp(box: int, shifts_px) -> np.ndarray:
-    """``exp(2πi k·s / N)`` for shifts (n, 2) px: (n, N, N//2+1) complex64; multiplying moves content by −s."""
-    kx, ky = image_frequencies(box)
+    """``exp(2πi k·s / N)`` for shifts (n, 2) px: (n, N, N//2+1) complex64; multiplying moves content by −s.
+    (Separable: the product of a ky column and a kx row per shift.)"""
     s = np.asarray(shifts_px, dtype=np.float64).reshape(-1, 2)
-    phase = 2 * np.pi * (kx[None] * s[:, 0, None, None] + ky[None] * s[:, 1, None, None]) / box
-    return np.exp(1j * phase).astype(np.complex64)
+    kx = np.arange(box // 2 + 1, dtype=np.float64)
+    ky = np.fft.fftfreq(box, 1.0 / box)
+    along_x = np.exp(2j * np.pi * s[:, 0, None] * kx[None] / box).astype(np.complex64)
+    along_y = np.exp(2j * np.pi * s[:, 1, None] * ky[None] / box).astype(np.complex64)
+    return along_y[:, :, None] * along_x[:, None, :]
 
 
 def shift_images_ft(images_ft, shifts_px) -> np.ndarray:
@@ -192,10 +197,21 @@ def shift_images_ft(images_ft, shifts_px) -> np.ndarray:
     return images_ft * phase_ramp(images_ft.shape[-2], shifts_px)
 
 
+def swap_quadrants(images) -> np.ndarray:
+    """``fftshift`` (= ``ifftshift``, the box being even) over the last two axes by four block copies
+    (numpy's roll is several times slower)."""
+    images = np.asarray(images)
+    h = images.shape[-1] // 2
+    out = np.empty_like(images)
+    out[..., :h, :h], out[..., h:, h:] = images[..., h:, h:], images[..., :h, :h]
+    out[..., :h, h:], out[..., h:, :h] = images[..., h:, :h], images[..., :h, h:]
+    return out
+
+
 def to_fourier(images) -> np.ndarray:
     """Real images (..., N, N) → lorefine's rfft2 layout (..., N, N//2+1) complex64."""
     images = np.asarray(images, dtype=np.float32)
-    return scipy.fft.rfft2(np.fft.ifftshift(images, axes=(-2, -1)), workers=1).astype(np.complex64, copy=False)
+    return scipy.fft.rfft2(swap_quadrants(images), workers=1, overwrite_x=True).astype(np.complex64, copy=False)
 
 
 def to_real(images_ft, box: int) -> np.ndarray:
@@ -203,8 +219,7 @@ def to_real(images_ft, box: int) -> np.ndarray:
     spectra = np.asarray(images_ft)
     if spectra.dtype != np.complex128:
         spectra = spectra.astype(np.complex64, copy=False)
-    real = scipy.fft.irfft2(spectra, s=(box, box), workers=1)
-    return np.fft.fftshift(real, axes=(-2, -1)).astype(np.float32, copy=False)
+    return swap_quadrants(scipy.fft.irfft2(spectra, s=(box, box), workers=1)).astype(np.float32, copy=False)
 
 
 def crop_spectrum(images_ft, box: int) -> np.ndarray:

@@ -114,19 +114,27 @@ class BackProjector:
         """data (complex64) and weight (float32) in the padded FFT layout (P, P, P//2+1), Hermitian
         symmetry enforced on kx = 0, everything beyond the Nyquist sphere (|k| > P/2) set to 0."""
         p, r = self.box * self.padding, (self.data.shape[0] - 1) // 2
-        window = (slice(r - p // 2, r + p // 2), slice(r - p // 2, r + p // 2), slice(0, p // 2 + 1))  # k = −P/2 … P/2 − 1
-        data = self.data[window].astype(np.complex64)
-        weight = self.weight[window].astype(np.float32)
+        h = p // 2
+        k = np.fft.fftfreq(p, 1.0 / p).astype(np.int64)  # FFT order: 0 … P/2 − 1, −P/2 … −1
+        rows = r + k
+        data = np.empty((p, p, h + 1), dtype=np.complex64)
+        weight = np.empty((p, p, h + 1), dtype=np.float32)
+        for lo, hi in ((0, h), (h, p)):  # two blocks of kz, each two blocks of ky: plain slices of the band layout
+            for lo2, hi2 in ((0, h), (h, p)):
+                z0, y0 = rows[lo], rows[lo2]
+                data[lo:hi, lo2:hi2] = self.data[z0 : z0 + (hi - lo), y0 : y0 + (hi2 - lo2), : h + 1]
+                weight[lo:hi, lo2:hi2] = self.weight[z0 : z0 + (hi - lo), y0 : y0 + (hi2 - lo2), : h + 1]
         # kx = 0 plane: a sample inserted at (0, ky, kz) stands for its conjugate at (0, −ky, −kz) too.
-        mirror = slice(r + p // 2, r - p // 2, -1)  # −k for k = −P/2 … P/2 − 1
-        data[:, :, 0] += np.conj(self.data[mirror, mirror, 0]).astype(np.complex64)
-        weight[:, :, 0] += self.weight[mirror, mirror, 0].astype(np.float32)
-        k2 = (np.arange(-p // 2, p // 2) ** 2).astype(np.float32)
-        outside = (k2[:, None, None] + k2[None, :, None] + np.arange(p // 2 + 1, dtype=np.float32)[None, None, :] ** 2) > (p // 2) ** 2
+        mirror = (-k) % p
+        plane = data[:, :, 0].copy()
+        data[:, :, 0] += np.conj(plane[np.ix_(mirror, mirror)])
+        plane_w = weight[:, :, 0].copy()
+        weight[:, :, 0] += plane_w[np.ix_(mirror, mirror)]
+        k2 = (k**2).astype(np.float32)
+        outside = (k2[:, None, None] + k2[None, :, None] + np.arange(h + 1, dtype=np.float32)[None, None, :] ** 2) > h**2
         data[outside] = 0
         weight[outside] = 0
-        # centred → FFT order on kz and ky
-        return np.fft.ifftshift(data, axes=(0, 1)), np.fft.ifftshift(weight, axes=(0, 1))
+        return data, weight
 
     def reconstruct(self, weight_floor: float = 1e-3, gridding_iterations: int = 10) -> np.ndarray:
         """The map (N, N, N) float32: weight the data (module docstring), invert, correct, crop, low-pass.
@@ -138,9 +146,9 @@ class BackProjector:
         p, n = self.box * self.padding, self.box
         data, weight = self._fft_layout()
         data *= self._weighting(weight, weight_floor, gridding_iterations)
-        padded = np.fft.fftshift(scipy.fft.irfftn(data, s=(p, p, p), axes=(0, 1, 2), workers=1))
-        start = p // 2 - n // 2
-        volume = padded[start : start + n, start : start + n, start : start + n]
+        padded = scipy.fft.irfftn(data, s=(p, p, p), axes=(0, 1, 2), workers=1)  # FFT order: the centre at index 0
+        where = (np.arange(n) - n // 2) % p
+        volume = padded[np.ix_(where, where, where)]
         correction = (np.sinc((np.arange(n) - n // 2) / p) ** 2).astype(np.float32)
         # Scale so that a map rebuilt from its own projections comes back at the original scale.
         scale = np.float32((p**3) / (n**2) / n / self.padding**3)
@@ -161,11 +169,12 @@ class BackProjector:
         multiplier = blob_multiplier(p)
         factors = np.ones_like(weight)
         product = np.zeros(weight.shape, dtype=np.complex64)  # a complex input spares scipy a conversion
+        spread = np.empty_like(weight)
         for _ in range(iterations):
             np.multiply(weight, factors, out=product.real)
             real = scipy.fft.irfftn(product, s=shape, axes=axes, workers=1)
             real *= multiplier
-            spread = np.abs(scipy.fft.rfftn(real, axes=axes, workers=1, overwrite_x=True))
+            np.abs(scipy.fft.rfftn(real, axes=axes, workers=1, overwrite_x=True), out=spread)
             largest = float(spread.max())
             np.maximum(spread, np.float32(weight_floor * largest if largest > 0 else 1.0), out=spread)
             factors /= spread

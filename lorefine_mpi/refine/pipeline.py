@@ -22,6 +22,7 @@ After each iteration the refined modules are combined into the model of the next
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -41,7 +42,7 @@ from lorefine_mpi.parallel.shared import SharedArray
 from lorefine_mpi.projection import ctf as ctf_model
 from lorefine_mpi.projection import fourier
 from lorefine_mpi.reconstruction.reconstruct import backproject_halves, half_subsets, maps_from_halves
-from lorefine_mpi.search import local, modules
+from lorefine_mpi.search import band, local, modules
 from lorefine_mpi.validation import fsc as fsc_mod
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def prior_sigmas(search) -> tuple[float | None, float | None]:
     return (None if rot is None else float(np.deg2rad(rot))), (shift or None)
 
 
-def search_settings(cfg, module_mask, centre_px, box) -> local.SearchSettings:
+def search_settings(cfg, module_mask, centre_px, box, band_radius_px=None) -> local.SearchSettings:
     s = cfg.search
     diameter = s.mask_diameter_px or modules.auto_mask_diameter_px(module_mask, centre_px, box, s.max_shift_px)
     step = int(s.shift_step_px)
@@ -87,7 +88,16 @@ def search_settings(cfg, module_mask, centre_px, box) -> local.SearchSettings:
         angle_refinement=s.angle_refinement,
         prior_sigma_rad=prior_rad,
         prior_sigma_px=prior_px,
+        band_radius_px=band_radius_px,
     )
+
+
+BAND_SAMPLE = 1000  # particles compared with the module's projections to find the search's band
+
+
+def sample_particles(n: int, seed: int, size: int = BAND_SAMPLE) -> np.ndarray:
+    """A fixed random sample of particle indices (ascending), the same on every run and rank count."""
+    return np.sort(np.random.default_rng([seed, 17]).choice(n, size=min(n, size), replace=False))
 
 
 def particle_seeds(seed: int, iteration: int, module_index: int, n: int) -> np.ndarray:
@@ -101,6 +111,7 @@ class RefineRun:
         self.cfg, self.ctx, self.resume = cfg, ctx, resume
         self.command_line = command_line
         self.out = Path(cfg.output)
+        self.cpu_seconds = {}  # stage -> part -> CPU seconds of this rank
 
     # -- set-up ---------------------------------------------------------------------------------
     def _prepare(self):
@@ -139,6 +150,8 @@ class RefineRun:
     def run(self) -> int:
         self._prepare()
         cfg, ctx = self.cfg, self.ctx
+        if cfg.search.max_resolution_angstrom == "auto":
+            self._reconstruct_consensus_halves()
         model = self.consensus
         poses = [self.consensus_poses for _ in cfg.modules]
         for iteration in range(1, cfg.iterations + 1):
@@ -179,11 +192,73 @@ class RefineRun:
             parts.append((model * remainder, self.consensus_poses))
         return parts
 
-    def _shared_fvol(self, volume):
+    def _shared_fvol(self, volume, radius_px=None):
+        """A volume's padded spectrum up to ``radius_px`` (default Nyquist) in node-shared memory."""
         pad = self.cfg.reconstruction.padding
-        shape = fourier.band_shape(self.box, pad)
-        shared = SharedArray(self.ctx, shape, np.complex64, lambda out: fourier.prepare_volume(volume, pad, out=out))
-        return shared, fourier.FourierVolume.from_array(shared.array, self.box, pad)
+        shape = fourier.band_shape(self.box, pad, radius_px)
+        shared = SharedArray(self.ctx, shape, np.complex64, lambda out: fourier.prepare_volume(volume, pad, out=out, radius_px=radius_px))
+        return shared, fourier.FourierVolume.from_array(shared.array, self.box, pad, radius_px)
+
+    def _search_band(self, stage, iteration, index, prelim, centre) -> float:
+        """The Fourier band (image px) of the stage's search (`search.max_resolution_angstrom`): a resolution
+        given, or ``auto``: where a sample of images stops matching the module's projections (`search.band`),
+        each image compared with the reference reconstructed from the *other* half of the particles (with the
+        same half, its own noise would seem to match). Rank 0; deterministic (a fixed sample), recorded in
+        ``results.h5``."""
+        cfg, box = self.cfg, self.box
+        if cfg.search.max_resolution_angstrom != "auto":
+            radius = band.band_from_resolution(cfg.search.max_resolution_angstrom, self.voxel, box)
+            how = "as configured"
+        else:
+            ids = sample_particles(len(self.table), cfg.seed)
+            images = fourier.to_fourier(mrc.read_images(self.table, ids, self.reader))
+            origin = modules.recentre_origins(prelim.matrices[ids], prelim.origin_px[ids], centre)
+            ctf = ctf_model.ctf_for_table(self.table, ids, box) if self.use_ctf else None
+            references = np.zeros_like(images)
+            for half, other in zip((1, 2), self._reference_halves(iteration, index)[::-1]):
+                rows = np.nonzero(self.subset[ids] == half)[0]
+                fvol = fourier.prepare_volume(modules.recentre(other * self.masks[index], centre), cfg.reconstruction.padding)
+                references[rows] = fourier.project(fvol, prelim.matrices[ids[rows]], origin[rows], ctf=None if ctf is None else ctf[rows])
+            frc, samples = band.fourier_ring_correlation(images, references, box)
+            radius = band.signal_band(frc, samples, box)
+            how = f"from the FRC of {len(ids)} images with the other half's projections of the module"
+        self.results.set_attribute(stage, "search_band_px", radius)
+        log.info("%s: search band %.1f px = %.2f Å (Nyquist %.2f Å), %s", stage, radius, box * self.voxel / radius, 2 * self.voxel, how)
+        return radius
+
+    def _reference_halves(self, iteration, index):
+        """The half maps (consensus frame) of the reference the stage's module is searched against: the
+        consensus halves in iteration 1, the module's half maps of the previous iteration after. Rank 0."""
+        if iteration == 1:
+            return self.consensus_halves
+        folder = self.out / f"iteration_{iteration - 1:02d}" / self.cfg.modules[index].name
+        return tuple(mrc.read_map(folder / f"half{h}.mrc")[0] for h in (1, 2))
+
+    def _reconstruct_consensus_halves(self):
+        """Half maps of the consensus poses (``OUT/consensus/half1.mrc``, ``half2.mrc``), every rank
+        back-projecting its block; read back when a resumed run made them already. Rank 0 keeps them."""
+        cfg, ctx = self.cfg, self.ctx
+        folder = self.out / "consensus"
+        done = ctx.bcast(ctx.is_root and self.results.root_flag("consensus_halves") and (folder / "half2.mrc").exists())
+        self.consensus_halves = None
+        if done:
+            if ctx.is_root:
+                self.consensus_halves = tuple(mrc.read_map(folder / f"half{h}.mrc")[0] for h in (1, 2))
+            return
+        block = np.array_split(np.arange(len(self.table)), ctx.size)[ctx.rank]
+        halves = backproject_halves(self.table, block, self.box, use_ctf=self.use_ctf, padding=cfg.reconstruction.padding,
+                                    subset=self.subset, reader=self.reader)
+        for bp in halves:
+            ctx.reduce_sum(bp.data)
+            ctx.reduce_sum(bp.weight)
+        if ctx.is_root:
+            maps = maps_from_halves(halves, cfg.reconstruction.weight_floor, cfg.reconstruction.gridding_iterations)
+            folder.mkdir(parents=True, exist_ok=True)
+            for h in (1, 2):
+                mrc.write_map(folder / f"half{h}.mrc", maps[f"half{h}"], self.voxel)
+            self.results.set_root_flag("consensus_halves")
+            self.consensus_halves = (maps["half1"], maps["half2"])
+            log.info("consensus half maps (the consensus poses) in %s", folder)
 
     def _search_stage(self, stage, iteration, index, model, module_maps, poses):
         cfg, ctx = self.cfg, self.ctx
@@ -206,13 +281,15 @@ class RefineRun:
             log.info("%s: %d particles in %d units (%d to do), module centre (%.2f, %.2f, %.2f) px",
                      stage, len(unit_of_particle), len(members), len(pending), *centre)
         if pending:
-            settings = search_settings(cfg, module_mask, centre, self.box)
+            module_volume = modules.recentre(model * module_mask, centre)
+            band_px = ctx.bcast(self._search_band(stage, iteration, index, prelim, centre) if ctx.is_root else None)
+            settings = search_settings(cfg, module_mask, centre, self.box, band_px)
             held = []
-            module_shared, module_fvol = self._shared_fvol(modules.recentre(model * module_mask, centre))
+            module_shared, module_fvol = self._shared_fvol(module_volume, band_px)
             held.append(module_shared)
             rest = []
             for volume, rest_poses in self._rest_components(index, model, module_maps, poses):
-                shared, fvol = self._shared_fvol(volume)
+                shared, fvol = self._shared_fvol(volume, band_px)
                 held.append(shared)
                 rest.append((fvol, rest_poses))
             searcher = local.UnitSearch(module_fvol, self.directions, settings, self.box)
@@ -220,12 +297,14 @@ class RefineRun:
             process = lambda unit: self._process_unit(members[unit], searcher, prelim, centre, rest, seeds)  # noqa: E731
             record = (lambda unit, result: self.results.write_unit(stage, unit, members[unit], result)) if ctx.is_root else None
             started = time.time()
+            cpu_started = time.process_time()
 
             def progress(count, total):
                 if count == total or count % max(1, total // 10) == 0:
                     log.info("%s: %d/%d units, %.1f s", stage, count, total, time.time() - started)
 
             finished = scheduler.run_units(ctx, pending, process, record, progress if ctx.is_root else None)
+            self._add_cpu(stage, "search", time.process_time() - cpu_started)
             for shared in held:
                 shared.free()
             if not finished:
@@ -284,6 +363,7 @@ class RefineRun:
         # then moved back to overlay the consensus map.
         centre = self.centres[index]
         origin_centred = modules.recentre_origins(refined.matrices, refined.origin_px, centre)
+        cpu_started = time.process_time()
         block = np.array_split(np.arange(len(self.table)), ctx.size)[ctx.rank]
         halves = backproject_halves(
             self.table, block, self.box, use_ctf=self.use_ctf, padding=cfg.reconstruction.padding, subset=self.subset,
@@ -294,13 +374,34 @@ class RefineRun:
             ctx.reduce_sum(bp.weight)
         result = None
         if ctx.is_root:
-            result = self._write_module(stage, module, module_mask, centre, halves, refined, iteration)
+            result = self._write_module(stage, module, module_mask, centre, halves, refined, iteration, cpu_started)
+        else:
+            self._add_cpu(stage, "reconstruction", time.process_time() - cpu_started)
+        self._record_cpu(stage)
         return ctx.bcast(result)
 
-    def _write_module(self, stage, module, module_mask, centre, halves, refined, iteration):
+    def _add_cpu(self, stage, part, seconds):
+        self.cpu_seconds.setdefault(stage, {}).setdefault(part, 0.0)
+        self.cpu_seconds[stage][part] += seconds
+
+    def _record_cpu(self, stage):
+        """The stage's CPU seconds per part (search, reconstruction, writing), summed over ranks: logged by rank 0
+        and kept in ``results.h5`` (attribute ``cpu_seconds`` of the stage, JSON)."""
+        parts = ("search", "reconstruction", "writing")
+        mine = self.cpu_seconds.get(stage, {})
+        total = np.array([mine.get(part, 0.0) for part in parts])
+        self.ctx.reduce_sum(total)
+        if self.ctx.is_root:
+            record = dict(zip(parts, total.tolist()))
+            self.results.set_attribute(stage, "cpu_seconds", json.dumps(record))
+            log.info("%s: CPU time (all ranks) search %.1f s, reconstruction %.1f s, writing %.1f s", stage, *total)
+
+    def _write_module(self, stage, module, module_mask, centre, halves, refined, iteration, cpu_started):
         cfg = self.cfg
         rebuilt = maps_from_halves(halves, cfg.reconstruction.weight_floor, cfg.reconstruction.gridding_iterations)
         maps = {k: modules.shift_volume(v, centre) for k, v in rebuilt.items()}
+        writing_started = time.process_time()
+        self._add_cpu(stage, "reconstruction", writing_started - cpu_started)
         half_maps, full = [maps["half1"], maps["half2"]], maps["full"]
         folder = self.out / (module.name if iteration == cfg.iterations else f"iteration_{iteration:02d}/{module.name}")
         folder.mkdir(parents=True, exist_ok=True)
@@ -319,6 +420,7 @@ class RefineRun:
         )
         self.results.mark(stage, "reconstructed")
         log.info("%s: map %s, half-map FSC 0.143 at %.2f Å (masked)", stage, folder / "map.mrc", fsc_mod.resolution_at(curve, 0.143))
+        self._add_cpu(stage, "writing", time.process_time() - writing_started)
         return full
 
     def _combine(self, model, maps, iteration):

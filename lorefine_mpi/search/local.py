@@ -6,6 +6,14 @@ Frame
     its preliminary origin (a sub-pixel phase ramp), so the module's centre projects onto the image
     centre, where the round 2D mask of the CCC sits.
 
+Band and working grid (speed without loss)
+    The score uses the Fourier band ``|k| ≤ band_radius_px`` (`SearchSettings.band_radius_px`, chosen by the
+    run from the data: where the signal ends). Images and references are Fourier-cropped to the smallest
+    even working box n ≥ 2·(band + 1) that holds it (the same frequency indices; a pixel of the working grid
+    is N/n pixels of the image), so every array of the search is (n/N)² the size, the projections sample
+    only the band, and the mask's J pixels are (nearly) independent samples of the band-limited image.
+    ``spectral_weight`` (per frequency radius) multiplies image and references alike (whitening).
+
 Candidates (paper Eqs. 10–16, SPEC §3.3)
     Directions: the evenly distributed set D (`candidates.direction_grid`) within the cone α0 of the
     particle's projection direction e_r0. ψ centre: the preliminary pose carried along the great arc
@@ -14,24 +22,26 @@ Candidates (paper Eqs. 10–16, SPEC §3.3)
     defined once for the whole sphere, `canonical_frames`), and the in-plane angles searched are the
     lattice ``Rz(m·d1) · B_d`` with the ``2·t1 + 1`` integers m nearest to the transported centre
     ``A_i · B_dᵀ = Rz(β_i)`` (Eq. 15 with the lattice phase fixed per direction instead of per particle:
-    same step, same range, within ±d1/2). Shifts: integer px steps of d2 within ±t2 (Eq. 16).
+    same step, same range, within ±d1/2). Shifts: the image-frame origin ``o0 + u``, u on a grid of
+    d2-pixel steps within ±t2 steps (Eq. 16).
 
-Why the canonical frames: a candidate ``Rz(β) · B_d`` projects to ``P_{B_d}`` turned in plane by β, so the
-    projections ``P_{B_d}`` of a work unit (one projection class) are computed once and shared by all of
-    its particles; each particle turns its *own image* by −β instead (a handful of angles, cheap). With a
-    round mask centred on the module the CCC is unchanged by the turn, and an integer shift s found in the
-    turned frame is the image-frame shift ``R2(β) s``.
+Why the canonical frames and patches: a candidate ``(Rz(β) · B_d, o0 + u)`` predicts the centred image
+    ``f(x) = P_{B_d}(R2(β)ᵀ (x + u))``, so the *patch* ``h(z) = f(R2(β) z − u)`` over the mask pixels z
+    equals the reference ``P_{B_d}(z)``: the projections ``P_{B_d}`` of a work unit (one projection
+    class) are computed once and shared by all of its particles, and each particle resamples its own
+    image once per (β, u) (`kernels`, ``sample_patches``: bilinear from the image upsampled ×2). The
+    mask is fixed on the reference, i.e. it follows the module, so the reference side of Eq. 1 is the
+    same for every shift and the score of all (β, u) rows against all references is one matrix product.
 
-Score (paper Eq. 1): the exact masked CCC over the pixels of the 2D mask for every shift
-    (`score.py`). Mode ``subtract`` (Discussion, Eqs. 17–25) first removes the rest of the complex,
-    ``f1A = f1 − k · CTF ⊛ P_A0[V_rest]``, where (a, k, b) are fitted per particle by linear least squares
-    of the image against the two preliminary projections (target and rest) plus a constant over the
-    whole box (fitting the target too keeps k unbiased where the two overlap). Mode ``composite``
-    (Eqs. 2–8) compares the image with ``CTF ⊛ (P_cand[V_m] + P_A0[V_rest])``.
+Score (paper Eq. 1, `score.py`). Mode ``subtract`` (Discussion, Eqs. 17–25) first removes the rest of the
+    complex, ``f1A = f1 − k · CTF ⊛ P_A0[V_rest]``, where (a, k, b) are fitted per particle by linear least
+    squares of the image against the two preliminary projections (target and rest) plus a constant, over
+    the band (fitting the target too keeps k unbiased where the two overlap). Mode ``composite``
+    (Eqs. 2–8) compares the image with ``CTF ⊛ (P_cand[V_m] + P_A0[V_rest])``, the rest sampled like the image.
 
-Strategies: ``simultaneous`` (Fig. 3A): all (direction, ψ, shift). ``separate`` (Fig. 3B): n random
-    (direction, ψ) of the particle's set, each over all shifts; their best shifts (sub-pixel, parabolic)
-    are averaged in the image frame; then all (direction, ψ) at that shift.
+Strategies: ``simultaneous`` (Fig. 3A): all (direction, ψ, shift), the best shift then refined by a
+    parabola. ``separate`` (Fig. 3B): n random (direction, ψ) of the particle's set, each over all
+    shifts; their best shifts (sub-pixel, parabolic) are averaged; then all (direction, ψ) at that shift.
 
 Angles between grid points (``search.angle_refinement: quadratic``, the default): the best grid pose is
     moved to the peak of a quadratic fitted to the scores of its grid neighbours at the chosen shift
@@ -42,15 +52,15 @@ Prior (``search.prior_sigma_deg`` / ``prior_sigma_px``, not in the paper; RELION
     Gaussian priors on a body's rotation and translation): candidates are chosen by the log-posterior
     ``score.log_likelihood(ρ, J) − ½ (θ / σ_rot)² − ½ (|o − o_prior| / σ_px)²`` instead of ρ, θ the geodesic
     angle from the prior pose. Its centre is the consensus pose (the module moves relative to the
-    consensus), so later iterations do not wander. Where the data decide (noise-free: ρ near 1, the
-    likelihood's curvature is huge), it changes nothing; at low SNR it keeps the noise from choosing an
-    orientation anywhere in the cone. The sub-grid fits (parabola, quadratic) use ρ plus the prior's
-    pull linearised at the chosen candidate (`score.prior_weight`).
+    consensus), so later iterations do not wander. The sub-grid fits (parabola, quadratic) use ρ plus the
+    prior's pull linearised at the chosen candidate (`score.prior_weight`).
 
 CTF: references are ``CTF ⊛ P_{B_d}``. Since the image is turned by −β, the CTF used for a particle's
-    references is its own with the astigmatism angle turned by +β̄ (the turned image sees its
-    U axis at α + β̄) (β̄ = the particle's central in-plane angle); for astigmatism the
-    few-degree spread of β around β̄ is neglected (exact for round CTFs).
+    references is its own with the astigmatism angle turned by +β̄ (β̄ = the particle's central in-plane
+    angle); for astigmatism the few-degree spread of β around β̄ is neglected (exact for round CTFs).
+
+Scores kept: every particle's scores of all the candidates it evaluated (`ParticleScores`) come back
+    with the result, for estimates that use the whole score landscape rather than its maximum.
 
 Determinism: every particle's result depends only on its own image, pose, CTF and seed, never on
     which other particles share its unit, so results do not depend on the number of ranks.
@@ -61,9 +71,10 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from scipy import ndimage
+import scipy.fft
 
 from lorefine_mpi.geometry import candidates, rotations
+from lorefine_mpi.kernels import backend
 from lorefine_mpi.projection import fourier
 from lorefine_mpi.search import score
 
@@ -83,10 +94,12 @@ class SearchSettings:
     max_shift_steps: int  # t2
     shift_step_px: int  # d2 (integer pixels)
     n_random_angles: int
-    mask: np.ndarray  # (N, N) bool, the J pixels of Eq. 1, centred at N//2
+    mask: np.ndarray  # (N, N) bool, the pixels of Eq. 1 in the original box, centred at N//2
     angle_refinement: str = "quadratic"  # or "none": keep the best grid pose
     prior_sigma_rad: float | None = None  # Gaussian prior on the rotation from the prior pose (None: flat, the paper)
     prior_sigma_px: float | None = None  # Gaussian prior on the origin from the prior origin (None: flat)
+    band_radius_px: float | None = None  # the Fourier band the score uses, image px of the box (None: to Nyquist)
+    spectral_weight: np.ndarray | None = None  # (N//2+1,) factor per frequency radius on image and references
 
     @property
     def has_prior(self) -> bool:
@@ -140,37 +153,6 @@ def candidate_pose(frames, m, psi_step_rad) -> np.ndarray:
     return rotations.inplane_rotation(np.asarray(m) * psi_step_rad) @ frames
 
 
-def turn_images(images_ft, angles_rad, box) -> np.ndarray:
-    """Images turned by −β: ``out[j](z) = f(R2(β_j) z)`` for one image and several angles.
-
-    images_ft: (N, N//2+1) complex, lorefine's rfft2 layout. angles_rad: (t,). Returns (t, N, N) float32.
-    The image is first upsampled ×2 by zero-padding its spectrum, then sampled bilinearly, so the turn
-    adds little interpolation blur.
-    """
-    n = box
-    up = np.zeros((2 * n, n + 1), dtype=np.complex128)
-    half = n // 2
-    up[:half, : half + 1] = images_ft[:half, : half + 1]
-    up[-half + 1 :, : half + 1] = images_ft[-half + 1 :, : half + 1]
-    up[:, half] = 0.0  # drop the Nyquist column, ambiguous once padded
-    fine = np.fft.fftshift(np.fft.irfft2(up, s=(2 * n, 2 * n))) * 4.0
-    z = np.arange(n) - n // 2
-    zx, zy = np.meshgrid(z, z)  # [y, x] arrays of x and y coordinates
-    c, s = np.cos(angles_rad)[:, None, None], np.sin(angles_rad)[:, None, None]
-    # R2(β) = [[c, s], [−s, c]] acting on (x, y).
-    sample_x = c * zx + s * zy
-    sample_y = -s * zx + c * zy
-    coords = np.stack([2 * sample_y + n, 2 * sample_x + n])
-    return ndimage.map_coordinates(fine, coords, order=1, mode="constant", cval=0.0).astype(np.float32)
-
-
-def image_frame_shift(shift_px, beta_rad) -> np.ndarray:
-    """A shift found in the turned frame, ``R2(β) s``, in the image frame. shift_px: (..., 2)."""
-    c, s = np.cos(beta_rad), np.sin(beta_rad)
-    x, y = shift_px[..., 0], shift_px[..., 1]
-    return np.stack([c * x + s * y, -s * x + c * y], -1)
-
-
 @dataclasses.dataclass
 class UnitInput:
     """What one work unit needs, all arrays row-aligned with the unit's p particles.
@@ -180,7 +162,8 @@ class UnitInput:
         in the recentred frame (the module's centre at the box centre).
     ctf: callable ``ctf(rows, extra_angle_rad) -> (k, N, N//2+1) float32`` giving the CTF of the unit's
         particles ``rows`` with the astigmatism angle turned by ``extra_angle_rad`` (k,), or None (no CTF).
-    rest_ft: (p, N, N//2+1) complex64, ``CTF ⊛ P[V_rest]`` at the rest's preliminary poses, raw frame, or None.
+    rest_ft: (p, N, N//2+1) complex64, ``CTF ⊛ P[V_rest]`` at the rest's preliminary poses, raw frame, or
+        None (only the band of the search is used).
     seeds: (p,) int, one seed per particle (the separate strategy's random angles).
     prior_matrices, prior_origin_px: (p, 3, 3) and (p, 2) the centres of the prior (the consensus poses,
         recentred frame), or None for the preliminary poses.
@@ -197,13 +180,32 @@ class UnitInput:
 
 
 @dataclasses.dataclass
+class ParticleScores:
+    """Everything one particle's search evaluated: Eq. 1 for each candidate.
+
+    frames: (k, 3, 3) the canonical frames of its directions; ms: (T,) the in-plane lattice indices
+    (pose ``Rz(ms[t]·d1) · frames[c]``); valid: (T, k) bool, which (ψ, direction) pairs are candidates;
+    shifts_px: (S, 2) image-frame shifts u (origin o0 + u) of ``rho``'s last axis; rho: (T, k, S) float32,
+    the CCC (−inf where not a candidate) — with the separate strategy S = 1, the shift it chose.
+    """
+
+    frames: np.ndarray
+    ms: np.ndarray
+    valid: np.ndarray
+    shifts_px: np.ndarray
+    rho: np.ndarray
+
+
+@dataclasses.dataclass
 class UnitResult:
-    """matrix (p, 3, 3), origin_px (p, 2) recentred frame, score (p,) float32, rest_scale (p,) float32 (k)."""
+    """matrix (p, 3, 3), origin_px (p, 2) recentred frame, score (p,) float32, rest_scale (p,) float32 (k);
+    scores: one `ParticleScores` per particle."""
 
     matrix: np.ndarray
     origin_px: np.ndarray
     score: np.ndarray
     rest_scale: np.ndarray
+    scores: list = dataclasses.field(default_factory=list)
 
 
 def unit_directions(directions, matrices, cone_half_angle_rad) -> np.ndarray:
@@ -214,9 +216,9 @@ def unit_directions(directions, matrices, cone_half_angle_rad) -> np.ndarray:
 
 
 def fit_rest_scale(image_ft, target_ft, rest_ft) -> tuple[float, float]:
-    """Least-squares ``image ≈ a·target + k·rest + b`` over the whole box; returns (a, k).
+    """Least-squares ``image ≈ a·target + k·rest + b`` over the given spectra; returns (a, k).
 
-    All three are (N, N//2+1) spectra of real images; the constant b is the DC term, so the fit uses the
+    All three are (n, n//2+1) spectra of real images; the constant b is the DC term, so the fit uses the
     other Fourier coefficients (Parseval: the same least squares as in real space after removing means).
     """
     weights = np.broadcast_to(fourier.half_axis_multiplicity(image_ft.shape[0]), image_ft.shape).copy()
@@ -230,11 +232,74 @@ def fit_rest_scale(image_ft, target_ft, rest_ft) -> tuple[float, float]:
     return float(a), float(k)
 
 
+def working_box(box: int, band_radius_px: float) -> int:
+    """The smallest even box ≥ 2·(band + 1) (at most the image box) whose FFTs are fast."""
+    size = min(box, 2 * int(np.ceil(band_radius_px - 1e-9)) + 2)
+    while size < box and (size % 2 or scipy.fft.next_fast_len(size, real=True) != size):
+        size += 1
+    return size
+
+
+class WorkGrid:
+    """The search's working grid for a box N and a band: Fourier cropping, band mask, 2D mask pixels.
+
+    box: N; size: n (even, ≤ N); scale: n / N (working px per image px); grid: the band's pixels
+    (`fourier.BandGrid` of the working box); band_weight: (n, n//2+1) float32, the spectral weight inside
+    the band and 0 outside; zx, zy: (J,) float64 working-grid coordinates of the mask pixels (px from the
+    centre); mask_index: (J,) flat indices of those pixels in an (n, n) image.
+    """
+
+    def __init__(self, box: int, mask, band_radius_px=None, spectral_weight=None):
+        self.box = int(box)
+        band = self.box // 2 - 1 if band_radius_px is None else min(float(band_radius_px), self.box // 2 - 1)
+        self.size = working_box(self.box, band)
+        self.scale = self.size / self.box
+        self.grid = fourier.band_grid(self.size, band)
+        radius = np.rint(np.hypot(self.grid.kx, self.grid.ky)).astype(np.int64)
+        weight = np.ones(len(radius)) if spectral_weight is None else np.asarray(spectral_weight, dtype=np.float64)[radius]
+        self.grid_weight = weight.astype(np.float32)
+        self.band_weight = np.zeros(self.size * (self.size // 2 + 1), dtype=np.float32)
+        self.band_weight[self.grid.index] = self.grid_weight
+        self.band_weight = self.band_weight.reshape(self.size, self.size // 2 + 1)
+        # the mask on the working grid: each working pixel takes the value of the image pixel under its centre
+        n, half = self.size, self.size // 2
+        coords = (np.arange(n) - half) / self.scale + self.box // 2
+        nearest = np.clip(np.rint(coords).astype(np.int64), 0, self.box - 1)
+        inside = np.asarray(mask, dtype=bool)[np.ix_(nearest, nearest)]
+        rows, cols = np.nonzero(inside)
+        self.zx = (cols - half).astype(np.float64)
+        self.zy = (rows - half).astype(np.float64)
+        self.mask_index = rows * n + cols
+        # where the band's frequencies sit in the image box's rfft2 layout (for the CTF)
+        ky_image = np.where(self.grid.ky < 0, self.grid.ky + self.box, self.grid.ky).astype(np.int64)
+        self.image_index = ky_image * (self.box // 2 + 1) + self.grid.kx.astype(np.int64)
+
+    @property
+    def n_pixels(self) -> int:
+        return len(self.zx)
+
+    def crop(self, spectra) -> np.ndarray:
+        """Image-box spectra (…, N, N//2+1) → the working box, weighted, zero outside the band."""
+        return fourier.crop_spectrum(spectra, self.size) * self.band_weight
+
+    def templates(self, band_values, normalise=True) -> np.ndarray:
+        """References from their band samples (r, M) complex: real space over the mask (r, J) float32, each
+        row centred and of unit norm (``normalise``), or as they are (the composite score needs their scale)."""
+        real = fourier.to_real(self.grid.unpack(band_values * self.grid_weight), self.size)
+        rows = real.reshape(len(real), -1)[:, self.mask_index]
+        return score.normalise_rows(rows) if normalise else rows
+
+    def patches(self, upsampled, angles_rad, shifts_px) -> np.ndarray:
+        """Patches (Q, J) float32 ``f(R2(β) z − u)`` of a working-grid image upsampled ×2 (`fourier.upsampled_image`),
+        for Q angles (rad) and image-frame shifts (Q, 2) in image px."""
+        return backend().sample_patches(upsampled, self.zx, self.zy, angles_rad, np.asarray(shifts_px) * self.scale)
+
+
 class UnitSearch:
     """The search of one unit: the unit's reference projections, computed once, then each particle.
 
-    module_fvol: the recentred target module's padded Fourier volume (`fourier.FourierVolume`).
-    directions: (m, 3) the full direction set D. box: N.
+    module_fvol: the recentred target module's padded Fourier volume (`fourier.FourierVolume`), holding
+    at least the search's band. directions: (m, 3) the full direction set D. box: N.
     """
 
     def __init__(self, module_fvol, directions, settings: SearchSettings, box: int):
@@ -242,107 +307,116 @@ class UnitSearch:
         self.directions = np.asarray(directions, dtype=np.float64)
         self.settings = settings
         self.box = box
+        self.work = WorkGrid(box, settings.mask, settings.band_radius_px, settings.spectral_weight)
         t2, d2 = settings.max_shift_steps, settings.shift_step_px
         self.shifts_px = score.shift_grid(t2 * d2, d2)
-        self.zero_shift = np.zeros((1, 2))
 
     def run(self, unit: UnitInput) -> UnitResult:
-        s = self.settings
+        s, work = self.settings, self.work
         ids = unit_directions(self.directions, unit.matrices, s.cone_half_angle_rad)
         dirs = self.directions[ids]
         frames = canonical_frames(dirs)
-        refs_ft = fourier.project(self.fvol, frames)  # shared by every particle of the unit
-        shared_tables = None
-        if unit.ctf is None:
-            refs_real = fourier.to_real(refs_ft, self.box)
-            shared_tables = (
-                score.prepare_references(refs_real, s.mask, self.shifts_px),
-                score.prepare_references(refs_real, s.mask, self.zero_shift),
-            )
+        references = fourier.project_band(self.fvol, frames, work.grid)  # (r, M), shared by every particle of the unit
+        normalise = not (s.mode == "composite" and unit.rest_ft is not None)  # the composite score needs their scale
+        shared = work.templates(references, normalise) if unit.ctf is None else None
         p = len(unit.matrices)
         out = UnitResult(np.empty((p, 3, 3)), np.empty((p, 2)), np.empty(p, np.float32), np.zeros(p, np.float32))
         for i in range(p):
             cands = particle_candidates(unit.matrices[i], dirs, frames, s)
-            tables = shared_tables
-            if tables is None:
-                ctf = unit.ctf(np.array([i]), np.array([cands.beta_centre_rad]))
-                refs_real = fourier.to_real(refs_ft * ctf, self.box)
-                tables = (
-                    score.prepare_references(refs_real, s.mask, self.shifts_px),
-                    score.prepare_references(refs_real, s.mask, self.zero_shift),
-                )
-            image_ft = unit.images_ft[i]
-            if unit.rest_ft is not None and s.mode == "subtract":
-                ctf_i = 1.0 if unit.ctf is None else unit.ctf(np.array([i]), np.zeros(1))[0]
-                target_ft = fourier.project(self.fvol, unit.matrices[i : i + 1], unit.origin_px[i : i + 1])[0] * ctf_i
-                _, k = fit_rest_scale(image_ft, target_ft, unit.rest_ft[i])
-                image_ft = image_ft - k * unit.rest_ft[i]
-                out.rest_scale[i] = k
-            centred_ft = fourier.shift_images_ft(image_ft[None], -unit.origin_px[i : i + 1])[0]
-            rest_centred = None
-            if unit.rest_ft is not None and s.mode == "composite":
-                rest_centred = fourier.shift_images_ft(unit.rest_ft[i : i + 1], -unit.origin_px[i : i + 1])[0]
+            ctf = None
+            if unit.ctf is None:
+                templates = shared[cands.direction_ids]
+            else:
+                ctf = unit.ctf(np.array([i]), np.array([cands.beta_centre_rad]))[0].reshape(-1)[work.image_index]
+                templates = work.templates(references[cands.direction_ids] * ctf, normalise)
+            image_w, rest_w, out.rest_scale[i] = self._working_image(unit, i)
             prior = None
             if s.has_prior:
                 centre = unit.matrices[i] if unit.prior_matrices is None else unit.prior_matrices[i]
                 offset = np.zeros(2) if unit.prior_origin_px is None else unit.prior_origin_px[i] - unit.origin_px[i]
                 prior = ParticlePrior(centre, offset)
-            pose, shift_px, best = self._search_particle(centred_ft, cands, frames, tables, unit.seeds[i], rest_centred, prior)
+            upsampled = fourier.upsampled_image(image_w, work.size)
+            rest_up = None if rest_w is None else fourier.upsampled_image(rest_w, work.size)
+            pose, shift_px, best, scores = self._search_particle(upsampled, rest_up, cands, frames[cands.direction_ids], templates,
+                                                                 unit.seeds[i], prior)
             out.matrix[i], out.origin_px[i], out.score[i] = pose, unit.origin_px[i] + shift_px, best
+            out.scores.append(scores)
         return out
 
-    def _search_particle(self, centred_ft, cands: ParticleCandidates, frames, tables, seed, rest_ft=None, prior=None):
-        """Best (pose, image-frame shift px, CCC) of one particle; see the module docstring.
+    def _working_image(self, unit: UnitInput, i: int):
+        """The particle's image on the working grid, centred on the module (and the rest with it in composite
+        mode, or removed with its fitted scale in subtract mode): (spectrum, rest spectrum or None, k)."""
+        work = self.work
+        image = work.crop(unit.images_ft[i])
+        rest, k = None, 0.0
+        if unit.rest_ft is not None:
+            rest = work.crop(unit.rest_ft[i])
+            if self.settings.mode == "subtract":
+                ctf = 1.0 if unit.ctf is None else work.grid.unpack(unit.ctf(np.array([i]), np.zeros(1))[0].reshape(-1)[work.image_index])
+                target = work.grid.unpack(fourier.project_band(self.fvol, unit.matrices[i : i + 1], work.grid))[0]
+                target = fourier.shift_images_ft(target[None], unit.origin_px[i : i + 1] * work.scale)[0] * ctf * work.band_weight
+                _, k = fit_rest_scale(image, target, rest)
+                image, rest = image - np.float32(k) * rest, None
+        centring = -unit.origin_px[i : i + 1] * work.scale
+        image = fourier.shift_images_ft(image[None], centring)[0]
+        if rest is not None:
+            rest = fourier.shift_images_ft(rest[None], centring)[0]
+        return image, rest, k
 
-        rest_ft: (N, N//2+1) the rest's projection in the same (centred) frame for the composite score, or None.
+    def _scores(self, upsampled, rest_up, templates, angles_rad, shifts_px) -> np.ndarray:
+        """Eq. 1 of the image turned by each angle and moved by each shift (rows, Q) against the templates:
+        (Q, K) float32."""
+        patches = self.work.patches(upsampled, angles_rad, shifts_px)
+        if rest_up is None:
+            return score.masked_ccc(score.normalise_rows(patches), templates)
+        return score.composite_ccc(patches, self.work.patches(rest_up, angles_rad, shifts_px), templates)
+
+    def _search_particle(self, upsampled, rest_up, cands: ParticleCandidates, frames, templates, seed, prior=None):
+        """Best (pose, image-frame shift px, CCC, `ParticleScores`) of one particle; see the module docstring.
+
+        frames: (k, 3, 3) the canonical frames of its k directions; templates: (k, J) their references.
         prior: the particle's `ParticlePrior` (with ``settings.prior_sigma_*``), or None.
         """
-        s = self.settings
-        shift_tables, zero_tables = tables
+        s, shifts = self.settings, self.shifts_px
         ms = np.unique(cands.m)
         angles = ms * s.psi_step_rad
         # valid[t, k]: in-plane lattice index ms[t] belongs to direction k's ψ range
         valid = (cands.m[None, :, :] == ms[:, None, None]).any(axis=2)
-        turned = turn_images(centred_ft, angles, self.box)
-        rest = None if rest_ft is None else turn_images(rest_ft, angles, self.box)
-        dir_ids = cands.direction_ids
-        posterior = Posterior(s, shift_tables.n_mask, prior, frames[dir_ids], ms, angles, self.shifts_px)
-
-        def ccc(table, images, rest_images):
-            return score.masked_ccc(table, images) if rest_images is None else score.composite_ccc(table, images, rest_images)
-
+        posterior = Posterior(s, self.work.n_pixels, prior, frames, ms, shifts)
+        n_t, n_s = len(ms), len(shifts)
         if s.strategy == "simultaneous":
-            cube = ccc(score.take(shift_tables, dir_ids), turned, rest)
-            cube = np.where(valid[:, :, None], cube, -np.inf)
-            t, k, j = np.unravel_index(np.argmax(posterior.of_cube(cube)), cube.shape)
-            shift_px = image_frame_shift(self.shifts_px[j], angles[t])
-            return self._refined_pose(cube[:, :, j], t, k, frames, dir_ids, ms, posterior), shift_px, cube[t, k, j]
+            rho = self._scores(upsampled, rest_up, templates, np.repeat(angles, n_s), np.tile(shifts, (n_t, 1)))
+            cube = np.where(valid[:, :, None], rho.reshape(n_t, n_s, -1).transpose(0, 2, 1), -np.inf)
+            t, k, _ = np.unravel_index(np.argmax(posterior.of_cube(cube)), cube.shape)
+            shift = posterior.subpixel_shifts(cube[t, k][None])[0]
+            # the angles again at the sub-pixel shift: on the integer grid the angle absorbs the shift's rounding
+            at_shift = np.where(valid, self._scores(upsampled, rest_up, templates, angles, np.broadcast_to(shift, (n_t, 2))), -np.inf)
+            t, k = np.unravel_index(np.argmax(posterior.of_angles(at_shift)), at_shift.shape)
+            pose = self._refined_pose(at_shift, t, k, frames, ms, posterior)
+            return pose, shift, at_shift[t, k], ParticleScores(frames, ms, valid, shifts, cube.astype(np.float32))
         pairs = np.argwhere(valid)
         rng = np.random.default_rng(seed)
         picked = pairs[rng.choice(len(pairs), size=min(s.n_random_angles, len(pairs)), replace=False)]
         ut, it = np.unique(picked[:, 0], return_inverse=True)
         uk, ik = np.unique(picked[:, 1], return_inverse=True)
-        sub = ccc(score.take(shift_tables, dir_ids[uk]), turned[ut], None if rest is None else rest[ut])[it, ik]
-        best_shift = posterior.subpixel_shifts(sub, picked[:, 0])
-        shift_px = image_frame_shift(best_shift, angles[picked[:, 0]]).mean(axis=0)
-        # The image (and the rest, fixed to it) moved by the averaged shift; the mask follows the module.
-        moved_ft = fourier.shift_images_ft(centred_ft[None], -shift_px[None])[0]
-        moved_rest = None if rest_ft is None else turn_images(fourier.shift_images_ft(rest_ft[None], -shift_px[None])[0], angles, self.box)
-        cube = ccc(score.take(zero_tables, dir_ids), turn_images(moved_ft, angles, self.box), moved_rest)[..., 0]
-        cube = np.where(valid, cube, -np.inf)
+        rho = self._scores(upsampled, rest_up, templates[uk], np.repeat(angles[ut], n_s), np.tile(shifts, (len(ut), 1)))
+        sub = rho.reshape(len(ut), n_s, len(uk))[it, :, ik]  # (n picked, S)
+        shift = posterior.subpixel_shifts(sub).mean(axis=0)
+        cube = np.where(valid, self._scores(upsampled, rest_up, templates, angles, np.broadcast_to(shift, (n_t, 2))), -np.inf)
         t, k = np.unravel_index(np.argmax(posterior.of_angles(cube)), cube.shape)
-        return self._refined_pose(cube, t, k, frames, dir_ids, ms, posterior), shift_px, cube[t, k]
+        pose = self._refined_pose(cube, t, k, frames, ms, posterior)
+        return pose, shift, cube[t, k], ParticleScores(frames, ms, valid, shift[None], cube[:, :, None].astype(np.float32))
 
-    def _refined_pose(self, scores, t, k, frames, dir_ids, ms, posterior) -> np.ndarray:
-        """The best grid pose (in-plane index ms[t], direction dir_ids[k]) or, with ``angle_refinement:
-        quadratic``, that pose moved to the peak of the scores (t, k) of its grid neighbours (at one shift),
-        with the prior's pull when there is one."""
+    def _refined_pose(self, scores, t, k, frames, ms, posterior) -> np.ndarray:
+        """The best grid pose (in-plane index ms[t], direction k) or, with ``angle_refinement: quadratic``,
+        that pose moved to the peak of the scores (t, k) of its grid neighbours (at one shift), with the
+        prior's pull when there is one."""
         s = self.settings
-        best = candidate_pose(frames[dir_ids[k]], ms[t], s.psi_step_rad)
+        best = candidate_pose(frames[k], ms[t], s.psi_step_rad)
         if s.angle_refinement == "none":
             return best
         tt, kk = np.nonzero(np.isfinite(scores))
-        poses = candidate_pose(frames[dir_ids[kk]], ms[tt], s.psi_step_rad)
+        poses = candidate_pose(frames[kk], ms[tt], s.psi_step_rad)
         step = max(s.angular_step_rad, s.psi_step_rad)
         weight, centre = posterior.rotation_pull(scores[t, k], step)
         return score.quadratic_peak_rotation(best, poses, scores[tt, kk], step, prior_weight=weight, prior_centre=centre)
@@ -361,17 +435,17 @@ class Posterior:
     """The scores by which one particle's candidates are chosen (``search.prior_sigma_*``).
 
     Without a prior, the CCC itself (the paper). With one, the log-posterior in nats:
-    ``score.log_likelihood(ρ, J) − ½ (θ / σ_rot)² − ½ (|o − o_prior| / σ_px)²``, θ the geodesic angle of
-    the candidate's pose from the prior pose and o its origin. Sub-grid refinements fit ρ and add the
-    prior's pull, linearised at the chosen candidate (`score.prior_weight`).
+    ``score.log_likelihood(ρ, J) − ½ (θ / σ_rot)² − ½ (|u − u_prior| / σ_px)²``, θ the geodesic angle of
+    the candidate's pose from the prior pose and u its image-frame shift. Sub-grid refinements fit ρ and
+    add the prior's pull, linearised at the chosen candidate (`score.prior_weight`).
 
-    frames: (K, 3, 3) the canonical frames of the particle's directions; ms (T,), angles_rad (T,): its
-    in-plane lattice indices and angles; shifts_px (S, 2) the shift grid.
+    frames: (K, 3, 3) the canonical frames of the particle's directions; ms (T,): its in-plane lattice
+    indices; shifts_px (S, 2) the image-frame shift grid.
     """
 
-    def __init__(self, settings: SearchSettings, n_pixels, prior: ParticlePrior | None, frames, ms, angles_rad, shifts_px):
+    def __init__(self, settings: SearchSettings, n_pixels, prior: ParticlePrior | None, frames, ms, shifts_px):
         self.settings, self.n_pixels, self.prior = settings, n_pixels, prior
-        self.angles_rad, self.shifts_px = angles_rad, shifts_px
+        self.shifts_px = shifts_px
         self.angle_cost = None
         if prior is not None and settings.prior_sigma_rad is not None:
             poses = candidate_pose(frames[None], ms[:, None], settings.psi_step_rad)  # (T, K, 3, 3)
@@ -381,16 +455,11 @@ class Posterior:
     def active(self) -> bool:
         return self.prior is not None
 
-    def _turned_centres(self, angles_rad):
-        """(len(angles), 2): the prior's centre (offset_px, image frame) seen in frames turned by each β."""
-        return image_frame_shift(np.broadcast_to(self.prior.offset_px, (len(angles_rad), 2)), -np.asarray(angles_rad))
-
-    def _shift_cost(self, shifts_px, angles_rad):
-        """(len(angles), S): ½ |R2(β) s − offset|² / σ² of the grid shifts s seen in frames turned by β, or 0."""
+    def _shift_cost(self) -> np.ndarray:
+        """(S,): ½ |u − offset|² / σ² of the grid shifts, or 0."""
         if self.settings.prior_sigma_px is None:
-            return np.zeros((len(angles_rad), len(shifts_px)))
-        centre = self._turned_centres(angles_rad)
-        return 0.5 * (((shifts_px[None] - centre[:, None]) ** 2).sum(-1)) / self.settings.prior_sigma_px**2
+            return np.zeros(len(self.shifts_px))
+        return 0.5 * ((self.shifts_px - self.prior.offset_px) ** 2).sum(-1) / self.settings.prior_sigma_px**2
 
     def _log_likelihood_minus_angle_cost(self, rho):
         """rho (T, K, ...) → log-likelihood less the rotation prior's cost of each (T, K)."""
@@ -403,22 +472,23 @@ class Posterior:
         """cube (T, K, S) of ρ → the scores to maximise."""
         if not self.active:
             return cube
-        return self._log_likelihood_minus_angle_cost(cube) - self._shift_cost(self.shifts_px, self.angles_rad)[:, None, :]
+        return self._log_likelihood_minus_angle_cost(cube) - self._shift_cost()[None, None, :]
 
     def of_angles(self, cube):
         """cube (T, K) of ρ at one shift → the scores to maximise (the shift's prior is the same for all)."""
         return self._log_likelihood_minus_angle_cost(cube) if self.active else cube
 
-    def subpixel_shifts(self, rho, t):
-        """The sub-pixel best shift (n, 2) of rows rho (n, S), each in the frame turned by angles_rad[t] (n,)
-        (the rotation prior is the same along a row, so only the shift's prior counts here)."""
+    def subpixel_shifts(self, rho):
+        """The sub-pixel best shift (n, 2) of rows rho (n, S) over the grid (the rotation prior is the same
+        along a row, so only the shift's prior counts here)."""
         if not self.active or self.settings.prior_sigma_px is None:
             return score.subpixel_peak(rho, self.shifts_px)
-        best = np.argmax(score.log_likelihood(rho, self.n_pixels) - self._shift_cost(self.shifts_px, self.angles_rad[t]), axis=1)
+        best = np.argmax(score.log_likelihood(rho, self.n_pixels) - self._shift_cost()[None, :], axis=1)
         rows = np.arange(len(rho))
         step = self.settings.shift_step_px
         weight = score.prior_weight(rho[rows, best], self.n_pixels, self.settings.prior_sigma_px, step)
-        return score.subpixel_peak(rho, self.shifts_px, best=best, prior_weight=weight, prior_centre_px=self._turned_centres(self.angles_rad[t]))
+        centre = np.broadcast_to(self.prior.offset_px, (len(rho), 2))
+        return score.subpixel_peak(rho, self.shifts_px, best=best, prior_weight=weight, prior_centre_px=centre)
 
     def rotation_pull(self, rho_best, step_rad):
         """(λ, prior pose) for `score.quadratic_peak_rotation`, or (0, None) without a rotation prior."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import scipy.fft
 
 from lorefine_mpi.geometry import rotations
 
@@ -55,13 +56,18 @@ def shift_volume(volume, shift_px) -> np.ndarray:
 
     ``out(r) = V(r − shift)``; periodic, so the content must stay inside the box. Returns float32.
     """
-    v = np.asarray(volume, dtype=np.float64)
+    v = np.asarray(volume, dtype=np.float32)
     n = v.shape[0]
     k = np.fft.fftfreq(n)
-    kz, ky, kx = np.meshgrid(k, k, np.fft.rfftfreq(n), indexing="ij")
     sx, sy, sz = np.asarray(shift_px, dtype=np.float64)
-    ramp = np.exp(-2j * np.pi * (kx * sx + ky * sy + kz * sz))
-    return np.fft.irfftn(np.fft.rfftn(v) * ramp, s=v.shape, axes=(0, 1, 2)).astype(np.float32)
+    ramp_z = np.exp(-2j * np.pi * k * sz).astype(np.complex64)[:, None, None]
+    ramp_y = np.exp(-2j * np.pi * k * sy).astype(np.complex64)[None, :, None]
+    ramp_x = np.exp(-2j * np.pi * np.fft.rfftfreq(n) * sx).astype(np.complex64)[None, None, :]
+    spectrum = scipy.fft.rfftn(v, workers=1)
+    spectrum *= ramp_z
+    spectrum *= ramp_y
+    spectrum *= ramp_x
+    return scipy.fft.irfftn(spectrum, s=v.shape, axes=(0, 1, 2), workers=1).astype(np.float32, copy=False)
 
 
 def recentre(volume, centre_px) -> np.ndarray:

@@ -1,29 +1,25 @@
-"""The exact masked cross-correlation coefficient (paper Eq. 1) for many references and every shift at once.
+"""The exact masked cross-correlation coefficient (paper Eq. 1) for many image patches and references at once.
 
-For an experimental image f with a fixed 2D mask M (the J pixels of Eq. 1) and a reference g moved by
-an integer shift s, ``g_s(y) = g(y + s)``:
+The search compares a reference g (a projection of the module, on the working grid, its centre at the
+box centre) with the experimental image turned by an in-plane angle and moved by a shift: the *patch*
+``h(z) = f(R2(β) z − u)`` sampled at the J pixels z of a round 2D mask centred on the module
+(`lorefine_mpi.kernels`, ``sample_patches``). The mask moves with the module (it is fixed in the
+reference's frame), and Eq. 1 over it is
 
-    ρ(s) = Σ_M (f − f̄)(g_s − ḡ_s) / sqrt( Σ_M (f − f̄)² · Σ_M (g_s − ḡ_s)² )
+    ρ = Σ_M (h − h̄)(g − ḡ) / sqrt( Σ_M (h − h̄)² · Σ_M (g − ḡ)² )
 
-The means and norms are over the mask *for each shift* (the exact form). With h = (f − f̄)·M the
-numerator is ``Σ_y h(y) g(y + s)`` and, since Σ h = 0, needs no ḡ_s. All shifts of all references are
-one matrix product: templates ``G (r, K)`` (references cropped to the mask's bounding box dilated by the
-largest shift) times the image's shifted copies ``H (K, S)``. The reference-side sums
-``Σ_M g_s`` and ``Σ_M g_s²`` depend only on the reference and the mask, so `prepare_references`
-computes them once (float64) and every particle sharing the references reuses them.
-
-Sign: if the image is the reference moved by +s (``f(y) = g(y + s)``, i.e. image = P(x + o + s) for
-a reference P(x + o)), the best shift is +s.
+with the means and norms over the mask. With every row centred and scaled to unit norm, ρ for all
+patches (rows of H, one per (angle, shift)) against all references (rows of G) is one matrix product
+``Ĥ Ĝᵀ``. The composite score (Eqs. 2–8) compares h with ``g + r``, r the rest of the complex sampled
+like h; its sums expand into two matrix products (`composite_ccc`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from lorefine_mpi.geometry import rotations
+from lorefine_mpi.kernels import backend
 
 
 def shift_grid(max_shift_px: float, shift_step_px: float) -> np.ndarray:
@@ -34,116 +30,38 @@ def shift_grid(max_shift_px: float, shift_step_px: float) -> np.ndarray:
     return np.stack([x.ravel(), y.ravel()], -1).astype(np.float64)
 
 
-@dataclasses.dataclass(frozen=True)
-class ReferenceTables:
-    """Templates and per-shift tables of r references for one mask and one shift set.
-
-    templates: (r, K) float32, the references over the region R (mask bounding box dilated by the
-    largest shift), row-major. sum_g, sum_g2: (r, S) float64, ``Σ_M g_s`` and ``Σ_M g_s²``.
-    mask_windows: (S, K) float64, the mask moved by each shift, over R. box, region (y0, y1, x0, x1),
-    reach (largest shift, px), shift_offsets (S, 2) int (x, y), n_mask (J).
-    """
-
-    templates: np.ndarray
-    sum_g: np.ndarray
-    sum_g2: np.ndarray
-    mask_windows: np.ndarray
-    region: tuple
-    reach: int
-    shift_offsets: np.ndarray
-    n_mask: int
-    mask: np.ndarray
+def centre_rows(rows) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (Q, J) less their means, float32, and their squared norms (Q,) float64."""
+    x = np.asarray(rows, dtype=np.float32)
+    centred = x - x.mean(axis=1, dtype=np.float64).astype(np.float32)[:, None]
+    return centred, np.einsum("ij,ij->i", centred, centred, dtype=np.float64)
 
 
-def _windows(image, region, reach, shift_offsets):
-    """(…, S, K): for each shift s, ``image(z − s)`` over the region R (zero outside the image)."""
-    y0, y1, x0, x1 = region
-    ext = np.zeros(image.shape[:-2] + (y1 - y0 + 2 * reach, x1 - x0 + 2 * reach), dtype=image.dtype)
-    ny, nx = image.shape[-2:]
-    # ext covers [y0 − reach, y1 + reach) × [x0 − reach, x1 + reach) of the image plane.
-    sy0, sy1 = max(y0 - reach, 0), min(y1 + reach, ny)
-    sx0, sx1 = max(x0 - reach, 0), min(x1 + reach, nx)
-    ext[..., sy0 - (y0 - reach) : sy1 - (y0 - reach), sx0 - (x0 - reach) : sx1 - (x0 - reach)] = image[..., sy0:sy1, sx0:sx1]
-    views = sliding_window_view(ext, (y1 - y0, x1 - x0), axis=(-2, -1))
-    # window (j_y, j_x) starts at R − reach + j, i.e. holds image(z − s) with s = reach − j.
-    jy = reach - shift_offsets[:, 1]
-    jx = reach - shift_offsets[:, 0]
-    picked = views[..., jy, jx, :, :]
-    return picked.reshape(picked.shape[:-2] + (-1,))
+def normalise_rows(rows) -> np.ndarray:
+    """Rows (Q, J) centred and scaled to unit norm (a constant row becomes 0): float32."""
+    centred, norm2 = centre_rows(rows)
+    scale = np.where(norm2 > 0, 1.0 / np.sqrt(np.where(norm2 > 0, norm2, 1.0)), 0.0).astype(np.float32)
+    return centred * scale[:, None]
 
 
-def prepare_references(references, mask, shifts_px) -> ReferenceTables:
-    """Tables for references (r, N, N) float (real space, centred), mask (N, N) bool or 0/1, shifts (S, 2) px."""
-    g = np.asarray(references, dtype=np.float32)
-    m = np.asarray(mask).astype(bool)
-    offsets = np.rint(np.asarray(shifts_px, dtype=np.float64)).astype(np.int64).reshape(-1, 2)
-    reach = int(np.abs(offsets).max()) if len(offsets) else 0
-    rows, cols = np.nonzero(m)
-    box = m.shape[0]
-    region = (max(rows.min() - reach, 0), min(rows.max() + 1 + reach, box), max(cols.min() - reach, 0), min(cols.max() + 1 + reach, box))
-    y0, y1, x0, x1 = region
-    templates = np.ascontiguousarray(g[:, y0:y1, x0:x1].reshape(len(g), -1))
-    mask_windows = _windows(m.astype(np.float64), region, reach, offsets)  # (S, K)
-    t64 = templates.astype(np.float64)
-    sum_g = t64 @ mask_windows.T
-    sum_g2 = (t64 * t64) @ mask_windows.T
-    return ReferenceTables(templates, sum_g, sum_g2, mask_windows, region, reach, offsets, int(m.sum()), m)
+def masked_ccc(patches, templates) -> np.ndarray:
+    """Eq. 1 of every patch (Q, J) against every template (K, J): (Q, K) float32. Both are given as
+    `normalise_rows` made them."""
+    return backend().correlate(patches, templates)
 
 
-def take(tables: ReferenceTables, ids) -> ReferenceTables:
-    """The tables of the references ``ids`` only."""
-    ids = np.asarray(ids)
-    return dataclasses.replace(tables, templates=tables.templates[ids], sum_g=tables.sum_g[ids], sum_g2=tables.sum_g2[ids])
-
-
-def correlate(tables: ReferenceTables, images) -> np.ndarray:
-    """``Σ_y X(y) g(y + s)`` over the region for images X (p, N, N): (p, r, S) float64.
-
-    X is used as given (multiply by the mask first to restrict the sum to the mask).
-    """
-    x = np.asarray(images, dtype=np.float32)
-    windows = _windows(x, tables.region, tables.reach, tables.shift_offsets)  # (p, S, K)
-    p, s, k = windows.shape
-    out = np.ascontiguousarray(windows).reshape(p * s, k) @ tables.templates.T  # (p·S, r)
-    return out.reshape(p, s, -1).transpose(0, 2, 1).astype(np.float64)
-
-
-def _centred_in_mask(tables: ReferenceTables, images):
-    """h = (f − f̄_M)·M (p, N, N) float64 and its squared norm (p,)."""
-    f = np.asarray(images, dtype=np.float64)
-    m = tables.mask
-    h = (f - f[:, m].mean(axis=1)[:, None, None]) * m
-    return h, (h * h).sum(axis=(1, 2))
-
-
-def _ratio(numerator, f_norm2, g_var):
-    denominator = np.sqrt(f_norm2[:, None, None] * np.maximum(g_var, 0.0))
+def composite_ccc(patches, rest, templates) -> np.ndarray:
+    """Eq. 1 of each patch h (Q, J) against ``g + r`` for every template g (K, J) and the rest r (Q, J)
+    sampled like h: (Q, K) float32. None of them normalised: numerator ``h̃·g̃ + h̃·r̃``, variance
+    ``|g̃|² + 2 r̃·g̃ + |r̃|²`` (~ = less the mean over the mask)."""
+    h, h2 = centre_rows(patches)
+    r, r2 = centre_rows(rest)
+    g, g2 = centre_rows(templates)
+    numerator = backend().correlate(h, g) + np.einsum("ij,ij->i", h, r)[:, None]
+    variance = g2[None, :] + 2.0 * backend().correlate(r, g) + r2[:, None]
+    denominator = np.sqrt(h2[:, None] * np.maximum(variance, 0.0))
     with np.errstate(invalid="ignore", divide="ignore"):
-        rho = np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), 0.0)
-    return rho.astype(np.float32)
-
-
-def masked_ccc(tables: ReferenceTables, images) -> np.ndarray:
-    """The exact masked CCC (Eq. 1): images (p, N, N) float × references → (p, r, S) float32."""
-    h, f_norm2 = _centred_in_mask(tables, images)
-    return _ratio(correlate(tables, h), f_norm2, (tables.sum_g2 - tables.sum_g**2 / tables.n_mask)[None])
-
-
-def composite_ccc(tables: ReferenceTables, images, rest) -> np.ndarray:
-    """Eq. 1 against ``g_s + rest`` (the moved target plus the rest at its fixed pose), (p, r, S) float32.
-
-    images, rest: (p, N, N) float. Expands the sums over the mask so all shifts stay one matrix product:
-    numerator ``Σ_M h g_s + Σ_M h rest``; variance ``Σ g_s² + 2 Σ_M g_s rest + Σ_M rest² − (Σ g_s + Σ_M rest)² / J``.
-    """
-    h, f_norm2 = _centred_in_mask(tables, images)
-    r = np.asarray(rest, dtype=np.float64)
-    rm = r * tables.mask
-    numerator = correlate(tables, h) + (h * r).sum(axis=(1, 2))[:, None, None]
-    cross = correlate(tables, rm)
-    sum_r = rm.sum(axis=(1, 2))[:, None, None]
-    sum_r2 = (rm * r).sum(axis=(1, 2))[:, None, None]
-    var = tables.sum_g2[None] + 2 * cross + sum_r2 - (tables.sum_g[None] + sum_r) ** 2 / tables.n_mask
-    return _ratio(numerator, f_norm2, var)
+        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), 0.0).astype(np.float32)
 
 
 RHO_MAX = 1.0 - 1e-7  # keeps log(1 − ρ²) finite for a perfect match

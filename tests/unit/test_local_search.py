@@ -83,15 +83,20 @@ def test_results_do_not_depend_on_the_other_particles_of_the_unit(module_map):
     np.testing.assert_allclose(part.origin_px, whole.origin_px[3:], atol=1e-9)
 
 
-def test_turned_image_matches_the_projection_of_the_turned_pose(module_map):
+@pytest.mark.parametrize("band", [None, 11.0])
+def test_patch_of_a_turned_and_shifted_image_is_the_reference(module_map, band):
+    """The image of the pose Rz(β)·B with origin u, sampled at f(R2(β) z − u) over the mask (the search's
+    patches, on the working grid of a band), is the reference P_B over the same pixels."""
     fvol = fourier.prepare_volume(module_map, 2)
     frame = local.canonical_frames(np.array([[0.3, 0.4, np.sqrt(0.75)]]))
-    beta = np.deg2rad(37.0)
-    image = fourier.project(fvol, rotations.inplane_rotation(beta) @ frame)[0]
-    turned = local.turn_images(image, np.array([beta]), 48)[0]
-    reference = fourier.to_real(fourier.project(fvol, frame), 48)[0]
-    mask = modules.circular_mask(48, 36)
-    assert correlation(turned[mask], reference[mask]) > 0.995
+    beta, shift = np.deg2rad(37.0), np.array([[1.7, -2.4]])
+    image = fourier.project(fvol, rotations.inplane_rotation(beta) @ frame, shift)[0]  # P(x + u)
+    work = local.WorkGrid(48, modules.circular_mask(48, 36), band)
+    assert work.size == (48 if band is None else 24)
+    patch = work.patches(fourier.upsampled_image(work.crop(image), work.size), np.array([beta]), shift)[0]
+    reference = work.templates(fourier.project_band(fvol, frame, work.grid), normalise=False)[0]
+    assert correlation(patch, reference) > 0.995
+    np.testing.assert_allclose(patch.std(), reference.std(), rtol=0.03)  # same scale too
 
 
 def test_quadratic_angle_refinement_lands_between_grid_points(module_map):

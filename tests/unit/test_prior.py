@@ -6,6 +6,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from lorefine_mpi.geometry import candidates, rotations
 from lorefine_mpi.projection import fourier
@@ -109,45 +110,70 @@ def test_a_very_wide_prior_changes_nothing(module_map, strategy):
 
 
 def test_the_chosen_candidate_maximises_the_log_posterior_computed_by_hand(module_map):
-    """Simultaneous search, grid poses: for every candidate (in-plane index m, direction d, shift s of the
-    turned frame) the CCC by hand over the mask between the image turned by −β = −m·d1 and P_{B_d} moved by
-    s, the pose Rz(β)·B_d, the image-frame origin o0 + R2(β)s, and the prior's terms by hand, centred away
-    from the preliminary pose (as in a later iteration, where the prior stays on the consensus)."""
+    """Simultaneous search, grid poses: for every candidate (in-plane index m, direction d, image-frame shift
+    u) the CCC by hand over the mask between the reference P_{B_d} and the centred image sampled at
+    R2(β) z − u (β = m·d1; bilinear from the image upsampled ×2, by scipy), the pose Rz(β)·B_d, the origin
+    o0 + u, and the prior's terms by hand, centred away from the preliminary pose (as in a later iteration,
+    where the prior stays on the consensus). The search then re-scores the angles at its sub-pixel shift,
+    so the grid's winner is checked on the grid, the final origin against the parabola through it."""
     rng = np.random.default_rng(4)
-    n = 4
+    n, box = 4, 48
     fvol, unit, _, _ = noisy_unit(module_map, n, rng, noise_sd=5.0)
     prior_pose = unit.matrices @ rotations.from_rotation_vector(rng.normal(0, np.deg2rad(3), (n, 3)))
     prior_origin = unit.origin_px + rng.normal(0, 1.5, (n, 2))
     unit = local.UnitInput(unit.images_ft, unit.matrices, unit.origin_px, None, None, unit.seeds, prior_pose, prior_origin)
     s = settings("simultaneous", 1.0, 0.5, refinement="none")
     grid = candidates.direction_grid(np.deg2rad(2))
-    found = local.UnitSearch(fvol, grid, s, 48).run(unit)
-    mask = s.mask
+    found = local.UnitSearch(fvol, grid, s, box).run(unit)
     shifts = score.shift_grid(3, 1)
+    band = fourier.band_grid(box, box // 2 - 1)  # the search's band when none is given
+    mask_y, mask_x = np.nonzero(s.mask)
+    zx, zy = mask_x - box // 2, mask_y - box // 2
     for i in range(n):
         ids = local.unit_directions(grid, unit.matrices[i : i + 1], s.cone_half_angle_rad)
         frames = local.canonical_frames(grid[ids])
         cands = local.particle_candidates(unit.matrices[i], grid[ids], frames, s)
-        centred = fourier.shift_images_ft(unit.images_ft[i : i + 1], -unit.origin_px[i : i + 1])[0]
-        best, best_value = None, -np.inf
-        for k, d in enumerate(cands.direction_ids):
-            refs = fourier.to_real(fourier.project(fvol, np.repeat(frames[d][None], len(shifts), 0), shifts), 48)  # g(y + s)
-            for m in cands.m[k]:
-                beta = m * s.psi_step_rad
-                turned = local.turn_images(centred, np.array([beta]), 48)[0]
-                pose = rotations.inplane_rotation(beta) @ frames[d]
-                for shift, ref in zip(shifts, refs):
-                    a, b = turned[mask] - turned[mask].mean(), ref[mask] - ref[mask].mean()
-                    rho = (a @ b) / np.sqrt((a @ a) * (b @ b))
+        centred = fourier.shift_images_ft(band.unpack(unit.images_ft[i].reshape(-1)[band.index])[None], -unit.origin_px[i : i + 1])[0]
+        padded = np.zeros((2 * box, box + 1), complex)  # ×2 upsampling by zero padding
+        padded[: box // 2, : box // 2 + 1] = centred[: box // 2]
+        padded[-box // 2 :, : box // 2 + 1] = centred[box // 2 :]
+        fine = np.fft.fftshift(np.fft.irfft2(padded, s=(2 * box, 2 * box))) * 4
+        refs = fourier.to_real(band.unpack(fourier.project_band(fvol, frames[cands.direction_ids], band)), box)[:, mask_y, mask_x]
+
+        def by_hand(u):
+            """{(m, k): (log-posterior, ρ, pose)} of every candidate angle at the image-frame shift u."""
+            out = {}
+            for k in range(len(cands.direction_ids)):
+                for m in cands.m[k]:
+                    beta = m * s.psi_step_rad
                     c, sn = np.cos(beta), np.sin(beta)
-                    origin = unit.origin_px[i] + np.array([c * shift[0] + sn * shift[1], -sn * shift[0] + c * shift[1]])
-                    value = (score.log_likelihood(rho, mask.sum())
+                    x, y = c * zx + sn * zy - u[0], -sn * zx + c * zy - u[1]
+                    patch = ndimage.map_coordinates(fine, [2 * y + box, 2 * x + box], order=1, mode="constant")
+                    a, b = patch - patch.mean(), refs[k] - refs[k].mean()
+                    rho = (a @ b) / np.sqrt((a @ a) * (b @ b))
+                    pose = rotations.inplane_rotation(beta) @ frames[cands.direction_ids[k]]
+                    value = (score.log_likelihood(rho, len(zx))
                              - 0.5 * (rotations.geodesic_angle(pose, prior_pose[i]) / s.prior_sigma_rad) ** 2
-                             - 0.5 * (np.linalg.norm(origin - prior_origin[i]) / s.prior_sigma_px) ** 2)
-                    if value > best_value:
-                        best, best_value = (pose, origin), value
-        assert np.rad2deg(rotations.geodesic_angle(found.matrix[i], best[0])) < 1e-3
-        np.testing.assert_allclose(found.origin_px[i], best[1], atol=1e-6)
+                             - 0.5 * (np.linalg.norm(unit.origin_px[i] + u - prior_origin[i]) / s.prior_sigma_px) ** 2)
+                    out[(m, k)] = (value, rho, pose)
+            return out
+
+        tables = [by_hand(u) for u in shifts]
+        kept = found.scores[i]
+        for j, table in enumerate(tables):  # the cube the search kept is the landscape by hand
+            for (m, k), (_, rho, _) in table.items():
+                assert kept.rho[int(np.nonzero(kept.ms == m)[0][0]), k, j] == pytest.approx(rho, abs=2e-4)
+        j, (m, k) = max(((j, key) for j, table in enumerate(tables) for key in table), key=lambda jk: tables[jk[0]][jk[1]][0])
+        # its shift: the parabola through the winner's row of scores, with the prior's pull
+        row = np.array([table[(m, k)][1] for table in tables])
+        weight = score.prior_weight(row[j], len(zx), s.prior_sigma_px, 1)
+        shift = score.subpixel_peak(row[None], shifts, best=np.array([j]), prior_weight=weight,
+                                    prior_centre_px=(prior_origin[i] - unit.origin_px[i])[None])[0]
+        np.testing.assert_allclose(found.origin_px[i], unit.origin_px[i] + shift, atol=2e-3)
+        # its pose: the best angle at that shift
+        at_shift = by_hand(shift)
+        best = max(at_shift, key=lambda key: at_shift[key][0])
+        assert np.rad2deg(rotations.geodesic_angle(found.matrix[i], at_shift[best][2])) < 1e-3
 
 
 def test_at_low_snr_the_prior_brings_the_poses_closer_to_the_truth(module_map):

@@ -1,0 +1,77 @@
+"""The Fourier band the search's score uses: where the data still match the reference (pure arrays).
+
+At the start of each stage, the images of a sample of particles are compared, ring by ring, with the
+target module's projections at their preliminary poses (with their CTFs): the Fourier ring correlation
+
+    FRC(r) = Σ Re(X · conj(M)) / sqrt(Σ |X|² · Σ |M|²)      (sums over the sample and over the ring)
+
+estimates how much of the image's power in ring r is signal the reference predicts. Per particle and
+pixel, the spectral signal-to-noise ratio is ``SSNR = FRC² / (1 − FRC²)`` (0 where the FRC is not above
+three standard deviations of pure noise, 3 / sqrt(samples in the ring)). A pose's Fisher information
+grows with each ring's pixels × SSNR × r² (an angular error moves a pixel at radius r by r times it), so
+the band is the smallest radius holding ``1 − INFORMATION_LOSS`` of the information summed to Nyquist:
+beyond it, the rings cost computing time and add nothing the score can use. A blurred first reference
+(the consensus) gives a low band, a sharp one a high band; a set with little signal, the band where it ends.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lorefine_mpi.projection import fourier
+
+INFORMATION_LOSS = 0.01
+MIN_BAND_PX = 8.0
+
+
+def rings(box: int) -> np.ndarray:
+    """(N, N//2+1) int: the rounded frequency radius of every pixel of the rfft2 layout."""
+    kx, ky = fourier.image_frequencies(box)
+    return np.rint(np.hypot(kx, ky)).astype(np.int64)
+
+
+def ring_sums(values, box: int) -> np.ndarray:
+    """Σ over images and over each ring (radius 0 … N/2) of (…, N, N//2+1) real values, the half
+    spectrum counted with its mirror (`fourier.half_axis_multiplicity`): (N//2+1,) float64."""
+    radius = rings(box)
+    weight = np.broadcast_to(fourier.half_axis_multiplicity(box), radius.shape)
+    total = np.asarray(values, dtype=np.float64).reshape(-1, box, box // 2 + 1).sum(axis=0)
+    return np.bincount(radius.ravel(), (total * weight).ravel(), minlength=box // 2 + 1)[: box // 2 + 1]
+
+
+def fourier_ring_correlation(images_ft, references_ft, box: int) -> tuple[np.ndarray, np.ndarray]:
+    """FRC (N//2+1,) of images against references (both (n, N, N//2+1) spectra), and the number of
+    (complex) samples behind each ring (N//2+1,)."""
+    x, m = np.asarray(images_ft), np.asarray(references_ft)
+    cross = ring_sums((x * np.conj(m)).real, box)
+    power = ring_sums(np.abs(x) ** 2, box) * ring_sums(np.abs(m) ** 2, box)
+    samples = len(x) * ring_sums(np.ones((box, box // 2 + 1)), box)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frc = np.where(power > 0, cross / np.sqrt(power), 0.0)
+    return frc, samples
+
+
+def spectral_snr(frc, samples) -> np.ndarray:
+    """Per-pixel SSNR of each ring from its FRC, 0 where the FRC is not significant (3 σ of noise)."""
+    significant = frc > 3.0 / np.sqrt(np.maximum(samples, 1.0))
+    r = np.clip(frc, 0.0, 0.999)
+    return np.where(significant, r * r / (1.0 - r * r), 0.0)
+
+
+def signal_band(frc, samples, box: int, information_loss: float = INFORMATION_LOSS) -> float:
+    """The band radius (image px) holding all but ``information_loss`` of the pose information; between
+    `MIN_BAND_PX` and N/2 − 1 (the search's working grid needs one ring of margin below Nyquist)."""
+    radius = np.arange(len(frc), dtype=np.float64)
+    pixels = ring_sums(np.ones((box, box // 2 + 1)), box)
+    information = pixels * radius**2 * spectral_snr(frc, samples)
+    top = box // 2 - 1
+    if information.sum() <= 0:
+        return float(top)
+    cumulative = np.cumsum(information) / information.sum()
+    band = float(np.searchsorted(cumulative, 1.0 - information_loss) + 1)
+    return float(np.clip(band, min(MIN_BAND_PX, top), top))
+
+
+def band_from_resolution(resolution_angstrom: float, pixel_size_angstrom: float, box: int) -> float:
+    """The band radius (image px) of a resolution: N · pixel size / resolution, at most N/2 − 1."""
+    return float(min(box * pixel_size_angstrom / resolution_angstrom, box // 2 - 1))
