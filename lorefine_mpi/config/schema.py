@@ -147,7 +147,8 @@ _REQUIRED = ("particles", "consensus_map", "modules", "output")
 
 
 def unknown_key(key_path: str, key: str, valid) -> InputError:
-    close = difflib.get_close_matches(str(key), [str(v) for v in valid], n=1, cutoff=0.5)
+    prefixed = [str(v) for v in valid if len(str(key)) >= 3 and str(v).startswith(str(key))]  # 'cone' → cone_half_angle_deg
+    close = prefixed[:1] or difflib.get_close_matches(str(key), [str(v) for v in valid], n=1, cutoff=0.5)
     hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(valid)})"
     return InputError(f"{key_path}: unknown key{hint}")
 
