@@ -398,13 +398,13 @@ def _blocks_text(blocks) -> str:
     for name, columns, rows in blocks:
         lines += ["", "# version 30001", "", f"data_{name}", "", "loop_"]
         lines += [f"_{c} #{i + 1}" for i, c in enumerate(columns)]
-        lines += [" ".join(_quote(v) for v in r) for r in rows]
+        lines += [" ".join(map(_quote, r)) for r in rows]
         lines.append("")
     return "\n".join(lines) + "\n"
 
 
 def _quote(value: str) -> str:
-    return f'"{value}"' if (not value or any(c.isspace() for c in value)) else value
+    return f'"{value}"' if (not value or " " in value or "\t" in value) else value
 
 
 def atomic_write_text(path, text: str) -> None:
