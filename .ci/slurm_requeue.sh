@@ -129,9 +129,15 @@ done
 before=$(units out/results.h5)
 scontrol requeue "$jid"
 el "scontrol requeue $jid with $before work units checkpointed"
-# the second attempt: the time-limit signal (SIGUSR1 to the job's tasks, as --signal=USR1@300 sends it)
+# the second attempt: the time-limit signal (SIGUSR1 to the job's tasks, as --signal=USR1@300 sends it), once
+# the attempt has checkpointed work of its own (the first attempt is gone when the second one starts)
 deadline=$((SECONDS + 240))
-until [ "$(units out/results.h5)" -ge $((before + 4)) ]; do
+until grep -q " attempt 2 " "lorefine_$jid.log" 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || { echo "slurm_requeue: the requeued job did not start again in time"; squeue; exit 1; }
+    sleep 0.5
+done
+before=$(units out/results.h5)
+until [ "$(units out/results.h5)" -ge $((before + 3)) ]; do
     [ $SECONDS -lt $deadline ] || { echo "slurm_requeue: the requeued job did not resume in time"; squeue; exit 1; }
     sleep 0.5
 done
