@@ -14,10 +14,10 @@ pytestmark = pytest.mark.mpi
 
 
 def test_continue_auto_starts_afresh_then_resumes_a_stopped_run(tmp_path):
-    reference = make_run(tmp_path / "reference")
+    reference = make_run(tmp_path / "reference", n_particles=64)
     done = run(2, "refine", str(reference / "config.yaml"), "--continue", "auto")  # no checkpoint yet: a fresh run
     assert done.returncode == 0, done.stderr[-2000:]
-    folder = make_run(tmp_path / "stopped")
+    folder = make_run(tmp_path / "stopped", n_particles=64)
     config = folder / "config.yaml"
     job = subprocess.Popen(command(2, "refine", str(config), "--continue", "auto"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            env=env(), text=True)
