@@ -71,10 +71,10 @@ def _window(search) -> str:
     k = candidates.candidate_counts(search)
 
     def prior(value, unit):
-        return "flat" if value is None else ("auto" if value == "auto" else f"{value:g} {unit}")
+        return "flat" if value is None else ("auto" if value == "auto" else f"{value:g}{unit}")
 
     return (f"cone {search.cone_half_angle_deg:g}°, ψ ±{search.psi_half_range_deg:g}°, shifts ±{search.max_shift_px:g} px, "
-            f"prior σ {prior(search.prior_sigma_deg, '°')} / {prior(search.prior_sigma_px, 'px')}; "
+            f"prior σ {prior(search.prior_sigma_deg, '°')} / {prior(search.prior_sigma_px, ' px')}; "
             f"{k['evaluations_per_particle']:.0f} CCC evaluations per particle")
 
 
