@@ -84,7 +84,7 @@ def write_subtracted(run_dir, name: str, *, box_px: int | None = None, batch: in
     n, box = len(table), mrc.stack_shape(table.stack_path[0])[-1]
     box_px = box if box_px is None else int(box_px)
     if box_px % 2 or not 16 <= box_px <= box:
-        raise InputError(f"box: expected an even number of pixels in [16, {box}], got {box_px}")
+        raise InputError(f"--box-px: expected an even number of pixels in [16, {box}] (the particles' box), got {box_px}")
     maps = [mrc.read_map(run_dir / m / "map.mrc")[0] for m in names]
     voxel = mrc.voxel_size_angstrom(run_dir / name / "map.mrc")
     combined, _ = mrc.read_map(run_dir / "combined.mrc")
