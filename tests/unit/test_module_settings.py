@@ -81,8 +81,8 @@ def test_module_values_override_the_global_search_and_feed_its_settings(project)
     assert prior_sigmas(own) == (pytest.approx(np.deg2rad(0.5)), 1.0)  # the module's angle σ, the global shift σ
     mask = np.zeros((48, 48, 48), np.float32)
     mask[20:28, 20:28, 20:28] = 1
-    settings_a = search_settings(cfg, mask, np.zeros(3), 48, a)
-    settings_b = search_settings(cfg, mask, np.zeros(3), 48, b)
+    settings_a = search_settings(cfg, mask, np.zeros(3), 48, module=a)
+    settings_b = search_settings(cfg, mask, np.zeros(3), 48, module=b)
     assert settings_a.cone_half_angle_rad == pytest.approx(np.deg2rad(10)) and settings_a.psi_half_steps == 3
     assert settings_b.cone_half_angle_rad == pytest.approx(np.deg2rad(4)) and settings_b.psi_half_steps == 2
     assert settings_b.max_shift_steps == 2 and settings_b.prior_sigma_rad == pytest.approx(np.deg2rad(0.5))
