@@ -37,7 +37,7 @@ from lorefine_mpi.search import local, modules, score
 
 def poses(table):
     """(matrices (n, 3, 3), origins (n, 2) px) of a STAR table."""
-    return rotations.euler_to_matrix(table.rot_rad, table.tilt_rad, table.psi_rad), table.origin_px
+    return table.matrices, table.origin_px
 
 
 def climb(image_centred, fvol, mask, a_true, o_true_rel, box):

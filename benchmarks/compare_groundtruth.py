@@ -31,8 +31,8 @@ def masked_correlation(volume, truth, mask) -> float:
 
 
 def pose_errors(table, truth):
-    a = rotations.euler_to_matrix(table.rot_rad, table.tilt_rad, table.psi_rad)
-    b = rotations.euler_to_matrix(truth.rot_rad, truth.tilt_rad, truth.psi_rad)
+    a = table.matrices
+    b = truth.matrices
     return np.rad2deg(rotations.geodesic_angle(a, b)), np.linalg.norm(table.origin_px - truth.origin_px, axis=1)
 
 

@@ -54,7 +54,7 @@ def module_alone(data: Path, k: int, work: Path, batch: int = 500) -> Path:
     consensus = read_star(data / "particles.star")
     volume, voxel = mrc.read_map(data / f"gt_module_{k}.mrc")
     fvol = fourier.prepare_volume(volume, 2)
-    matrices = rotations.euler_to_matrix(truth.rot_rad, truth.tilt_rad, truth.psi_rad)
+    matrices = truth.matrices
     n, box = len(matrices), volume.shape[0]
     stack = work / f"alone_{k}.mrcs"
     with mrcfile.new(stack, overwrite=True) as f:
@@ -77,7 +77,7 @@ def stage_accuracy(results: Path, stage: str, truth: Path, step_deg: float, step
     table = read_star(truth)
     with h5py.File(results, "r") as f:
         found, origin = f[stage]["matrix"][...], f[stage]["origin_px"][...]
-    expected = rotations.euler_to_matrix(table.rot_rad, table.tilt_rad, table.psi_rad)
+    expected = table.matrices
     angle = np.rad2deg(rotations.geodesic_angle(found, expected))
     return summary(angle, np.linalg.norm(origin - table.origin_px, axis=1), step_deg, step_px)
 

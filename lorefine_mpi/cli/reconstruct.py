@@ -1,6 +1,5 @@
 """`lorefine reconstruct --particles X.star --out MAP.mrc`: weighted back-projection from a STAR file."""
 
-import logging
 import time
 from pathlib import Path
 
@@ -10,11 +9,10 @@ from lorefine_mpi.errors import InputError
 from lorefine_mpi.io import mrc
 from lorefine_mpi.io.star import read_star
 from lorefine_mpi.reconstruction.reconstruct import backproject_all, backproject_halves, maps_from_halves
+from lorefine_mpi.refine.progress import ProgressLog
 
 NAME = "reconstruct"
 HELP = "reconstruct a map from a RELION STAR file by weighted back-projection (direct Fourier inversion)"
-
-log = logging.getLogger(__name__)
 
 
 def add_arguments(parser):
@@ -22,11 +20,13 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, help="output map (MRC)")
     parser.add_argument("--half-maps", action="store_true", help="also write OUT_half1.mrc and OUT_half2.mrc (rlnRandomSubset)")
     parser.add_argument("--no-ctf", action="store_true", help="ignore the CTF even when the STAR file has defocus values")
+    parser.add_argument("--project-dir", default=None,
+                        help="RELION project directory that relative image names start from (default: the current directory)")
     parser.add_argument("--padding", type=int, default=2, choices=(1, 2, 3, 4), help="Fourier padding factor (default 2)")
 
 
 def run(args) -> int:
-    table = read_star(args.particles)
+    table = read_star(args.particles, args.project_dir)
     out = Path(args.out)
     if not out.parent.is_dir():
         raise InputError(f"--out: folder {out.parent} does not exist")
@@ -35,11 +35,8 @@ def run(args) -> int:
     if np.ptp(pixel) > 1e-3 * pixel[0]:
         raise InputError(f"{args.particles}: optics groups have different pixel sizes; expected one")
     started = time.time()
-
-    def progress(done, total):
-        if done == total or done % 2048 < 256:
-            log.info("reconstruct: %d/%d particles, %.1f s", done, total, time.time() - started)
-
+    tracker = ProgressLog("reconstruct: back-projection", len(table))
+    progress = lambda done, total: tracker.add(done - tracker.done)  # noqa: E731
     use_ctf = table.has_ctf and not args.no_ctf
     if args.half_maps:  # the two halves (rlnRandomSubset), each reconstructed once; the full map is their mean
         maps = maps_from_halves(backproject_halves(table, np.arange(len(table)), box, use_ctf=use_ctf, padding=args.padding, progress=progress))

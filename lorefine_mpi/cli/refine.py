@@ -1,4 +1,4 @@
-"""`lorefine refine CONFIG.yaml [--continue]`: LO-refinement of every module (serial or under MPI)."""
+"""`lorefine refine CONFIG.yaml [--continue [auto]]`: LO-refinement of every module (serial or under MPI)."""
 
 import logging
 import shlex
@@ -14,13 +14,17 @@ HELP = "LO-refinement of the modules in CONFIG (run it under mpiexec/srun for ma
 
 def add_arguments(parser):
     parser.add_argument("config", help="the run's YAML config")
-    parser.add_argument("--continue", dest="resume", action="store_true",
-                        help="resume from OUTPUT/results.h5: finished work units are kept, the rest is done")
+    parser.add_argument("--continue", dest="resume", nargs="?", const="yes", default="no", choices=("yes", "auto"),
+                        metavar="auto",
+                        help="resume from OUTPUT/results.h5: finished work units are kept, the rest is done; "
+                             "'--continue auto' resumes when the checkpoint is there and starts afresh when it is not "
+                             "(what a requeued Slurm job runs)")
 
 
 def run(args) -> int:
     from lorefine_mpi.parallel.context import ParallelContext, world_communicator
     from lorefine_mpi.refine.pipeline import RefineRun
+    from lorefine_mpi.refine.subtracted import write_subtracted
 
     ctx = ParallelContext(world_communicator())
     ctx.check_slurm()
@@ -30,6 +34,9 @@ def run(args) -> int:
         cfg = load_config(args.config)
     except InputError as e:
         error = e
+    if cfg is not None and args.resume == "yes" and not (Path(cfg.output) / "results.h5").exists():
+        error = InputError(f"--continue: no checkpoint {Path(cfg.output) / 'results.h5'} to resume "
+                           "(start without --continue, or use --continue auto)")
     ctx.agree_on_error(error)  # every rank reads the config; the message is printed once
     root_logger = logging.getLogger()
     if ctx.is_root:  # opened at the first record, which comes after the inputs were checked
@@ -39,5 +46,8 @@ def run(args) -> int:
     for handler in root_logger.handlers:
         handler.setFormatter(logging.Formatter(f"%(asctime)s [{ctx.rank}/{ctx.size}] %(message)s", "%H:%M:%S"))
     with ctx.guard():
-        code = RefineRun(cfg, ctx, command_line=shlex.join(sys.argv), resume=args.resume).run()
+        code = RefineRun(cfg, ctx, command_line=shlex.join(sys.argv), resume=args.resume != "no").run()
+        if code == 0 and ctx.is_root:
+            for name in cfg.subtracted.modules:  # `subtracted:` in the config
+                write_subtracted(cfg.output, name, box_px=cfg.subtracted.box_px)
     return code

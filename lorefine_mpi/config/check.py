@@ -23,6 +23,8 @@ class ModuleSummary:
     name: str
     volume_angstrom3: float
     centre_angstrom: np.ndarray
+    search: object  # the module's SearchConfig (the global one with its own values in place)
+    centre_given: bool = False
 
 
 @dataclasses.dataclass
@@ -34,7 +36,6 @@ class Summary:
     pixel_size_angstrom: float
     has_ctf: bool
     modules: list
-    counts: dict
 
     def lines(self, cfg) -> list[str]:
         out = [
@@ -50,15 +51,31 @@ class Summary:
         ]
         for m in self.modules:
             c = m.centre_angstrom
-            out.append(f"  {m.name}: mask volume {m.volume_angstrom3:.4g} Å³, centre of mass ({c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f}) Å from the box centre")
-        k = self.counts
+            what = "rotation centre (centre_px)" if m.centre_given else "centre of mass"
+            out.append(f"  {m.name}: mask volume {m.volume_angstrom3:.4g} Å³, {what} ({c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f}) Å from the box centre")
+            if m.search != cfg.search:
+                out.append(f"    own search: {_window(m.search)}")
+        k = candidates.candidate_counts(cfg.search)
         out.append(
             f"search           {cfg.search.strategy}: {k['n_directions']:.0f} directions × {k['n_psi']} ψ = "
             f"{k['n_orientations']:.0f} orientations × {k['n_shifts']} shifts; "
             f"{k['evaluations_per_particle']:.0f} CCC evaluations per particle and module; "
             + ("angles refined between grid points (quadratic)" if cfg.search.angle_refinement == "quadratic" else "angles on the grid")
         )
+        out.append(f"                 {_window(cfg.search)}")
         return out
+
+
+def _window(search) -> str:
+    """The search window and prior of a SearchConfig, and its candidates per particle."""
+    k = candidates.candidate_counts(search)
+
+    def prior(value, unit):
+        return "flat" if value is None else ("auto" if value == "auto" else f"{value:g}{unit}")
+
+    return (f"cone {search.cone_half_angle_deg:g}°, ψ ±{search.psi_half_range_deg:g}°, shifts ±{search.max_shift_px:g} px, "
+            f"prior σ {prior(search.prior_sigma_deg, '°')} / {prior(search.prior_sigma_px, ' px')}; "
+            f"{k['evaluations_per_particle']:.0f} CCC evaluations per particle")
 
 
 def _writable(path: Path) -> bool:
@@ -73,7 +90,7 @@ def _writable(path: Path) -> bool:
 
 def check_inputs(cfg, sample_size: int = 100) -> Summary:
     """Raise InputError on the first problem with the inputs of ``cfg``; return a summary otherwise."""
-    table = read_star(cfg.particles)
+    table = read_star(cfg.particles, cfg.project_dir)
     volume, voxel = mrc.read_map(cfg.consensus_map)
     box = volume.shape[0]
     if volume.shape != (box, box, box):
@@ -88,6 +105,12 @@ def check_inputs(cfg, sample_size: int = 100) -> Summary:
             )
     stacks = {}
     for path in dict.fromkeys(table.stack_path.tolist()):
+        if not os.path.exists(path):
+            name = table.image_name[np.argmax(table.stack_path == path)]
+            raise InputError(
+                f"{cfg.particles}: _rlnImageName {name}: particle stack not found in the project directory {table.project_dir} "
+                f"(project_dir; RELION opens image names from there) nor beside the STAR file"
+            )
         shape = mrc.stack_shape(path)
         if shape[1] != shape[2]:
             raise InputError(f"{path}: images are {shape[2]} × {shape[1]} px; expected square images")
@@ -117,8 +140,11 @@ def check_inputs(cfg, sample_size: int = 100) -> Summary:
                 raise InputError(f"{module.mask}: mask values must lie in [0, 1], got [{np.nanmin(mask):.3g}, {np.nanmax(mask):.3g}]")
             if mask.sum() <= 0:
                 raise InputError(f"{module.mask}: the mask is empty (all zero)")
-        centre = module_ops.centre_of_mass_px(volume, mask) * voxel
-        summaries.append(ModuleSummary(module.name, float(mask.sum() * voxel**3), centre))
+        centre = module_ops.centre_of_mass_px(volume, mask) if module.centre_px is None else np.asarray(module.centre_px)
+        summaries.append(ModuleSummary(module.name, float(mask.sum() * voxel**3), centre * voxel, module.search(cfg.search),
+                                       module.centre_px is not None))
+    if cfg.subtracted.box_px is not None and cfg.subtracted.box_px > box:
+        raise InputError(f"subtracted.box_px: must be at most the particles' box ({box}), got {cfg.subtracted.box_px}")
     if not _writable(Path(cfg.output)):
         raise InputError(f"output: {cfg.output} cannot be created (no writable folder above it)")
-    return Summary(len(table), table.optics, len(stacks), box, voxel, table.has_ctf, summaries, candidates.candidate_counts(cfg.search))
+    return Summary(len(table), table.optics, len(stacks), box, voxel, table.has_ctf, summaries)

@@ -19,10 +19,33 @@ import yaml
 from lorefine_mpi.errors import InputError
 
 
+# the `search` keys a module may set for itself (None: the global value)
+MODULE_SEARCH_KEYS = ("cone_half_angle_deg", "psi_half_range_deg", "max_shift_px", "prior_sigma_deg", "prior_sigma_px")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModuleConfig:
+    """One module: its mask and, where it differs from the global `search`, its own search window and prior.
+
+    centre_px: (x, y, z) px from the box centre about which the module turns; None = its centre of mass.
+    rotate_relative_to: RELION's rlnBodyRotateRelativeTo as a module name (recorded; lorefine's cone and
+    prior are isotropic, so the frame the rotation is expressed in does not change the search).
+    """
+
     name: str
     mask: str | None  # None for the whole map (conventional SPA)
+    cone_half_angle_deg: float | None = None
+    psi_half_range_deg: float | None = None
+    max_shift_px: float | None = None
+    prior_sigma_deg: float | str | None = None
+    prior_sigma_px: float | str | None = None
+    centre_px: tuple[float, float, float] | None = None
+    rotate_relative_to: str | None = None
+
+    def search(self, search: "SearchConfig") -> "SearchConfig":
+        """The global search settings with this module's own values in place."""
+        own = {k: getattr(self, k) for k in MODULE_SEARCH_KEYS if getattr(self, k) is not None}
+        return dataclasses.replace(search, **own) if own else search
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +86,14 @@ class ParallelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SubtractedConfig:
+    """Particles of modules with the rest of the complex subtracted, written at the end of a run."""
+
+    modules: tuple[str, ...] = ()
+    box_px: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     particles: str
     consensus_map: str
@@ -74,6 +105,8 @@ class Config:
     parallel: ParallelConfig = ParallelConfig()
     iterations: int = 1
     seed: int = 0
+    project_dir: str = ""  # RELION's project directory: relative image and mask names in STAR files resolve here
+    subtracted: SubtractedConfig = SubtractedConfig()
     source: str = ""  # the config file this came from
 
 
@@ -101,22 +134,29 @@ _RULES: dict[str, tuple[str, Any, str]] = {
     "reconstruction.gridding_iterations": ("int", lambda v: 0 <= v <= 50, "must be an integer in [0, 50]"),
     "parallel.class_spacing_deg": ("float", lambda v: 0 < v <= 90, "must be in (0, 90]"),
     "parallel.unit_size": ("int", lambda v: v >= 1, "must be >= 1"),
+    "subtracted.box_px": ("optional_float", lambda v: v >= 16 and v == int(v) and v % 2 == 0,
+                          "must be an even number of pixels >= 16 (or null for the particles' box)"),
     "iterations": ("int", lambda v: 1 <= v <= 100, "must be in [1, 100]"),
     "seed": ("int", lambda v: v >= 0, "must be >= 0"),
 }
 _SECTIONS = {"search": SearchConfig, "score": ScoreConfig, "reconstruction": ReconstructionConfig, "parallel": ParallelConfig}
-_TOP = ("particles", "consensus_map", "modules", "output", "search", "score", "reconstruction", "parallel", "iterations", "seed")
+_TOP = ("particles", "consensus_map", "modules", "output", "project_dir", "search", "score", "reconstruction", "parallel",
+        "subtracted", "iterations", "seed")
+_MODULE_KEYS = ("name", "mask") + MODULE_SEARCH_KEYS + ("centre_px", "rotate_relative_to")
 _REQUIRED = ("particles", "consensus_map", "modules", "output")
 
 
 def unknown_key(key_path: str, key: str, valid) -> InputError:
-    close = difflib.get_close_matches(str(key), [str(v) for v in valid], n=1, cutoff=0.5)
+    prefixed = [str(v) for v in valid if len(str(key)) >= 3 and str(v).startswith(str(key))]  # 'cone' → cone_half_angle_deg
+    close = prefixed[:1] or difflib.get_close_matches(str(key), [str(v) for v in valid], n=1, cutoff=0.5)
     hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(valid)})"
     return InputError(f"{key_path}: unknown key{hint}")
 
 
-def checked_value(path: str, value, rules=None):
+def checked_value(path: str, value, rules=None, where: str | None = None):
+    """``value`` checked against the rule of key ``path``; errors name ``where`` (default: the key)."""
     kind, check, expected = (rules or _RULES)[path]
+    path = where or path
     if kind == "choice":
         if isinstance(value, str) and value.lower() in ("true", "false") and True in check:
             value = value.lower() == "true"
@@ -159,19 +199,21 @@ def resolve_path(key: str, value, folder: Path) -> str:
     return str(p if p.is_absolute() else (folder / p).resolve())
 
 
-def _modules(value, folder: Path) -> tuple[ModuleConfig, ...]:
+def _modules(value, folder: Path, project_dir: str, consensus_map: str) -> tuple[ModuleConfig, ...]:
     if value == "whole":
         return (ModuleConfig("whole", None),)
+    if isinstance(value, str) and value.strip().lower().endswith(".star"):
+        return _bodies_star(resolve_path("modules", value, folder), project_dir, consensus_map)
     if not isinstance(value, list) or not value:
-        raise InputError(f"modules: expected a list of {{name, mask}} or 'whole', got {value!r}")
+        raise InputError(f"modules: expected a list of {{name, mask}}, a RELION bodies STAR file or 'whole', got {value!r}")
     out, names = [], set()
     for i, item in enumerate(value):
         where = f"modules[{i}]"
         if not isinstance(item, dict):
             raise InputError(f"{where}: expected {{name: ..., mask: ...}}, got {item!r}")
         for key in item:
-            if key not in ("name", "mask"):
-                raise unknown_key(f"{where}.{key}", key, ("name", "mask"))
+            if key not in _MODULE_KEYS:
+                raise unknown_key(f"{where}.{key}", key, _MODULE_KEYS)
         name = item.get("name")
         if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_-" for c in name):
             raise InputError(f"{where}.name: expected a name of letters, digits, '_' or '-', got {name!r}")
@@ -180,8 +222,83 @@ def _modules(value, folder: Path) -> tuple[ModuleConfig, ...]:
         names.add(name)
         if "mask" not in item:
             raise InputError(f"{where}.mask: required (a soft mask MRC of this module)")
-        out.append(ModuleConfig(name, resolve_path(f"{where}.mask", item["mask"], folder)))
+        own = {}
+        for key in MODULE_SEARCH_KEYS:
+            if item.get(key) is not None:
+                own[key] = checked_value(f"search.{key}", item[key], where=f"{where}.{key}")
+        centre = item.get("centre_px")
+        if centre is not None:
+            if not isinstance(centre, list) or len(centre) != 3 or not all(
+                    isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in centre):
+                raise InputError(f"{where}.centre_px: expected [x, y, z] in px from the box centre, got {centre!r}")
+            own["centre_px"] = tuple(float(c) for c in centre)
+        if item.get("rotate_relative_to") is not None:
+            own["rotate_relative_to"] = str(item["rotate_relative_to"])
+        out.append(ModuleConfig(name, resolve_path(f"{where}.mask", item["mask"], folder), **own))
+    for i, m in enumerate(out):
+        if m.rotate_relative_to is not None and (m.rotate_relative_to not in names or m.rotate_relative_to == m.name):
+            raise InputError(f"modules[{i}].rotate_relative_to: expected the name of another module, got {m.rotate_relative_to!r}")
     return tuple(out)
+
+
+def _bodies_star(path: str, project_dir: str, consensus_map: str) -> tuple[ModuleConfig, ...]:
+    """RELION's multi-body bodies file: one row per body (rlnBodyMaskName; optional rlnBodyRotateRelativeTo,
+    rlnBodySigmaAngles in degrees, rlnBodySigmaOffsetAngst in Å or the older rlnBodySigmaOffset in px).
+    Body K becomes module ``bodyK``; the σ become that module's prior; mask names resolve as RELION
+    resolves them (the project directory first, then the bodies file's folder)."""
+    from lorefine_mpi.io.star import parse_star, resolve_relion_path
+
+    blocks = parse_star(path)
+    columns, rows = next(((c, r) for c, r in blocks.values() if "rlnBodyMaskName" in c), ([], []))
+    if not rows:
+        raise InputError(f"{path}: not a RELION bodies file (expected a table with _rlnBodyMaskName, one row per body)")
+    get = {name: columns.index(name) for name in columns}
+    out = []
+    for k, row in enumerate(rows, 1):
+        where = f"{path}: body {k}"
+        own = {}
+
+        def number(column):
+            try:
+                return float(row[get[column]])
+            except ValueError:
+                raise InputError(f"{where}: _{column}: expected a number, got {row[get[column]]!r}") from None
+
+        if "rlnBodySigmaAngles" in get:
+            own["prior_sigma_deg"] = checked_value("search.prior_sigma_deg", number("rlnBodySigmaAngles"), where=f"{where}: _rlnBodySigmaAngles")
+        if "rlnBodySigmaOffsetAngst" in get:
+            from lorefine_mpi.io.mrc import voxel_size_angstrom
+
+            sigma_px = number("rlnBodySigmaOffsetAngst") / voxel_size_angstrom(consensus_map)
+            own["prior_sigma_px"] = checked_value("search.prior_sigma_px", sigma_px, where=f"{where}: _rlnBodySigmaOffsetAngst / pixel size")
+        elif "rlnBodySigmaOffset" in get:
+            own["prior_sigma_px"] = checked_value("search.prior_sigma_px", number("rlnBodySigmaOffset"), where=f"{where}: _rlnBodySigmaOffset")
+        if "rlnBodyRotateRelativeTo" in get:
+            other = number("rlnBodyRotateRelativeTo")
+            if other != int(other) or not 1 <= other <= len(rows) or other == k:
+                raise InputError(f"{where}: _rlnBodyRotateRelativeTo: expected the number of another body (1-{len(rows)}), got {row[get['rlnBodyRotateRelativeTo']]!r}")
+            own["rotate_relative_to"] = f"body{int(other)}"
+        mask = resolve_relion_path(row[get["rlnBodyMaskName"]], project_dir, str(Path(path).parent))
+        out.append(ModuleConfig(f"body{k}", mask, **own))
+    return tuple(out)
+
+
+def _subtracted(value, modules) -> SubtractedConfig:
+    if value is None:
+        return SubtractedConfig()
+    if not isinstance(value, dict):
+        raise InputError(f"subtracted: expected a mapping {{modules: [...], box_px: ...}}, got {value!r}")
+    for key in value:
+        if key not in ("modules", "box_px"):
+            raise unknown_key(f"subtracted.{key}", key, ("modules", "box_px"))
+    names = [m.name for m in modules]
+    chosen = value.get("modules") or []
+    if chosen == "all":
+        chosen = names
+    if not isinstance(chosen, list) or any(c not in names for c in chosen):
+        raise InputError(f"subtracted.modules: expected 'all' or a list of module names ({', '.join(names)}), got {chosen!r}")
+    box = checked_value("subtracted.box_px", value.get("box_px"))
+    return SubtractedConfig(tuple(dict.fromkeys(chosen)), None if box is None else int(box))
 
 
 def config_from_dict(raw, folder: Path, source: str = "") -> Config:
@@ -206,18 +323,24 @@ def config_from_dict(raw, folder: Path, source: str = "") -> Config:
                 raise unknown_key(f"{name}.{key}", key, fields)
             values[key] = checked_value(f"{name}.{key}", value)
         sections[name] = cls(**values)
+    project_dir = str(Path.cwd()) if raw.get("project_dir") is None else resolve_path("project_dir", raw["project_dir"], folder)
+    consensus_map = resolve_path("consensus_map", raw["consensus_map"], folder)
+    modules = _modules(raw["modules"], folder, project_dir, consensus_map)
     search = sections["search"]
-    if search.cone_half_angle_deg < search.angular_step_deg:  # the grid's covering radius is about 0.77 steps
-        raise InputError(
-            f"search.cone_half_angle_deg: must be >= search.angular_step_deg ({search.angular_step_deg:g}) so that every "
-            f"cone holds a direction of the grid, got {search.cone_half_angle_deg:g}"
-        )
+    for where, s in [("search", search)] + [(f"modules ({m.name})", m.search(search)) for m in modules]:
+        if s.cone_half_angle_deg < s.angular_step_deg:  # the grid's covering radius is about 0.77 steps
+            raise InputError(
+                f"{where}.cone_half_angle_deg: must be >= search.angular_step_deg ({s.angular_step_deg:g}) so that every "
+                f"cone holds a direction of the grid, got {s.cone_half_angle_deg:g}"
+            )
     top = {k: checked_value(k, raw[k]) for k in ("iterations", "seed") if k in raw}
     return Config(
         particles=resolve_path("particles", raw["particles"], folder),
-        consensus_map=resolve_path("consensus_map", raw["consensus_map"], folder),
-        modules=_modules(raw["modules"], folder),
+        consensus_map=consensus_map,
+        modules=modules,
         output=resolve_path("output", raw["output"], folder),
+        project_dir=project_dir,
+        subtracted=_subtracted(raw.get("subtracted"), modules),
         source=source,
         **sections,
         **top,
@@ -244,7 +367,10 @@ def config_to_dict(cfg: Config) -> dict:
     out = dataclasses.asdict(cfg)
     out.pop("source")
     modules = cfg.modules
-    out["modules"] = "whole" if modules[0].mask is None else [{"name": m.name, "mask": m.mask} for m in modules]
+    out["modules"] = "whole" if modules[0].mask is None else [
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(m).items() if v is not None} for m in modules
+    ]
+    out["subtracted"] = {"modules": list(cfg.subtracted.modules), "box_px": cfg.subtracted.box_px}
     return out
 
 

@@ -52,6 +52,18 @@ def write_map(path, volume, voxel_size_angstrom: float) -> None:
         raise
 
 
+def voxel_size_angstrom(path) -> float:
+    """The voxel size (Å) of an MRC file, from its header only."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    try:
+        with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+            return float(mrc.voxel_size.x)
+    except (ValueError, OSError) as error:
+        raise InputError(f"{path}: cannot read it as an MRC file ({error})") from None
+
+
 def stack_shape(path) -> tuple[int, int, int]:
     """(number of images, ny, nx) of an MRC stack, from its header only."""
     path = Path(path)

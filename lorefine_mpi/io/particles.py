@@ -13,6 +13,7 @@ import dataclasses
 import numpy as np
 
 
+
 @dataclasses.dataclass
 class OpticsGroup:
     """One row of RELION's data_optics table, in internal units."""
@@ -45,6 +46,7 @@ class ParticleTable:
         values as strings) so that writing keeps every column in order.
     optics_columns, optics_rows: the same for data_optics (empty for STAR 3.0).
     source: path of the STAR file it came from.
+    project_dir: absolute path of the folder its relative image names were resolved against.
     """
 
     rot_rad: np.ndarray
@@ -69,6 +71,7 @@ class ParticleTable:
     optics_columns: list[str] = dataclasses.field(default_factory=list)
     optics_rows: list[list[str]] = dataclasses.field(default_factory=list)
     source: str = ""
+    project_dir: str = ""
 
     def __len__(self) -> int:
         return len(self.rot_rad)

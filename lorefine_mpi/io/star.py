@@ -6,11 +6,19 @@ Reading
     STAR 3.0: one particle block (``data_``, ``data_images`` or ``data_particles``), no optics table,
     origins in ``rlnOriginX/Y`` (px); pixel size from ``rlnImagePixelSize`` or
     ``rlnDetectorPixelSize`` (µm) · 1e4 / ``rlnMagnification``; voltage, Cs, Q0 per particle.
-    ``rlnImageName`` is ``000123@stack.mrcs`` (1-based), the stack relative to the STAR file's folder.
+    ``rlnImageName`` is ``000123@stack.mrcs`` (1-based). A relative stack name is resolved as RELION
+    resolves it: against the *project directory* (RELION's working directory; the config key
+    ``project_dir``, default the current directory). When the stack is not there but beside the STAR
+    file, that one is used (files written for a folder of their own, such as RELION's test sets and
+    `lorefine simulate` output); in neither place, the project directory's path is kept and
+    `lorefine check` names both places.
 
-Writing
+Writing (`write_star`, the one writer)
     Always STAR 3.1. Every column read is written back, in order, with its original text, unless new
-    poses replace it; so a round trip keeps the columns lorefine does not use.
+    poses replace it; so a round trip keeps the columns lorefine does not use. A STAR 3.0 table gets a
+    data_optics table with the real image size (read from its stacks) and pixel size. Image names for
+    RELION are written relative to the project directory (`relative_image_names`), so RELION run there
+    opens them wherever the STAR file lies.
 """
 
 from __future__ import annotations
@@ -105,10 +113,41 @@ def _converts(convert, text):
         return False
 
 
-def read_star(path) -> ParticleTable:
-    """A RELION STAR file (3.0 or 3.1) as a `ParticleTable` in internal units."""
+def read_star(path, project_dir=None) -> ParticleTable:
+    """A RELION STAR file (3.0 or 3.1) as a `ParticleTable` in internal units.
+
+    project_dir: the folder relative image names are resolved against, as RELION does (its working
+    directory); default the current working directory. See the module docstring for the fallback.
+    """
     path = Path(path).resolve() if Path(path).exists() else Path(path)
-    blocks = parse_star(path)
+    return table_from_blocks(parse_star(path), path, project_dir)
+
+
+def table_from_columns(optics, columns: dict, path, project_dir=None) -> ParticleTable:
+    """A new particle table from per-particle columns, as `read_star` would read it from ``path``.
+
+    optics: `OpticsGroup` list; columns: name (without '_') → (n,) values (str, int or float; floats
+    written %.6f). Write it with `write_star`.
+    """
+    def text(v):
+        if isinstance(v, (str, np.str_)):
+            return str(v)
+        if isinstance(v, (int, np.integer)):
+            return str(int(v))
+        return _format(float(v))
+
+    names = list(columns)
+    n = len(next(iter(columns.values())))
+    values = [columns[c] for c in names]
+    blocks = {
+        "optics": (list(_OPTICS_COLUMNS), [_optics_row(g, g.image_size_px) for g in optics]),
+        "particles": (names, [[text(v[i]) for v in values] for i in range(n)]),
+    }
+    return table_from_blocks(blocks, Path(path), project_dir)
+
+
+def table_from_blocks(blocks, path, project_dir=None) -> ParticleTable:
+    """The particle table of parsed STAR blocks (`parse_star`) read from ``path``."""
     optics_columns, optics_rows = blocks.get("optics", ([], []))
     if "particles" in blocks:
         columns, rows = blocks["particles"]
@@ -146,7 +185,8 @@ def read_star(path) -> ParticleTable:
             [_column(path, columns, rows, "rlnOriginXAngst", default=0.0), _column(path, columns, rows, "rlnOriginYAngst", default=0.0)], -1
         ) / apix[:, None]
     names = [r[columns.index("rlnImageName")] for r in rows]
-    index, stacks = _image_locations(path, names)
+    project = Path(os.getcwd() if project_dir is None else project_dir).resolve()
+    index, stacks = _image_locations(path, names, project)
     seen = {}
     for i, name in enumerate(names):
         if name in seen:
@@ -178,6 +218,7 @@ def read_star(path) -> ParticleTable:
         optics_columns=list(optics_columns),
         optics_rows=optics_rows,
         source=str(path),
+        project_dir=str(project),
     )
 
 
@@ -220,7 +261,10 @@ def _optics_30(path, columns, rows):
     return groups, group
 
 
-def _image_locations(path, names):
+def _image_locations(path, names, project: Path):
+    """0-based indices and absolute stack paths of ``000123@stack.mrcs`` names: a relative stack is looked for
+    in the project directory first (RELION's rule), then beside the STAR file; when in neither, the project
+    directory's path is kept (and `lorefine check` names both places)."""
     folder = Path(path).parent
     index = np.empty(len(names), np.int64)
     stacks = np.empty(len(names), dtype=object)
@@ -231,27 +275,78 @@ def _image_locations(path, names):
             raise InputError(f"{path}: _rlnImageName {name!r}: expected 000123@stack.mrcs (1-based index)")
         index[i] = int(number) - 1
         if stack not in resolved:
-            resolved[stack] = str(Path(stack) if os.path.isabs(stack) else (folder / stack).resolve())
+            resolved[stack] = resolve_relion_path(stack, project, folder)
         stacks[i] = resolved[stack]
     return index, stacks
+
+
+def resolve_relion_path(name, project_dir, fallback_dir) -> str:
+    """Absolute path of a file name written in a RELION file: as RELION opens it (relative to the project
+    directory, its working directory), else relative to ``fallback_dir`` (the folder of the file that
+    names it) when it exists only there, else the project directory's path."""
+    if os.path.isabs(name):
+        return str(Path(name))
+    first = os.path.normpath(os.path.join(project_dir, name))
+    if os.path.exists(first):
+        return first
+    second = os.path.normpath(os.path.join(fallback_dir, name))
+    return second if os.path.exists(second) else first
 
 
 def _format(value):
     return f"{value:.6f}"
 
 
+_OPTICS_COLUMNS = ("rlnOpticsGroupName", "rlnOpticsGroup", "rlnImagePixelSize", "rlnVoltage", "rlnSphericalAberration",
+                   "rlnAmplitudeContrast", "rlnImageSize", "rlnImageDimensionality")
+# STAR 3.0 per-particle optics columns; in 3.1 they live in data_optics (as relion_convert_star moves them)
+_OPTICS_30 = ("rlnImagePixelSize", "rlnDetectorPixelSize", "rlnMagnification", "rlnVoltage", "rlnSphericalAberration",
+              "rlnAmplitudeContrast")
+
+
+def _optics_row(group: OpticsGroup, image_size_px: int) -> list[str]:
+    return [group.name, str(group.number), _format(group.pixel_size_angstrom), _format(group.voltage_kv), _format(group.cs_mm),
+            _format(group.amplitude_contrast), str(int(image_size_px)), "2"]
+
+
+def _image_sizes(table: ParticleTable, image_size_px) -> dict[int, int]:
+    """rlnImageSize of every optics group: ``image_size_px`` when given, else the table's, else the width of
+    the group's first stack (STAR 3.0 files do not say)."""
+    sizes = {}
+    for number, group in table.optics.items():
+        size = image_size_px or group.image_size_px
+        if not size:
+            first = np.flatnonzero(table.optics_group == number)
+            if len(first) == 0:
+                continue
+            from lorefine_mpi.io.mrc import stack_shape
+
+            size = stack_shape(table.stack_path[first[0]])[-1]
+        sizes[number] = int(size)
+    return sizes
+
+
 def write_star(path, table: ParticleTable, *, rot_rad=None, tilt_rad=None, psi_rad=None, origin_px=None,
-               image_name=None, extra_columns=None) -> None:
+               image_name=None, extra_columns=None, image_size_px=None) -> None:
     """Write a STAR 3.1 file: data_optics, then data_particles with every column of ``table``.
 
-    New poses (radians, px) replace their columns (origins as _rlnOriginXAngst/YAngst in Å); image_name
-    (n,) replaces _rlnImageName; extra_columns maps a column name (without '_') to (n,) values. Written to a
-    temporary name, then renamed.
+    The one writer of STAR files. New poses (radians, px) replace their columns (origins as
+    _rlnOriginXAngst/YAngst in Å); image_name (n,) replaces _rlnImageName; extra_columns maps a column name
+    (without '_') to (n,) values; image_size_px sets _rlnImageSize of every optics group (images re-boxed).
+    A STAR 3.0 table becomes 3.1: its per-particle optics columns move to data_optics, whose
+    _rlnImageSize is read from the stacks. Written to a temporary name, then renamed.
     """
     columns = list(table.columns)
     rows = [list(r) for r in table.rows]
-    n = len(rows)
     apix = table.pixel_size_angstrom()
+    sizes = _image_sizes(table, image_size_px)
+
+    def drop(name):
+        if name in columns:
+            j = columns.index(name)
+            columns.pop(j)
+            for r in rows:
+                r.pop(j)
 
     def put(name, values, fmt=_format):
         if name not in columns:
@@ -263,14 +358,9 @@ def write_star(path, table: ParticleTable, *, rot_rad=None, tilt_rad=None, psi_r
             r[j] = fmt(v) if not isinstance(v, str) else v
 
     if "rlnOriginX" in columns or "rlnOriginY" in columns:  # STAR 3.0 → 3.1 origins
-        o = table.origin_px if origin_px is None else np.asarray(origin_px)
-        for name in ("rlnOriginX", "rlnOriginY"):
-            if name in columns:
-                j = columns.index(name)
-                columns.pop(j)
-                for r in rows:
-                    r.pop(j)
-        origin_px = o
+        origin_px = table.origin_px if origin_px is None else origin_px
+        drop("rlnOriginX")
+        drop("rlnOriginY")
     for name, values in (("rlnAngleRot", rot_rad), ("rlnAngleTilt", tilt_rad), ("rlnAnglePsi", psi_rad)):
         if values is not None:
             put(name, np.rad2deg(np.asarray(values)))
@@ -283,25 +373,38 @@ def write_star(path, table: ParticleTable, *, rot_rad=None, tilt_rad=None, psi_r
     if "rlnOpticsGroup" not in columns:
         put("rlnOpticsGroup", table.optics_group, fmt=lambda v: str(int(v)))
     for name, values in (extra_columns or {}).items():
-        put(name, np.asarray(values))
-    optics_columns, optics_rows = table.optics_columns, table.optics_rows
-    if not optics_rows:
-        optics_columns = ["rlnOpticsGroupName", "rlnOpticsGroup", "rlnImagePixelSize", "rlnVoltage",
-                          "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnImageSize", "rlnImageDimensionality"]
-        optics_rows = [[g.name, str(g.number), _format(g.pixel_size_angstrom), _format(g.voltage_kv), _format(g.cs_mm),
-                        _format(g.amplitude_contrast), str(g.image_size_px), "2"] for g in table.optics.values()]
-    lines = ["", "# version 30001", "", "data_optics", "", "loop_"]
-    lines += [f"_{c} #{i + 1}" for i, c in enumerate(optics_columns)]
-    lines += [" ".join(_quote(v) for v in r) for r in optics_rows]
-    lines += ["", "", "# version 30001", "", "data_particles", "", "loop_"]
-    lines += [f"_{c} #{i + 1}" for i, c in enumerate(columns)]
-    lines += [" ".join(_quote(v) for v in r) for r in rows]
-    assert len(rows) == n
-    atomic_write_text(path, "\n".join(lines) + "\n\n")
+        put(name, values if isinstance(values, list) else np.asarray(values))
+    if table.optics_rows:
+        optics_columns = list(table.optics_columns)
+        optics_rows = [list(r) for r in table.optics_rows]
+        if "rlnImageSize" not in optics_columns:
+            optics_columns.append("rlnImageSize")
+            for r in optics_rows:
+                r.append("0")
+        j, g = optics_columns.index("rlnImageSize"), optics_columns.index("rlnOpticsGroup")
+        for r in optics_rows:
+            r[j] = str(sizes.get(int(r[g]), r[j]))
+    else:
+        for name in _OPTICS_30:
+            drop(name)
+        optics_columns = list(_OPTICS_COLUMNS)
+        optics_rows = [_optics_row(g, sizes.get(g.number, 0)) for g in table.optics.values()]
+    text = _blocks_text([("optics", optics_columns, optics_rows), ("particles", columns, rows)])
+    atomic_write_text(path, text)
+
+
+def _blocks_text(blocks) -> str:
+    lines = []
+    for name, columns, rows in blocks:
+        lines += ["", "# version 30001", "", f"data_{name}", "", "loop_"]
+        lines += [f"_{c} #{i + 1}" for i, c in enumerate(columns)]
+        lines += [" ".join(map(_quote, r)) for r in rows]
+        lines.append("")
+    return "\n".join(lines) + "\n"
 
 
 def _quote(value: str) -> str:
-    return f'"{value}"' if (not value or any(c.isspace() for c in value)) else value
+    return f'"{value}"' if (not value or " " in value or "\t" in value) else value
 
 
 def atomic_write_text(path, text: str) -> None:
@@ -318,39 +421,9 @@ def atomic_write_text(path, text: str) -> None:
         raise
 
 
-def relative_image_names(table: ParticleTable, out_dir) -> np.ndarray:
-    """rlnImageName values that find the same stacks from a STAR file written in ``out_dir``."""
-    out_dir = Path(out_dir).resolve()
-    names = np.empty(len(table), dtype=object)
-    for i, (index, stack) in enumerate(zip(table.image_index, table.stack_path)):
-        names[i] = f"{index + 1:06d}@{os.path.relpath(stack, out_dir)}"
-    return names
-
-
-def write_new_star(path, optics: list, columns: dict) -> ParticleTable:
-    """Write a new STAR 3.1 file from per-particle columns and return it as read back.
-
-    optics: OpticsGroup list; columns: name (without '_') → (n,) values (str, int or float; floats %.6f).
-    """
-    names = list(columns)
-    n = len(next(iter(columns.values())))
-
-    def text(v):
-        if isinstance(v, (str, np.str_)):
-            return str(v)
-        if isinstance(v, (int, np.integer)):
-            return str(int(v))
-        return _format(float(v))
-
-    lines = ["", "# version 30001", "", "data_optics", "", "loop_"]
-    optics_columns = ["rlnOpticsGroupName", "rlnOpticsGroup", "rlnImagePixelSize", "rlnVoltage",
-                      "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnImageSize", "rlnImageDimensionality"]
-    lines += [f"_{c} #{i + 1}" for i, c in enumerate(optics_columns)]
-    lines += [f"{g.name} {g.number} {_format(g.pixel_size_angstrom)} {_format(g.voltage_kv)} {_format(g.cs_mm)} "
-              f"{_format(g.amplitude_contrast)} {g.image_size_px} 2" for g in optics]
-    lines += ["", "", "# version 30001", "", "data_particles", "", "loop_"]
-    lines += [f"_{c} #{i + 1}" for i, c in enumerate(names)]
-    values = [columns[c] for c in names]
-    lines += [" ".join(text(v[i]) for v in values) for i in range(n)]
-    atomic_write_text(path, "\n".join(lines) + "\n\n")
-    return read_star(path)
+def relative_image_names(table: ParticleTable, directory) -> np.ndarray:
+    """rlnImageName values that find the same stacks from ``directory`` (RELION's working directory, the
+    project directory): what a STAR file written for RELION carries, wherever the STAR file itself lies."""
+    directory = Path(directory).resolve()
+    relative = {s: os.path.relpath(s, directory) for s in dict.fromkeys(table.stack_path.tolist())}
+    return np.array([f"{index + 1:06d}@{relative[stack]}" for index, stack in zip(table.image_index, table.stack_path)], dtype=object)

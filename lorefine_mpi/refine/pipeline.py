@@ -42,6 +42,7 @@ from lorefine_mpi.parallel.shared import SharedArray
 from lorefine_mpi.projection import ctf as ctf_model
 from lorefine_mpi.projection import fourier
 from lorefine_mpi.reconstruction.reconstruct import backproject_halves, half_subsets, maps_from_halves
+from lorefine_mpi.refine.progress import ProgressLog
 from lorefine_mpi.search import band, local, modules
 from lorefine_mpi.validation import fsc as fsc_mod
 
@@ -69,8 +70,9 @@ def prior_sigmas(search) -> tuple[float | None, float | None]:
     return (None if rot is None else float(np.deg2rad(rot))), (shift or None)
 
 
-def search_settings(cfg, module_mask, centre_px, box, band_radius_px=None) -> local.SearchSettings:
-    s = cfg.search
+def search_settings(cfg, module_mask, centre_px, box, band_radius_px=None, module=None) -> local.SearchSettings:
+    """The search of a module: ``cfg.search`` with the module's own values (`ModuleConfig.search`) in place."""
+    s = cfg.search if module is None else module.search(cfg.search)
     diameter = s.mask_diameter_px or modules.auto_mask_diameter_px(module_mask, centre_px, box, s.max_shift_px)
     step = int(s.shift_step_px)
     prior_rad, prior_px = prior_sigmas(s)
@@ -124,7 +126,7 @@ class RefineRun:
                 self.out.mkdir(parents=True, exist_ok=True)
                 self.results = ResultsFile(
                     self.out / "results.h5",
-                    image_names=read_star(cfg.particles).image_name,
+                    image_names=read_star(cfg.particles, cfg.project_dir).image_name,
                     config_yaml=dump_config(cfg),
                     fingerprint=search_fingerprint(cfg),
                     command_line=self.command_line,
@@ -135,14 +137,14 @@ class RefineRun:
             except InputError as e:
                 error = e
         ctx.agree_on_error(error)
-        self.table = read_star(cfg.particles)
+        self.table = read_star(cfg.particles, cfg.project_dir)
         self.consensus, self.voxel = mrc.read_map(cfg.consensus_map)
         self.box = self.consensus.shape[0]
         self.masks = [np.ones_like(self.consensus) if m.mask is None else np.clip(mrc.read_map(m.mask)[0], 0, 1) for m in cfg.modules]
         self.use_ctf = self.table.has_ctf if cfg.score.ctf == "auto" else bool(cfg.score.ctf)
         self.directions = candidates.direction_grid(np.deg2rad(cfg.search.angular_step_deg))
         self.reader = mrc.StackReader()
-        A = rotations.euler_to_matrix(self.table.rot_rad, self.table.tilt_rad, self.table.psi_rad)
+        A = self.table.matrices
         self.consensus_poses = Poses(A, self.table.origin_px.copy())
         self.subset = half_subsets(self.table, cfg.seed)
         self.centres = {}
@@ -263,7 +265,8 @@ class RefineRun:
     def _search_stage(self, stage, iteration, index, model, module_maps, poses):
         cfg, ctx = self.cfg, self.ctx
         module_mask = self.masks[index]
-        centre = modules.centre_of_mass_px(model, module_mask)
+        own_centre = cfg.modules[index].centre_px  # the module's rotation centre: its centre of mass unless set
+        centre = modules.centre_of_mass_px(model, module_mask) if own_centre is None else np.asarray(own_centre, dtype=np.float64)
         self.centres[index] = centre
         prelim = poses[index]
         unit_of_particle, done = None, None
@@ -283,7 +286,7 @@ class RefineRun:
         if pending:
             module_volume = modules.recentre(model * module_mask, centre)
             band_px = ctx.bcast(self._search_band(stage, iteration, index, prelim, centre) if ctx.is_root else None)
-            settings = search_settings(cfg, module_mask, centre, self.box, band_px)
+            settings = search_settings(cfg, module_mask, centre, self.box, band_px, cfg.modules[index])
             held = []
             module_shared, module_fvol = self._shared_fvol(module_volume, band_px)
             held.append(module_shared)
@@ -295,15 +298,14 @@ class RefineRun:
             searcher = local.UnitSearch(module_fvol, self.directions, settings, self.box)
             seeds = particle_seeds(cfg.seed, iteration, index, len(self.table))
             process = lambda unit: self._process_unit(members[unit], searcher, prelim, centre, rest, seeds)  # noqa: E731
-            record = (lambda unit, result: self.results.write_unit(stage, unit, members[unit], result)) if ctx.is_root else None
-            started = time.time()
+            tracker = ProgressLog(f"{stage}: search", sum(len(members[u]) for u in pending))
             cpu_started = time.process_time()
 
-            def progress(count, total):
-                if count == total or count % max(1, total // 10) == 0:
-                    log.info("%s: %d/%d units, %.1f s", stage, count, total, time.time() - started)
+            def record(unit, result):  # rank 0
+                self.results.write_unit(stage, unit, members[unit], result)
+                tracker.add(len(members[unit]))
 
-            finished = scheduler.run_units(ctx, pending, process, record, progress if ctx.is_root else None)
+            finished = scheduler.run_units(ctx, pending, process, record if ctx.is_root else None)
             self._add_cpu(stage, "search", time.process_time() - cpu_started)
             for shared in held:
                 shared.free()
@@ -365,9 +367,11 @@ class RefineRun:
         origin_centred = modules.recentre_origins(refined.matrices, refined.origin_px, centre)
         cpu_started = time.process_time()
         block = np.array_split(np.arange(len(self.table)), ctx.size)[ctx.rank]
+        tracker = ProgressLog(f"{stage}: back-projection (rank 0's block)", len(block)) if ctx.is_root else None
         halves = backproject_halves(
             self.table, block, self.box, use_ctf=self.use_ctf, padding=cfg.reconstruction.padding, subset=self.subset,
             matrices=refined.matrices, origin_px=origin_centred, reader=self.reader,
+            progress=(lambda done, total: tracker.add(done - tracker.done)) if tracker else None,
         )
         for bp in halves:
             ctx.reduce_sum(bp.data)
@@ -416,7 +420,7 @@ class RefineRun:
         stored = self.results.read_stage(stage)
         write_star(
             folder / "particles.star", self.table, rot_rad=rot, tilt_rad=tilt, psi_rad=psi, origin_px=refined.origin_px,
-            image_name=relative_image_names(self.table, folder), extra_columns={"rlnLorefineScore": stored["score"]},
+            image_name=relative_image_names(self.table, cfg.project_dir), extra_columns={"rlnLorefineScore": stored["score"]},
         )
         self.results.mark(stage, "reconstructed")
         log.info("%s: map %s, half-map FSC 0.143 at %.2f Å (masked)", stage, folder / "map.mrc", fsc_mod.resolution_at(curve, 0.143))

@@ -34,7 +34,7 @@ from lorefine_mpi.errors import InputError
 from lorefine_mpi.geometry import rotations
 from lorefine_mpi.io import mrc
 from lorefine_mpi.io.particles import OpticsGroup
-from lorefine_mpi.io.star import atomic_write_text, write_new_star
+from lorefine_mpi.io.star import atomic_write_text, table_from_columns, write_star
 from lorefine_mpi.projection import ctf as ctf_model
 from lorefine_mpi.projection import fourier
 from lorefine_mpi.reconstruction.reconstruct import backproject_all
@@ -276,7 +276,9 @@ def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:
                         "rlnDefocusU": ctf_params[0], "rlnDefocusV": ctf_params[1],
                         "rlnDefocusAngle": np.rad2deg(ctf_params[2]), "rlnCtfBfactor": np.zeros(n),
                         "rlnCtfScalefactor": np.ones(n), "rlnPhaseShift": np.zeros(n)}
-        return write_new_star(path, optics, columns)
+        new = table_from_columns(optics, columns, path, project_dir=out)
+        write_star(path, new)
+        return new
 
     table = star(out / "particles.star", A, origin)
     for k in range(k_mod):

@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from lorefine_mpi.io.star import read_star
-from lorefine_mpi.geometry import rotations
 from lorefine_mpi.projection import fourier
 from lorefine_mpi.simulate.dataset import full_spectrum_mean_square
 from lorefine_mpi.simulate.phantoms import make_phantom
@@ -38,7 +37,7 @@ def test_noise_free_images_are_the_sum_of_module_projections(tmp_path):
     total = 0
     for k in (1, 2):
         truth = read_star(ds / f"gt_module_{k}.star")
-        a = rotations.euler_to_matrix(truth.rot_rad, truth.tilt_rad, truth.psi_rad)
+        a = truth.matrices
         total = total + fourier.to_real(fourier.project(fourier.prepare_volume(stack(ds / f"gt_module_{k}.mrc")), a, truth.origin_px), 32)
     np.testing.assert_allclose(total, images, atol=2e-3 * np.abs(images).max())
     table = read_star(ds / "particles.star")

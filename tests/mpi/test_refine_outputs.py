@@ -46,7 +46,7 @@ def test_output_folder_holds_every_documented_file(refined):
     with open(refined / "large" / "fsc.json") as fh:
         assert fh.read().strip().startswith("{")
     table = read_star(refined / "small" / "particles.star")
-    assert len(table) == 200 and (refined / "small" / table.image_name[0].split("@")[1]).exists()
+    assert len(table) == 200 and (refined.parent / table.image_name[0].split("@")[1]).exists()  # from the project directory
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -54,7 +54,7 @@ def test_lorefine_reconstruct_of_a_module_star_rebuilds_its_map(refined, module,
     out = tmp_path / "rebuilt.mrc"
     star = refined / module / "particles.star"
     done = subprocess.run([sys.executable, "-m", "lorefine_mpi.cli.main", "reconstruct", "--particles", str(star), "--out", str(out),
-                           "--no-ctf"], capture_output=True, text=True)
+                           "--no-ctf"], capture_output=True, text=True, cwd=refined.parent)  # run from the project directory
     assert done.returncode == 0, done.stderr
     written, voxel = read_map(refined / module / "map.mrc")
     rebuilt, rebuilt_voxel = read_map(out)
@@ -66,10 +66,10 @@ def test_lorefine_reconstruct_of_a_module_star_rebuilds_its_map(refined, module,
 @pytest.mark.skipif(shutil.which("relion_reconstruct") is None, reason="RELION is not installed")
 @pytest.mark.parametrize("module", MODULES)
 def test_relion_reconstruct_of_a_module_star_rebuilds_its_map(refined, module, tmp_path):
-    """RELION resolves image names against its working directory; lorefine writes them relative to the STAR file."""
+    """RELION resolves image names against its working directory, the project directory; lorefine writes them so."""
     out = tmp_path / "relion.mrc"
-    done = subprocess.run(["relion_reconstruct", "--i", "particles.star", "--o", str(out)],
-                          capture_output=True, text=True, cwd=refined / module)
+    done = subprocess.run(["relion_reconstruct", "--i", f"out/{module}/particles.star", "--o", str(out)],
+                          capture_output=True, text=True, cwd=refined.parent)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     written, _ = read_map(refined / module / "map.mrc")
     relion, _ = read_map(out)
@@ -79,7 +79,7 @@ def test_relion_reconstruct_of_a_module_star_rebuilds_its_map(refined, module, t
 
 def test_final_poses_are_the_search_poses_with_the_mean_motion_taken_out(refined):
     consensus = read_star(refined.parent / "particles.star")
-    a0 = rotations.euler_to_matrix(consensus.rot_rad, consensus.tilt_rad, consensus.psi_rad)
+    a0 = consensus.matrices
     with h5py.File(refined / "results.h5", "r") as f:
         for module in MODULES:
             g = f[f"iteration_01/{module}"]
@@ -89,5 +89,5 @@ def test_final_poses_are_the_search_poses_with_the_mean_motion_taken_out(refined
             assert 0 < np.linalg.norm(g.attrs["mean_rotation_removed_deg"]) < 2.0
             np.testing.assert_allclose(rotations.rotation_vector(np.swapaxes(a0, -1, -2) @ final).mean(axis=0), 0.0, atol=1e-12)
             star = read_star(refined / module / "particles.star")
-            np.testing.assert_allclose(rotations.euler_to_matrix(star.rot_rad, star.tilt_rad, star.psi_rad), final, atol=1e-5)
+            np.testing.assert_allclose(star.matrices, final, atol=1e-5)
             np.testing.assert_allclose(star.origin_px, g["origin_px"][...], atol=1e-4)

@@ -44,7 +44,7 @@ def blobs_fit():
     blobs = yaml.safe_load((DATA / "blobs.yaml").read_text())
     points = np.array(blobs["blob_positions_xyz_px_from_box_centre"], dtype=float)
     table = read_star(DATA / "blobs_proj.star")
-    matrices = rotations.euler_to_matrix(table.rot_rad, table.tilt_rad, table.psi_rad)
+    matrices = table.matrices
     predicted = rotations.image_position_px(matrices, points, table.origin_px)
     with mrcfile.open(DATA / "blobs_proj.mrcs", permissive=True) as stack:
         images = np.asarray(stack.data, dtype=np.float64)

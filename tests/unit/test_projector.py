@@ -20,7 +20,7 @@ def relion_rows(name):
     table = read_star(DATA / f"{name}.star")
     with mrcfile.open(DATA / f"{name}.mrcs") as stack:
         images = np.asarray(stack.data, dtype=np.float64)[table.image_index]
-    return table, rotations.euler_to_matrix(table.rot_rad, table.tilt_rad, table.psi_rad), images
+    return table, table.matrices, images
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,12 @@
 
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pytest
 
 from lorefine_mpi.errors import InputError
-from lorefine_mpi.io.star import read_star, write_star
+from lorefine_mpi.io.star import read_star, relative_image_names, write_star
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -55,8 +56,15 @@ _rlnMicrographName #13
 """
 
 
+def write_stack(path, n=2, box=16, voxel=4.0):
+    with mrcfile.new(path, overwrite=True) as m:
+        m.set_data(np.zeros((n, box, box), np.float32))
+        m.voxel_size = voxel
+
+
 def test_star30_reads_into_internal_units(tmp_path):
     (tmp_path / "a.star").write_text(STAR30)
+    write_stack(tmp_path / "stack.mrcs")
     t = read_star(tmp_path / "a.star")
     assert len(t) == 2 and t.has_ctf
     np.testing.assert_allclose(t.origin_px, [[1.5, -2.0], [0.0, 3.25]])
@@ -69,6 +77,31 @@ def test_star30_reads_into_internal_units(tmp_path):
     np.testing.assert_allclose(b.origin_px, t.origin_px, atol=1e-6)
     assert "rlnOriginXAngst" in b.columns and "rlnOriginX" not in b.columns
     assert b.rows[0][b.columns.index("rlnMicrographName")] == "mic 1.mrc"
+    # the 3.1 optics table carries the real image size and pixel size; the 3.0 per-particle optics columns moved there
+    optics = dict(zip(b.optics_columns, b.optics_rows[0]))
+    assert optics["rlnImageSize"] == "16" and float(optics["rlnImagePixelSize"]) == pytest.approx(4.0)
+    assert float(optics["rlnVoltage"]) == 300 and b.optics[1].image_size_px == 16
+    assert not {"rlnVoltage", "rlnDetectorPixelSize", "rlnMagnification"} & set(b.columns)
+
+
+def test_image_names_resolve_against_the_project_directory_first(tmp_path, monkeypatch):
+    """RELION opens rlnImageName from its working directory (the project); beside the STAR file is the fallback."""
+    project, job = tmp_path / "project", tmp_path / "project" / "Refine3D" / "job010"
+    (project / "Extract" / "job005").mkdir(parents=True)
+    job.mkdir(parents=True)
+    write_stack(project / "Extract" / "job005" / "stack.mrcs")
+    (job / "run_data.star").write_text(STAR30.replace("@stack.mrcs", "@Extract/job005/stack.mrcs"))
+    t = read_star(job / "run_data.star", project_dir=project)
+    assert t.stack_path[0] == str(project / "Extract" / "job005" / "stack.mrcs") and t.project_dir == str(project)
+    monkeypatch.chdir(project)  # the default project directory is the current one
+    assert read_star("Refine3D/job010/run_data.star").stack_path[0] == t.stack_path[0]
+    (job / "Extract" / "job005").mkdir(parents=True)
+    write_stack(job / "Extract" / "job005" / "stack.mrcs")
+    assert read_star(job / "run_data.star", project_dir=project).stack_path[0] == t.stack_path[0]  # both exist: the project's
+    assert read_star(job / "run_data.star", project_dir=tmp_path).stack_path[0] == str(job / "Extract" / "job005" / "stack.mrcs")
+    names = relative_image_names(t, project)
+    assert names[0] == "000001@Extract/job005/stack.mrcs"
+    assert relative_image_names(t, job)[1] == "000002@../../Extract/job005/stack.mrcs"
 
 
 STAR31_TWO_GROUPS = """
