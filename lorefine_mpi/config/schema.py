@@ -63,6 +63,20 @@ class ParallelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PostprocessConfig:
+    """What `lorefine refine` does after its last iteration (`report.finish`); not in the checkpoint's
+    fingerprint: a resume may change it."""
+
+    enabled: bool = True
+    bfactor: float | str = "auto"
+    local_resolution: bool = True
+    locres_radius_angstrom: float = 12.5
+    locres_edge_angstrom: float = 25.0
+    locres_step_angstrom: float = 25.0
+    motion_components: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     particles: str
     consensus_map: str
@@ -72,6 +86,7 @@ class Config:
     score: ScoreConfig = ScoreConfig()
     reconstruction: ReconstructionConfig = ReconstructionConfig()
     parallel: ParallelConfig = ParallelConfig()
+    postprocess: PostprocessConfig = PostprocessConfig()
     iterations: int = 1
     seed: int = 0
     source: str = ""  # the config file this came from
@@ -101,11 +116,20 @@ _RULES: dict[str, tuple[str, Any, str]] = {
     "reconstruction.gridding_iterations": ("int", lambda v: 0 <= v <= 50, "must be an integer in [0, 50]"),
     "parallel.class_spacing_deg": ("float", lambda v: 0 < v <= 90, "must be in (0, 90]"),
     "parallel.unit_size": ("int", lambda v: v >= 1, "must be >= 1"),
+    "postprocess.enabled": ("choice", (True, False), "one of true, false"),
+    "postprocess.bfactor": ("auto_float", lambda v: -5000 <= v <= 5000, "must be auto or a B-factor in Å² in [-5000, 5000]"),
+    "postprocess.local_resolution": ("choice", (True, False), "one of true, false"),
+    "postprocess.locres_radius_angstrom": ("float", lambda v: 0 < v <= 1000, "must be in (0, 1000]"),
+    "postprocess.locres_edge_angstrom": ("float", lambda v: 0 < v <= 1000, "must be in (0, 1000]"),
+    "postprocess.locres_step_angstrom": ("float", lambda v: 0 < v <= 1000, "must be in (0, 1000]"),
+    "postprocess.motion_components": ("int", lambda v: 0 <= v <= 6, "must be an integer in [0, 6]"),
     "iterations": ("int", lambda v: 1 <= v <= 100, "must be in [1, 100]"),
     "seed": ("int", lambda v: v >= 0, "must be >= 0"),
 }
-_SECTIONS = {"search": SearchConfig, "score": ScoreConfig, "reconstruction": ReconstructionConfig, "parallel": ParallelConfig}
-_TOP = ("particles", "consensus_map", "modules", "output", "search", "score", "reconstruction", "parallel", "iterations", "seed")
+_SECTIONS = {"search": SearchConfig, "score": ScoreConfig, "reconstruction": ReconstructionConfig, "parallel": ParallelConfig,
+             "postprocess": PostprocessConfig}
+_TOP = ("particles", "consensus_map", "modules", "output", "search", "score", "reconstruction", "parallel", "postprocess",
+        "iterations", "seed")
 _REQUIRED = ("particles", "consensus_map", "modules", "output")
 
 
