@@ -263,7 +263,7 @@ def plot_slices_png(path, result: LocresResult, density, mask=None, title: str =
     high = max(high, low + 1e-3)
     d = np.asarray(density, dtype=np.float64)
     grey_low, grey_high = np.percentile(d, 1), np.percentile(d, 99.9)
-    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.9), dpi=110)
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.6), dpi=110, layout="constrained")
     cuts = [("z", (centre[0], slice(None), slice(None)), "x", "y"), ("y", (slice(None), centre[1], slice(None)), "x", "z"),
             ("x", (slice(None), slice(None), centre[2]), "y", "z")]
     image = None
