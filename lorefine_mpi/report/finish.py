@@ -160,11 +160,13 @@ def write_motion_outputs(out: Path, analysis, image_names, masks, voxel_size_ang
 def results_table(summary: dict, report_path) -> str:
     """The table `lorefine refine` ends with: per module the masked FSC 0.143 resolution of the consensus
     and of the refined map, the B-factor, and the median pose change; then the report's path."""
-    lines = [f"{'module':<12} {'resolution (masked FSC 0.143)':>31} {'B-factor':>10} {'median pose change':>20}"]
+    rows = [("module", "resolution (masked FSC 0.143)", "B-factor", "median pose change")]
     for name, m in summary["modules"].items():
         change = m.get("median_pose_change_deg")
-        change_text = f"{change:.2f}° {m['median_pose_change_angstrom']:.2f} Å" if change is not None else "-"
-        lines.append(f"{name:<12} {m['resolution_before_angstrom']:>12.2f} Å → {m['resolution_after_angstrom']:>6.2f} Å "
-                     f"{m['bfactor_angstrom2']:>8.0f} Å² {change_text:>20}")
+        rows.append((name, f"{m['resolution_before_angstrom']:.2f} Å → {m['resolution_after_angstrom']:.2f} Å",
+                     f"{m['bfactor_angstrom2']:.0f} Å²",
+                     f"{change:.2f}°, {m['median_pose_change_angstrom']:.2f} Å" if change is not None else "-"))
+    widths = [max(len(r[c]) for r in rows) for c in range(4)]
+    lines = [f"{r[0]:<{widths[0]}}   {r[1]:>{widths[1]}}   {r[2]:>{widths[2]}}   {r[3]:>{widths[3]}}" for r in rows]
     lines.append(f"report: {report_path}")
     return "\n".join(lines)
