@@ -12,7 +12,7 @@
     4. rank 0: the modules' motion (`validation.motion`) into ``results.h5`` (/motion), ``motion/motion.csv``,
        ``motion/motion.json``, plots, and maps of the complex moved along the first principal components
        (``motion/pcN_frameM.mrc``, −2σ … +2σ, a volume series for a movie);
-    5. rank 0: ``summary.json``, ``timings.json``, ``report.html`` (`report.html`), and a table on stdout.
+    5. rank 0: ``summary.json``, ``timings.json``, ``report.html`` (`report.html` module), and a table on stdout.
 """
 
 from __future__ import annotations

@@ -70,7 +70,8 @@ def stage_search_seconds(log_path: Path) -> dict:
     return found
 
 
-def module_names(out: Path, config: dict) -> list[str]:
+def module_names(config: dict) -> list[str]:
+    """The module names of a resolved config (``whole`` for conventional refinement)."""
     modules = config.get("modules")
     if modules == "whole":
         return ["whole"]
@@ -92,7 +93,7 @@ def build_report(out) -> str:
         config = yaml.safe_load(config_text) or {}
     except yaml.YAMLError:
         raise InputError(f"{config_path}: cannot read it as YAML") from None
-    names = module_names(out, config)
+    names = module_names(config)
     summary = _json(out / "summary.json") or {"modules": {}}
     timings = _json(out / "timings.json") or {}
     motion = _json(out / "motion" / "motion.json")

@@ -82,7 +82,7 @@ def window(d: int, radius_px: float, edge_px: float, size: int | None = None) ->
     return np.where(r <= radius_px, 1.0, np.where(r >= radius_px + edge_px, 0.0, 0.5 + 0.5 * np.cos(np.pi * (r - radius_px) / edge_px)))
 
 
-def window_centres(box: int, radius_px: float, edge_px: float, step_px: int, support=None) -> np.ndarray:
+def window_centres(box: int, radius_px: float, step_px: int, support=None) -> np.ndarray:
     """(k, 3) int [z, y, x] centres: the grid through the box centre with spacing ``step_px``, inside the
     sphere of radius N/2 − radius (RELION), and, with ``support`` (N, N, N), within a step of a voxel
     where it is > 0 (so every supported voxel has a centre at most √3/2 steps away)."""
@@ -190,7 +190,7 @@ def local_resolution(ctx, half1, half2, voxel_size_angstrom: float, settings: Lo
     h2 = np.asarray(half2, dtype=np.float64)
     n = h1.shape[0]
     radius, edge, step, d = settings.in_voxels(voxel_size_angstrom, n)
-    centres = window_centres(n, radius, edge, step, support)
+    centres = window_centres(n, radius, step, support)
     rng = np.random.default_rng(seed)
     shell = max(1, int(n * voxel_size_angstrom / settings.randomise_from_angstrom))
     random1 = fsc_mod.randomise_phases_beyond(h1, shell, rng)

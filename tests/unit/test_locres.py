@@ -49,7 +49,7 @@ def test_batched_windows_equal_one_window_at_a_time():
     shell = int(n * voxel / settings.randomise_from_angstrom)
     r1, r2 = fsc_mod.randomise_phases_beyond(h1, shell, rng), fsc_mod.randomise_phases_beyond(h2, shell, rng)
     radius, edge, step, d = settings.in_voxels(voxel, n)
-    centres = locres.window_centres(n, radius, edge, step)
+    centres = locres.window_centres(n, radius, step)
     batched = locres.centre_resolutions(h1, h2, r1, r2, centres, voxel, settings)
     w = locres.window(d, radius, edge)
     shells = fsc_mod.shell_index(d)
@@ -106,4 +106,4 @@ def test_split_over_ranks_gives_the_serial_answer():
     split = locres.local_resolution(RankOf(0, 3, shared), h1, h2, voxel, settings, support=sharp + blurry)
     np.testing.assert_array_equal(split.resolution_angstrom, serial.resolution_angstrom)
     np.testing.assert_array_equal(split.map_angstrom, serial.map_angstrom)
-    assert len(serial.centres_px) < len(locres.window_centres(n, 2.0, 3.0, 3))  # the support leaves out empty corners
+    assert len(serial.centres_px) < len(locres.window_centres(n, 2.0, 3))  # the support leaves out empty corners
