@@ -1,10 +1,11 @@
 """What `lorefine refine` does after its last iteration: what each module gained, and how the modules move.
 
 ``finish_run`` (called once by `refine.pipeline.RefineRun.run`, on every rank):
-    1. consensus half maps: every rank back-projects its block of particles with the consensus poses, the
-       accumulators are summed on rank 0 (as a refinement stage does), which writes ``consensus/half1.mrc``
-       and ``half2.mrc``: the "before" of every module is the masked, phase-randomisation-corrected FSC of
-       these in the module's mask (``MODULE/fsc_consensus.json``);
+    1. consensus half maps: read from ``consensus/half1.mrc`` and ``half2.mrc`` when the refinement made them
+       (for its search band); otherwise every rank back-projects its block of particles with the consensus
+       poses, the accumulators are summed on rank 0 (as a refinement stage does), which writes them. The
+       "before" of every module is the masked, phase-randomisation-corrected FSC of these in the module's
+       mask (``MODULE/fsc_consensus.json``);
     2. per module, rank 0 post-processes the module's half maps in its mask (`validation.postprocess`,
        the mask always used): ``MODULE/postprocess*.{mrc,json,png}`` and ``fsc_before_after.png``;
     3. per module, local resolution of its half maps (`validation.locres`, window centres split over the
@@ -51,6 +52,19 @@ def consensus_half_maps(ctx, table, matrices, origin_px, box, *, use_ctf, subset
     return maps_from_halves(halves, reconstruction.weight_floor, reconstruction.gridding_iterations)
 
 
+def consensus_halves_made(out: Path) -> bool:
+    """Whether the run wrote ``OUT/consensus/half1.mrc`` and ``half2.mrc`` (results.h5 root flag
+    ``consensus_halves``, set by the refinement when it reconstructs them for the search band)."""
+    try:
+        import h5py
+
+        with h5py.File(out / "results.h5", "r") as f:
+            flagged = bool(f.attrs.get("consensus_halves", 0))
+    except OSError:
+        return False
+    return flagged and all((out / "consensus" / f"half{h}.mrc").exists() for h in (1, 2))
+
+
 def plot_before_after_png(path, before: fsc_mod.FSCResult, after: fsc_mod.FSCResult, name: str) -> None:
     fsc_mod.plot_fsc_png(path, {"consensus (before)": before, "refined (after)": after},
                          f"{name}: gold-standard FSC in the module's mask (corrected)")
@@ -67,14 +81,18 @@ def finish_run(cfg, ctx, *, table, consensus_poses, poses, masks, voxel_size_ang
     post = cfg.postprocess
     timings = {"refinement_s": round(time.time() - started, 2)}
     clock = time.time()
-    maps = consensus_half_maps(ctx, table, consensus_poses.matrices, consensus_poses.origin_px, box, use_ctf=use_ctf, subset=subset,
-                               reconstruction=cfg.reconstruction)
+    if ctx.bcast(ctx.is_root and consensus_halves_made(out)):  # the run made them (search.max_resolution_angstrom: auto)
+        maps = {h: mrc.read_map(out / "consensus" / f"{h}.mrc")[0] for h in ("half1", "half2")} if ctx.is_root else None
+    else:
+        maps = consensus_half_maps(ctx, table, consensus_poses.matrices, consensus_poses.origin_px, box, use_ctf=use_ctf,
+                                   subset=subset, reconstruction=cfg.reconstruction)
+        if ctx.is_root:
+            (out / "consensus").mkdir(exist_ok=True)
+            for h in ("half1", "half2"):
+                mrc.write_map(out / "consensus" / f"{h}.mrc", maps[h], voxel_size_angstrom)
     summary = {"modules": {}, "voxel_size_angstrom": voxel_size_angstrom}
     results = {}
     if ctx.is_root:
-        (out / "consensus").mkdir(exist_ok=True)
-        mrc.write_map(out / "consensus" / "half1.mrc", maps["half1"], voxel_size_angstrom)
-        mrc.write_map(out / "consensus" / "half2.mrc", maps["half2"], voxel_size_angstrom)
         timings["consensus_half_maps_s"] = round(time.time() - clock, 2)
         clock = time.time()
         for name, mask in zip(names, masks):
