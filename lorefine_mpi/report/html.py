@@ -4,8 +4,9 @@ from what a run wrote into its output folder, so ``lorefine report OUT/`` can re
 Sections: the summary table (per module: masked FSC 0.143 resolution of the consensus and of the refined
 map, B-factor, local resolution, median pose change); per module the FSC before/after, the post-processing
 FSC and Guinier plots, the local-resolution histogram and slices, the pose-change histograms and any
-warnings; the motion analysis (relative motion, principal components, the maps along them); timings; the
-config. A section whose files are missing (local resolution off, one module) is left out.
+warnings; the motion analysis (relative motion, principal components, the maps along them); timings (CPU
+per stage from results.h5, wall time of the end-of-run steps); the config. A section whose files are
+missing (local resolution off, one module) is left out.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import base64
 import datetime
 import html
 import json
-import re
 from pathlib import Path
 
 import yaml
@@ -57,16 +57,22 @@ def _number(value, fmt: str, unit: str = "") -> str:
     return "–" if value is None else f"{value:{fmt}}{unit}"
 
 
-def stage_search_seconds(log_path: Path) -> dict:
-    """{stage: seconds} of each stage's search, from the last "N/N units, X s" line of ``lorefine.log``."""
+def stage_cpu_seconds(results_path: Path) -> dict:
+    """{stage: {part: CPU seconds summed over ranks}} from the ``cpu_seconds`` attribute the refinement keeps
+    on each stage of ``results.h5`` (search, reconstruction, writing)."""
     found = {}
-    if not log_path.is_file():
+    if not results_path.is_file():
         return found
-    pattern = re.compile(r"(iteration_\d+/\S+): (\d+)/(\d+) units, ([0-9.]+) s")
-    for line in log_path.read_text(errors="replace").splitlines():
-        m = pattern.search(line)
-        if m and m.group(2) == m.group(3):
-            found[m.group(1)] = float(m.group(4))
+    try:
+        import h5py
+
+        with h5py.File(results_path, "r") as f:
+            for iteration in sorted(k for k in f if k.startswith("iteration_")):
+                for module, group in f[iteration].items():
+                    if isinstance(group, h5py.Group) and "cpu_seconds" in group.attrs:
+                        found[f"{iteration}/{module}"] = json.loads(group.attrs["cpu_seconds"])
+    except (OSError, ValueError):
+        return {}
     return found
 
 
@@ -203,15 +209,15 @@ def _motion_section(out: Path, motion) -> str:
 
 
 def _timings_section(out: Path, timings: dict) -> str:
-    rows = [f"<tr><td class=\"name\">search {html.escape(stage)}</td><td>{seconds:.1f} s</td></tr>"
-            for stage, seconds in stage_search_seconds(out / "lorefine.log").items()]
+    rows = [f"<tr><td class=\"name\">{html.escape(stage)}: {html.escape(part)}</td><td>{seconds:.1f} s CPU (all ranks)</td></tr>"
+            for stage, parts in stage_cpu_seconds(out / "results.h5").items() for part, seconds in parts.items()]
     labels = {"refinement_s": "refinement (this run, to the last iteration)", "consensus_half_maps_s": "consensus half maps",
               "postprocess_s": "post-processing", "local_resolution_s": "local resolution", "motion_s": "motion analysis",
               "finish_total_s": "after the last iteration, total"}
-    rows += [f"<tr><td class=\"name\">{labels.get(k, html.escape(k))}</td><td>{v:.1f} s</td></tr>" for k, v in timings.items()]
+    rows += [f"<tr><td class=\"name\">{labels.get(k, html.escape(k))}</td><td>{v:.1f} s wall</td></tr>" for k, v in timings.items()]
     if not rows:
         return ""
-    return "<h2>Timings</h2><table><tr><th>step</th><th>wall time</th></tr>" + "".join(rows) + "</table>"
+    return "<h2>Timings</h2><table><tr><th>step</th><th>time</th></tr>" + "".join(rows) + "</table>"
 
 
 def write_report(out) -> Path:
