@@ -29,8 +29,14 @@ def run(args) -> int:
         if mask.shape != a.shape:
             raise InputError(f"{args.mask}: mask box {mask.shape} differs from the maps' {a.shape}")
     result = fsc.fsc(a, b, voxel, mask=mask)
-    print(f"FSC 0.5:   {fsc.resolution_at(result, 0.5):.2f} Å")
-    print(f"FSC 0.143: {fsc.resolution_at(result, 0.143):.2f} Å")
+    for threshold in (0.5, 0.143):
+        shell, resolution = fsc.resolution_shell_at(result, threshold)
+        print(f"FSC {threshold:<5g}: {resolution:.2f} Å (shell {shell}, the last above {threshold:g}, as relion_postprocess; "
+              f"interpolated crossing {fsc.resolution_at(result, threshold):.2f} Å)")
+    if result.randomise_from_shell is not None:
+        print(f"phases randomised from shell {result.randomise_from_shell} "
+              f"({1 / result.spatial_frequency_inv_angstrom[result.randomise_from_shell]:.2f} Å), corrected from shell "
+              f"{result.randomise_from_shell + fsc.CORRECTION_OFFSET_SHELLS}")
     print(" shell  1/Å      Å        FSC")
     for i, (f, c) in enumerate(zip(result.spatial_frequency_inv_angstrom, result.fsc)):
         if i:
@@ -39,5 +45,5 @@ def run(args) -> int:
     if args.json:
         fsc.write_fsc_json(args.json, {label: result})
     if args.png:
-        fsc.plot_fsc_png(args.png, {label: result}, f"{args.map1} vs {args.map2}")
+        fsc.plot_fsc_png(args.png, {label: result}, f"{args.map1} vs {args.map2}", details=mask is not None)
     return 0

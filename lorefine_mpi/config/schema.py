@@ -94,6 +94,20 @@ class SubtractedConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PostprocessConfig:
+    """What `lorefine refine` does after its last iteration (`report.finish`); not in the checkpoint's
+    fingerprint: a resume may change it."""
+
+    enabled: bool = True
+    bfactor: float | str = "auto"
+    local_resolution: bool = True
+    locres_radius_angstrom: float = 12.5
+    locres_edge_angstrom: float = 25.0
+    locres_step_angstrom: float = 25.0
+    motion_components: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     particles: str
     consensus_map: str
@@ -103,6 +117,7 @@ class Config:
     score: ScoreConfig = ScoreConfig()
     reconstruction: ReconstructionConfig = ReconstructionConfig()
     parallel: ParallelConfig = ParallelConfig()
+    postprocess: PostprocessConfig = PostprocessConfig()
     iterations: int = 1
     seed: int = 0
     project_dir: str = ""  # RELION's project directory: relative image and mask names in STAR files resolve here
@@ -136,12 +151,20 @@ _RULES: dict[str, tuple[str, Any, str]] = {
     "parallel.unit_size": ("int", lambda v: v >= 1, "must be >= 1"),
     "subtracted.box_px": ("optional_float", lambda v: v >= 16 and v == int(v) and v % 2 == 0,
                           "must be an even number of pixels >= 16 (or null for the particles' box)"),
+    "postprocess.enabled": ("choice", (True, False), "one of true, false"),
+    "postprocess.bfactor": ("auto_float", lambda v: -5000 <= v <= 5000, "must be auto or a B-factor in Å² in [-5000, 5000]"),
+    "postprocess.local_resolution": ("choice", (True, False), "one of true, false"),
+    "postprocess.locres_radius_angstrom": ("float", lambda v: 0 < v <= 1000, "must be in (0, 1000]"),
+    "postprocess.locres_edge_angstrom": ("float", lambda v: 0 < v <= 1000, "must be in (0, 1000]"),
+    "postprocess.locres_step_angstrom": ("float", lambda v: 0 < v <= 1000, "must be in (0, 1000]"),
+    "postprocess.motion_components": ("int", lambda v: 0 <= v <= 6, "must be an integer in [0, 6]"),
     "iterations": ("int", lambda v: 1 <= v <= 100, "must be in [1, 100]"),
     "seed": ("int", lambda v: v >= 0, "must be >= 0"),
 }
-_SECTIONS = {"search": SearchConfig, "score": ScoreConfig, "reconstruction": ReconstructionConfig, "parallel": ParallelConfig}
+_SECTIONS = {"search": SearchConfig, "score": ScoreConfig, "reconstruction": ReconstructionConfig, "parallel": ParallelConfig,
+             "postprocess": PostprocessConfig}
 _TOP = ("particles", "consensus_map", "modules", "output", "project_dir", "search", "score", "reconstruction", "parallel",
-        "subtracted", "iterations", "seed")
+        "subtracted", "postprocess", "iterations", "seed")
 _MODULE_KEYS = ("name", "mask") + MODULE_SEARCH_KEYS + ("centre_px", "rotate_relative_to")
 _REQUIRED = ("particles", "consensus_map", "modules", "output")
 

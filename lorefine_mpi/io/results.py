@@ -24,11 +24,21 @@ Schema (h5py; written by rank 0 only)
                          search's pose with the stage's mean motion taken out; written when the stage
                          completes (recomputed from the search's poses on every run, so a kill while it is
                          written loses nothing)
+    /motion/                         written once after the last iteration (`report.finish`; replaced by a rerun):
+        the modules' motion per particle (`validation.motion`), complex frame, STAR order
+        attrs: module_names, pairs, feature_names (JSON), centres_px (K, 3) xyz px from the box centre
+        rotation_deg (K, n, 3) float64     each module's rotation vector (deg) away from its consensus pose
+        shift_angstrom (K, n, 3) float64   its shift (Å), the component along the beam set to 0
+        relative_rotation_deg, relative_shift_angstrom (P, n, 3) float64  module k (k ≥ 1) relative to module 0
+        pca_mean (6P,), pca_eigenvalues (6P,), pca_variance_explained (6P,), pca_components (6P, 6P) (column i
+        = component i over feature_names), pca_scores (n, 6P) float64
 
 Crash safety: every dataset of a stage is created, at full size, when the stage starts, with early
 allocation; afterwards only raw data changes. A unit is written data first, then its ``unit_done``
 flag, then the file is flushed, so a unit whose flag is set is complete whatever happened after.
 The default (oldest) HDF5 file format is used, so a killed writer does not leave the file marked open.
+The /motion group is added to a copy of the file that then replaces it (`write_motion`), so a kill while it
+is written leaves the checkpoint as it was.
 """
 
 from __future__ import annotations
@@ -201,3 +211,37 @@ class ResultsFile:
         if self.file:
             self.file.close()
             self.file = None
+
+
+def write_motion(path, analysis) -> None:
+    """Add (or replace) the /motion group of a closed ``results.h5`` from a `validation.motion.MotionAnalysis`:
+    written into a copy beside it, which then replaces the file (the checkpoint is never half-written)."""
+    import os
+    import shutil
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(path, tmp)
+        with h5py.File(tmp, "r+") as f:
+            if "motion" in f:
+                del f["motion"]
+            g = f.create_group("motion")
+            g.attrs["module_names"] = json.dumps(list(analysis.module_names))
+            g.attrs["pairs"] = json.dumps([list(p) for p in analysis.pairs])
+            g.attrs["feature_names"] = json.dumps(analysis.feature_names())
+            g.attrs["centres_px"] = np.asarray(analysis.centres_px, dtype=np.float64)
+            for name, values in (("rotation_deg", analysis.rotation_deg), ("shift_angstrom", analysis.shift_angstrom),
+                                 ("relative_rotation_deg", analysis.relative_rotation_deg),
+                                 ("relative_shift_angstrom", analysis.relative_shift_angstrom),
+                                 ("pca_mean", analysis.mean), ("pca_eigenvalues", analysis.eigenvalues),
+                                 ("pca_variance_explained", analysis.variance_explained),
+                                 ("pca_components", analysis.components), ("pca_scores", analysis.scores)):
+                g.create_dataset(name, data=np.asarray(values, dtype=np.float64))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

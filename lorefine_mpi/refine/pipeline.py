@@ -150,6 +150,7 @@ class RefineRun:
         self.centres = {}
 
     def run(self) -> int:
+        started = time.time()
         self._prepare()
         cfg, ctx = self.cfg, self.ctx
         if cfg.search.max_resolution_angstrom == "auto":
@@ -177,6 +178,11 @@ class RefineRun:
         if ctx.is_root:
             self.results.close()
             log.info("done: outputs in %s", self.out)
+        if cfg.postprocess.enabled:  # post-processing, local resolution, motion, report, table
+            from lorefine_mpi.report.finish import finish_run
+
+            finish_run(cfg, ctx, table=self.table, consensus_poses=self.consensus_poses, poses=poses, masks=self.masks,
+                       voxel_size_angstrom=self.voxel, subset=self.subset, use_ctf=self.use_ctf, started=started)
         return 0
 
     # -- one stage: search --------------------------------------------------------------------

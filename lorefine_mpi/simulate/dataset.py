@@ -2,7 +2,10 @@
 
 Per particle: a uniform random orientation A and a consensus origin o ~ N(0, origin_sigma_px) per axis;
 each module k rotated about a random axis through its own centre of mass c_k by an angle ~ N(0, σ_rot)
-and shifted by t_k ~ N(0, σ_shift) per axis (paper: 1.67°, 1 px; every module moves). The image is the
+and shifted by t_k ~ N(0, σ_shift) per axis (paper: 1.67°, 1 px; every module moves). With
+``motion.axis: [x, y, z]`` (not in the paper) every rotation is about that one axis (complex frame, through
+each module's centre) instead of a random one: a motion along a known direction, e.g. to check that a
+principal component analysis of the refined motion finds it. The image is the
 sum of the unmoved modules projected with their composed poses (``A_k = A Q_k``,
 ``o_k = o + (A_k d_k)_xy``, ``d_k = c_k − Q_kᵀ(c_k + t_k)``; exactly the moved module, no 3D resampling),
 times the CTF (optional, in defocus groups), times a camera MTF (optional), plus white Gaussian noise.
@@ -65,7 +68,7 @@ _RULES = {
 }
 _DEFAULTS = {
     "seed": 1, "n_particles": 2000, "box": 64, "pixel_size_angstrom": 4.0, "origin_sigma_px": 2.0,
-    "motion": {"sigma_rot_deg": 1.67, "sigma_shift_px": 1.0}, "noise": {"snr": 0.25}, "ctf": None, "camera": None,
+    "motion": {"sigma_rot_deg": 1.67, "sigma_shift_px": 1.0, "axis": None}, "noise": {"snr": 0.25}, "ctf": None, "camera": None,
     "phantom": {"seed": 11}, "source": "phantom",
 }
 _CTF_DEFAULTS = {"defocus_min_um": 1.0, "defocus_max_um": 3.0, "n_defocus_groups": 9, "astigmatism_angstrom": 200.0,
@@ -125,7 +128,7 @@ def simulate_config_from_dict(raw, folder: Path) -> SimulateConfig:
             for sub, value in given.items():
                 if sub not in base:
                     raise unknown_key(f"{key}.{sub}", sub, list(base))
-                merged[sub] = checked_value(f"{key}.{sub}", value, _RULES)
+                merged[sub] = _axis(value) if f"{key}.{sub}" == "motion.axis" else checked_value(f"{key}.{sub}", value, _RULES)
             values[key] = merged
         elif key == "source":
             values[key] = _source(given, folder)
@@ -134,6 +137,17 @@ def simulate_config_from_dict(raw, folder: Path) -> SimulateConfig:
     if values["ctf"] and values["ctf"]["defocus_min_um"] > values["ctf"]["defocus_max_um"]:
         raise InputError("ctf.defocus_min_um: must not exceed ctf.defocus_max_um")
     return SimulateConfig(output=resolve_path("output", raw["output"], folder), **values)
+
+
+def _axis(value):
+    """motion.axis: null (a random axis per particle and module) or three numbers, not all zero."""
+    if value is None:
+        return None
+    if (not isinstance(value, (list, tuple)) or len(value) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
+            or not any(value)):
+        raise InputError(f"motion.axis: expected null or three numbers [x, y, z], not all zero, got {value!r}")
+    return [float(v) for v in value]
 
 
 def _source(value, folder):
@@ -208,7 +222,9 @@ def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:
     A = uniform_rotations(rng, n)
     origin = rng.normal(0, cfg.origin_sigma_px, (n, 2))
     k_mod = len(maps)
-    axes = rng.normal(size=(k_mod, n, 3))
+    axes = rng.normal(size=(k_mod, n, 3))  # drawn even with a fixed axis, so the other draws stay the same
+    if cfg.motion.get("axis") is not None:
+        axes = np.broadcast_to(np.asarray(cfg.motion["axis"], dtype=np.float64), axes.shape)
     angles_deg = rng.normal(0, cfg.motion["sigma_rot_deg"], (k_mod, n))
     shifts = rng.normal(0, cfg.motion["sigma_shift_px"], (k_mod, n, 3))
     q = rotations.rotation_about_axis(axes, np.deg2rad(angles_deg))

@@ -1,7 +1,28 @@
-"""Fourier shell correlation, resolution at a threshold, and the masked FSC of Chen et al. (2013).
+"""Fourier shell correlation, resolution at a threshold, and the masked FSC of Chen et al. (2013),
+computed as RELION 3.1's ``relion_postprocess`` computes them (tests compare the curves with its output).
 
 Shells are one Fourier voxel thick: shell i holds the frequencies with ``round(|k|) = i`` (k in
 voxels), i = 0 … N/2 (Nyquist); shell i stands for spatial frequency ``i / (N · voxel)`` 1/Å.
+Sums run over the half spectrum that ``rfftn`` returns, each stored coefficient counted once (RELION's
+``getFSC``: the kx = 0 plane holds both k and −k, the other planes only one of each pair).
+
+The masked FSC with phase randomisation (``fsc(..., mask=M)``), step by step as RELION does it:
+    1. FSC of the unmasked maps; ``randomise_from`` = the first shell i > 0 where it is below 0.8
+       (or a given resolution);
+    2. FSC of the masked maps, FSC_t;
+    3. phases of both unmasked maps replaced by uniform random ones for every coefficient with
+       ``|k|² ≥ randomise_from²`` (amplitudes kept; one random stream, half 1 then half 2), the maps
+       masked, their FSC: FSC_n;
+    4. FSC_true = FSC_t below shell ``randomise_from + 2`` and ``(FSC_t − FSC_n) / (1 − FSC_n)`` from
+       there (RELION moved the correction two shells up, away from the artefacts of the sharp edge of
+       the randomisation).
+    When the unmasked FSC never falls below 0.8 (noise-free maps), nothing is randomised and FSC_true =
+    FSC_t (``relion_postprocess`` stops with an error there). Shell 0 is set to 1 where it is undefined
+    or not positive (a masked map's DC term), as RELION does.
+
+Resolution: RELION's convention is the last shell, scanning from 0, before the curve first falls below
+the threshold (`resolution_shell_at`; what ``relion_postprocess`` prints); `resolution_at` also
+interpolates the crossing linearly between that shell and the next.
 """
 
 from __future__ import annotations
@@ -11,19 +32,22 @@ import json
 
 import numpy as np
 
-from lorefine_mpi.projection import fourier
+RANDOMISE_BELOW_FSC = 0.8  # RELION's --randomize_at_fsc
+CORRECTION_OFFSET_SHELLS = 2  # RELION corrects from randomise_from + 2
 
 
 @dataclasses.dataclass
 class FSCResult:
-    """spatial_frequency_inv_angstrom, fsc: (m,) per shell; for a masked FSC also fsc_unmasked,
-    fsc_phase_randomised and the shell from which phases were randomised."""
+    """spatial_frequency_inv_angstrom, fsc: (m,) per shell, m = N/2 + 1. For a masked FSC, ``fsc`` is
+    the corrected curve (FSC_true) and fsc_unmasked, fsc_masked (FSC_t), fsc_phase_randomised (FSC_n)
+    and randomise_from_shell (None when nothing was randomised) are set."""
 
     spatial_frequency_inv_angstrom: np.ndarray
     fsc: np.ndarray
     fsc_unmasked: np.ndarray | None = None
     fsc_phase_randomised: np.ndarray | None = None
     randomise_from_shell: int | None = None
+    fsc_masked: np.ndarray | None = None
 
     @property
     def resolution_angstrom(self) -> np.ndarray:
@@ -31,67 +55,119 @@ class FSCResult:
             return 1.0 / self.spatial_frequency_inv_angstrom
 
     def to_dict(self) -> dict:
-        out = {
-            "spatial_frequency_inv_angstrom": self.spatial_frequency_inv_angstrom.tolist(),
-            "fsc": self.fsc.tolist(),
-            "resolution_fsc_0.5_angstrom": resolution_at(self, 0.5),
-            "resolution_fsc_0.143_angstrom": resolution_at(self, 0.143),
-        }
+        out = {"spatial_frequency_inv_angstrom": self.spatial_frequency_inv_angstrom.tolist(), "fsc": self.fsc.tolist()}
+        for threshold in (0.5, 0.143):
+            out[f"resolution_fsc_{threshold:g}_angstrom"] = _finite(resolution_shell_at(self, threshold)[1])
+            out[f"resolution_fsc_{threshold:g}_interpolated_angstrom"] = _finite(resolution_at(self, threshold))
         if self.fsc_unmasked is not None:
             out["fsc_unmasked"] = self.fsc_unmasked.tolist()
+            out["fsc_masked"] = self.fsc_masked.tolist()
             out["fsc_phase_randomised"] = self.fsc_phase_randomised.tolist()
             out["randomise_from_shell"] = self.randomise_from_shell
         return out
 
 
-def _shells(n: int) -> np.ndarray:
+def _finite(value: float):
+    return float(value) if np.isfinite(value) else None
+
+
+def frequency_radius_sq(n: int) -> np.ndarray:
+    """(n, n, n//2+1) int64: kx² + ky² + kz² of each ``rfftn`` coefficient (k in voxels, FFT order)."""
     k = np.fft.fftfreq(n) * n
     kr = np.arange(n // 2 + 1)
-    kz, ky, kx = np.meshgrid(k, k, kr, indexing="ij")
-    return np.rint(np.sqrt(kx**2 + ky**2 + kz**2)).astype(np.int64)
+    return (np.rint(k)[:, None, None] ** 2 + np.rint(k)[None, :, None] ** 2 + kr[None, None, :] ** 2).astype(np.int64)
 
 
-def _curve(ft1, ft2, shells, n_shells):
+def shell_index(n: int) -> np.ndarray:
+    """(n, n, n//2+1) int64: the shell ``round(|k|)`` of each ``rfftn`` coefficient."""
+    return np.rint(np.sqrt(frequency_radius_sq(n))).astype(np.int64)
+
+
+def shell_sums(values, shells, n_shells: int) -> np.ndarray:
+    """Sum of ``values`` (any shape matching ``shells``, real) per shell 0 … n_shells − 1 (others dropped)."""
     s = shells.ravel()
-    w = np.broadcast_to(fourier.half_axis_multiplicity(shells.shape[0]), shells.shape).ravel()
-    cross = np.bincount(s, (w * (ft1 * np.conj(ft2)).real.ravel()), minlength=n_shells)[:n_shells]
-    p1 = np.bincount(s, (w * np.abs(ft1.ravel()) ** 2), minlength=n_shells)[:n_shells]
-    p2 = np.bincount(s, (w * np.abs(ft2.ravel()) ** 2), minlength=n_shells)[:n_shells]
+    keep = s < n_shells
+    return np.bincount(s[keep], np.asarray(values).ravel()[keep], minlength=n_shells)[:n_shells]
+
+
+def fsc_curve(ft1, ft2, shells, n_shells: int) -> np.ndarray:
+    """RELION's getFSC: ``Σ Re(F1* F2) / sqrt(Σ|F1|² Σ|F2|²)`` per shell over the stored half spectrum.
+    ft1, ft2: ``rfftn`` spectra (N, N, N//2+1) complex; shells: `shell_index`. Returns (n_shells,)."""
+    cross = shell_sums((np.conj(ft1) * ft2).real, shells, n_shells)
+    p1 = shell_sums(np.abs(ft1) ** 2, shells, n_shells)
+    p2 = shell_sums(np.abs(ft2) ** 2, shells, n_shells)
     with np.errstate(invalid="ignore", divide="ignore"):
         curve = np.where(p1 * p2 > 0, cross / np.sqrt(p1 * p2), 0.0)
+    if not curve[0] > 0:  # the DC term of masked or zero-mean maps
+        curve[0] = 1.0
     return curve
 
 
-def fsc(map1, map2, voxel_size_angstrom: float, mask=None, seed: int = 0) -> FSCResult:
-    """FSC of two (N, N, N) maps. With a mask: the phase-randomisation-corrected masked FSC
-    (Chen et al. 2013, as RELION's postprocess): phases of both maps are randomised beyond the shell
-    where the unmasked FSC first drops below 0.8, and ``FSC = (FSC_t − FSC_n) / (1 − FSC_n)`` from there."""
+def randomise_phases_beyond(volume, shell: int, rng) -> np.ndarray:
+    """``volume`` (N, N, N) with the phase of every coefficient with ``|k|² ≥ shell²`` replaced by a
+    uniform random one (RELION's randomizePhasesBeyond). rng: numpy Generator. Returns float64."""
+    v = np.asarray(volume, dtype=np.float64)
+    ft = np.fft.rfftn(v)
+    beyond = frequency_radius_sq(v.shape[0]) >= shell * shell
+    phases = rng.random(ft.shape)
+    ft = np.where(beyond, np.abs(ft) * np.exp(2j * np.pi * phases), ft)
+    return np.fft.irfftn(ft, s=v.shape, axes=(0, 1, 2))
+
+
+def first_shell_below(curve, threshold: float) -> int | None:
+    """The first shell i > 0 where ``curve[i] < threshold``, or None."""
+    below = np.nonzero(np.asarray(curve)[1:] < threshold)[0]
+    return int(below[0]) + 1 if len(below) else None
+
+
+def corrected_fsc(masked, randomised, randomise_from: int) -> np.ndarray:
+    """RELION's calculateFSCtrue on curves (..., m) (the last axis is the shell): FSC_t below shell
+    ``randomise_from + 2``, (FSC_t − FSC_n) / (1 − FSC_n) from there."""
+    t = np.asarray(masked, dtype=np.float64)
+    r = np.asarray(randomised, dtype=np.float64)
+    tail = np.arange(t.shape[-1]) >= randomise_from + CORRECTION_OFFSET_SHELLS
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corrected = np.where(r < 1, (t - r) / (1 - r), 0.0)
+    return np.where(tail, corrected, t)
+
+
+def fsc(map1, map2, voxel_size_angstrom: float, mask=None, seed: int = 0, randomise_from_angstrom: float | None = None) -> FSCResult:
+    """FSC of two (N, N, N) maps; with a mask, the phase-randomisation-corrected masked FSC (module
+    docstring). randomise_from_angstrom: randomise from this resolution instead of where the unmasked
+    FSC drops below 0.8 (RELION's --randomize_at_A). seed: the phase randomisation's random stream."""
     a = np.asarray(map1, dtype=np.float64)
     b = np.asarray(map2, dtype=np.float64)
     n = a.shape[0]
-    shells = _shells(n)
+    shells = shell_index(n)
     m = n // 2 + 1
     freq = np.arange(m) / (n * voxel_size_angstrom)
-    fa, fb = np.fft.rfftn(a), np.fft.rfftn(b)
-    unmasked = _curve(fa, fb, shells, m)
+    unmasked = fsc_curve(np.fft.rfftn(a), np.fft.rfftn(b), shells, m)
     if mask is None:
         return FSCResult(freq, unmasked)
     mk = np.asarray(mask, dtype=np.float64)
-    masked = _curve(np.fft.rfftn(a * mk), np.fft.rfftn(b * mk), shells, m)
-    below = np.nonzero(unmasked < 0.8)[0]
-    start = int(below[0]) if len(below) else m
+    masked = fsc_curve(np.fft.rfftn(a * mk), np.fft.rfftn(b * mk), shells, m)
+    if randomise_from_angstrom is not None:
+        start = int(n * voxel_size_angstrom / randomise_from_angstrom)
+    else:
+        start = first_shell_below(unmasked, RANDOMISE_BELOW_FSC)
+    if start is None or start < 1 or start >= m:
+        return FSCResult(freq, masked.copy(), unmasked, np.zeros(m), None, masked)
     rng = np.random.default_rng(seed)
-    beyond = shells >= start
-    phases = np.exp(2j * np.pi * rng.random(shells.shape))
-    ra = np.where(beyond, np.abs(fa) * phases, fa)
-    phases = np.exp(2j * np.pi * rng.random(shells.shape))
-    rb = np.where(beyond, np.abs(fb) * phases, fb)
-    randomised = _curve(np.fft.rfftn(np.fft.irfftn(ra, s=a.shape, axes=(0, 1, 2)) * mk), np.fft.rfftn(np.fft.irfftn(rb, s=a.shape, axes=(0, 1, 2)) * mk), shells, m)
-    corrected = masked.copy()
-    tail = np.arange(m) >= start
-    with np.errstate(invalid="ignore", divide="ignore"):
-        corrected[tail] = np.where(randomised[tail] < 1, (masked[tail] - randomised[tail]) / (1 - randomised[tail]), 0.0)
-    return FSCResult(freq, corrected, unmasked, randomised, start)
+    ra = randomise_phases_beyond(a, start, rng)
+    rb = randomise_phases_beyond(b, start, rng)
+    randomised = fsc_curve(np.fft.rfftn(ra * mk), np.fft.rfftn(rb * mk), shells, m)
+    return FSCResult(freq, corrected_fsc(masked, randomised, start), unmasked, randomised, start, masked)
+
+
+def resolution_shell_at(result: FSCResult, threshold: float) -> tuple[int, float]:
+    """RELION's read-out: (shell i, its resolution in Å) of the last shell, scanning from 0, before the
+    FSC first falls below ``threshold``; (0, inf) when shell 1 is already below."""
+    c = np.asarray(result.fsc)
+    below = np.nonzero(c < threshold)[0]
+    last = int(below[0]) - 1 if len(below) else len(c) - 1
+    last = max(last, 0)
+    f = result.spatial_frequency_inv_angstrom[last]
+    return last, (float(1.0 / f) if f > 0 else float("inf"))
 
 
 def resolution_at(result: FSCResult, threshold: float) -> float:
@@ -114,37 +190,29 @@ def write_fsc_json(path, curves: dict) -> None:
     atomic_write_text(path, json.dumps({k: v.to_dict() for k, v in curves.items()}, indent=1))
 
 
-def plot_fsc_png(path, curves: dict, title: str = "") -> None:
-    """A PNG of {label: FSCResult} with the 0.5 and 0.143 thresholds and a resolution (Å) top axis."""
-    import os
-    import tempfile
+def plot_fsc_png(path, curves: dict, title: str = "", details: bool = False) -> None:
+    """A PNG of {label: FSCResult} with the 0.5 and 0.143 thresholds and a resolution (Å) top axis.
+    details: also draw each masked curve's unmasked, masked and phase-randomised FSC (thin lines)."""
+    from lorefine_mpi.validation import plots
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     for label, result in curves.items():
-        r05 = resolution_at(result, 0.5)
-        ax.plot(result.spatial_frequency_inv_angstrom, result.fsc, label=f"{label} (0.5: {r05:.1f} Å)")
+        _, shell_res = resolution_shell_at(result, 0.143)
+        line, = ax.plot(result.spatial_frequency_inv_angstrom, result.fsc, lw=2, label=f"{label} (0.143: {shell_res:.2f} Å)")
+        if details and result.fsc_unmasked is not None:
+            f = result.spatial_frequency_inv_angstrom
+            ax.plot(f, result.fsc_unmasked, color="tab:green", lw=0.8, label="unmasked")
+            ax.plot(f, result.fsc_masked, color="tab:blue", lw=0.8, ls="--", label="masked (uncorrected)")
+            if result.randomise_from_shell is not None:
+                ax.plot(f, result.fsc_phase_randomised, color="tab:red", lw=0.8, label="phase-randomised, masked")
     for threshold in (0.5, 0.143):
         ax.axhline(threshold, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("spatial frequency (1/Å)")
     ax.set_ylabel("FSC")
     ax.set_ylim(-0.1, 1.05)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    low, high = ax.get_xlim()
-    top = ax.twiny()
-    top.set_xlim(low, high)
-    marks = [r for r in (100, 50, 30, 20, 15, 12, 10, 8, 6, 5, 4, 3, 2.5, 2) if low < 1 / r < high]
-    top.set_xticks([1 / r for r in marks])
-    top.set_xticklabels([f"{r:g}" for r in marks])
-    top.set_xlabel("resolution (Å)")
+    plots.resolution_axis(ax)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=".fsc.", suffix=".png", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    plots.save_png(fig, path)

@@ -37,9 +37,10 @@ def run(n, *args, script=None, timeout=300):
     return subprocess.run(command(n, *args, script=script), capture_output=True, text=True, timeout=timeout, env=env())
 
 
-def make_run(folder: Path, n_particles=120, unit_size=4, **search) -> Path:
+def make_run(folder: Path, n_particles=120, unit_size=4, postprocess=None, **search) -> Path:
     """A config over the first particles of the RELION recon_noctf set (box 48), two modules, a small search; the
-    folder is the RELION project directory (``project_dir: .``), its STAR file's image names relative to it."""
+    folder is the RELION project directory (``project_dir: .``), its STAR file's image names relative to it; the
+    end-of-run analysis (post-processing, local resolution, motion, report) only with ``postprocess``."""
     folder.mkdir(parents=True, exist_ok=True)
     table = read_star(DATA / "recon_noctf.star").subset(slice(0, n_particles))
     for f in ("recon_noctf.mrcs", "phantom_whole.mrc", "phantom_mask_module_1.mrc", "phantom_mask_module_2.mrc"):
@@ -51,7 +52,7 @@ def make_run(folder: Path, n_particles=120, unit_size=4, **search) -> Path:
         "search": {"strategy": "separate", "cone_half_angle_deg": 4, "angular_step_deg": 2, "psi_half_range_deg": 2,
                    "psi_step_deg": 2, "max_shift_px": 2, "shift_step_px": 1, "n_random_angles": 4, **search},
         "score": {"mode": "subtract", "ctf": False}, "parallel": {"unit_size": unit_size, "class_spacing_deg": 15},
-        "output": "out", "project_dir": ".", "seed": 3,
+        "postprocess": postprocess or {"enabled": False}, "output": "out", "project_dir": ".", "seed": 3,
     }
     (folder / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return folder

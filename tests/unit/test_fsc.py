@@ -1,4 +1,5 @@
-"""FSC against a per-shell loop oracle, and the resolution read-out on hand-computed curves."""
+"""FSC against a per-coefficient loop oracle (RELION's getFSC), the phase randomisation, the correction,
+and the resolution read-outs on hand-computed curves."""
 
 import numpy as np
 import pytest
@@ -7,27 +8,66 @@ from lorefine_mpi.validation import fsc
 
 
 def fsc_oracle(a, b):
-    """Per-voxel loop over the full FFT: Σ A B* / sqrt(Σ|A|² Σ|B|²) in shells round(|k|)."""
+    """Per-coefficient loop over the stored half spectrum (kx = 0 … N/2), each coefficient once, shells
+    round(|k|) ≤ N/2, as RELION's getFSC: Σ Re(A* B) / sqrt(Σ|A|² Σ|B|²)."""
     n = a.shape[0]
-    fa, fb = np.fft.fftn(a), np.fft.fftn(b)
-    num, pa, pb = np.zeros(n), np.zeros(n), np.zeros(n)
-    k = np.fft.fftfreq(n) * n
+    fa, fb = np.fft.rfftn(a), np.fft.rfftn(b)
+    m = n // 2 + 1
+    num, pa, pb = np.zeros(m), np.zeros(m), np.zeros(m)
     for i in range(n):
+        kz = i if i < m else i - n
         for j in range(n):
-            for m in range(n):
-                s = int(np.rint(np.sqrt(k[i] ** 2 + k[j] ** 2 + k[m] ** 2)))
-                num[s] += (fa[i, j, m] * np.conj(fb[i, j, m])).real
-                pa[s] += abs(fa[i, j, m]) ** 2
-                pb[s] += abs(fb[i, j, m]) ** 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (num / np.sqrt(pa * pb))[: n // 2 + 1]
+            ky = j if j < m else j - n
+            for kx in range(m):
+                s = int(round(np.sqrt(kx * kx + ky * ky + kz * kz)))
+                if s >= m:
+                    continue
+                num[s] += (np.conj(fa[i, j, kx]) * fb[i, j, kx]).real
+                pa[s] += abs(fa[i, j, kx]) ** 2
+                pb[s] += abs(fb[i, j, kx]) ** 2
+    return num / np.sqrt(pa * pb)
 
 
-def test_fsc_matches_loop_oracle():
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=(12, 12, 12))
+@pytest.mark.parametrize("n", [12, 16])
+def test_fsc_matches_loop_oracle(n):
+    rng = np.random.default_rng(n)
+    a = rng.normal(size=(n, n, n))
     b = a + rng.normal(size=a.shape) * 0.8
     np.testing.assert_allclose(fsc.fsc(a, b, 2.0).fsc, fsc_oracle(a, b), atol=1e-10)
+
+
+@pytest.mark.parametrize("n", [16, 24])
+def test_phase_randomisation_keeps_everything_inside_the_sphere_and_every_amplitude(n):
+    """Coefficients with |k|² < s² are untouched; beyond, amplitudes stay (off the kx = 0 and Nyquist planes,
+    where a real map's spectrum must stay Hermitian) and phases are new."""
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(n, n, n))
+    shell = n // 4
+    out = fsc.randomise_phases_beyond(v, shell, np.random.default_rng(1))
+    f0, f1 = np.fft.rfftn(v), np.fft.rfftn(out)
+    r2 = fsc.frequency_radius_sq(n)
+    np.testing.assert_allclose(f1[r2 < shell**2], f0[r2 < shell**2], atol=1e-9)
+    beyond = (r2 >= shell**2)
+    beyond[:, :, 0] = beyond[:, :, -1] = False
+    np.testing.assert_allclose(np.abs(f1[beyond]), np.abs(f0[beyond]), rtol=1e-9)
+    assert np.abs(np.angle(f1[beyond] / f0[beyond])).mean() > 1.0  # uniform new phases: mean |Δφ| = π/2
+
+
+def test_correction_starts_two_shells_after_the_randomisation_as_relion():
+    masked = np.array([1.0, 0.9, 0.8, 0.7, 0.6, 0.5])
+    randomised = np.array([1.0, 0.9, 0.7, 0.5, 0.2, 0.0])
+    corrected = fsc.corrected_fsc(masked, randomised, 2)
+    np.testing.assert_allclose(corrected, [1.0, 0.9, 0.8, 0.7, (0.6 - 0.2) / 0.8, 0.5])
+    both = fsc.corrected_fsc(np.stack([masked, masked]), np.stack([randomised, randomised]), 2)
+    np.testing.assert_allclose(both, [corrected, corrected])
+
+
+def test_resolution_shell_is_the_last_shell_before_the_first_drop():
+    r = fsc.FSCResult(np.array([0.0, 0.1, 0.2, 0.3, 0.4]), np.array([1.0, 0.9, 0.3, 0.1, 0.5]))
+    assert fsc.resolution_shell_at(r, 0.143) == (2, pytest.approx(5.0))  # shell 4 rises again: RELION stops at the first drop
+    assert fsc.resolution_shell_at(r, 0.5) == (1, pytest.approx(10.0))
+    never = fsc.FSCResult(np.array([0.0, 0.1, 0.25]), np.array([1.0, 0.9, 0.8]))
+    assert fsc.resolution_shell_at(never, 0.143) == (2, pytest.approx(4.0))
 
 
 def test_identical_maps_correlate_and_independent_noise_does_not():
@@ -47,15 +87,20 @@ def test_resolution_interpolates_the_crossing_linearly():
     assert fsc.resolution_at(never, 0.5) == pytest.approx(4.0)  # Nyquist
 
 
-def test_masked_fsc_corrects_for_the_mask():
+@pytest.mark.parametrize("n", [32, 48])
+def test_masked_fsc_corrects_for_the_mask(n):
+    """A signal up to shell N/5 plus independent noise, in a sharp spherical mask: beyond the signal the masked
+    FSC is inflated by the mask (the signal's low frequencies leak into higher shells), the corrected FSC is not."""
     rng = np.random.default_rng(3)
-    n = 32
-    signal = np.fft.irfftn(np.fft.rfftn(rng.normal(size=(n, n, n))) * np.exp(-np.arange(n // 2 + 1) / 6.0)[None, None, :], s=(n, n, n), axes=(0, 1, 2))
-    a, b = signal + rng.normal(size=signal.shape) * 0.05, signal + rng.normal(size=signal.shape) * 0.05
+    shells = fsc.shell_index(n)
+    signal = np.fft.irfftn(np.fft.rfftn(rng.normal(size=(n,) * 3)) * (shells <= n // 5) * 10, s=(n,) * 3, axes=(0, 1, 2))
+    a, b = signal + rng.normal(size=signal.shape), signal + rng.normal(size=signal.shape)
     r = np.arange(n) - n // 2
-    mask = (np.sqrt(r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2) < 10).astype(float)
+    mask = (np.sqrt(r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2) < n / 4).astype(float)
     result = fsc.fsc(a, b, 1.0, mask=mask)
-    assert result.randomise_from_shell is not None and result.fsc_phase_randomised is not None
     start = result.randomise_from_shell
-    if start < len(result.fsc):
-        assert np.all(result.fsc[start:] <= np.maximum(result.fsc_unmasked[start:], 0) + 0.2)
+    assert start == n // 5 + 1  # the first shell without signal: the unmasked FSC drops below 0.8 there
+    tail = slice(start + 4, start + 8)
+    assert result.fsc_masked[tail].mean() > 0.3
+    assert abs(result.fsc[tail]).mean() < 0.1
+    np.testing.assert_array_equal(result.fsc[: start + 2], result.fsc_masked[: start + 2])

@@ -1,0 +1,190 @@
+"""What `lorefine refine` does after its last iteration: what each module gained, and how the modules move.
+
+``finish_run`` (called once by `refine.pipeline.RefineRun.run`, on every rank):
+    1. consensus half maps: read from ``consensus/half1.mrc`` and ``half2.mrc`` when the refinement made them
+       (for its search band); otherwise every rank back-projects its block of particles with the consensus
+       poses, the accumulators are summed on rank 0 (as a refinement stage does), which writes them. The
+       "before" of every module is the masked, phase-randomisation-corrected FSC of these in the module's
+       mask (``MODULE/fsc_consensus.json``);
+    2. per module, rank 0 post-processes the module's half maps in its mask (`validation.postprocess`,
+       the mask always used): ``MODULE/postprocess*.{mrc,json,png}`` and ``fsc_before_after.png``;
+    3. per module, local resolution of its half maps (`validation.locres`, window centres split over the
+       ranks, near the module's mask): ``MODULE/locres.mrc``, ``locres.json``, histogram and slices;
+    4. rank 0: the modules' motion (`validation.motion`) into ``results.h5`` (/motion), ``motion/motion.csv``,
+       ``motion/motion.json``, plots, and maps of the complex moved along the first principal components
+       (``motion/pcN_frameM.mrc``, −2σ … +2σ, a volume series for a movie);
+    5. rank 0: ``summary.json``, ``timings.json``, ``report.html`` (`report.html` module), and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lorefine_mpi.io import mrc
+from lorefine_mpi.io.results import write_motion
+from lorefine_mpi.io.star import atomic_write_text
+from lorefine_mpi.reconstruction.reconstruct import backproject_halves, maps_from_halves
+from lorefine_mpi.search.modules import centre_of_mass_px
+from lorefine_mpi.validation import fsc as fsc_mod
+from lorefine_mpi.validation import locres as locres_mod
+from lorefine_mpi.validation import motion as motion_mod
+from lorefine_mpi.validation import postprocess as pp
+
+log = logging.getLogger(__name__)
+
+
+def consensus_half_maps(ctx, table, matrices, origin_px, box, *, use_ctf, subset, reconstruction):
+    """Half maps of the whole complex from the consensus poses (every rank back-projects a block; rank 0
+    gets {'half1', 'half2', 'full'}, the others None)."""
+    block = np.array_split(np.arange(len(table)), ctx.size)[ctx.rank]
+    halves = backproject_halves(table, block, box, use_ctf=use_ctf, padding=reconstruction.padding, subset=subset,
+                                matrices=matrices, origin_px=origin_px)
+    for bp in halves:
+        ctx.reduce_sum(bp.data)
+        ctx.reduce_sum(bp.weight)
+    if not ctx.is_root:
+        return None
+    return maps_from_halves(halves, reconstruction.weight_floor, reconstruction.gridding_iterations)
+
+
+def consensus_halves_made(out: Path) -> bool:
+    """Whether the run wrote ``OUT/consensus/half1.mrc`` and ``half2.mrc`` (results.h5 root flag
+    ``consensus_halves``, set by the refinement when it reconstructs them for the search band)."""
+    try:
+        import h5py
+
+        with h5py.File(out / "results.h5", "r") as f:
+            flagged = bool(f.attrs.get("consensus_halves", 0))
+    except OSError:
+        return False
+    return flagged and all((out / "consensus" / f"half{h}.mrc").exists() for h in (1, 2))
+
+
+def plot_before_after_png(path, before: fsc_mod.FSCResult, after: fsc_mod.FSCResult, name: str) -> None:
+    fsc_mod.plot_fsc_png(path, {"consensus (before)": before, "refined (after)": after},
+                         f"{name}: gold-standard FSC in the module's mask (corrected)")
+
+
+def finish_run(cfg, ctx, *, table, consensus_poses, poses, masks, voxel_size_angstrom: float, subset, use_ctf: bool,
+               started: float) -> None:
+    """Steps 1–5 of the module docstring. cfg: the run's Config; consensus_poses, poses[k]: objects with
+    ``matrices`` (n, 3, 3) and ``origin_px`` (n, 2) (consensus, and module k's final poses); masks: K
+    (N, N, N) soft masks; subset: (n,) rlnRandomSubset; started: the run's start (time.time())."""
+    out = Path(cfg.output)
+    names = [m.name for m in cfg.modules]
+    box = masks[0].shape[0]
+    post = cfg.postprocess
+    timings = {"refinement_s": round(time.time() - started, 2)}
+    clock = time.time()
+    if ctx.bcast(ctx.is_root and consensus_halves_made(out)):  # the run made them (search.max_resolution_angstrom: auto)
+        maps = {h: mrc.read_map(out / "consensus" / f"{h}.mrc")[0] for h in ("half1", "half2")} if ctx.is_root else None
+    else:
+        maps = consensus_half_maps(ctx, table, consensus_poses.matrices, consensus_poses.origin_px, box, use_ctf=use_ctf,
+                                   subset=subset, reconstruction=cfg.reconstruction)
+        if ctx.is_root:
+            (out / "consensus").mkdir(exist_ok=True)
+            for h in ("half1", "half2"):
+                mrc.write_map(out / "consensus" / f"{h}.mrc", maps[h], voxel_size_angstrom)
+    summary = {"modules": {}, "voxel_size_angstrom": voxel_size_angstrom}
+    results = {}
+    if ctx.is_root:
+        timings["consensus_half_maps_s"] = round(time.time() - clock, 2)
+        clock = time.time()
+        for name, mask in zip(names, masks):
+            folder = out / name
+            h1, _ = mrc.read_map(folder / "half1.mrc")
+            h2, _ = mrc.read_map(folder / "half2.mrc")
+            before = fsc_mod.fsc(maps["half1"], maps["half2"], voxel_size_angstrom, mask=mask, seed=cfg.seed)
+            fsc_mod.write_fsc_json(folder / "fsc_consensus.json", {"consensus_half_maps_masked": before})
+            result = pp.postprocess(h1, h2, mask, voxel_size_angstrom, bfactor=post.bfactor, force_mask=True, seed=cfg.seed)
+            pp.write_outputs(folder, result, f"{name}: resolution {result.resolution_angstrom:.2f} Å")
+            plot_before_after_png(folder / "fsc_before_after.png", before, result.fsc, name)
+            results[name] = result
+            summary["modules"][name] = {
+                "resolution_before_angstrom": fsc_mod.resolution_shell_at(before, 0.143)[1],
+                "resolution_after_angstrom": result.resolution_angstrom,
+                "resolution_before_interpolated_angstrom": fsc_mod.resolution_at(before, 0.143),
+                "resolution_after_interpolated_angstrom": result.resolution_interpolated_angstrom,
+                "bfactor_angstrom2": result.bfactor_angstrom2, "warnings": result.warnings,
+            }
+            log.info("%s: masked FSC 0.143 %.2f Å (consensus) -> %.2f Å (refined), B-factor %.1f Å²", name,
+                     summary["modules"][name]["resolution_before_angstrom"], result.resolution_angstrom, result.bfactor_angstrom2)
+        timings["postprocess_s"] = round(time.time() - clock, 2)
+    del maps
+    clock = time.time()
+    if post.local_resolution:
+        settings = locres_mod.LocresSettings(post.locres_radius_angstrom, post.locres_edge_angstrom, post.locres_step_angstrom)
+        for name, mask in zip(names, masks):
+            # The module's half maps were written by rank 0 before the last stage's broadcast: every rank reads them.
+            h1, _ = mrc.read_map(out / name / "half1.mrc")
+            h2, _ = mrc.read_map(out / name / "half2.mrc")
+            local = locres_mod.local_resolution(ctx, h1, h2, voxel_size_angstrom, settings, support=mask, seed=cfg.seed)
+            if ctx.is_root:
+                locres_mod.write_outputs(out / name, local, results[name].sharpened, voxel_size_angstrom, mask, f"{name}: local resolution")
+                stats = locres_mod.summary(local, mask)
+                summary["modules"][name]["locres_median_angstrom"] = stats.get("median_angstrom")
+                log.info("%s: local resolution in the mask, median %s Å (%d windows)", name,
+                         f"{stats['median_angstrom']:.2f}" if "median_angstrom" in stats else "-", len(local.centres_px))
+        timings["local_resolution_s"] = round(time.time() - clock, 2)
+    if ctx.is_root:
+        clock = time.time()
+        consensus_map, _ = mrc.read_map(cfg.consensus_map)
+        centres = np.array([centre_of_mass_px(consensus_map, mask) for mask in masks])
+        analysis = motion_mod.analyse(names, centres, consensus_poses.matrices, consensus_poses.origin_px,
+                                      [(p.matrices, p.origin_px) for p in poses], voxel_size_angstrom)
+        write_motion_outputs(out, analysis, table.image_name, masks, voxel_size_angstrom, post.motion_components)
+        motion_summary = motion_mod.summary(analysis)
+        for name in names:
+            summary["modules"][name] |= {"median_pose_change_deg": motion_summary["modules"][name]["median_angle_deg"],
+                                         "median_pose_change_angstrom": motion_summary["modules"][name]["median_shift_angstrom"]}
+        timings["motion_s"] = round(time.time() - clock, 2)
+        from lorefine_mpi.report import html
+
+        timings["finish_total_s"] = round(sum(v for k, v in timings.items() if k != "refinement_s"), 2)
+        atomic_write_text(out / "timings.json", json.dumps(timings, indent=1))
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+        report = html.write_report(out)
+        print(results_table(summary, report), flush=True)
+
+
+def write_motion_outputs(out: Path, analysis, image_names, masks, voxel_size_angstrom: float, components: int) -> None:
+    """results.h5 /motion, motion/motion.csv and motion.json, the plots, and the maps along the components."""
+    folder = out / "motion"
+    folder.mkdir(exist_ok=True)
+    if (out / "results.h5").exists():
+        write_motion(out / "results.h5", analysis)
+    motion_mod.write_csv(folder / "motion.csv", analysis, image_names)
+    atomic_write_text(folder / "motion.json", json.dumps(motion_mod.summary(analysis), indent=1))
+    for k, name in enumerate(analysis.module_names):
+        motion_mod.plot_pose_change_png(out / name / "pose_change.png", analysis, k, f"{name}: pose change from the consensus")
+    if not analysis.pairs:
+        return
+    motion_mod.plot_relative_png(folder / "relative_motion.png", analysis)
+    motion_mod.plot_pca_png(folder / "pca.png", analysis)
+    module_maps = [mrc.read_map(out / name / "map.mrc")[0] for name in analysis.module_names]
+    combined, _ = mrc.read_map(out / "combined.mrc")
+    rest = combined * (1.0 - np.clip(sum(masks), 0.0, 1.0))
+    for c in range(min(components, len(analysis.eigenvalues))):
+        frames = motion_mod.component_frames(analysis, module_maps, rest, c, voxel_size_angstrom)
+        for f, frame in enumerate(frames, 1):
+            mrc.write_map(folder / f"pc{c + 1}_frame{f}.mrc", frame, voxel_size_angstrom)
+
+
+def results_table(summary: dict, report_path) -> str:
+    """The table `lorefine refine` ends with: per module the masked FSC 0.143 resolution of the consensus
+    and of the refined map, the B-factor, and the median pose change; then the report's path."""
+    rows = [("module", "resolution (masked FSC 0.143)", "B-factor", "median pose change")]
+    for name, m in summary["modules"].items():
+        change = m.get("median_pose_change_deg")
+        rows.append((name, f"{m['resolution_before_angstrom']:.2f} Å → {m['resolution_after_angstrom']:.2f} Å",
+                     f"{m['bfactor_angstrom2']:.0f} Å²",
+                     f"{change:.2f}°, {m['median_pose_change_angstrom']:.2f} Å" if change is not None else "-"))
+    widths = [max(len(r[c]) for r in rows) for c in range(4)]
+    lines = [f"{r[0]:<{widths[0]}}   {r[1]:>{widths[1]}}   {r[2]:>{widths[2]}}   {r[3]:>{widths[3]}}" for r in rows]
+    lines.append(f"report: {report_path}")
+    return "\n".join(lines)
