@@ -128,7 +128,8 @@ def relion(work, data):
                        "--solvent_correct_fsc", "--multibody_masks", str(out / "bodies.star"), "--oversampling", "1",
                        "--healpix_order", "4", "--auto_local_healpix_order", "4", "--offset_range", "0.75", "--offset_step", "0.25",
                        "--reconstruct_subtracted_bodies", "--dont_combine_weights_via_disc", "--pool", "30", "--preread_images", "--j", "1"]
-        figures["multibody"] = run_until(mb, data, lambda: any((out / "mb").glob("run_it*_data.star")), out / "mb.log")
+        # a continued run writes its starting point as it000 at once; its first iteration ends with it001's optimiser
+        figures["multibody"] = run_until(mb, data, lambda: (out / "mb/run_it001_optimiser.star").exists(), out / "mb.log")
         (out / "cpu.json").write_text(json.dumps(figures))
     return figures
 
@@ -146,7 +147,7 @@ def body_poses(work, data):
     """Each body's poses (RELION's data_images_body_K blocks) as per-module particle poses, in STAR files
     beside RELION's output, and the rebuilt maps (relion_reconstruct)."""
     out = work / "relion"
-    data_star = sorted((out / "mb").glob("run_it*_data.star"))[-1]
+    data_star = out / "mb/run_it001_data.star"
     blocks = parse_star(data_star)
     consensus = read_star(data / "particles.star")
     voxel = consensus.pixel_size_angstrom()[0]
@@ -213,7 +214,7 @@ def compare(work, data, relion_cpu, lorefine_figures):
     voxel = read_star(data / "particles.star").pixel_size_angstrom()[0]
     truth_maps = ceiling(work, data)
     relion_mb = work / "relion" / "mb"
-    last = sorted(relion_mb.glob("run_it*_data.star"))[-1].name.split("_data")[0]
+    last = "run_it001"
     print(f"\n{len(read_star(data / 'particles.star'))} particles of 64² at 4 Å/px, SNR 0.25, the paper's motion; against the "
           "ground-truth module map inside the module's mask")
     print(f"CPU seconds: RELION local auto-refine (one iteration, for the optimiser file) {relion_cpu['local']:.0f}, "
