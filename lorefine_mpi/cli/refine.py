@@ -23,8 +23,7 @@ def add_arguments(parser):
 
 def run(args) -> int:
     from lorefine_mpi.parallel.context import ParallelContext, world_communicator
-    from lorefine_mpi.refine.pipeline import RefineRun
-    from lorefine_mpi.refine.subtracted import write_subtracted
+    from lorefine_mpi.parallel.driver import Driver
 
     ctx = ParallelContext(world_communicator())
     ctx.check_slurm()
@@ -46,8 +45,5 @@ def run(args) -> int:
     for handler in root_logger.handlers:
         handler.setFormatter(logging.Formatter(f"%(asctime)s [{ctx.rank}/{ctx.size}] %(message)s", "%H:%M:%S"))
     with ctx.guard():
-        code = RefineRun(cfg, ctx, command_line=shlex.join(sys.argv), resume=args.resume != "no").run()
-        if code == 0 and ctx.is_root:
-            for name in cfg.subtracted.modules:  # `subtracted:` in the config
-                write_subtracted(cfg.output, name, box_px=cfg.subtracted.box_px)
+        code = Driver(cfg, ctx, command_line=shlex.join(sys.argv), resume=args.resume != "no").run()
     return code

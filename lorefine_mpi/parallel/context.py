@@ -18,8 +18,23 @@ import numpy as np
 from lorefine_mpi.errors import InputError
 
 
+_LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "PMI_FD", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE")
+
+
+def launched_by_mpi() -> bool:
+    """Whether an MPI launcher (mpiexec, mpirun, srun with an MPI plugin) started this process; also
+    srun with several tasks and no plugin, so that `ParallelContext.check_slurm` can refuse it."""
+    env = os.environ
+    if any(name in env for name in _LAUNCHER_VARIABLES):
+        return True
+    return int(env.get("SLURM_NTASKS", "1") or 1) > 1 and env.get("SLURM_STEP_ID") is not None
+
+
 def world_communicator():
-    """COMM_WORLD when mpi4py can start MPI, else None (serial)."""
+    """COMM_WORLD when an MPI launcher started this process, else None: one process, and MPI is never
+    started (so `lorefine refine` runs where mpi4py or an MPI library is missing or cannot start)."""
+    if not launched_by_mpi():
+        return None
     from mpi4py import MPI
 
     return MPI.COMM_WORLD
@@ -54,6 +69,17 @@ class ParallelContext:
     def node_barrier(self) -> None:
         if self.node is not None:
             self.node.Barrier()
+
+    def allreduce_max(self, array) -> np.ndarray:
+        """The element-wise maximum over ranks of a small float64 array, on every rank."""
+        array = np.asarray(array, dtype=np.float64)
+        if self.comm is None or self.size == 1:
+            return array
+        from mpi4py import MPI
+
+        out = np.empty_like(array)
+        self.comm.Allreduce(array, out, op=MPI.MAX)
+        return out
 
     def reduce_sum(self, array: np.ndarray, root: int = 0) -> None:
         """Sum ``array`` over ranks into the root's copy, in place, in chunks of at most 256 MiB."""

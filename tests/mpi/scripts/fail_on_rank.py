@@ -3,19 +3,19 @@
 import os
 import sys
 
-from lorefine_mpi.refine import pipeline
+from lorefine_mpi.refine import engine
 
 FAIL_RANK = int(os.environ.get("FAIL_RANK", "1"))
-_original = pipeline.RefineRun._process_unit
+_original = engine.StageSearch.search_unit
 
 
-def _failing(self, *args, **kwargs):
-    if self.ctx.rank == FAIL_RANK:
+def _failing(self, ids):
+    if int(os.environ.get("PMI_RANK", "0")) == FAIL_RANK:
         raise RuntimeError(f"injected failure on rank {FAIL_RANK}")
-    return _original(self, *args, **kwargs)
+    return _original(self, ids)
 
 
-pipeline.RefineRun._process_unit = _failing
+engine.StageSearch.search_unit = _failing
 
 from lorefine_mpi.cli.main import main  # noqa: E402
 

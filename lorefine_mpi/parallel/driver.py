@@ -1,0 +1,258 @@
+"""The driver of `lorefine refine`: runs the stages of `refine.engine` on one process or many MPI ranks.
+
+What it owns (the engine owns none of it):
+    - the checkpoint: rank 0 opens ``results.h5`` (`io.results`), writes every finished work unit into it
+      as it arrives, and on a resume hands out only the units it does not hold;
+    - the search's leader/worker protocol (`scheduler`): rank 0 hands out work units on request and
+      searches too;
+    - the collectives: the stage's work units and final poses are broadcast from rank 0; each rank
+      back-projects its share of the fixed particle blocks and the accumulators are summed on rank 0
+      (exactly: see `engine.ExactSum`), which writes the module's outputs; the module map is broadcast;
+      so are the consensus poses' half maps (``search.max_resolution_angstrom: auto``) and each stage's
+      search band, found by rank 0;
+    - the CPU time of each stage's search, reconstruction and writing, summed over ranks (results.h5);
+    - node-shared reference volumes (`shared.SharedArena`), freed after each stage's search;
+    - stop requests (SIGTERM, SIGUSR1, SIGINT on any rank, `context`): units in flight finish and are
+      recorded, then every rank returns `EXIT_STOPPED` with the resume line printed once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lorefine_mpi import __version__
+from lorefine_mpi.config import dump_config, search_fingerprint
+from lorefine_mpi.config.check import check_inputs
+from lorefine_mpi.errors import InputError
+from lorefine_mpi.io.results import ResultsFile
+from lorefine_mpi.io.star import atomic_write_text, read_star
+from lorefine_mpi.parallel import partition, scheduler
+from lorefine_mpi.parallel.shared import SharedArena
+from lorefine_mpi.refine import engine as eng
+from lorefine_mpi.refine import layout
+from lorefine_mpi.refine.progress import ProgressLog
+
+log = logging.getLogger(__name__)
+
+EXIT_STOPPED = 3
+
+
+class Driver:
+    def __init__(self, cfg, ctx, *, command_line: str, resume: bool):
+        self.cfg, self.ctx, self.resume = cfg, ctx, resume
+        self.command_line = command_line
+        self.results = None
+        self.exact = None
+        self.consensus_halves = None
+        self.cpu_seconds = {}  # stage -> part -> CPU seconds of this rank
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _open_checkpoint(self):
+        """Rank 0: validate the inputs, open (or create) results.h5, write the resolved config."""
+        cfg = self.cfg
+        check_inputs(cfg)
+        out = Path(cfg.output)
+        out.mkdir(parents=True, exist_ok=True)
+        self.results = ResultsFile(
+            out / layout.RESULTS,
+            image_names=read_star(cfg.particles, cfg.project_dir).image_name,
+            config_yaml=dump_config(cfg),
+            fingerprint=search_fingerprint(cfg),
+            command_line=self.command_line,
+            version=__version__,
+            resume=self.resume,
+        )
+        atomic_write_text(out / layout.CONFIG, dump_config(cfg))
+
+    def run(self) -> int:
+        ctx, cfg = self.ctx, self.cfg
+        started = time.time()
+        error = None
+        if ctx.is_root:
+            try:
+                self._open_checkpoint()
+            except InputError as e:
+                error = e
+        ctx.agree_on_error(error)
+        arena = SharedArena(ctx)
+        self.engine = engine = eng.RefineEngine(cfg, allocate=arena.allocate)
+        if cfg.search.max_resolution_angstrom == "auto":
+            self._consensus_halves()
+        model = engine.consensus
+        poses = [engine.consensus_poses for _ in cfg.modules]
+        maps = []
+        for stage in eng.stages(cfg):
+            if stage.index == 0:
+                maps = []
+            # Gauss-Seidel: the modules refined already in this iteration enter the rest with their new maps.
+            module_maps = maps + [model] * (len(cfg.modules) - len(maps))
+            state = engine.begin_stage(stage, model, module_maps, poses)
+            refined = self._search_stage(state, arena)
+            if refined is None:
+                return self._stopped()
+            poses[stage.index] = refined
+            maps.append(self._reconstruct_stage(state, refined))
+            if stage.index == len(cfg.modules) - 1:
+                model = engine.combine(model, maps)
+                if ctx.is_root:
+                    engine.write_combined(stage.iteration, model)
+        if ctx.is_root:
+            self.results.close()
+            log.info("done: outputs in %s", cfg.output)
+        if cfg.postprocess.enabled:  # post-processing, local resolution, motion, report, table
+            from lorefine_mpi.report.finish import finish_run
+
+            finish_run(cfg, ctx, table=engine.table, consensus_poses=engine.consensus_poses, poses=poses, masks=engine.masks,
+                       voxel_size_angstrom=engine.voxel, subset=engine.subset, use_ctf=engine.use_ctf, started=started)
+        if ctx.is_root and cfg.subtracted.modules:  # `subtracted:` in the config
+            from lorefine_mpi.refine.subtracted import write_subtracted
+
+            for name in cfg.subtracted.modules:
+                write_subtracted(cfg.output, name, box_px=cfg.subtracted.box_px)
+        return 0
+
+    def _stopped(self) -> int:
+        if self.ctx.is_root:
+            cfg = self.cfg
+            log.warning("stopped on request with finished work saved in %s; resume with: lorefine refine %s --continue",
+                        Path(cfg.output) / layout.RESULTS, cfg.source)
+            print(f"lorefine: stopped; finished work is saved. Resume with: lorefine refine {cfg.source} --continue", flush=True)
+        return EXIT_STOPPED
+
+    # -- one stage: search --------------------------------------------------------------------
+    def _search_stage(self, state, arena):
+        ctx, stage, engine = self.ctx, state.stage, self.engine
+        unit_of_particle, done = None, None
+        if ctx.is_root:
+            # The checkpoint fixes the work units of a stage it holds (whatever the parallel settings now).
+            group = self.results.stage(stage.name, iteration=stage.iteration, module=stage.module_name,
+                                       unit_of_particle=engine.work_units(state.prelim))
+            unit_of_particle, done = group["unit_of_particle"][...], self.results.done_units(stage.name)
+        unit_of_particle, done = ctx.bcast((unit_of_particle, done))
+        members = partition.members_of(unit_of_particle)
+        pending = [u for u in range(len(members)) if not done[u]]
+        if ctx.is_root:
+            log.info("%s: %d particles in %d units (%d to do), module centre (%.2f, %.2f, %.2f) px",
+                     stage.name, len(unit_of_particle), len(members), len(pending), *state.centre_px)
+        if pending:
+            band_px = None
+            if ctx.is_root:
+                band_px, how = engine.search_band(state, engine.reference_halves(state, self.consensus_halves))
+                self.results.set_attribute(stage.name, "search_band_px", band_px)
+                log.info("%s: search band %.1f px = %.2f Å (Nyquist %.2f Å), %s", stage.name, band_px, engine.box * engine.voxel / band_px,
+                         2 * engine.voxel, how)
+            search = engine.stage_search(state, ctx.bcast(band_px))
+            tracker = ProgressLog(f"{stage.name}: search", sum(len(members[u]) for u in pending))
+            cpu_started = time.process_time()
+
+            def record(unit, result):  # rank 0
+                self.results.write_unit(stage.name, unit, members[unit], result)
+                tracker.add(len(members[unit]))
+
+            finished = scheduler.run_units(ctx, pending, lambda unit: search.search_unit(members[unit]), record if ctx.is_root else None)
+            self._add_cpu(stage.name, "search", time.process_time() - cpu_started)
+            arena.free_all()
+            if not finished:
+                return None
+        final = None
+        if ctx.is_root:
+            stored = self.results.read_stage(stage.name)
+            final, rotation_deg, shift_px = engine.final_poses(state, stored["search_matrix"], stored["search_origin_px"])
+            self.results.write_poses(stage.name, final.matrices, final.origin_px, rotation_deg, shift_px)
+            self.results.mark(stage.name, "complete")
+        return ctx.bcast(final)
+
+    # -- one stage: reconstruction -------------------------------------------------------------
+    def _exact_sum(self) -> eng.ExactSum:
+        """The rounding grid of the accumulators, from bounds over every particle (once per run)."""
+        if self.exact is None:
+            mine = np.concatenate(self._my_blocks() or [np.zeros(0, np.int64)])
+            image_bound, ctf_bound = self.engine.image_bounds(mine)
+            image_bound, ctf_bound = self.ctx.allreduce_max(np.array([image_bound, ctf_bound]))
+            self.exact = self.engine.exact_sum(image_bound, ctf_bound)
+        return self.exact
+
+    def _my_blocks(self) -> list:
+        """This rank's consecutive share of the fixed particle blocks."""
+        blocks = eng.reconstruction_blocks(self.engine.n)
+        share = np.array_split(np.arange(len(blocks)), self.ctx.size)[self.ctx.rank]
+        return [blocks[b] for b in share]
+
+    def _summed_halves(self, poses: eng.Poses, what: str):
+        """The half-map accumulators of every particle at ``poses``, summed exactly over the ranks' blocks
+        (collective); complete on rank 0 only."""
+        ctx, engine = self.ctx, self.engine
+        exact = self._exact_sum()
+        halves = None
+        mine = self._my_blocks()
+        tracker = ProgressLog(f"{what}: back-projection (rank 0's blocks)", sum(len(ids) for ids in mine)) if ctx.is_root else None
+        for ids in mine:
+            block = engine.backproject(poses, ids, exact)
+            if tracker:
+                tracker.add(len(ids))
+            if halves is None:
+                halves = block
+            else:
+                for total, part in zip(halves, block):
+                    total.add(part)
+        if halves is None:  # more ranks than blocks: this rank adds zeros
+            halves = eng.backproject_halves(engine.table, np.zeros(0, np.int64), engine.box, use_ctf=engine.use_ctf,
+                                            padding=self.cfg.reconstruction.padding, subset=engine.subset)
+        for bp in halves:
+            ctx.reduce_sum(bp.data)
+            ctx.reduce_sum(bp.weight)
+        return halves
+
+    def _consensus_halves(self) -> None:
+        """Half maps of the consensus poses (``OUT/consensus/``), for the first iteration's search bands;
+        read back when a resumed run made them already. Rank 0 keeps them."""
+        ctx, engine = self.ctx, self.engine
+        done = ctx.bcast(ctx.is_root and self.results.root_flag("consensus_halves") and engine.read_consensus_halves() is not None)
+        if done:
+            if ctx.is_root:
+                self.consensus_halves = engine.read_consensus_halves()
+            return
+        halves = self._summed_halves(engine.consensus_poses, "consensus half maps")
+        if ctx.is_root:
+            self.consensus_halves = engine.write_consensus_halves(halves)
+            self.results.set_root_flag("consensus_halves")
+
+    def _reconstruct_stage(self, state, refined):
+        ctx, engine, stage = self.ctx, self.engine, state.stage
+        cpu_started = time.process_time()
+        halves = self._summed_halves(engine.reconstruction_poses(state, refined), stage.name)
+        full = None
+        if ctx.is_root:
+            maps = engine.rebuild(state, halves)
+            writing_started = time.process_time()
+            self._add_cpu(stage.name, "reconstruction", writing_started - cpu_started)
+            scores = self.results.read_stage(stage.name)["score"]
+            engine.write_module(state, maps, refined, scores)
+            self.results.mark(stage.name, "reconstructed")
+            self._add_cpu(stage.name, "writing", time.process_time() - writing_started)
+            full = maps["full"]
+        else:
+            self._add_cpu(stage.name, "reconstruction", time.process_time() - cpu_started)
+        self._record_cpu(stage.name)
+        return ctx.bcast(full)
+
+    def _add_cpu(self, stage, part, seconds):
+        self.cpu_seconds.setdefault(stage, {}).setdefault(part, 0.0)
+        self.cpu_seconds[stage][part] += seconds
+
+    def _record_cpu(self, stage):
+        """The stage's CPU seconds per part (search, reconstruction, writing), summed over ranks: logged by rank 0
+        and kept in ``results.h5`` (attribute ``cpu_seconds`` of the stage, JSON)."""
+        parts = ("search", "reconstruction", "writing")
+        mine = self.cpu_seconds.get(stage, {})
+        total = np.array([mine.get(part, 0.0) for part in parts])
+        self.ctx.reduce_sum(total)
+        if self.ctx.is_root:
+            record = dict(zip(parts, total.tolist()))
+            self.results.set_attribute(stage, "cpu_seconds", json.dumps(record))
+            log.info("%s: CPU time (all ranks) search %.1f s, reconstruction %.1f s, writing %.1f s", stage, *total)
