@@ -28,22 +28,20 @@ def run(args) -> int:
     ctx = ParallelContext(world_communicator())
     ctx.check_slurm()
     ctx.install_signal_handlers()
-    cfg, error = None, None
-    try:
-        cfg = load_config(args.config)
-    except InputError as e:
-        error = e
-    if cfg is not None and args.resume == "yes" and not (Path(cfg.output) / "results.h5").exists():
-        error = InputError(f"--continue: no checkpoint {Path(cfg.output) / 'results.h5'} to resume "
-                           "(start without --continue, or use --continue auto)")
-    ctx.agree_on_error(error)  # every rank reads the config; the message is printed once
     root_logger = logging.getLogger()
-    if ctx.is_root:  # opened at the first record, which comes after the inputs were checked
-        root_logger.addHandler(logging.FileHandler(Path(cfg.output) / "lorefine.log", delay=True))
-    else:
+    if not ctx.is_root:
         root_logger.setLevel(logging.WARNING)
     for handler in root_logger.handlers:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s [{ctx.rank}/{ctx.size}] %(message)s", "%H:%M:%S"))
-    with ctx.guard():
-        code = Driver(cfg, ctx, command_line=shlex.join(sys.argv), resume=args.resume != "no").run()
-    return code
+        handler.setFormatter(ctx.log_formatter())
+    stopped = f"lorefine: stopped at once; finished work is saved. Resume with: lorefine refine {args.config} --continue"
+    with ctx.guard(stopped):
+        cfg, error = None, None
+        try:
+            cfg = load_config(args.config)
+        except InputError as e:
+            error = e
+        if cfg is not None and args.resume == "yes" and not (Path(cfg.output) / "results.h5").exists():
+            error = InputError(f"--continue: no checkpoint {Path(cfg.output) / 'results.h5'} to resume "
+                               "(start without --continue, or use --continue auto)")
+        ctx.agree_on_error(error)  # every rank reads the config; the message is printed once
+        return Driver(cfg, ctx, command_line=shlex.join(sys.argv), resume=args.resume != "no").run()

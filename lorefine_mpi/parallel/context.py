@@ -1,8 +1,12 @@
 """One object owns the communicator (mpi4py only in `parallel/`); with none, the same code runs serially.
 
-Failure policy: an exception on any rank is printed once (by that rank) and ends every rank through
-``MPI_Abort`` within seconds, with a non-zero exit; a user's mistake found by rank 0 before heavy work
-is broadcast, so every rank exits 2 with the same one-line message printed once.
+Failure policy (`guard`): a user's mistake found by rank 0 before heavy work is broadcast, so every rank
+exits 2 with the same one-line message printed once (`agree_on_error`). Any other failure on one rank of
+many is printed once, by that rank, and ends every rank through ``MPI_Abort`` within seconds (`end_job`;
+MPI's own abort message is not printed): an `InputError` or a failing file system (a full disk) with its
+one line and status 2, a bug with its traceback and status 1. A rank that stops answering is found by the
+`watchdog`. SIGTERM, SIGUSR1 and SIGINT (Ctrl-C; mpiexec forwards it to every rank) ask for a stop
+(``stop_requested``); a second Ctrl-C in one process stops at once (KeyboardInterrupt, status 3).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import traceback
 
 import numpy as np
 
-from lorefine_mpi.errors import InputError
+from lorefine_mpi.errors import EXIT_BUG, EXIT_INPUT_ERROR, EXIT_STOPPED, InputError, describe_os_error
 
 
 _LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "PMI_FD", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE")
@@ -98,6 +102,12 @@ class ParallelContext:
             else:
                 self.comm.Reduce(part, None, op=MPI.SUM, root=root)
 
+    def log_formatter(self):
+        """Log lines carry the time and ``rank/size``."""
+        import logging
+
+        return logging.Formatter(f"%(asctime)s [{self.rank}/{self.size}] %(message)s", "%H:%M:%S")
+
     # -- failure and signals ------------------------------------------------------------------
     def check_slurm(self) -> None:
         """Refuse the trap of srun starting N one-rank jobs (wrong --mpi plugin for the MPI build)."""
@@ -109,39 +119,60 @@ class ParallelContext:
             )
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM / SIGUSR1 (Slurm's warnings before a time limit or preemption) set ``stop_requested``."""
+        """SIGTERM / SIGUSR1 (Slurm's warnings before a time limit or preemption) and SIGINT (Ctrl-C) set
+        ``stop_requested``; a second SIGINT raises KeyboardInterrupt."""
 
         def handler(signum, frame):
+            if signum == signal.SIGINT and self.stop_requested:
+                raise KeyboardInterrupt
             self.stop_requested = True
 
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             signal.signal(sig, handler)
 
-    def abort(self, code: int) -> None:
+    def end_job(self, code: int, line: str | None = None) -> None:
+        """Print ``line`` (one line, this rank) and end every rank with exit status ``code``. Under MPI the
+        abort's own message is not printed (this rank's stdout and stderr are closed first)."""
+        if line:
+            sys.stderr.write(line.rstrip("\n") + "\n")
+        sys.stderr.flush()
+        sys.stdout.flush()
         if self.comm is not None and self.size > 1:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
             self.comm.Abort(code)
-        sys.exit(code)
+        raise SystemExit(code)
 
     @contextlib.contextmanager
-    def guard(self):
-        """Around a whole run: any exception on this rank ends every rank (message printed once)."""
+    def guard(self, stopped_line: str):
+        """Around a whole run: any failure on this rank ends every rank (module docstring).
+        stopped_line: what to print when Ctrl-C stops the run at once."""
         try:
             yield
-        except InputError:
-            raise
+        except InputError as error:
+            if error.collective or self.size == 1:
+                raise
+            self.end_job(EXIT_INPUT_ERROR, f"lorefine: error: {error}")
+        except OSError as error:  # the file system failed (a full disk, a lost mount)
+            line = f"lorefine: error: {describe_os_error(error)}"
+            if self.size == 1:
+                raise InputError(line.removeprefix("lorefine: error: ")) from None
+            self.end_job(EXIT_INPUT_ERROR, line)
+        except KeyboardInterrupt:
+            self.end_job(EXIT_STOPPED, stopped_line)
         except SystemExit:
             raise
-        except BaseException as error:  # a bug or a system failure: report and end the job
+        except BaseException as error:  # a bug: report it with its traceback and end the job
             sys.stderr.write(f"lorefine: rank {self.rank}/{self.size} failed: {error.__class__.__name__}: {error}\n")
             traceback.print_exc(file=sys.stderr)
-            sys.stderr.flush()
-            self.abort(1)
+            self.end_job(EXIT_BUG)
 
     def agree_on_error(self, error: InputError | None) -> None:
         """Root's verdict on the inputs, broadcast: every rank raises the same InputError (or none), and
         only root's is printed. A rank whose own check failed where root's passed raises its own, loudly."""
         message = self.bcast(str(error) if error is not None else None)
         if message is not None:
-            raise InputError(message, quiet=not self.is_root)
+            raise InputError(message, quiet=not self.is_root, collective=True)
         if error is not None:
             raise error
