@@ -27,14 +27,13 @@ def run(args) -> int:
 
     ctx = ParallelContext(world_communicator())
     ctx.check_slurm()
-    ctx.install_signal_handlers()
     root_logger = logging.getLogger()
     if not ctx.is_root:
         root_logger.setLevel(logging.WARNING)
     for handler in root_logger.handlers:
         handler.setFormatter(ctx.log_formatter())
     stopped = f"lorefine: stopped at once; finished work is saved. Resume with: lorefine refine {args.config} --continue"
-    with ctx.guard(stopped):
+    with ctx.signal_handlers(), ctx.guard(stopped):
         cfg, error = None, None
         try:
             cfg = load_config(args.config)

@@ -23,6 +23,7 @@ from lorefine_mpi.config.schema import dump_config, search_fingerprint
 from lorefine_mpi.errors import InputError
 from lorefine_mpi.geometry import candidates
 from lorefine_mpi.io import mrc, results, runlock
+from lorefine_mpi.io.files import same_file
 from lorefine_mpi.io.star import read_star
 from lorefine_mpi.reconstruction.reconstruct import half_subsets
 from lorefine_mpi.refine import layout
@@ -263,13 +264,6 @@ def _check_overlaps(masks) -> None:
                 )
 
 
-def _same_file(a, b) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def check_output(cfg, resume: bool, input_files, lock_in_use: bool = True) -> None:
     """The output folder may take this run (module docstring). lock_in_use: refuse a folder whose lock a
     live run seems to hold (`lorefine check`; `lorefine refine` takes the lock instead)."""
@@ -282,7 +276,7 @@ def check_output(cfg, resume: bool, input_files, lock_in_use: bool = True) -> No
     own_config = out / layout.CONFIG
     for path in planned:
         for given in input_files:
-            if path.exists() and _same_file(path, given):
+            if path.exists() and same_file(path, given):
                 if path == own_config and path.read_text() == dump_config(cfg):
                     continue  # the resolved config this run wrote, given back to it: it stays as it is
                 raise InputError(f"output: {path} is an input of this run ({given}); lorefine would overwrite it: use another output folder")

@@ -37,3 +37,24 @@ def replacing(path, suffix: str = ""):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def same_file(a, b) -> bool:
+    """Whether two paths name one existing file (symlinks, hard links and ./ included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_new_output(option: str, path, inputs) -> Path:
+    """An output named on the command line: its folder exists, and it is none of the command's inputs."""
+    from lorefine_mpi.errors import InputError
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"{option}: folder {path.parent} does not exist")
+    for given in inputs:
+        if same_file(path, given):
+            raise InputError(f"{option}: {path} is an input of this command ({given}); it would be overwritten: choose another name")
+    return path

@@ -118,17 +118,24 @@ class ParallelContext:
                 "use 'srun --mpi=pmi2' (MPICH) or the plugin your MPI was built for"
             )
 
-    def install_signal_handlers(self) -> None:
-        """SIGTERM / SIGUSR1 (Slurm's warnings before a time limit or preemption) and SIGINT (Ctrl-C) set
-        ``stop_requested``; a second SIGINT raises KeyboardInterrupt."""
+    @contextlib.contextmanager
+    def signal_handlers(self):
+        """While inside: SIGTERM / SIGUSR1 (Slurm's warnings before a time limit or preemption) and SIGINT
+        (Ctrl-C) set ``stop_requested``; a second SIGINT raises KeyboardInterrupt. The previous handlers
+        are restored after."""
 
         def handler(signum, frame):
             if signum == signal.SIGINT and self.stop_requested:
                 raise KeyboardInterrupt
             self.stop_requested = True
 
-        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-            signal.signal(sig, handler)
+        signals = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+        previous = {sig: signal.signal(sig, handler) for sig in signals}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
     def end_job(self, code: int, line: str | None = None) -> None:
         """Print ``line`` (one line, this rank) and end every rank with exit status ``code``. Under MPI the
