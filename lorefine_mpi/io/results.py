@@ -18,7 +18,7 @@ Schema (h5py; written by rank 0 only)
         search_matrix    (n, 3, 3) float64, the pose the search found (RELION A), consensus frame
         search_origin_px (n, 2) float64, its origin (RELION convention, px), consensus frame
         score            (n,) float32, the best CCC (Eq. 1)
-        rest_scale       (n,) float32, k of the subtract mode (0 when not used)
+        rest_scale       (n,) float32, k of the subtract mode (0 when not used, NaN where it could not be fitted)
         status           (n,) int8, 0 pending, 1 done
         matrix, origin_px  the module's final pose (the one in its particles.star and its map): the
                          search's pose with the stage's mean motion taken out; written when the stage

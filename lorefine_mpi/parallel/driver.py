@@ -231,6 +231,10 @@ class Driver:
         final = None
         if ctx.is_root:
             stored = self.results.read_stage(stage.name)
+            undetermined = int(np.isnan(stored["rest_scale"]).sum())
+            if undetermined:
+                log.warning("%s: the rest's scale k could not be fitted for %d particle(s) (their module and rest projections are "
+                            "alike): their rest was not subtracted (rest_scale NaN in results.h5)", stage.name, undetermined)
             final, rotation_deg, shift_px = engine.final_poses(state, stored["search_matrix"], stored["search_origin_px"])
             self._writing()
             self.results.write_poses(stage.name, final.matrices, final.origin_px, rotation_deg, shift_px)
