@@ -37,12 +37,14 @@ NAME = ".lorefine.lock"
 
 
 def _process_start(pid: int) -> str | None:
-    """The start time of a process of this host (clock ticks since boot, /proc), or None if it does not run."""
+    """The start time of a process of this host (clock ticks since boot, /proc), or None if it does not run
+    (a zombie, dead but not yet reaped by its parent, does not run)."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return text.rsplit(")", 1)[1].split()[19]
+    fields = text.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def _read(path: Path) -> dict | None:

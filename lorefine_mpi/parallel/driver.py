@@ -51,8 +51,9 @@ log = logging.getLogger(__name__)
 STALL_TIMEOUT_VARIABLE = "LOREFINE_STALL_TIMEOUT_S"
 
 
-def stall_timeout_s(cfg) -> float:
-    """``LOREFINE_STALL_TIMEOUT_S`` when set (a site's or a test's choice), else ``parallel.stall_timeout_s``."""
+def stall_timeout_s(cfg, quiet: bool = False) -> float:
+    """``LOREFINE_STALL_TIMEOUT_S`` when set (a site's or a test's choice), else ``parallel.stall_timeout_s``.
+    Every rank reads the same environment, so a bad value is an error of every rank (printed unless quiet)."""
     text = os.environ.get(STALL_TIMEOUT_VARIABLE)
     if text is None:
         return cfg.parallel.stall_timeout_s
@@ -61,7 +62,7 @@ def stall_timeout_s(cfg) -> float:
     except ValueError:
         value = float("nan")
     if not 1 <= value <= 86400:
-        raise InputError(f"{STALL_TIMEOUT_VARIABLE}: expected seconds in [1, 86400], got {text!r}", collective=True)
+        raise InputError(f"{STALL_TIMEOUT_VARIABLE}: expected seconds in [1, 86400], got {text!r}", quiet=quiet, collective=True)
     return value
 
 
@@ -73,7 +74,7 @@ class Driver:
     def __init__(self, cfg, ctx, *, command_line: str, resume: bool):
         self.cfg, self.ctx, self.resume = cfg, ctx, resume
         self.command_line = command_line
-        self.timeout_s = stall_timeout_s(cfg)
+        self.timeout_s = stall_timeout_s(cfg, quiet=not ctx.is_root)
         self.results = None
         self.lock = None
         self.exact = None

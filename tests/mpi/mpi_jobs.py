@@ -148,7 +148,7 @@ def interrupt_and_resume(reference: Path, folder: Path, victim: int, seed: int, 
             except ProcessLookupError:
                 pass
     ended = time.time() - sent
-    resumed = run(resume_ranks or ranks, "refine", str(config), "--continue", extra_env=extra)
+    resumed = run(ranks if resume_ranks is None else resume_ranks, "refine", str(config), "--continue", extra_env=extra)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same(reference, folder)
     return {"landed": landed, "ended_s": ended, "status": job.returncode}
