@@ -236,7 +236,7 @@ def _checked_mask(cfg, module, volume, voxel) -> np.ndarray:
     volume_angstrom3 = total * voxel**3
     if volume_angstrom3 < MIN_MODULE_VOLUME_ANGSTROM3:
         raise InputError(
-            f"{module.mask}: the mask covers {volume_angstrom3:.4g} Å³ ({total:.4g} voxels); a module must be large enough to "
+            f"{module.mask}: the mask covers {volume_angstrom3:.4g} Å³ ({total:.4g} voxel{'' if total == 1 else 's'}); a module must be large enough to "
             f"align on its own: expected at least {MIN_MODULE_VOLUME_ANGSTROM3:,.0f} Å³ (about 8 kDa of protein)"
         )
     if total > MAX_MASK_FILL * mask.size:

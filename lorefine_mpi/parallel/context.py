@@ -39,8 +39,11 @@ def world_communicator():
     started (so `lorefine refine` runs where mpi4py or an MPI library is missing or cannot start)."""
     if not launched_by_mpi():
         return None
-    from mpi4py import MPI
-
+    try:
+        from mpi4py import MPI
+    except (ImportError, RuntimeError) as error:  # every rank says so: there is no communicator to agree on one
+        raise InputError(f"an MPI launcher started lorefine, but mpi4py cannot load MPI ({error}); install mpi4py for "
+                         "this MPI, or run lorefine without mpiexec/srun") from None
     return MPI.COMM_WORLD
 
 

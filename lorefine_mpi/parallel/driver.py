@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -189,7 +190,7 @@ class Driver:
         if self.ctx.is_root:
             cfg = self.cfg
             log.warning("stopped on request with finished work saved in %s; resume with: %s", Path(cfg.output) / layout.RESULTS, resume_line(cfg))
-            print(f"lorefine: stopped; finished work is saved. Resume with: {resume_line(cfg)}", flush=True)
+            sys.stderr.write(f"lorefine: stopped; finished work is saved. Resume with: {resume_line(cfg)}\n")
         return EXIT_STOPPED
 
     # -- one stage: search --------------------------------------------------------------------

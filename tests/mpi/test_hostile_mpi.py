@@ -136,7 +136,8 @@ def test_ctrl_c_under_mpiexec_stops_with_status_3_and_resumes_on_another_rank_co
     job.send_signal(signal.SIGINT)  # a terminal's Ctrl-C reaches mpiexec, which forwards it to every rank
     out, err = job.communicate(timeout=120)
     assert job.returncode == 3, err[-2000:]
-    assert messages(err) == [] and f"Resume with: lorefine refine {config} --continue" in out
+    assert messages(err) == [f"lorefine: stopped; finished work is saved. Resume with: lorefine refine {config} --continue"], err[-2000:]
+    assert "Ctrl-C" in out  # mpiexec's own lines go to stdout
     resumed = run(3, "refine", config, "--continue")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_same(reference, folder)

@@ -63,7 +63,7 @@ def test_sigterm_stops_cleanly_and_resume_completes(tmp_path, reference):
         os.kill(pid, signal.SIGTERM)  # what Slurm does to every task before a time limit
     out, err = job.communicate(timeout=60)
     assert job.returncode == 3, err[-2000:]
-    assert "--continue" in out
+    assert "lorefine: stopped; finished work is saved. Resume with: lorefine refine" in err
     resumed = run(2, "refine", str(config), "--continue")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_same(reference, folder)
