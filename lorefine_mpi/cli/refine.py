@@ -32,8 +32,9 @@ def run(args) -> int:
         root_logger.setLevel(logging.WARNING)
     for handler in root_logger.handlers:
         handler.setFormatter(ctx.log_formatter())
-    stopped = f"lorefine: stopped at once; finished work is saved. Resume with: lorefine refine {args.config} --continue"
-    with ctx.signal_handlers(), ctx.guard(stopped):
+    resume = f"lorefine refine {args.config} --continue"
+    stopped = f"lorefine: stopped at once; finished work is saved. Resume with: {resume}"
+    with ctx.signal_handlers(), ctx.guard(stopped, f"; finished work is saved, once this is fixed resume with: {resume}"):
         cfg, error = None, None
         try:
             cfg = load_config(args.config)

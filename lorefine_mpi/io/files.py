@@ -33,9 +33,11 @@ def replacing(path, suffix: str = ""):
         os.close(fd)
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(error, OSError) and not error.filename:  # say which file could not be written (a full disk)
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from None
         raise
 
 

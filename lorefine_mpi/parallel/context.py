@@ -155,9 +155,9 @@ class ParallelContext:
         raise SystemExit(code)
 
     @contextlib.contextmanager
-    def guard(self, stopped_line: str):
+    def guard(self, stopped_line: str, resume_hint: str = ""):
         """Around a whole run: any failure on this rank ends every rank (module docstring).
-        stopped_line: what to print when Ctrl-C stops the run at once."""
+        stopped_line: what to print when Ctrl-C stops the run at once; resume_hint: added to a file system's failure."""
         try:
             yield
         except InputError as error:
@@ -165,7 +165,7 @@ class ParallelContext:
                 raise
             self.end_job(EXIT_INPUT_ERROR, f"lorefine: error: {error}")
         except OSError as error:  # the file system failed (a full disk, a lost mount)
-            line = f"lorefine: error: {describe_os_error(error)}"
+            line = f"lorefine: error: {describe_os_error(error)}{resume_hint}"
             if self.size == 1:
                 raise InputError(line.removeprefix("lorefine: error: ")) from None
             self.end_job(EXIT_INPUT_ERROR, line)

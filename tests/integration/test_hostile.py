@@ -257,6 +257,24 @@ def test_a_full_disk_is_one_line_and_the_run_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
 
+def test_a_really_full_disk_is_one_line(tmp_path):
+    """The output folder on a 300 kB tmpfs (a mount namespace of its own; skipped where one cannot be made)."""
+    import shutil
+
+    unshare = shutil.which("unshare")
+    probe = subprocess.run([unshare or "unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True) if unshare else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("no mount namespace here (unshare --user --mount)")
+    config = make_run(tmp_path, n_particles=16)
+    (tmp_path / "disk").mkdir()
+    edit_config(config, lambda c: c.update(output="disk/out"))
+    script = f"mount -t tmpfs -o size=300k tmpfs {tmp_path / 'disk'} && exec {' '.join(LOREFINE)} refine {config}"
+    done = subprocess.run([unshare, "--user", "--map-root-user", "--mount", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    lines = messages(done.stderr)
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-3000:]
+    assert "No space left on device" in lines[0] and "Traceback" not in done.stderr
+
+
 def test_ctrl_c_stops_with_status_3_and_the_run_resumes(tmp_path):
     config = make_run(tmp_path, n_particles=60)
     job = subprocess.Popen(LOREFINE + ["refine", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
