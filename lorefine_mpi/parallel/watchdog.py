@@ -75,7 +75,7 @@ class Watchdog:
         now = time.monotonic()
         last_seen = {p: now for p in self.peers}
         last_loop, next_beat, next_refresh = now, now, now + self.interval_s
-        sends = []
+        sends = {}  # peer -> its last heartbeat's request
         while not self._stop.wait(poll):
             now = time.monotonic()
             if now - last_loop > min(self.timeout_s / 2.0, 5 * self.interval_s):
@@ -83,9 +83,9 @@ class Watchdog:
             last_loop = now
             if self.comm is not None:
                 if now >= next_beat:
-                    sends = [r for r in sends if not r.Test()]
-                    if not sends:  # a peer that does not take them must not make us queue more
-                        sends = [self.comm.isend(None, dest=p, tag=_TAG) for p in self.peers]
+                    for peer in self.peers:  # a peer that does not take its heartbeats gets no more queued
+                        if peer not in sends or sends[peer].Test():
+                            sends[peer] = self.comm.isend(None, dest=peer, tag=_TAG)
                     next_beat = now + self.interval_s
                 for peer in self._received():
                     last_seen[peer] = time.monotonic()
@@ -105,8 +105,8 @@ class Watchdog:
                     self.ctx.end_job(EXIT_INPUT_ERROR, f"lorefine: error: {error}")
                 except OSError as error:  # a passing file-system hiccup: try again next time
                     log.warning("could not refresh %s: %s", lock.path, error)
-        for request in sends:  # let the last heartbeats complete (they are small: sent at once)
-            deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + 1.0  # let the last heartbeats complete (they are small: sent at once)
+        for request in sends.values():
             while not request.Test() and time.monotonic() < deadline:
                 time.sleep(0.01)
 
