@@ -15,6 +15,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -148,6 +149,7 @@ class ParallelContext:
         sys.stderr.flush()
         sys.stdout.flush()
         if self.comm is not None and self.size > 1:
+            time.sleep(0.5 if line else 0.0)  # let the launcher forward the line before the abort ends its forwarding
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)

@@ -242,6 +242,7 @@ def test_a_full_disk_is_one_line_and_the_run_resumes(tmp_path):
     import resource
 
     config = make_run(tmp_path, n_particles=16)
+    edit_config(config, lambda c: c["search"].update(max_resolution_angstrom=10))  # no consensus half maps: the search runs first
 
     def small_disk():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

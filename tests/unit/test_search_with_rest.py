@@ -64,9 +64,10 @@ def search(p, mode, images_ft, rest_ft):
 
 
 def accurate(angle, shift):
-    """Median ≤ 0.6°, every particle ≤ 1.5° and ≤ 0.25 px (achieved: median 0.43° / 0.49°, at most 1.30° /
-    1.43° and 0.17 / 0.19 px for subtract / composite; with the rest left out: median 2.1° / 2.9°, up to 8°)."""
-    return np.median(angle) <= 0.6 and angle.max() <= 1.5 and shift.max() <= 0.25
+    """Median ≤ 0.7°, every particle ≤ 1.5° and ≤ 0.25 px (the search of 3c91c59 achieved median 0.46° / 0.57°,
+    at most 1.17° / 0.99° and 0.19 / 0.14 px for subtract / composite; with the rest left out: median 2.4° / 2.9°,
+    up to 7.9°)."""
+    return np.median(angle) <= 0.7 and angle.max() <= 1.5 and shift.max() <= 0.25
 
 
 def test_subtract_fits_the_rests_scale_k_of_each_particle_and_finds_the_module(complex_particles):
@@ -81,7 +82,7 @@ def test_subtract_fits_the_rests_scale_k_of_each_particle_and_finds_the_module(c
     print(f"subtract: angle median {np.median(angle):.3f} max {angle.max():.3f} deg, shift max {shift.max():.3f} px; "
           f"k error median {np.median(k_error):.4f} max {k_error.max():.4f}")
     assert accurate(angle, shift), (angle, shift)
-    assert np.median(k_error) <= 0.02 and k_error.max() <= 0.06, (found.rest_scale, k_true)  # achieved 0.0099 and 0.040
+    assert np.median(k_error) <= 0.02 and k_error.max() <= 0.06, (found.rest_scale, k_true)  # achieved 0.0091 and 0.040
     _, angle, shift = search(p, "subtract", images, None)
     assert not accurate(angle, shift)
 
