@@ -272,14 +272,15 @@ def check_output(cfg, resume: bool, input_files, lock_in_use: bool = True) -> No
         raise InputError(f"output: {out} is a file; expected a folder")
     if not _writable(out):
         raise InputError(f"output: {out} cannot be created (no writable folder above it)")
-    planned = layout.output_files(cfg)
+    existing = layout.existing_outputs(cfg)
     own_config = out / layout.CONFIG
-    for path in planned:
+    for path in existing:
         for given in input_files:
-            if path.exists() and same_file(path, given):
+            if same_file(path, given):
                 if path == own_config and path.read_text() == dump_config(cfg):
                     continue  # the resolved config this run wrote, given back to it: it stays as it is
-                raise InputError(f"output: {path} is an input of this run ({given}); lorefine would overwrite it: use another output folder")
+                raise InputError(f"output: {path} is an input of this run ({given}) where lorefine writes its outputs; "
+                                 "use another output folder")
     checkpoint = out / layout.RESULTS
     if checkpoint.exists():
         if not resume:
@@ -291,7 +292,7 @@ def check_output(cfg, resume: bool, input_files, lock_in_use: bool = True) -> No
                              "use --continue to resume it, or a new output folder")
         results.check_resumable(checkpoint, search_fingerprint(cfg))
     else:
-        clashes = [p for p in planned if p.exists() and not (p == own_config and p.read_text() == dump_config(cfg))]
+        clashes = [p for p in existing if not (p == own_config and p.read_text() == dump_config(cfg))]
         if clashes:
             more = f" and {len(clashes) - 1} more" if len(clashes) > 1 else ""
             raise InputError(

@@ -248,17 +248,16 @@ class ResultsFile:
 
 def write_motion(path, analysis) -> None:
     """Add (or replace) the /motion group of a closed ``results.h5`` from a `validation.motion.MotionAnalysis`:
-    written into a copy beside it, which then replaces the file (the checkpoint is never half-written)."""
-    import os
+    written into a copy beside it, which then replaces the file (the checkpoint is never half-written; the
+    copy has the permissions of the user's umask, `io.files.replacing`)."""
     import shutil
-    import tempfile
+
+    from lorefine_mpi.io.files import replacing
 
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with replacing(path, suffix=".tmp") as tmp:
         shutil.copyfile(path, tmp)
-        with h5py.File(tmp, "r+") as f:
+        with h5py.File(tmp, "r+", locking=False) as f:
             if "motion" in f:
                 del f["motion"]
             g = f.create_group("motion")
@@ -273,8 +272,3 @@ def write_motion(path, analysis) -> None:
                                  ("pca_variance_explained", analysis.variance_explained),
                                  ("pca_components", analysis.components), ("pca_scores", analysis.scores)):
                 g.create_dataset(name, data=np.asarray(values, dtype=np.float64))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

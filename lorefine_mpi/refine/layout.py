@@ -1,10 +1,13 @@
-"""The files a `lorefine refine` run writes in its output folder (one list, so the folder checks know
-every name the run would write).
+"""What a `lorefine refine` run writes in its output folder, so the folder checks know every place the run
+would write (`config.check.check_output`).
 
-    results.h5, config.yaml, lorefine.log, .lorefine.lock
-    consensus/half1.mrc, consensus/half2.mrc   the consensus poses' half maps (search.max_resolution_angstrom: auto)
-    MODULE/{map,half1,half2,mask}.mrc, MODULE/particles.star, MODULE/fsc.json, MODULE/fsc.png, combined.mrc
-    iteration_NN/...   the same for every iteration but the last
+    results.h5, config.yaml, lorefine.log, .lorefine.lock (while a run holds the folder)
+    combined.mrc, summary.json, timings.json, report.html
+    MODULE/                 the module's maps, STAR file, FSC, post-processing, local resolution, subtracted particles
+    consensus/              the consensus poses' half maps
+    motion/                 the modules' motion (post-processing)
+    iteration_NN/           every iteration but the last: MODULE/ and combined.mrc
+The run owns these folders whole: a file in one of them is one the run may write.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ CONFIG = "config.yaml"
 LOG = "lorefine.log"
 LOCK = ".lorefine.lock"
 CONSENSUS_FOLDER = "consensus"
-MODULE_FILES = ("map.mrc", "half1.mrc", "half2.mrc", "mask.mrc", "particles.star", "fsc.json", "fsc.png")
+TOP_FILES = (RESULTS, CONFIG, LOG, "combined.mrc", "summary.json", "timings.json", "report.html")
 
 
 def module_folder(cfg, iteration: int, module_name: str) -> str:
@@ -28,15 +31,20 @@ def combined_path(cfg, iteration: int) -> str:
     return "combined.mrc" if iteration == cfg.iterations else f"iteration_{iteration:02d}/combined.mrc"
 
 
-def output_files(cfg) -> list[Path]:
-    """Every file the run writes (absolute), the lock file excepted."""
+def owned_folders(cfg) -> list[Path]:
+    """The folders (absolute) the run writes into and owns whole."""
     out = Path(cfg.output)
-    files = [out / RESULTS, out / CONFIG, out / LOG]
-    if cfg.search.max_resolution_angstrom == "auto":
-        files += [out / CONSENSUS_FOLDER / f"half{h}.mrc" for h in (1, 2)]
-    for iteration in range(1, cfg.iterations + 1):
-        for module in cfg.modules:
-            folder = out / module_folder(cfg, iteration, module.name)
-            files += [folder / name for name in MODULE_FILES]
-        files.append(out / combined_path(cfg, iteration))
-    return files
+    return ([out / m.name for m in cfg.modules] + [out / CONSENSUS_FOLDER, out / "motion"]
+            + [out / f"iteration_{it:02d}" for it in range(1, cfg.iterations)])
+
+
+def existing_outputs(cfg) -> list[Path]:
+    """The files already where the run would write: its top-level files and everything in its folders."""
+    out = Path(cfg.output)
+    found = [out / name for name in TOP_FILES if (out / name).is_file()]
+    for folder in owned_folders(cfg):
+        if folder.is_dir():
+            found += sorted(p for p in folder.rglob("*") if p.is_file())
+        elif folder.exists():
+            found.append(folder)
+    return found
