@@ -276,13 +276,24 @@ def test_a_really_full_disk_is_one_line(tmp_path):
     assert "No space left on device" in lines[0] and "Traceback" not in done.stderr
 
 
-def test_ctrl_c_stops_with_status_3_and_the_run_resumes(tmp_path):
-    config = make_run(tmp_path, n_particles=60)
-    job = subprocess.Popen(LOREFINE + ["refine", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def paused_run(tmp_path, config, env=None):
+    """A serial run started and stopped (SIGSTOP) once it has checkpointed a unit: it holds its folder's lock
+    for as long as the test needs, however fast the machine."""
+    job = subprocess.Popen(LOREFINE + ["refine", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, **(env or {})})
     deadline = time.time() + 120
-    while units_done(tmp_path / "out") < 2 and job.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    job.send_signal(signal.SIGINT)
+    while units_done(tmp_path / "out") < 1 and job.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert job.poll() is None, "the run ended before the test could pause it"
+    job.send_signal(signal.SIGSTOP)
+    return job
+
+
+def test_ctrl_c_stops_with_status_3_and_the_run_resumes(tmp_path):
+    config = make_run(tmp_path, n_particles=200, source="recon_noctf")
+    job = paused_run(tmp_path, config)
+    job.send_signal(signal.SIGINT)  # delivered when it runs again
+    job.send_signal(signal.SIGCONT)
     out, err = job.communicate(timeout=120)
     assert job.returncode == 3, err[-2000:]
     assert messages(err) == [f"lorefine: stopped; finished work is saved. Resume with: lorefine refine {config} --continue"], err[-2000:]
@@ -292,16 +303,15 @@ def test_ctrl_c_stops_with_status_3_and_the_run_resumes(tmp_path):
 
 def test_a_second_run_on_the_same_folder_is_refused_by_lorefines_own_lock(tmp_path):
     """With HDF5's file locking off (as on many Lustre sites), a second --continue used to write NaN maps."""
-    config = make_run(tmp_path, n_particles=60)
-    env = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"}
-    first = subprocess.Popen(LOREFINE + ["refine", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 120
-    while units_done(tmp_path / "out") < 1 and first.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    second = run("refine", config, "--continue", env={"HDF5_USE_FILE_LOCKING": "FALSE"}, timeout=60)
+    config = make_run(tmp_path, n_particles=200, source="recon_noctf")
+    first = paused_run(tmp_path, config, env={"HDF5_USE_FILE_LOCKING": "FALSE"})
+    try:
+        second = run("refine", config, "--continue", env={"HDF5_USE_FILE_LOCKING": "FALSE"}, timeout=60)
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert second.returncode == 2, second.stderr[-2000:]
-    assert messages(second.stderr) == [line for line in messages(second.stderr) if "in use by another lorefine run (pid" in line]
-    assert len(messages(second.stderr)) == 1
+    lines = messages(second.stderr)
+    assert len(lines) == 1 and "in use by another lorefine run (pid" in lines[0], second.stderr[-2000:]
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err[-2000:]
     for name in ("large/map.mrc", "small/map.mrc", "combined.mrc"):

@@ -85,7 +85,6 @@ def test_rank_0_stopped_during_the_reconstruction_ends_the_job_naming_it(tmp_pat
     job = subprocess.Popen(command(2, "refine", config), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env=env() | {"LOREFINE_STALL_TIMEOUT_S": str(TIMEOUT_S)})
     assert wait_for_log(folder, "iteration_01/large: mean motion", job)  # the search is over: back-projection and reconstruction
-    time.sleep(0.5)
     ended, out, err = stop_and_wait(job, config, 0, TIMEOUT_S)
     assert job.returncode == 3, err[-2000:]
     assert len(messages(err)) == 1 and messages(err)[0].startswith(f"lorefine: rank 0/2 sent nothing for {TIMEOUT_S:g} s"), err[-2000:]
