@@ -24,7 +24,7 @@ from lorefine_mpi.config.schema import ScoreConfig, SearchConfig  # noqa: E402
 from lorefine_mpi.geometry import candidates, rotations  # noqa: E402
 from lorefine_mpi.projection import ctf as ctf_model  # noqa: E402
 from lorefine_mpi.projection import fourier  # noqa: E402
-from lorefine_mpi.refine.pipeline import search_settings  # noqa: E402
+from lorefine_mpi.refine.engine import search_settings  # noqa: E402
 from lorefine_mpi.search import local, modules  # noqa: E402
 from lorefine_mpi.simulate.phantoms import make_phantom  # noqa: E402
 

@@ -31,7 +31,7 @@ from lorefine_mpi.geometry import rotations
 from lorefine_mpi.io import mrc
 from lorefine_mpi.io.star import read_star
 from lorefine_mpi.projection import fourier
-from lorefine_mpi.refine.pipeline import search_settings
+from lorefine_mpi.refine.engine import search_settings
 from lorefine_mpi.search import local, modules, score
 
 

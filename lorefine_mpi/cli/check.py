@@ -1,20 +1,23 @@
-"""`lorefine check CONFIG.yaml`: validate the config and its inputs, without computing."""
+"""`lorefine check CONFIG.yaml [--continue]`: validate the config, its inputs and its output folder, without
+computing: the validation `lorefine refine` does first (`config.check.check_run`)."""
 
 from lorefine_mpi.config import load_config
-from lorefine_mpi.config.check import check_inputs
+from lorefine_mpi.config.check import check_run
 
 NAME = "check"
-HELP = "validate a config and its input files (STAR, stacks, map, masks) before a run"
+HELP = "validate a config, its input files (STAR, stacks, map, masks) and its output folder before a run"
 
 
 def add_arguments(parser):
     parser.add_argument("config", help="the run's YAML config")
+    parser.add_argument("--continue", dest="resume", action="store_true",
+                        help="check that OUTPUT/results.h5 can be resumed with this config (as refine --continue)")
 
 
 def run(args) -> int:
     cfg = load_config(args.config)
-    summary = check_inputs(cfg)
-    print(f"lorefine check: {args.config} is ready to run")
+    summary = check_run(cfg, args.resume)
+    print(f"lorefine check: {args.config} is ready to {'continue' if args.resume else 'run'}")
     for line in summary.lines(cfg):
         print("  " + line)
     return 0

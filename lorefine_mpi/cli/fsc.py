@@ -2,6 +2,7 @@
 
 from lorefine_mpi.errors import InputError
 from lorefine_mpi.io import mrc
+from lorefine_mpi.io.files import check_new_output
 from lorefine_mpi.validation import fsc
 
 NAME = "fsc"
@@ -17,6 +18,10 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
+    inputs = [args.map1, args.map2] + ([args.mask] if args.mask else [])
+    for option, path in (("--json", args.json), ("--png", args.png)):
+        if path:
+            check_new_output(option, path, inputs)
     a, voxel = mrc.read_map(args.map1)
     b, voxel_b = mrc.read_map(args.map2)
     if a.shape != b.shape:

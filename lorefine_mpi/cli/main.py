@@ -21,9 +21,7 @@ if any(int(os.environ.get(v, "1") or 1) > 1 for v in ("PMI_SIZE", "OMPI_COMM_WOR
         os.environ.setdefault(_var, "1")
 
 from lorefine_mpi import __version__
-from lorefine_mpi.errors import InputError
-
-EXIT_INPUT_ERROR = 2
+from lorefine_mpi.errors import EXIT_INPUT_ERROR, EXIT_STOPPED, InputError, describe_os_error
 
 
 def _subcommand_modules():
@@ -81,6 +79,12 @@ def main(argv=None) -> int:
         if not error.quiet:
             sys.stderr.write(f"lorefine: error: {error}\n")
         return EXIT_INPUT_ERROR
+    except OSError as error:  # the file system failed: a full disk, a lost mount, a folder that cannot be written
+        sys.stderr.write(f"lorefine: error: {describe_os_error(error)}\n")
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("lorefine: interrupted (Ctrl-C)\n")
+        return EXIT_STOPPED
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """`lorefine reconstruct --particles X.star --out MAP.mrc`: weighted back-projection from a STAR file."""
 
 import time
-from pathlib import Path
 
 import numpy as np
 
 from lorefine_mpi.errors import InputError
 from lorefine_mpi.io import mrc
+from lorefine_mpi.io.files import check_new_output
 from lorefine_mpi.io.star import read_star
 from lorefine_mpi.reconstruction.reconstruct import backproject_all, backproject_halves, maps_from_halves
 from lorefine_mpi.refine.progress import ProgressLog
@@ -27,9 +27,11 @@ def add_arguments(parser):
 
 def run(args) -> int:
     table = read_star(args.particles, args.project_dir)
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        raise InputError(f"--out: folder {out.parent} does not exist")
+    inputs = [args.particles, *dict.fromkeys(table.stack_path.tolist())]
+    out = check_new_output("--out", args.out, inputs)
+    halves = {h: out.with_name(f"{out.stem}_{h}{out.suffix}") for h in ("half1", "half2")} if args.half_maps else {}
+    for path in halves.values():
+        check_new_output("--half-maps", path, inputs)
     box = mrc.stack_shape(table.stack_path[0])[-1]
     pixel = table.pixel_size_angstrom()
     if np.ptp(pixel) > 1e-3 * pixel[0]:
@@ -40,8 +42,8 @@ def run(args) -> int:
     use_ctf = table.has_ctf and not args.no_ctf
     if args.half_maps:  # the two halves (rlnRandomSubset), each reconstructed once; the full map is their mean
         maps = maps_from_halves(backproject_halves(table, np.arange(len(table)), box, use_ctf=use_ctf, padding=args.padding, progress=progress))
-        for h in ("half1", "half2"):
-            mrc.write_map(out.with_name(f"{out.stem}_{h}{out.suffix}"), maps[h], float(pixel[0]))
+        for h, path in halves.items():
+            mrc.write_map(path, maps[h], float(pixel[0]))
         full = maps["full"]
     else:  # one reconstruction from all particles, as relion_reconstruct
         full = backproject_all(table, np.arange(len(table)), box, use_ctf=use_ctf, padding=args.padding, progress=progress).reconstruct()

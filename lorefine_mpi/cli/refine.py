@@ -23,31 +23,25 @@ def add_arguments(parser):
 
 def run(args) -> int:
     from lorefine_mpi.parallel.context import ParallelContext, world_communicator
-    from lorefine_mpi.refine.pipeline import RefineRun
-    from lorefine_mpi.refine.subtracted import write_subtracted
+    from lorefine_mpi.parallel.driver import Driver
 
     ctx = ParallelContext(world_communicator())
     ctx.check_slurm()
-    ctx.install_signal_handlers()
-    cfg, error = None, None
-    try:
-        cfg = load_config(args.config)
-    except InputError as e:
-        error = e
-    if cfg is not None and args.resume == "yes" and not (Path(cfg.output) / "results.h5").exists():
-        error = InputError(f"--continue: no checkpoint {Path(cfg.output) / 'results.h5'} to resume "
-                           "(start without --continue, or use --continue auto)")
-    ctx.agree_on_error(error)  # every rank reads the config; the message is printed once
     root_logger = logging.getLogger()
-    if ctx.is_root:  # opened at the first record, which comes after the inputs were checked
-        root_logger.addHandler(logging.FileHandler(Path(cfg.output) / "lorefine.log", delay=True))
-    else:
+    if not ctx.is_root:
         root_logger.setLevel(logging.WARNING)
     for handler in root_logger.handlers:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s [{ctx.rank}/{ctx.size}] %(message)s", "%H:%M:%S"))
-    with ctx.guard():
-        code = RefineRun(cfg, ctx, command_line=shlex.join(sys.argv), resume=args.resume != "no").run()
-        if code == 0 and ctx.is_root:
-            for name in cfg.subtracted.modules:  # `subtracted:` in the config
-                write_subtracted(cfg.output, name, box_px=cfg.subtracted.box_px)
-    return code
+        handler.setFormatter(ctx.log_formatter())
+    resume = f"lorefine refine {args.config} --continue"
+    stopped = f"lorefine: stopped at once; finished work is saved. Resume with: {resume}"
+    with ctx.signal_handlers(), ctx.guard(stopped, f"; finished work is saved, once this is fixed resume with: {resume}"):
+        cfg, error = None, None
+        try:
+            cfg = load_config(args.config)
+        except InputError as e:
+            error = e
+        if cfg is not None and args.resume == "yes" and not (Path(cfg.output) / "results.h5").exists():
+            error = InputError(f"--continue: no checkpoint {Path(cfg.output) / 'results.h5'} to resume "
+                               "(start without --continue, or use --continue auto)")
+        ctx.agree_on_error(error)  # every rank reads the config; the message is printed once
+        return Driver(cfg, ctx, command_line=shlex.join(sys.argv), resume=args.resume != "no").run()

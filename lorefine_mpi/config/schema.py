@@ -83,6 +83,7 @@ class ReconstructionConfig:
 class ParallelConfig:
     class_spacing_deg: float = 7.5
     unit_size: int = 64
+    stall_timeout_s: float = 600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +159,7 @@ _RULES: dict[str, tuple[str, Any, str]] = {
     "postprocess.locres_edge_angstrom": ("float", lambda v: 0 < v <= 1000, "must be in (0, 1000]"),
     "postprocess.locres_step_angstrom": ("float", lambda v: 0 < v <= 1000, "must be in (0, 1000]"),
     "postprocess.motion_components": ("int", lambda v: 0 <= v <= 6, "must be an integer in [0, 6]"),
+    "parallel.stall_timeout_s": ("float", lambda v: 1 <= v <= 86400, "must be in [1, 86400] seconds"),
     "iterations": ("int", lambda v: 1 <= v <= 100, "must be in [1, 100]"),
     "seed": ("int", lambda v: v >= 0, "must be >= 0"),
 }
@@ -219,7 +221,12 @@ def resolve_path(key: str, value, folder: Path) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InputError(f"{key}: expected a file path, got {value!r}")
     p = Path(value).expanduser()
-    return str(p if p.is_absolute() else (folder / p).resolve())
+    if p.is_absolute():
+        return str(p)
+    try:
+        return str((folder / p).resolve())
+    except (RuntimeError, OSError) as error:  # a symlink loop (RuntimeError before Python 3.13)
+        raise InputError(f"{key}: cannot resolve {value!r} ({error})") from None
 
 
 def _modules(value, folder: Path, project_dir: str, consensus_map: str) -> tuple[ModuleConfig, ...]:
@@ -370,19 +377,47 @@ def config_from_dict(raw, folder: Path, source: str = "") -> Config:
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise InputError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path) -> Config:
-    """Read and validate a YAML config file (paths resolved against its folder)."""
+    """Read and validate a YAML config file (paths resolved against its folder). UTF-8, or UTF-16 with a
+    byte-order mark, as YAML allows."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: config file not found") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot read the config ({error.strerror or error})") from None
+    try:
+        raw = yaml.load(data, Loader=_UniqueKeyLoader)
+    except InputError as error:
+        raise InputError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise InputError(f"{path}: YAML syntax error{where}: {problem}") from None
-    return config_from_dict(raw, path.resolve().parent, str(path))
+        problem = getattr(error, "problem", None) or getattr(error, "reason", None) or str(error).splitlines()[0]
+        kind = "YAML syntax error" if mark else "not a YAML text file (UTF-8, or UTF-16 with a byte-order mark)"
+        raise InputError(f"{path}: {kind}{where}: {problem}") from None
+    return config_from_dict(raw, resolved_folder(path), str(path))
+
+
+def resolved_folder(path: Path) -> Path:
+    try:
+        return path.resolve().parent
+    except (RuntimeError, OSError) as error:
+        raise InputError(f"{path}: cannot resolve it ({error})") from None
 
 
 def config_to_dict(cfg: Config) -> dict:

@@ -18,7 +18,7 @@ Schema (h5py; written by rank 0 only)
         search_matrix    (n, 3, 3) float64, the pose the search found (RELION A), consensus frame
         search_origin_px (n, 2) float64, its origin (RELION convention, px), consensus frame
         score            (n,) float32, the best CCC (Eq. 1)
-        rest_scale       (n,) float32, k of the subtract mode (0 when not used)
+        rest_scale       (n,) float32, k of the subtract mode (0 when not used, NaN where it could not be fitted)
         status           (n,) int8, 0 pending, 1 done
         matrix, origin_px  the module's final pose (the one in its particles.star and its map): the
                          search's pose with the stage's mean motion taken out; written when the stage
@@ -58,6 +58,7 @@ FIELDS = {
     "rest_scale": ((), np.float32),
     "status": ((), np.int8),
 }
+UNIT_FIELDS = tuple(f for f in FIELDS if f != "status")  # a work unit's result: `RefineEngine` search_unit's keys
 POSE_FIELDS = {"matrix": ((3, 3), np.float64), "origin_px": ((2,), np.float64)}
 # 2: search_matrix/search_origin_px plus the final matrix/origin_px (mean motion); files without the
 # attribute are format 1 (matrix/origin_px were the search's own poses)
@@ -100,6 +101,57 @@ def fingerprint_changes(stored: dict, current: dict) -> list[str]:
     return changes
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _open_checkpoint(path, mode: str) -> h5py.File:
+    """A lorefine checkpoint opened (lorefine's own lock guards it, not HDF5's file locking); InputError for
+    a file that is not one (empty, not HDF5, or an HDF5 file lorefine did not write)."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(len(HDF5_SIGNATURE))
+    if head != HDF5_SIGNATURE:
+        what = "empty" if not head else "not an HDF5 file"
+        raise InputError(f"{path}: the file is {what}, not a lorefine checkpoint (move it away, or use a new output folder)")
+    try:
+        f = h5py.File(path, mode, locking=False)
+    except OSError as error:
+        raise InputError(f"{path}: cannot open the checkpoint ({str(error).splitlines()[0]})") from None
+    if "search_fingerprint" not in f.attrs or "lorefine_version" not in f.attrs:
+        f.close()
+        raise InputError(f"{path}: an HDF5 file that lorefine did not write (move it away, or use a new output folder)")
+    return f
+
+
+def check_resumable(path, fingerprint: dict) -> None:
+    """InputError unless ``path`` is a checkpoint this lorefine continues with these settings and inputs."""
+    with _open_checkpoint(path, "r") as f:
+        stored_format = int(f.attrs.get("checkpoint_format", 1))
+        if stored_format != CHECKPOINT_FORMAT:
+            raise InputError(
+                f"{path}: the checkpoint was written by lorefine {f.attrs['lorefine_version']} in checkpoint format "
+                f"{stored_format}; this lorefine reads format {CHECKPOINT_FORMAT} (finish the run with the "
+                "version that started it, or use a new output folder)"
+            )
+        changed = fingerprint_changes(json.loads(f.attrs["search_fingerprint"]), json.loads(json.dumps(fingerprint, sort_keys=True)))
+        if changed:
+            raise InputError(
+                f"{path}: --continue needs the checkpoint's settings and inputs, but {'; '.join(changed)} "
+                "(restore them, or use a new output folder)"
+            )
+
+
+def stages_done(path) -> int:
+    """How many stages of a checkpoint are searched and reconstructed (0 if it cannot be read)."""
+    try:
+        with _open_checkpoint(path, "r") as f:
+            found = []
+            f.visititems(lambda name, item: found.append(name) if isinstance(item, h5py.Group) and item.attrs.get("reconstructed", 0) else None)
+            return len(found)
+    except (InputError, OSError):
+        return 0
+
+
 class ResultsFile:
     """Open (or create) ``results.h5`` in an output folder. Only rank 0 makes one."""
 
@@ -110,30 +162,11 @@ class ResultsFile:
         if self.path.exists():
             if not resume:
                 raise InputError(f"{self.path}: a results file exists already; use --continue to resume it or a new output folder")
-            try:
-                self.file = h5py.File(self.path, "r+")
-            except OSError as error:
-                raise InputError(f"{self.path}: cannot open the checkpoint ({error})") from None
-            stored_format = int(self.file.attrs.get("checkpoint_format", 1))
-            if stored_format != CHECKPOINT_FORMAT:
-                version_stored = self.file.attrs.get("lorefine_version")
-                written_by = f"lorefine {version_stored}" if version_stored else "an older lorefine"
-                self.file.close()
-                raise InputError(
-                    f"{self.path}: the checkpoint was written by {written_by} in checkpoint format "
-                    f"{stored_format}; this lorefine reads format {CHECKPOINT_FORMAT} (finish the run with the "
-                    "version that started it, or use a new output folder)"
-                )
-            changed = fingerprint_changes(json.loads(self.file.attrs.get("search_fingerprint", "{}")), json.loads(fingerprint_json))
-            if changed:
-                self.file.close()
-                raise InputError(
-                    f"{self.path}: --continue needs the checkpoint's settings and inputs, but {'; '.join(changed)} "
-                    "(restore them, or use a new output folder)"
-                )
+            check_resumable(self.path, fingerprint)
+            self.file = _open_checkpoint(self.path, "r+")
             return
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", locking=False) as f:
             f.attrs["lorefine_version"] = version
             f.attrs["checkpoint_format"] = CHECKPOINT_FORMAT
             f.attrs["command_line"] = command_line
@@ -141,7 +174,7 @@ class ResultsFile:
             f.attrs["search_fingerprint"] = fingerprint_json
             f.create_dataset("particles/image_name", data=np.array(list(image_names), dtype=h5py.string_dtype()))
         tmp.replace(self.path)
-        self.file = h5py.File(self.path, "r+")
+        self.file = h5py.File(self.path, "r+", locking=False)
 
     def stage(self, name: str, *, iteration: int, module: str, unit_of_particle) -> h5py.Group:
         """The group of a stage, created at full size on first use."""
@@ -165,7 +198,7 @@ class ResultsFile:
         g = self.file[name]
         order = np.argsort(particles)
         idx = np.asarray(particles)[order]
-        for field in ("search_matrix", "search_origin_px", "score", "rest_scale"):
+        for field in UNIT_FIELDS:
             g[field][idx] = np.asarray(results[field])[order]
         g["status"][idx] = 1
         self.file.flush()
@@ -215,17 +248,16 @@ class ResultsFile:
 
 def write_motion(path, analysis) -> None:
     """Add (or replace) the /motion group of a closed ``results.h5`` from a `validation.motion.MotionAnalysis`:
-    written into a copy beside it, which then replaces the file (the checkpoint is never half-written)."""
-    import os
+    written into a copy beside it, which then replaces the file (the checkpoint is never half-written; the
+    copy has the permissions of the user's umask, `io.files.replacing`)."""
     import shutil
-    import tempfile
+
+    from lorefine_mpi.io.files import replacing
 
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with replacing(path, suffix=".tmp") as tmp:
         shutil.copyfile(path, tmp)
-        with h5py.File(tmp, "r+") as f:
+        with h5py.File(tmp, "r+", locking=False) as f:
             if "motion" in f:
                 del f["motion"]
             g = f.create_group("motion")
@@ -240,8 +272,3 @@ def write_motion(path, analysis) -> None:
                                  ("pca_variance_explained", analysis.variance_explained),
                                  ("pca_components", analysis.components), ("pca_scores", analysis.scores)):
                 g.create_dataset(name, data=np.asarray(values, dtype=np.float64))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import os
 import shlex
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from lorefine_mpi.errors import InputError
+from lorefine_mpi.io.files import replacing
 from lorefine_mpi.io.particles import OpticsGroup, ParticleTable
 
 _REQUIRED = ("rlnImageName", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
@@ -99,10 +99,14 @@ def _column(path, columns, rows, name, convert=float, default=None):
         return np.full(len(rows), default, dtype=np.float64)
     j = columns.index(name)
     try:
-        return np.array([convert(r[j]) for r in rows])
+        values = np.array([convert(r[j]) for r in rows])
     except ValueError:
         bad = next(r[j] for r in rows if not _converts(convert, r[j]))
         raise InputError(f"{path}: column _{name}: expected numbers, got {bad!r}") from None
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        row = int(np.argmin(np.isfinite(values)))
+        raise InputError(f"{path}: column _{name}, particle {row + 1}: expected a finite number, got {rows[row][j]!r}")
+    return values
 
 
 def _converts(convert, text):
@@ -119,7 +123,7 @@ def read_star(path, project_dir=None) -> ParticleTable:
     project_dir: the folder relative image names are resolved against, as RELION does (its working
     directory); default the current working directory. See the module docstring for the fallback.
     """
-    path = Path(path).resolve() if Path(path).exists() else Path(path)
+    path = resolved(path) if Path(path).exists() else Path(path)
     return table_from_blocks(parse_star(path), path, project_dir)
 
 
@@ -268,15 +272,15 @@ def _image_locations(path, names, project: Path):
     folder = Path(path).parent
     index = np.empty(len(names), np.int64)
     stacks = np.empty(len(names), dtype=object)
-    resolved: dict[str, str] = {}
+    known: dict[str, str] = {}
     for i, name in enumerate(names):
         number, sep, stack = name.partition("@")
         if not sep or not number.isdigit() or int(number) < 1 or not stack:
             raise InputError(f"{path}: _rlnImageName {name!r}: expected 000123@stack.mrcs (1-based index)")
         index[i] = int(number) - 1
-        if stack not in resolved:
-            resolved[stack] = resolve_relion_path(stack, project, folder)
-        stacks[i] = resolved[stack]
+        if stack not in known:
+            known[stack] = resolve_relion_path(stack, project, folder)
+        stacks[i] = known[stack]
     return index, stacks
 
 
@@ -291,6 +295,14 @@ def resolve_relion_path(name, project_dir, fallback_dir) -> str:
         return first
     second = os.path.normpath(os.path.join(fallback_dir, name))
     return second if os.path.exists(second) else first
+
+
+def resolved(path, what: str | None = None) -> Path:
+    """``path`` made absolute with symlinks followed; a symlink loop is an InputError naming ``what``."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as error:  # Python < 3.13 raises RuntimeError for a loop
+        raise InputError(f"{what or path}: cannot resolve {path} ({error})") from None
 
 
 def _format(value):
@@ -408,17 +420,9 @@ def _quote(value: str) -> str:
 
 
 def atomic_write_text(path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path`` (`io.files.replacing`)."""
+    with replacing(path) as tmp:
+        tmp.write_text(text)
 
 
 def relative_image_names(table: ParticleTable, directory) -> np.ndarray:

@@ -1,8 +1,12 @@
 """One object owns the communicator (mpi4py only in `parallel/`); with none, the same code runs serially.
 
-Failure policy: an exception on any rank is printed once (by that rank) and ends every rank through
-``MPI_Abort`` within seconds, with a non-zero exit; a user's mistake found by rank 0 before heavy work
-is broadcast, so every rank exits 2 with the same one-line message printed once.
+Failure policy (`guard`): a user's mistake found by rank 0 before heavy work is broadcast, so every rank
+exits 2 with the same one-line message printed once (`agree_on_error`). Any other failure on one rank of
+many is printed once, by that rank, and ends every rank through ``MPI_Abort`` within seconds (`end_job`;
+MPI's own abort message is not printed): an `InputError` or a failing file system (a full disk) with its
+one line and status 2, a bug with its traceback and status 1. A rank that stops answering is found by the
+`watchdog`. SIGTERM, SIGUSR1 and SIGINT (Ctrl-C; mpiexec forwards it to every rank) ask for a stop
+(``stop_requested``); a second Ctrl-C in one process stops at once (KeyboardInterrupt, status 3).
 """
 
 from __future__ import annotations
@@ -11,17 +15,36 @@ import contextlib
 import os
 import signal
 import sys
+import time
 import traceback
 
 import numpy as np
 
-from lorefine_mpi.errors import InputError
+from lorefine_mpi.errors import EXIT_BUG, EXIT_INPUT_ERROR, EXIT_STOPPED, InputError, describe_os_error
+
+
+_LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "PMI_FD", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE")
+
+
+def launched_by_mpi() -> bool:
+    """Whether an MPI launcher (mpiexec, mpirun, srun with an MPI plugin) started this process; also
+    srun with several tasks and no plugin, so that `ParallelContext.check_slurm` can refuse it."""
+    env = os.environ
+    if any(name in env for name in _LAUNCHER_VARIABLES):
+        return True
+    return int(env.get("SLURM_NTASKS", "1") or 1) > 1 and env.get("SLURM_STEP_ID") is not None
 
 
 def world_communicator():
-    """COMM_WORLD when mpi4py can start MPI, else None (serial)."""
-    from mpi4py import MPI
-
+    """COMM_WORLD when an MPI launcher started this process, else None: one process, and MPI is never
+    started (so `lorefine refine` runs where mpi4py or an MPI library is missing or cannot start)."""
+    if not launched_by_mpi():
+        return None
+    try:
+        from mpi4py import MPI
+    except (ImportError, RuntimeError) as error:  # every rank says so: there is no communicator to agree on one
+        raise InputError(f"an MPI launcher started lorefine, but mpi4py cannot load MPI ({error}); install mpi4py for "
+                         "this MPI, or run lorefine without mpiexec/srun") from None
     return MPI.COMM_WORLD
 
 
@@ -55,6 +78,17 @@ class ParallelContext:
         if self.node is not None:
             self.node.Barrier()
 
+    def allreduce_max(self, array) -> np.ndarray:
+        """The element-wise maximum over ranks of a small float64 array, on every rank."""
+        array = np.asarray(array, dtype=np.float64)
+        if self.comm is None or self.size == 1:
+            return array
+        from mpi4py import MPI
+
+        out = np.empty_like(array)
+        self.comm.Allreduce(array, out, op=MPI.MAX)
+        return out
+
     def reduce_sum(self, array: np.ndarray, root: int = 0) -> None:
         """Sum ``array`` over ranks into the root's copy, in place, in chunks of at most 256 MiB."""
         if self.comm is None or self.size == 1:
@@ -72,6 +106,12 @@ class ParallelContext:
             else:
                 self.comm.Reduce(part, None, op=MPI.SUM, root=root)
 
+    def log_formatter(self):
+        """Log lines carry the time and ``rank/size``."""
+        import logging
+
+        return logging.Formatter(f"%(asctime)s [{self.rank}/{self.size}] %(message)s", "%H:%M:%S")
+
     # -- failure and signals ------------------------------------------------------------------
     def check_slurm(self) -> None:
         """Refuse the trap of srun starting N one-rank jobs (wrong --mpi plugin for the MPI build)."""
@@ -82,40 +122,69 @@ class ParallelContext:
                 "use 'srun --mpi=pmi2' (MPICH) or the plugin your MPI was built for"
             )
 
-    def install_signal_handlers(self) -> None:
-        """SIGTERM / SIGUSR1 (Slurm's warnings before a time limit or preemption) set ``stop_requested``."""
+    @contextlib.contextmanager
+    def signal_handlers(self):
+        """While inside: SIGTERM / SIGUSR1 (Slurm's warnings before a time limit or preemption) and SIGINT
+        (Ctrl-C) set ``stop_requested``; a second SIGINT raises KeyboardInterrupt. The previous handlers
+        are restored after."""
 
         def handler(signum, frame):
+            if signum == signal.SIGINT and self.stop_requested:
+                raise KeyboardInterrupt
             self.stop_requested = True
 
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, handler)
-
-    def abort(self, code: int) -> None:
-        if self.comm is not None and self.size > 1:
-            self.comm.Abort(code)
-        sys.exit(code)
-
-    @contextlib.contextmanager
-    def guard(self):
-        """Around a whole run: any exception on this rank ends every rank (message printed once)."""
+        signals = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+        previous = {sig: signal.signal(sig, handler) for sig in signals}
         try:
             yield
-        except InputError:
-            raise
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def end_job(self, code: int, line: str | None = None) -> None:
+        """Print ``line`` (one line, this rank) and end every rank with exit status ``code``. Under MPI the
+        abort's own message is not printed (this rank's stdout and stderr are closed first)."""
+        if line:
+            sys.stderr.write(line.rstrip("\n") + "\n")
+        sys.stderr.flush()
+        sys.stdout.flush()
+        if self.comm is not None and self.size > 1:
+            time.sleep(0.5 if line else 0.0)  # let the launcher forward the line before the abort ends its forwarding
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            self.comm.Abort(code)
+        raise SystemExit(code)
+
+    @contextlib.contextmanager
+    def guard(self, stopped_line: str, resume_hint: str = ""):
+        """Around a whole run: any failure on this rank ends every rank (module docstring).
+        stopped_line: what to print when Ctrl-C stops the run at once; resume_hint: added to a file system's failure."""
+        try:
+            yield
+        except InputError as error:
+            if error.collective or self.size == 1:
+                raise
+            self.end_job(EXIT_INPUT_ERROR, f"lorefine: error: {error}")
+        except OSError as error:  # the file system failed (a full disk, a lost mount)
+            line = f"lorefine: error: {describe_os_error(error)}{resume_hint}"
+            if self.size == 1:
+                raise InputError(line.removeprefix("lorefine: error: ")) from None
+            self.end_job(EXIT_INPUT_ERROR, line)
+        except KeyboardInterrupt:
+            self.end_job(EXIT_STOPPED, stopped_line)
         except SystemExit:
             raise
-        except BaseException as error:  # a bug or a system failure: report and end the job
+        except BaseException as error:  # a bug: report it with its traceback and end the job
             sys.stderr.write(f"lorefine: rank {self.rank}/{self.size} failed: {error.__class__.__name__}: {error}\n")
             traceback.print_exc(file=sys.stderr)
-            sys.stderr.flush()
-            self.abort(1)
+            self.end_job(EXIT_BUG)
 
     def agree_on_error(self, error: InputError | None) -> None:
         """Root's verdict on the inputs, broadcast: every rank raises the same InputError (or none), and
         only root's is printed. A rank whose own check failed where root's passed raises its own, loudly."""
         message = self.bcast(str(error) if error is not None else None)
         if message is not None:
-            raise InputError(message, quiet=not self.is_root)
+            raise InputError(message, quiet=not self.is_root, collective=True)
         if error is not None:
             raise error

@@ -6,13 +6,19 @@ more), so the master's own work never leaves a worker idle. Only unit numbers go
 arrays come back; workers read their images themselves. The master records every finished unit
 (``record``) as it arrives. With one rank the master works through the units alone.
 
-A stop request (SIGTERM/SIGUSR1 on any rank) ends the hand-out: units in flight finish and are
+A stop request (SIGTERM/SIGUSR1/SIGINT on any rank) ends the hand-out: units in flight finish and are
 recorded, then every rank returns ``False`` (not all units done).
+
+A user's mistake met by a worker in a unit (an image with NaN values, a stack that cannot be read) goes
+back to rank 0 in place of the unit's result; rank 0 raises it, so it is printed once and ends the job
+(`context.guard`) between two of rank 0's checkpoint writes.
 """
 
 from __future__ import annotations
 
 import time
+
+from lorefine_mpi.errors import InputError, describe_os_error
 
 _TAG_WORK = 11
 _TAG_RESULT = 12
@@ -68,6 +74,8 @@ def _master(ctx, pending, process, record, log):
                 give(source)
             else:
                 unit, result, worker_stop = message
+                if isinstance(result, _Failure):
+                    raise InputError(result.message)
                 ctx.stop_requested |= worker_stop
                 outstanding[source] -= 1
                 record(unit, result)
@@ -99,5 +107,17 @@ def _worker(ctx, process):
         unit = comm.recv(source=0, tag=_TAG_WORK)
         if unit == _STOP:
             return True
-        result = process(unit)
+        try:
+            result = process(unit)
+        except InputError as error:
+            result = _Failure(str(error))
+        except OSError as error:
+            result = _Failure(describe_os_error(error))
         comm.send((unit, result, ctx.stop_requested), dest=0, tag=_TAG_RESULT)
+
+
+class _Failure:
+    """A worker's InputError, sent to rank 0 instead of a unit's result."""
+
+    def __init__(self, message: str):
+        self.message = message

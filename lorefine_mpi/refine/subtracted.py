@@ -118,7 +118,8 @@ def write_subtracted(run_dir, name: str, *, box_px: int | None = None, batch: in
                 if rest:
                     ctf = ctf_model.ctf_for_table(table, ids, box) if use_ctf else None
                     rest_ft = sum(fourier.project(fvol, p[0][ids], p[1][ids], ctf=ctf) for fvol, p in rest)
-                    k = target["rest_scale"][ids].astype(np.float64)
+                    # NaN: the search could not fit k (module and rest alike) and left the rest in the image; so does this
+                    k = np.nan_to_num(target["rest_scale"][ids].astype(np.float64), nan=0.0)
                     if fit_k:
                         module_ft = fourier.project(module_fvol, matrices[ids], origin[ids], ctf=ctf)
                         k = np.array([local.fit_rest_scale(f, m, r)[1] for f, m, r in zip(images_ft, module_ft, rest_ft)])

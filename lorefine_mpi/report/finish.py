@@ -1,6 +1,6 @@
 """What `lorefine refine` does after its last iteration: what each module gained, and how the modules move.
 
-``finish_run`` (called once by `refine.pipeline.RefineRun.run`, on every rank):
+``finish_run`` (called once by `parallel.driver.Driver`, at the end of the run, on every rank):
     1. consensus half maps: read from ``consensus/half1.mrc`` and ``half2.mrc`` when the refinement made them
        (for its search band); otherwise every rank back-projects its block of particles with the consensus
        poses, the accumulators are summed on rank 0 (as a refinement stage does), which writes them. The

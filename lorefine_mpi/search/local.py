@@ -220,6 +220,7 @@ def fit_rest_scale(image_ft, target_ft, rest_ft) -> tuple[float, float]:
 
     All three are (n, n//2+1) spectra of real images; the constant b is the DC term, so the fit uses the
     other Fourier coefficients (Parseval: the same least squares as in real space after removing means).
+    When target and rest cannot be told apart (an ill-conditioned fit) k is not determined: (1, NaN).
     """
     weights = np.broadcast_to(fourier.half_axis_multiplicity(image_ft.shape[0]), image_ft.shape).copy()
     weights[0, 0] = 0.0
@@ -227,7 +228,7 @@ def fit_rest_scale(image_ft, target_ft, rest_ft) -> tuple[float, float]:
     gram = np.array([[np.sum(weights * (u.conj() * v).real) for v in basis] for u in basis])
     rhs = np.array([np.sum(weights * (u.conj() * image_ft).real) for u in basis])
     if np.linalg.cond(gram) > 1e8:
-        return 1.0, 0.0
+        return 1.0, float("nan")
     a, k = np.linalg.solve(gram, rhs)
     return float(a), float(k)
 
@@ -356,7 +357,9 @@ class UnitSearch:
                 target = work.grid.unpack(fourier.project_band(self.fvol, unit.matrices[i : i + 1], work.grid))[0]
                 target = fourier.shift_images_ft(target[None], unit.origin_px[i : i + 1] * work.scale)[0] * ctf * work.band_weight
                 _, k = fit_rest_scale(image, target, rest)
-                image, rest = image - np.float32(k) * rest, None
+                if np.isfinite(k):  # NaN (not determined, reported as such): the rest stays in the image
+                    image = image - np.float32(k) * rest
+                rest = None
         centring = -unit.origin_px[i : i + 1] * work.scale
         image = fourier.shift_images_ft(image[None], centring)[0]
         if rest is not None:

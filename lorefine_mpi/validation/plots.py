@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend (no display needed; safe on compute nodes)."""
@@ -17,18 +14,14 @@ def pyplot():
 
 
 def save_png(fig, path) -> None:
-    """Save ``fig`` as PNG to a temporary name beside ``path``, rename it over ``path``, close the figure."""
+    """Save ``fig`` as PNG to a temporary name beside ``path``, rename it over ``path`` (`io.files.replacing`:
+    the user's umask), close the figure."""
+    from lorefine_mpi.io.files import replacing
+
     plt = pyplot()
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".png", dir=folder)
-    os.close(fd)
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        with replacing(path, suffix=".png") as tmp:
+            fig.savefig(tmp)
     finally:
         plt.close(fig)
 

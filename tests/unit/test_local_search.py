@@ -50,16 +50,21 @@ def synthetic_unit(module_map, n, rng, ctf=False):
     o_true = o0 + rng.uniform(-2.5, 2.5, (n, 2))
     ctf_fn = None
     c = None
-    if ctf:
+    if ctf:  # astigmatic: the search turns each image, and the CTF of its references with it
         du = rng.uniform(8000, 20000, n)
-        c = ctf_model.ctf_2d(box, 4.0, du, du, 0.0, 300, 2.7, 0.1)
-        ctf_fn = lambda rows, extra: ctf_model.ctf_2d(box, 4.0, du[rows], du[rows], 0.0 + extra, 300, 2.7, 0.1)  # noqa: E731
+        dv = du * rng.uniform(0.8, 0.95, n)
+        angle = rng.uniform(0, np.pi, n)
+        c = ctf_model.ctf_2d(box, 4.0, du, dv, angle, 300, 2.7, 0.1)
+        ctf_fn = lambda rows, extra: ctf_model.ctf_2d(box, 4.0, du[rows], dv[rows], angle[rows] + extra, 300, 2.7, 0.1)  # noqa: E731
     images = fourier.project(fvol, truth, o_true, ctf=c)
     return fvol, local.UnitInput(images, a0, o0, ctf_fn, None, np.arange(n)), truth, o_true
 
 
 @pytest.mark.parametrize("ctf", [False, True])
-def test_separate_search_recovers_known_poses_within_one_grid_step(module_map, ctf):
+def test_separate_search_recovers_known_poses_to_a_fraction_of_a_grid_step(module_map, ctf):
+    """Noise-free, 2° steps: every pose within 0.8° and 0.2 px of the truth, the median within 0.45° (the search
+    of 3c91c59 achieved median 0.25°, at most 0.43° and 0.086 px without CTF; 0.35°, 0.61° and 0.14 px with an
+    astigmatic one)."""
     rng = np.random.default_rng(1)
     fvol, unit, truth, o_true = synthetic_unit(module_map, 10, rng, ctf)
     settings = local.SearchSettings("separate", "subtract", np.deg2rad(10), np.deg2rad(2), np.deg2rad(2), 3, 4, 1, 10,
@@ -67,8 +72,10 @@ def test_separate_search_recovers_known_poses_within_one_grid_step(module_map, c
     found = local.UnitSearch(fvol, candidates.direction_grid(np.deg2rad(2)), settings, 48).run(unit)
     angle = np.rad2deg(rotations.geodesic_angle(found.matrix, truth))
     shift = np.linalg.norm(found.origin_px - o_true, axis=1)
-    assert np.mean((angle <= 2.0) & (shift <= 1.0)) >= 0.9, (angle, shift)
-    assert np.all(found.score > 0.95)
+    print(f"ctf {ctf}: angle median {np.median(angle):.3f} max {angle.max():.3f} deg, shift max {shift.max():.3f} px")
+    assert angle.max() <= 0.8 and np.median(angle) <= 0.45, angle
+    assert shift.max() <= 0.2, shift
+    assert np.all(found.score > 0.95)  # an astigmatic CTF is turned by the central in-plane angle only (README, Known limits)
 
 
 def test_results_do_not_depend_on_the_other_particles_of_the_unit(module_map):

@@ -10,7 +10,7 @@ import yaml
 from lorefine_mpi.config import config_to_dict, load_config
 from lorefine_mpi.config.schema import config_from_dict
 from lorefine_mpi.errors import InputError
-from lorefine_mpi.refine.pipeline import prior_sigmas, search_settings
+from lorefine_mpi.refine.engine import prior_sigmas, search_settings
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

@@ -1,0 +1,446 @@
+"""The stages of a LO-refinement run, computed with no communicator: the same code serves one process
+and every MPI rank (`parallel.driver` decides who computes what and gathers the results).
+
+A run is a sequence of *stages*, one per (iteration, module):
+    1. split (`begin_stage`): module map ``V·M``, recentred so its centre of mass is at the box centre;
+       the rest of the complex for the subtract/composite scores (`rest_components`): every other module
+       at its latest map and poses (Gauss-Seidel: a module refined earlier in this iteration enters with
+       its new map and poses, the others with the iteration's model and their poses of the last iteration,
+       or the consensus poses) plus the unmasked remainder at the consensus poses;
+    2. search (`StageSearch.search_unit`): the particles of one work unit (`work_units`: projection-class
+       chunks) against the module's reference projections (`search.local`), in the stage's Fourier band
+       (`search_band`: ``search.max_resolution_angstrom``, or where a fixed sample of images stops matching
+       the other half's projections of the module); each particle's result depends only on its own image,
+       pose, CTF and seed. Once every unit is in, `final_poses` takes the
+       mean rigid motion of the module's poses relative to the consensus poses out
+       (``search.mean_motion: remove``): the map and poses of a module are only defined up to a common
+       motion, and without this the module drifts from the consensus frame over iterations;
+    3. reconstruct (`backproject`, `write_module`): the refined poses back-projected into half-map
+       accumulators in fixed blocks of particles (`reconstruction_blocks`, independent of how many processes
+       share them), each block's sums rounded to a grid on which float64 addition is exact
+       (`ExactSum`), so that summing the blocks in any order and grouping gives the same bits; the half
+       maps, the masked map (in the consensus frame), the FSC and the module's STAR file.
+After each iteration the refined modules are combined into the model of the next iteration (`combine`).
+
+Reference volumes (padded Fourier transforms) are allocated through ``allocate(shape, dtype, fill)``, given
+by the driver: node-shared memory under MPI, a plain array in one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from lorefine_mpi.geometry import candidates, rotations
+from lorefine_mpi.io import mrc
+from lorefine_mpi.io.star import read_star, relative_image_names, write_star
+from lorefine_mpi.parallel import partition
+from lorefine_mpi.projection import ctf as ctf_model
+from lorefine_mpi.projection import fourier
+from lorefine_mpi.reconstruction.reconstruct import backproject_halves, half_subsets, maps_from_halves
+from lorefine_mpi.refine import layout
+from lorefine_mpi.search import band, local, modules
+from lorefine_mpi.validation import fsc as fsc_mod
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Poses:
+    """matrices (n, 3, 3) and origin_px (n, 2), consensus frame."""
+
+    matrices: np.ndarray
+    origin_px: np.ndarray
+
+
+PRIOR_WINDOW_SIGMAS = 3.0  # search.prior_sigma_*: auto puts the search window's edge at 3 σ of the prior
+
+
+def prior_sigmas(search) -> tuple[float | None, float | None]:
+    """(σ_rot rad, σ_shift px) of the Gaussian prior, or None for a flat one; ``auto`` = window / 3."""
+    rot, shift = search.prior_sigma_deg, search.prior_sigma_px
+    rot = search.cone_half_angle_deg / PRIOR_WINDOW_SIGMAS if rot == "auto" else rot
+    shift = search.max_shift_px / PRIOR_WINDOW_SIGMAS if shift == "auto" else shift
+    return (None if rot is None else float(np.deg2rad(rot))), (shift or None)
+
+
+def search_settings(cfg, module_mask, centre_px, box, band_radius_px=None, module=None) -> local.SearchSettings:
+    """The search of a module: ``cfg.search`` with the module's own values (`ModuleConfig.search`) in place."""
+    s = cfg.search if module is None else module.search(cfg.search)
+    diameter = s.mask_diameter_px or modules.auto_mask_diameter_px(module_mask, centre_px, box, s.max_shift_px)
+    step = int(s.shift_step_px)
+    prior_rad, prior_px = prior_sigmas(s)
+    return local.SearchSettings(
+        strategy=s.strategy,
+        mode=cfg.score.mode,
+        cone_half_angle_rad=np.deg2rad(s.cone_half_angle_deg),
+        angular_step_rad=np.deg2rad(s.angular_step_deg),
+        psi_step_rad=np.deg2rad(s.psi_step_deg),
+        psi_half_steps=int(np.floor(s.psi_half_range_deg / s.psi_step_deg + 1e-9)),
+        max_shift_steps=int(np.floor(s.max_shift_px / step + 1e-9)),
+        shift_step_px=step,
+        n_random_angles=s.n_random_angles,
+        mask=modules.circular_mask(box, diameter),
+        angle_refinement=s.angle_refinement,
+        prior_sigma_rad=prior_rad,
+        prior_sigma_px=prior_px,
+        band_radius_px=band_radius_px,
+    )
+
+
+BAND_SAMPLE = 1000  # particles compared with the module's projections to find the search's band
+
+
+def sample_particles(n: int, seed: int, size: int = BAND_SAMPLE) -> np.ndarray:
+    """A fixed random sample of particle indices (ascending), the same on every run and rank count."""
+    return np.sort(np.random.default_rng([seed, 17]).choice(n, size=min(n, size), replace=False))
+
+
+def particle_seeds(seed: int, iteration: int, module_index: int, n: int) -> np.ndarray:
+    """One seed per particle, independent of units and ranks."""
+    base = np.random.SeedSequence([seed, iteration, module_index]).generate_state(1)[0]
+    return (np.uint64(base) + np.arange(n, dtype=np.uint64)).astype(np.int64) & 0x7FFFFFFFFFFF
+
+
+def plain_allocate(shape, dtype, fill) -> np.ndarray:
+    """The one-process allocator: a private array filled by ``fill(out)``."""
+    out = np.empty(shape, dtype=dtype)
+    fill(out)
+    return out
+
+
+# -- reconstruction in fixed blocks, summed exactly --------------------------------------------------
+
+BLOCK_MIN, BLOCK_MAX = 64, 256
+
+
+def reconstruction_blocks(n: int) -> list[np.ndarray]:
+    """Particle blocks of the back-projection: consecutive particles, a size that depends on n only
+    (about n / 256, within [64, 256]), so the blocks are the same however many processes share them."""
+    size = int(min(BLOCK_MAX, max(BLOCK_MIN, math.ceil(n / 256))))
+    return [np.arange(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+# A particle's inserted values |CTF·F(k)| are at most |CTF|max · Σ|f| (the L1 norm of its image), and one
+# image adds, with trilinear weights, at most a few of its samples to any voxel (its slice's samples are at
+# least one padded voxel apart): TRILINEAR_BOUND covers that with room to spare.
+TRILINEAR_BOUND = 64.0
+
+
+class ExactSum:
+    """Rounds accumulators to a fixed grid on which float64 sums are exact, whatever their order.
+
+    With ``bound`` ≥ the sum of the absolute values of every contribution to one element (over all
+    particles of the stage), values rounded to multiples of ``2^e · 2^-52`` (``2^e ≥ bound``) add exactly:
+    every partial sum is a multiple of that step below 2^52 steps, which float64 holds exactly. The
+    rounding error is below ``2^-53 · bound`` per block.
+    """
+
+    def __init__(self, data_bound: float, weight_bound: float):
+        self.data_step = self._step(data_bound)
+        self.weight_step = self._step(weight_bound)
+
+    @staticmethod
+    def _step(bound: float) -> float:
+        if not np.isfinite(bound) or bound <= 0:
+            return 0.0
+        return math.ldexp(1.0, math.frexp(bound)[1] - 52)
+
+    def round(self, halves) -> None:
+        """Round the float64 accumulators of back-projectors to the grid, in place."""
+        for bp in halves:
+            for array, step in ((bp.data.view(np.float64), self.data_step), (bp.weight, self.weight_step)):
+                if step > 0:
+                    np.multiply(array, 1.0 / step, out=array)
+                    np.rint(array, out=array)
+                    np.multiply(array, step, out=array)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One (iteration, module) of the run. name: its group in results.h5 (``iteration_01/large``);
+    folder: where its outputs go, relative to the output folder (``large`` or ``iteration_01/large``)."""
+
+    name: str
+    iteration: int
+    index: int
+    module_name: str
+    folder: str
+
+
+def stages(cfg) -> list[Stage]:
+    """The run's stages in order."""
+    return [
+        Stage(f"iteration_{it:02d}/{m.name}", it, index, m.name, layout.module_folder(cfg, it, m.name))
+        for it in range(1, cfg.iterations + 1)
+        for index, m in enumerate(cfg.modules)
+    ]
+
+
+@dataclasses.dataclass
+class StageState:
+    """What a stage fixes before its search: the module's centre (xyz px from the box centre), its
+    preliminary poses, and the model and poses the rest of the complex is made of."""
+
+    stage: Stage
+    centre_px: np.ndarray
+    prelim: Poses
+    model: np.ndarray
+    module_maps: list
+    poses: list
+
+
+class RefineEngine:
+    """The inputs of a run, held once per process, and the stages' computations.
+
+    cfg: the validated `Config`. allocate: ``allocate(shape, dtype, fill) -> array`` for the reference
+    volumes (every process of a node calls it in the same order; `plain_allocate` in one process).
+    """
+
+    def __init__(self, cfg, allocate=plain_allocate):
+        self.cfg = cfg
+        self.allocate = allocate
+        self.out = Path(cfg.output)
+        self.table = read_star(cfg.particles, cfg.project_dir)
+        self.consensus, self.voxel = mrc.read_map(cfg.consensus_map)
+        self.box = self.consensus.shape[0]
+        self.masks = [np.ones_like(self.consensus) if m.mask is None else np.clip(mrc.read_map(m.mask)[0], 0, 1) for m in cfg.modules]
+        self.use_ctf = self.table.has_ctf if cfg.score.ctf == "auto" else bool(cfg.score.ctf)
+        self.directions = candidates.direction_grid(np.deg2rad(cfg.search.angular_step_deg))
+        self.reader = mrc.StackReader()
+        self.consensus_poses = Poses(self.table.matrices, self.table.origin_px.copy())
+        self.subset = half_subsets(self.table, cfg.seed)
+        self.n = len(self.table)
+
+    # -- split ----------------------------------------------------------------------------------
+    def begin_stage(self, stage: Stage, model, module_maps, poses) -> StageState:
+        own = self.cfg.modules[stage.index].centre_px  # the module's rotation centre: its centre of mass unless set
+        centre = modules.centre_of_mass_px(model, self.masks[stage.index]) if own is None else np.asarray(own, dtype=np.float64)
+        return StageState(stage, centre, poses[stage.index], model, list(module_maps), list(poses))
+
+    def work_units(self, prelim: Poses) -> np.ndarray:
+        """(n,) the work unit of each particle: projection-class chunks (independent of the ranks)."""
+        p = self.cfg.parallel
+        classes = partition.projection_classes(prelim.matrices, np.deg2rad(p.class_spacing_deg))
+        return partition.work_units(classes, p.unit_size)[0]
+
+    def rest_components(self, state: StageState) -> list:
+        """[(volume, Poses)] of what is not the target module, for the scores that need it: every other
+        module j as ``module_maps[j] · M_j`` at ``poses[j]``, and the model outside all masks at the consensus poses."""
+        index = state.stage.index
+        if self.cfg.score.mode not in ("subtract", "composite") or self.cfg.modules[index].mask is None:
+            return []
+        if all(p is self.consensus_poses for p in state.poses):
+            return [(state.model * (1.0 - self.masks[index]), self.consensus_poses)]
+        parts = [(state.module_maps[j] * self.masks[j], state.poses[j]) for j in range(len(self.masks)) if j != index]
+        remainder = np.clip(1.0 - sum(self.masks), 0.0, 1.0)
+        if remainder.any():
+            parts.append((state.model * remainder, self.consensus_poses))
+        return parts
+
+    def _fourier_volume(self, volume, radius_px=None) -> fourier.FourierVolume:
+        """A volume's padded spectrum up to ``radius_px`` (default Nyquist), through the allocator."""
+        pad = self.cfg.reconstruction.padding
+        shape = fourier.band_shape(self.box, pad, radius_px)
+        data = self.allocate(shape, np.complex64, lambda out: fourier.prepare_volume(volume, pad, out=out, radius_px=radius_px))
+        return fourier.FourierVolume.from_array(data, self.box, pad, radius_px)
+
+    # -- search ---------------------------------------------------------------------------------
+    def search_band(self, state: StageState, reference_halves) -> tuple[float, str]:
+        """The Fourier band (image px) of the stage's search (`search.max_resolution_angstrom`) and how it was
+        found: a resolution given, or ``auto``: where a sample of images stops matching the module's
+        projections (`search.band`), each image compared with the reference reconstructed from the *other*
+        half of the particles (with the same half, its own noise would seem to match). reference_halves: the
+        (half1, half2) maps of the stage's reference, consensus frame (`reference_halves`). Deterministic."""
+        cfg, box, index = self.cfg, self.box, state.stage.index
+        if cfg.search.max_resolution_angstrom != "auto":
+            return band.band_from_resolution(cfg.search.max_resolution_angstrom, self.voxel, box), "as configured"
+        prelim, centre = state.prelim, state.centre_px
+        ids = sample_particles(self.n, cfg.seed)
+        images = fourier.to_fourier(mrc.read_images(self.table, ids, self.reader))
+        origin = modules.recentre_origins(prelim.matrices[ids], prelim.origin_px[ids], centre)
+        ctf = ctf_model.ctf_for_table(self.table, ids, box) if self.use_ctf else None
+        references = np.zeros_like(images)
+        for half, other in zip((1, 2), reference_halves[::-1]):
+            rows = np.nonzero(self.subset[ids] == half)[0]
+            fvol = fourier.prepare_volume(modules.recentre(other * self.masks[index], centre), cfg.reconstruction.padding)
+            references[rows] = fourier.project(fvol, prelim.matrices[ids[rows]], origin[rows], ctf=None if ctf is None else ctf[rows])
+        frc, samples = band.fourier_ring_correlation(images, references, box)
+        return band.signal_band(frc, samples, box), f"from the FRC of {len(ids)} images with the other half's projections of the module"
+
+    def reference_halves(self, state: StageState, consensus_halves):
+        """The half maps (consensus frame) of the reference the stage's module is searched against: the
+        consensus halves in iteration 1, the module's half maps of the previous iteration after."""
+        iteration = state.stage.iteration
+        if iteration == 1:
+            return consensus_halves
+        folder = self.out / layout.module_folder(self.cfg, iteration - 1, state.stage.module_name)
+        return tuple(mrc.read_map(folder / f"half{h}.mrc")[0] for h in (1, 2))
+
+    def stage_search(self, state: StageState, band_radius_px=None) -> "StageSearch":
+        """The stage's searcher: its reference volumes (up to the band) allocated (collectively under MPI)
+        and its settings."""
+        index = state.stage.index
+        module_fvol = self._fourier_volume(modules.recentre(state.model * self.masks[index], state.centre_px), band_radius_px)
+        rest = [(self._fourier_volume(volume, band_radius_px), rest_poses) for volume, rest_poses in self.rest_components(state)]
+        settings = search_settings(self.cfg, self.masks[index], state.centre_px, self.box, band_radius_px, self.cfg.modules[index])
+        searcher = local.UnitSearch(module_fvol, self.directions, settings, self.box)
+        seeds = particle_seeds(self.cfg.seed, state.stage.iteration, index, self.n)
+        return StageSearch(self, state, searcher, rest, seeds)
+
+    def final_poses(self, state: StageState, search_matrix, search_origin_px):
+        """The stage's poses from the search's, with the mean motion taken out (`search.mean_motion`):
+        (Poses, rotation vector removed (3,) deg, shift removed (3,) px). Deterministic."""
+        matrices, origin_px = search_matrix, search_origin_px
+        rotation_deg, shift_px = np.zeros(3), np.zeros(3)
+        if self.cfg.search.mean_motion == "remove":
+            reference = self.consensus_poses
+            matrices, origin_px, motion = modules.remove_mean_motion(
+                matrices, origin_px, reference.matrices, reference.origin_px, state.centre_px
+            )
+            rotation_deg, shift_px = np.rad2deg(rotations.rotation_vector(motion.rotation)), motion.shift_px
+            log.info("%s: mean motion relative to the consensus taken out: %.3f° rotation, %.3f px shift",
+                     state.stage.name, np.rad2deg(motion.angle_rad), np.linalg.norm(shift_px))
+        return Poses(matrices, origin_px), rotation_deg, shift_px
+
+    def _ctf(self, ids):
+        if not self.use_ctf:
+            return None
+        return lambda rows, extra: ctf_model.ctf_for_table(self.table, ids[rows], self.box, extra)
+
+    def read_images_ft(self, ids) -> np.ndarray:
+        """The particles' images (p, N, N//2+1) complex64 (NaN/Inf refused with the image named)."""
+        return fourier.to_fourier(mrc.read_images(self.table, ids, self.reader))
+
+    # -- reconstruction -------------------------------------------------------------------------
+    def exact_sum(self, image_bound: float, ctf_bound: float) -> ExactSum:
+        """The rounding grid of the stage's accumulators from the largest image L1 norm and |CTF| of any
+        particle (both maxima over all particles, so every process gets the same grid)."""
+        return ExactSum(TRILINEAR_BOUND * self.n * image_bound * ctf_bound, TRILINEAR_BOUND * self.n * ctf_bound**2)
+
+    def image_bounds(self, ids) -> tuple[float, float]:
+        """(max L1 norm of the images, max |CTF|) over the particles ``ids`` (0, 0 for none)."""
+        l1 = 0.0
+        for start in range(0, len(ids), BLOCK_MAX):
+            images = mrc.read_images(self.table, ids[start : start + BLOCK_MAX], self.reader)
+            l1 = max(l1, float(np.abs(images, dtype=np.float64).sum(axis=(1, 2)).max()))
+        return l1, self.ctf_bound(ids)
+
+    def ctf_bound(self, ids) -> float:
+        """An upper bound of |CTF| over the particles ``ids``: |scale| · the B-factor envelope's largest value."""
+        if not len(ids):
+            return 0.0
+        if not self.use_ctf:
+            return 1.0
+        t = self.table
+        apix = t.pixel_size_angstrom()[ids]
+        k2_max = 0.5 / apix**2  # the corner of the image, (√2 / (2 · pixel))²
+        envelope = np.exp(np.maximum(-t.ctf_bfactor_angstrom2[ids] * k2_max / 4.0, 0.0))
+        return float((np.abs(t.ctf_scale[ids]) * envelope).max() * (1 + 1e-6))
+
+    def reconstruction_poses(self, state: StageState, poses: Poses) -> Poses:
+        """The refined poses in the module's recentred frame, where it is rebuilt (sharper: the centre
+        tolerates angular error best; `write_module` moves the maps back to overlay the consensus map)."""
+        return Poses(poses.matrices, modules.recentre_origins(poses.matrices, poses.origin_px, state.centre_px))
+
+    def backproject(self, centred: Poses, ids, exact: ExactSum):
+        """Two accumulators (half 1, half 2) of the particles ``ids`` (one block of `reconstruction_blocks`)
+        at the poses ``centred`` (`reconstruction_poses`), rounded to ``exact``'s grid."""
+        halves = backproject_halves(
+            self.table, ids, self.box, use_ctf=self.use_ctf, padding=self.cfg.reconstruction.padding, subset=self.subset,
+            matrices=centred.matrices, origin_px=centred.origin_px, reader=self.reader, batch=BLOCK_MAX,
+        )
+        exact.round(halves)
+        return halves
+
+    def rebuild(self, state: StageState, halves) -> dict:
+        """The module's maps {'half1', 'half2', 'full'} (N, N, N) float32 from its summed accumulators,
+        moved from the recentred frame back to overlay the consensus map."""
+        cfg = self.cfg
+        rebuilt = maps_from_halves(halves, cfg.reconstruction.weight_floor, cfg.reconstruction.gridding_iterations)
+        return {k: modules.shift_volume(v, state.centre_px) for k, v in rebuilt.items()}
+
+    def write_module(self, state: StageState, maps, poses: Poses, scores) -> None:
+        """The module's maps (`rebuild`), FSC and STAR file in its output folder."""
+        cfg, stage = self.cfg, state.stage
+        module_mask = self.masks[stage.index]
+        half_maps, full = [maps["half1"], maps["half2"]], maps["full"]
+        folder = self.out / stage.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        mrc.write_map(folder / "half1.mrc", half_maps[0], self.voxel)
+        mrc.write_map(folder / "half2.mrc", half_maps[1], self.voxel)
+        mrc.write_map(folder / "map.mrc", full * module_mask, self.voxel)
+        mrc.write_map(folder / "mask.mrc", module_mask, self.voxel)
+        curve = fsc_mod.fsc(half_maps[0], half_maps[1], self.voxel, mask=module_mask, seed=cfg.seed)
+        fsc_mod.write_fsc_json(folder / "fsc.json", {"half_maps_masked": curve})
+        fsc_mod.plot_fsc_png(folder / "fsc.png", {f"{stage.module_name} half maps (masked)": curve}, f"{stage.name}: gold-standard FSC")
+        rot, tilt, psi = rotations.matrix_to_euler(poses.matrices)
+        write_star(
+            folder / "particles.star", self.table, rot_rad=rot, tilt_rad=tilt, psi_rad=psi, origin_px=poses.origin_px,
+            image_name=relative_image_names(self.table, cfg.project_dir), extra_columns={"rlnLorefineScore": scores},
+        )
+        log.info("%s: map %s, half-map FSC 0.143 at %.2f Å (masked)", stage.name, folder / "map.mrc", fsc_mod.resolution_at(curve, 0.143))
+
+    def write_consensus_halves(self, halves) -> tuple:
+        """Half maps of the consensus poses from their summed accumulators, written to ``OUT/consensus/``
+        (the band of the first iteration's searches is found against them); returns (half1, half2)."""
+        cfg = self.cfg
+        maps = maps_from_halves(halves, cfg.reconstruction.weight_floor, cfg.reconstruction.gridding_iterations)
+        folder = self.out / layout.CONSENSUS_FOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        for h in (1, 2):
+            mrc.write_map(folder / f"half{h}.mrc", maps[f"half{h}"], self.voxel)
+        log.info("consensus half maps (the consensus poses) in %s", folder)
+        return maps["half1"], maps["half2"]
+
+    def read_consensus_halves(self) -> tuple | None:
+        """The consensus half maps a resumed run wrote already, or None."""
+        folder = self.out / layout.CONSENSUS_FOLDER
+        if not (folder / "half2.mrc").exists():
+            return None
+        return tuple(mrc.read_map(folder / f"half{h}.mrc")[0] for h in (1, 2))
+
+    # -- combine --------------------------------------------------------------------------------
+    def combine(self, model, maps) -> np.ndarray:
+        """The updated model: each refined module inside its mask, the old model elsewhere (float32)."""
+        total_mask = np.clip(sum(self.masks), 0.0, 1.0)
+        combined = sum(m * mask for m, mask in zip(maps, self.masks)) + model * (1.0 - total_mask)
+        return combined.astype(np.float32)
+
+    def write_combined(self, iteration: int, combined) -> None:
+        path = self.out / layout.combined_path(self.cfg, iteration)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mrc.write_map(path, combined, self.voxel)
+
+
+class StageSearch:
+    """One stage's search: the reference volumes and settings, and the search of a work unit."""
+
+    def __init__(self, engine: RefineEngine, state: StageState, searcher, rest, seeds):
+        self.engine, self.state, self.searcher, self.rest, self.seeds = engine, state, searcher, rest, seeds
+
+    def search_unit(self, ids) -> dict:
+        """The search of the particles ``ids`` (ascending): a dict of per-particle arrays keyed by the
+        `io.results.UNIT_FIELDS` of results.h5, row-aligned with ``ids``."""
+        e, prelim, centre = self.engine, self.state.prelim, self.state.centre_px
+        images_ft = e.read_images_ft(ids)
+        ctf = e._ctf(ids)
+        rest_ft = None
+        if self.rest:
+            ctf_all = None if ctf is None else ctf(np.arange(len(ids)), 0.0)
+            rest_ft = sum(fourier.project(fvol, p.matrices[ids], p.origin_px[ids], ctf=ctf_all) for fvol, p in self.rest)
+        origin_centred = modules.recentre_origins(prelim.matrices[ids], prelim.origin_px[ids], centre)
+        consensus = e.consensus_poses  # the centre of the prior: the module's motion is relative to the consensus
+        unit = local.UnitInput(images_ft, prelim.matrices[ids], origin_centred, ctf, rest_ft, self.seeds[ids], consensus.matrices[ids],
+                               modules.recentre_origins(consensus.matrices[ids], consensus.origin_px[ids], centre))
+        found = self.searcher.run(unit)
+        return {
+            "search_matrix": found.matrix,
+            "search_origin_px": modules.consensus_origins(found.matrix, found.origin_px, centre),
+            "score": found.score,
+            "rest_scale": found.rest_scale,
+        }
