@@ -64,6 +64,7 @@ class SearchConfig:
     prior_sigma_deg: float | str | None = "auto"
     prior_sigma_px: float | str | None = "auto"
     max_resolution_angstrom: float | str = "auto"
+    estimate: str = "map"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +143,7 @@ _RULES: dict[str, tuple[str, Any, str]] = {
     "search.mean_motion": ("choice", ("remove", "keep"), "one of remove, keep"),
     "search.prior_sigma_deg": ("prior", lambda v: 0 < v <= 90, "must be auto, null or a number in (0, 90]"),
     "search.prior_sigma_px": ("prior", lambda v: 0 < v <= 32, "must be auto, null or a number in (0, 32]"),
+    "search.estimate": ("choice", ("map", "mean"), "one of map, mean"),
     "search.max_resolution_angstrom": ("auto_float", lambda v: v > 0, "must be auto or a resolution in Å (> 0)"),
     "score.mode": ("choice", ("subtract", "composite"), "one of subtract, composite"),
     "score.ctf": ("choice", ("auto", True, False), "one of auto, true, false"),

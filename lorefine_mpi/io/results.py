@@ -9,7 +9,8 @@ Schema (h5py; written by rank 0 only)
         results; `--continue` refuses a config whose fingerprint differs and names what changed).
     /particles/image_name            (n,) str, rlnImageName of each particle, in STAR order
     /<stage>/                        one group per (iteration, module), e.g. ``iteration_01/large``
-        attrs: iteration, module, n_units, complete (0/1), reconstructed (0/1), cpu_seconds (JSON: CPU seconds
+        attrs: iteration, module, n_units, complete (0/1), reconstructed (0/1), search_band_px (the score's band),
+               prior_sigma (2,) the prior's widths σ_rot (rad) and σ_px of the search (NaN: flat), learned or given, cpu_seconds (JSON: CPU seconds
                of the search, the reconstruction and the writing of the outputs, summed over ranks),
                mean_rotation_removed_deg (3,) rotation vector and mean_shift_removed_px (3,) xyz of the
                mean motion taken out of the search's poses (``search.mean_motion``; zeros for ``keep``)
@@ -228,6 +229,12 @@ class ResultsFile:
 
     def root_flag(self, attr: str) -> bool:
         return bool(self.file.attrs.get(attr, 0))
+
+    def stage_attribute(self, name: str, attr: str):
+        """A stage's attribute, or None when the stage or the attribute is not there."""
+        if name not in self.file:
+            return None
+        return self.file[name].attrs.get(attr)
 
     def set_attribute(self, name: str, attr: str, value) -> None:
         self.file[name].attrs[attr] = value

@@ -38,13 +38,14 @@ class CpuBackend:
         cpu.scatter_slices(data, weight, np.ascontiguousarray(kx, np.float64), np.ascontiguousarray(ky, np.float64), matrices,
                            float(padding), np.ascontiguousarray(values), np.ascontiguousarray(weights))
 
-    def sample_patches(self, upsampled, zx, zy, angles_rad, shifts_px, out=None) -> np.ndarray:
-        """(Q, J) float32: ``f(R2(β_q) z_j − u_q)`` for Q (angle, shift) pairs; see `cpu.sample_patches`."""
+    def sample_patches(self, upsampled, zx, zy, angles_rad, shifts_px, out=None, factor=2) -> np.ndarray:
+        """(Q, J) float32: ``f(R2(β_q) z_j − u_q)`` for Q (angle, shift) pairs, from the image upsampled ``factor``
+        times; see `cpu.sample_patches`."""
         angles = np.asarray(angles_rad, dtype=np.float64).reshape(-1)
         shifts = np.asarray(shifts_px, dtype=np.float64).reshape(-1, 2)
         if out is None:
             out = np.empty((len(angles), len(zx)), dtype=np.float32)
-        cpu.sample_patches(np.ascontiguousarray(upsampled, np.float32), zx, zy, np.cos(angles), np.sin(angles),
+        cpu.sample_patches(np.ascontiguousarray(upsampled, np.float32), float(factor), zx, zy, np.cos(angles), np.sin(angles),
                            np.ascontiguousarray(shifts[:, 0]), np.ascontiguousarray(shifts[:, 1]), out)
         return out
 

@@ -127,10 +127,10 @@ def scatter_slices(data, weight, kx, ky, matrices, padding, values, weights):
 
 
 @numba.njit(fastmath=True, **_JIT)
-def sample_patches(upsampled, zx, zy, cos, sin, shift_x, shift_y, out):
+def sample_patches(upsampled, factor, zx, zy, cos, sin, shift_x, shift_y, out):
     """Bilinear samples of an image at turned and shifted coordinates.
 
-    upsampled: (2n, 2n) float32, the image on a grid twice as fine, its centre at index n; zx, zy: (J,)
+    upsampled: (f·n, f·n) float32, the image on a grid ``factor`` (f) times as fine, its centre at index f·n/2; zx, zy: (J,)
     coordinates (image px from the centre); cos, sin, shift_x, shift_y: (Q,) one transform each; out:
     (Q, J) float32 with ``out[q, j] = f(R2(β_q) z_j − u_q)``, R2(β) = [[c, s], [−s, c]] acting on (x, y);
     samples outside the image are 0.
@@ -140,8 +140,8 @@ def sample_patches(upsampled, zx, zy, cos, sin, shift_x, shift_y, out):
     for q in range(cos.shape[0]):
         c, s, ux, uy = cos[q], sin[q], shift_x[q], shift_y[q]
         for j in range(zx.shape[0]):
-            x = 2.0 * (c * zx[j] + s * zy[j] - ux) + half
-            y = 2.0 * (-s * zx[j] + c * zy[j] - uy) + half
+            x = factor * (c * zx[j] + s * zy[j] - ux) + half
+            y = factor * (-s * zx[j] + c * zy[j] - uy) + half
             x0 = int(np.floor(x))
             y0 = int(np.floor(y))
             if x0 < 0 or y0 < 0 or x0 + 1 >= size or y0 + 1 >= size:

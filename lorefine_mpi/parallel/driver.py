@@ -209,14 +209,19 @@ class Driver:
             log.info("%s: %d particles in %d units (%d to do), module centre (%.2f, %.2f, %.2f) px",
                      stage.name, len(unit_of_particle), len(members), len(pending), *state.centre_px)
         if pending:
-            band_px = None
+            band_px = weights = None
             if ctx.is_root:
-                band_px, how = engine.search_band(state, engine.reference_halves(state, self.consensus_halves))
+                band_px, weights, how = engine.search_band(state, engine.reference_halves(state, self.consensus_halves))
                 self._writing()
                 self.results.set_attribute(stage.name, "search_band_px", band_px)
                 log.info("%s: search band %.1f px = %.2f Å (Nyquist %.2f Å), %s", stage.name, band_px, engine.box * engine.voxel / band_px,
                          2 * engine.voxel, how)
-            search = engine.stage_search(state, ctx.bcast(band_px))
+            band_px, weights = ctx.bcast((band_px, weights))
+            search = engine.stage_search(state, band_px, weights)
+            widths = None
+            if ctx.is_root:
+                widths = self._prior_widths(stage, search)
+            search.use_prior(*ctx.bcast(widths))
             tracker = ProgressLog(f"{stage.name}: search", sum(len(members[u]) for u in pending))
             cpu_started = time.process_time()
 
@@ -242,6 +247,21 @@ class Driver:
             self.results.write_poses(stage.name, final.matrices, final.origin_px, rotation_deg, shift_px)
             self.results.mark(stage.name, "complete")
         return ctx.bcast(final)
+
+    def _prior_widths(self, stage, search):
+        """The stage's prior widths (σ_rot rad, σ_px): learned once (`StageSearch.learn_prior`) and kept in
+        results.h5, so a resumed stage uses the same. Rank 0."""
+        kept = self.results.stage_attribute(stage.name, "prior_sigma")
+        if kept is not None:
+            return tuple(None if np.isnan(v) else float(v) for v in kept)
+        cpu_started = time.process_time()
+        rot, px = search.learn_prior()
+        self._add_cpu(stage.name, "search", time.process_time() - cpu_started)
+        self._writing()
+        self.results.set_attribute(stage.name, "prior_sigma", np.array([np.nan if rot is None else rot, np.nan if px is None else px]))
+        log.info("%s: prior on the module's motion: %s rotation, %s shift", stage.name,
+                 "flat" if rot is None else f"σ {np.rad2deg(rot):.3g}°", "flat" if px is None else f"σ {px:.3g} px")
+        return rot, px
 
     # -- one stage: reconstruction -------------------------------------------------------------
     def _exact_sum(self) -> eng.ExactSum:

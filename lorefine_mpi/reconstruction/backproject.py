@@ -141,7 +141,7 @@ class BackProjector:
 
         weight_floor: fraction of the largest weight (plain division) or of the largest convolved weight
         (iterative gridding) below which it is not trusted. Voxels beyond radius N/2 of the centre are set
-        to 0, as in RELION.
+        to 0, as in RELION, before the low-pass at Nyquist (which leaves them near 0, not exactly).
         """
         p, n = self.box * self.padding, self.box
         data, weight = self._fft_layout()
@@ -153,11 +153,10 @@ class BackProjector:
         # Scale so that a map rebuilt from its own projections comes back at the original scale.
         scale = np.float32((p**3) / (n**2) / n / self.padding**3)
         volume = volume * scale / (correction[:, None, None] * correction[None, :, None] * correction[None, None, :])
-        volume = lowpass_at_nyquist(volume)
         r = np.arange(n) - n // 2
         outside = (r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2) > (n // 2) ** 2
         volume[outside] = 0.0
-        return volume
+        return lowpass_at_nyquist(volume)  # last: the hard edge of the sphere above would put power back into the corners
 
     def _weighting(self, weight, weight_floor, iterations) -> np.ndarray:
         """Factors (float32) for the data in the FFT layout of `_fft_layout`, see the module docstring."""

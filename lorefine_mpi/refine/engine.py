@@ -43,7 +43,7 @@ from lorefine_mpi.projection import ctf as ctf_model
 from lorefine_mpi.projection import fourier
 from lorefine_mpi.reconstruction.reconstruct import backproject_halves, half_subsets, maps_from_halves
 from lorefine_mpi.refine import layout
-from lorefine_mpi.search import band, local, modules
+from lorefine_mpi.search import band, local, modules, prior
 from lorefine_mpi.validation import fsc as fsc_mod
 
 log = logging.getLogger(__name__)
@@ -57,19 +57,25 @@ class Poses:
     origin_px: np.ndarray
 
 
-PRIOR_WINDOW_SIGMAS = 3.0  # search.prior_sigma_*: auto puts the search window's edge at 3 σ of the prior
-
-
 def prior_sigmas(search) -> tuple[float | None, float | None]:
-    """(σ_rot rad, σ_shift px) of the Gaussian prior, or None for a flat one; ``auto`` = window / 3."""
-    rot, shift = search.prior_sigma_deg, search.prior_sigma_px
-    rot = search.cone_half_angle_deg / PRIOR_WINDOW_SIGMAS if rot == "auto" else rot
-    shift = search.max_shift_px / PRIOR_WINDOW_SIGMAS if shift == "auto" else shift
+    """(σ_rot rad, σ_shift px) of the Gaussian prior as configured: None for a flat one (null) or for one
+    learned from the data (auto, `learned_prior`)."""
+    rot, shift = (None if v == "auto" else v for v in (search.prior_sigma_deg, search.prior_sigma_px))
     return (None if rot is None else float(np.deg2rad(rot))), (shift or None)
 
 
-def search_settings(cfg, module_mask, centre_px, box, band_radius_px=None, module=None) -> local.SearchSettings:
-    """The search of a module: ``cfg.search`` with the module's own values (`ModuleConfig.search`) in place."""
+def learned_prior(search) -> tuple[bool, bool]:
+    """Whether the prior's rotation and shift widths are learned from the data (``auto``) in each stage."""
+    return search.prior_sigma_deg == "auto", search.prior_sigma_px == "auto"
+
+
+PRIOR_SAMPLE = 300  # particles whose flat-prior scores teach each stage the prior's widths
+PRIOR_CLASS_SPACING_DEG = 7.5
+
+
+def search_settings(cfg, module_mask, centre_px, box, band_radius_px=None, module=None, spectral_weight=None) -> local.SearchSettings:
+    """The search of a module: ``cfg.search`` with the module's own values (`ModuleConfig.search`) in place
+    (a learned prior's widths are set once learned, `StageSearch.use_prior`)."""
     s = cfg.search if module is None else module.search(cfg.search)
     diameter = s.mask_diameter_px or modules.auto_mask_diameter_px(module_mask, centre_px, box, s.max_shift_px)
     step = int(s.shift_step_px)
@@ -89,6 +95,8 @@ def search_settings(cfg, module_mask, centre_px, box, band_radius_px=None, modul
         prior_sigma_rad=prior_rad,
         prior_sigma_px=prior_px,
         band_radius_px=band_radius_px,
+        spectral_weight=spectral_weight,
+        estimate=s.estimate,
     )
 
 
@@ -250,27 +258,32 @@ class RefineEngine:
         return fourier.FourierVolume.from_array(data, self.box, pad, radius_px)
 
     # -- search ---------------------------------------------------------------------------------
-    def search_band(self, state: StageState, reference_halves) -> tuple[float, str]:
-        """The Fourier band (image px) of the stage's search (`search.max_resolution_angstrom`) and how it was
-        found: a resolution given, or ``auto``: where a sample of images stops matching the module's
-        projections (`search.band`), each image compared with the reference reconstructed from the *other*
-        half of the particles (with the same half, its own noise would seem to match). reference_halves: the
-        (half1, half2) maps of the stage's reference, consensus frame (`reference_halves`). Deterministic."""
+    def search_band(self, state: StageState, reference_halves) -> tuple[float, np.ndarray, str]:
+        """The Fourier band (image px) of the stage's search (`search.max_resolution_angstrom`), the whitening
+        weight per frequency radius (N//2+1,) (`band.whitening_weights`) and how the band was found: a
+        resolution given, or ``auto``: where a sample of images stops matching the module's projections
+        (`search.band`), each image compared with the reference reconstructed from the *other* half of the
+        particles (with the same half, its own noise would seem to match). reference_halves: the (half1,
+        half2) maps of the stage's reference, consensus frame (`reference_halves`), or None when the band is
+        given (the whitening then compares the images with the stage's reference itself). Deterministic."""
         cfg, box, index = self.cfg, self.box, state.stage.index
-        if cfg.search.max_resolution_angstrom != "auto":
-            return band.band_from_resolution(cfg.search.max_resolution_angstrom, self.voxel, box), "as configured"
         prelim, centre = state.prelim, state.centre_px
         ids = sample_particles(self.n, cfg.seed)
         images = fourier.to_fourier(mrc.read_images(self.table, ids, self.reader))
         origin = modules.recentre_origins(prelim.matrices[ids], prelim.origin_px[ids], centre)
         ctf = ctf_model.ctf_for_table(self.table, ids, box) if self.use_ctf else None
         references = np.zeros_like(images)
-        for half, other in zip((1, 2), reference_halves[::-1]):
-            rows = np.nonzero(self.subset[ids] == half)[0]
+        # each half's images against the other half's map; without half maps (a band given), the stage's reference
+        pairs = zip((1, 2), reference_halves[::-1]) if reference_halves is not None else [(None, state.model)]
+        for half, other in pairs:
+            rows = np.arange(len(ids)) if half is None else np.nonzero(self.subset[ids] == half)[0]
             fvol = fourier.prepare_volume(modules.recentre(other * self.masks[index], centre), cfg.reconstruction.padding)
             references[rows] = fourier.project(fvol, prelim.matrices[ids[rows]], origin[rows], ctf=None if ctf is None else ctf[rows])
         frc, samples = band.fourier_ring_correlation(images, references, box)
-        return band.signal_band(frc, samples, box), f"from the FRC of {len(ids)} images with the other half's projections of the module"
+        weights = band.whitening_weights(images, references, box)
+        if cfg.search.max_resolution_angstrom != "auto":
+            return band.band_from_resolution(cfg.search.max_resolution_angstrom, self.voxel, box), weights, "as configured"
+        return band.signal_band(frc, samples, box), weights, f"from the FRC of {len(ids)} images with the other half's projections of the module"
 
     def reference_halves(self, state: StageState, consensus_halves):
         """The half maps (consensus frame) of the reference the stage's module is searched against: the
@@ -281,13 +294,14 @@ class RefineEngine:
         folder = self.out / layout.module_folder(self.cfg, iteration - 1, state.stage.module_name)
         return tuple(mrc.read_map(folder / f"half{h}.mrc")[0] for h in (1, 2))
 
-    def stage_search(self, state: StageState, band_radius_px=None) -> "StageSearch":
+    def stage_search(self, state: StageState, band_radius_px=None, spectral_weight=None) -> "StageSearch":
         """The stage's searcher: its reference volumes (up to the band) allocated (collectively under MPI)
         and its settings."""
         index = state.stage.index
         module_fvol = self._fourier_volume(modules.recentre(state.model * self.masks[index], state.centre_px), band_radius_px)
         rest = [(self._fourier_volume(volume, band_radius_px), rest_poses) for volume, rest_poses in self.rest_components(state)]
-        settings = search_settings(self.cfg, self.masks[index], state.centre_px, self.box, band_radius_px, self.cfg.modules[index])
+        settings = search_settings(self.cfg, self.masks[index], state.centre_px, self.box, band_radius_px, self.cfg.modules[index],
+                                   spectral_weight)
         searcher = local.UnitSearch(module_fvol, self.directions, settings, self.box)
         seeds = particle_seeds(self.cfg.seed, state.stage.iteration, index, self.n)
         return StageSearch(self, state, searcher, rest, seeds)
@@ -423,9 +437,8 @@ class StageSearch:
     def __init__(self, engine: RefineEngine, state: StageState, searcher, rest, seeds):
         self.engine, self.state, self.searcher, self.rest, self.seeds = engine, state, searcher, rest, seeds
 
-    def search_unit(self, ids) -> dict:
-        """The search of the particles ``ids`` (ascending): a dict of per-particle arrays keyed by the
-        `io.results.UNIT_FIELDS` of results.h5, row-aligned with ``ids``."""
+    def _unit(self, ids) -> local.UnitInput:
+        """The search's input for the particles ``ids`` (ascending)."""
         e, prelim, centre = self.engine, self.state.prelim, self.state.centre_px
         images_ft = e.read_images_ft(ids)
         ctf = e._ctf(ids)
@@ -435,12 +448,50 @@ class StageSearch:
             rest_ft = sum(fourier.project(fvol, p.matrices[ids], p.origin_px[ids], ctf=ctf_all) for fvol, p in self.rest)
         origin_centred = modules.recentre_origins(prelim.matrices[ids], prelim.origin_px[ids], centre)
         consensus = e.consensus_poses  # the centre of the prior: the module's motion is relative to the consensus
-        unit = local.UnitInput(images_ft, prelim.matrices[ids], origin_centred, ctf, rest_ft, self.seeds[ids], consensus.matrices[ids],
+        return local.UnitInput(images_ft, prelim.matrices[ids], origin_centred, ctf, rest_ft, self.seeds[ids], consensus.matrices[ids],
                                modules.recentre_origins(consensus.matrices[ids], consensus.origin_px[ids], centre))
-        found = self.searcher.run(unit)
+
+    def search_unit(self, ids) -> dict:
+        """The search of the particles ``ids`` (ascending): a dict of per-particle arrays keyed by the
+        `io.results.UNIT_FIELDS` of results.h5, row-aligned with ``ids``."""
+        found = self.searcher.run(self._unit(ids))
         return {
             "search_matrix": found.matrix,
-            "search_origin_px": modules.consensus_origins(found.matrix, found.origin_px, centre),
+            "search_origin_px": modules.consensus_origins(found.matrix, found.origin_px, self.state.centre_px),
             "score": found.score,
             "rest_scale": found.rest_scale,
         }
+
+    def learn_prior(self) -> tuple[float | None, float | None]:
+        """The prior's widths (σ_rot rad, σ_px) for the stage: those configured as ``auto`` learned from a
+        fixed sample of `PRIOR_SAMPLE` particles (`search.prior`: the widths that maximise the marginal
+        likelihood of their flat-prior scores over every rotation and shift), the others as configured.
+        Deterministic (a fixed sample), so the same on every rank count and resume."""
+        e, settings = self.engine, self.searcher.settings
+        learn_rot, learn_px = learned_prior(e.cfg.modules[self.state.stage.index].search(e.cfg.search))
+        if not (learn_rot or learn_px):
+            return settings.prior_sigma_rad, settings.prior_sigma_px
+        flat = dataclasses.replace(settings, strategy="simultaneous", prior_sigma_rad=None, prior_sigma_px=None, angle_refinement="none",
+                                   estimate="map")
+        pilot = local.UnitSearch(self.searcher.fvol, self.searcher.directions, flat, self.searcher.box)
+        flat_width = 1e6  # a flat prior, for a width that is neither learned nor given
+        grid_rot = np.deg2rad(prior.SIGMA_ROT_GRID_DEG) if learn_rot else np.array([settings.prior_sigma_rad or flat_width])
+        grid_px = prior.SIGMA_PX_GRID if learn_px else np.array([settings.prior_sigma_px or flat_width])
+        ids = sample_particles(e.n, e.cfg.seed, PRIOR_SAMPLE)
+        # grouped by projection class to share projections (a fixed grouping: not the run's parallel settings)
+        classes = partition.projection_classes(self.state.prelim.matrices[ids], np.deg2rad(PRIOR_CLASS_SPACING_DEG))
+        evidence = np.zeros((len(ids), len(grid_rot), len(grid_px)))
+        for members in partition.work_units(classes, len(ids))[1]:
+            unit = self._unit(ids[members])
+            found = pilot.run(unit)
+            for j, scores in enumerate(found.scores):
+                evidence[members[j]] = prior.log_evidence(scores, flat.psi_step_rad, pilot.work.effective_pixels, unit.prior_matrices[j],
+                                                          unit.prior_origin_px[j] - unit.origin_px[j], grid_rot, grid_px)
+        sigma_rot, sigma_px = prior.learn_widths(evidence.sum(axis=0), grid_rot, grid_px)
+        return (sigma_rot if learn_rot else settings.prior_sigma_rad), (sigma_px if learn_px else settings.prior_sigma_px)
+
+    def use_prior(self, sigma_rot_rad, sigma_px) -> None:
+        """Search with these prior widths from now on."""
+        s = self.searcher
+        self.searcher = local.UnitSearch(s.fvol, s.directions, dataclasses.replace(s.settings, prior_sigma_rad=sigma_rot_rad,
+                                                                                   prior_sigma_px=sigma_px), s.box)

@@ -75,3 +75,28 @@ def signal_band(frc, samples, box: int, information_loss: float = INFORMATION_LO
 def band_from_resolution(resolution_angstrom: float, pixel_size_angstrom: float, box: int) -> float:
     """The band radius (image px) of a resolution: N · pixel size / resolution, at most N/2 − 1."""
     return float(min(box * pixel_size_angstrom / resolution_angstrom, box // 2 - 1))
+
+
+def whitening_weights(images_ft, references_ft, box: int) -> np.ndarray:
+    """A factor per frequency radius (N//2+1,) that makes the images' noise white: 1 / sqrt(the noise power
+    per Fourier coefficient of each ring), scaled to a largest value of 1.
+
+    The noise power of ring r is what the images hold beyond the part the references predict, the
+    least-squares fit ``α(r) · M`` per ring: ``(Σ|X|² − (Σ Re X·M̄)² / Σ|M|²) / samples``. White noise gives
+    equal weights (the score is unchanged); a camera's MTF or a coloured background gives the rings where
+    the noise is weak more weight, as the likelihood of coloured Gaussian noise does.
+    """
+    x, m = np.asarray(images_ft), np.asarray(references_ft)
+    cross = ring_sums((x * np.conj(m)).real, box)
+    power_m = ring_sums(np.abs(m) ** 2, box)
+    samples = len(x) * ring_sums(np.ones((box, box // 2 + 1)), box)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        explained = np.where(power_m > 0, cross**2 / power_m, 0.0)
+        noise = (ring_sums(np.abs(x) ** 2, box) - explained) / np.maximum(samples, 1.0)
+    good = noise > 0
+    if not good.any():
+        return np.ones(box // 2 + 1)
+    radius = np.arange(box // 2 + 1)
+    noise = np.interp(radius, radius[good], noise[good])  # a ring without an estimate takes its neighbours'
+    weights = 1.0 / np.sqrt(noise)
+    return weights / weights.max()

@@ -79,6 +79,7 @@ from lorefine_mpi.projection import fourier
 from lorefine_mpi.search import score
 
 _SEAM_TILT_RAD = np.deg2rad(135.0)
+UPSAMPLING = 2  # the image is resampled bilinearly from a grid this many times finer (4 and 8 change no learned width)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +101,7 @@ class SearchSettings:
     prior_sigma_px: float | None = None  # Gaussian prior on the origin from the prior origin (None: flat)
     band_radius_px: float | None = None  # the Fourier band the score uses, image px of the box (None: to Nyquist)
     spectral_weight: np.ndarray | None = None  # (N//2+1,) factor per frequency radius on image and references
+    estimate: str = "map"  # "map": the best candidate, refined between grid points; "mean": the posterior mean rotation
 
     @property
     def has_prior(self) -> bool:
@@ -186,7 +188,8 @@ class ParticleScores:
     frames: (k, 3, 3) the canonical frames of its directions; ms: (T,) the in-plane lattice indices
     (pose ``Rz(ms[t]·d1) · frames[c]``); valid: (T, k) bool, which (ψ, direction) pairs are candidates;
     shifts_px: (S, 2) image-frame shifts u (origin o0 + u) of ``rho``'s last axis; rho: (T, k, S) float32,
-    the CCC (−inf where not a candidate) — with the separate strategy S = 1, the shift it chose.
+    the CCC (−inf where not a candidate) — with the separate strategy S = 1, the shift it chose;
+    shift_px: (2,) the sub-pixel shift chosen; at_shift: (T, k) float32, every angle's CCC at that shift.
     """
 
     frames: np.ndarray
@@ -194,6 +197,8 @@ class ParticleScores:
     valid: np.ndarray
     shifts_px: np.ndarray
     rho: np.ndarray
+    shift_px: np.ndarray
+    at_shift: np.ndarray
 
 
 @dataclasses.dataclass
@@ -279,6 +284,14 @@ class WorkGrid:
     def n_pixels(self) -> int:
         return len(self.zx)
 
+    @property
+    def effective_pixels(self) -> float:
+        """The independent samples among the mask's J pixels: J × (Fourier coefficients of the band / n²).
+        The working image holds only the band (a disc in the n × n square of frequencies), so its pixels are
+        correlated; this is the number of degrees of freedom the likelihood's J stands for (`score.log_likelihood`)."""
+        multiplicity = fourier.half_axis_multiplicity(self.size)[self.grid.kx.astype(np.int64)]
+        return self.n_pixels * float(multiplicity.sum()) / self.size**2
+
     def crop(self, spectra) -> np.ndarray:
         """Image-box spectra (…, N, N//2+1) → the working box, weighted, zero outside the band."""
         return fourier.crop_spectrum(spectra, self.size) * self.band_weight
@@ -291,9 +304,9 @@ class WorkGrid:
         return score.normalise_rows(rows) if normalise else rows
 
     def patches(self, upsampled, angles_rad, shifts_px) -> np.ndarray:
-        """Patches (Q, J) float32 ``f(R2(β) z − u)`` of a working-grid image upsampled ×2 (`fourier.upsampled_image`),
+        """Patches (Q, J) float32 ``f(R2(β) z − u)`` of a working-grid image upsampled `UPSAMPLING` times (`fourier.upsampled_image`),
         for Q angles (rad) and image-frame shifts (Q, 2) in image px."""
-        return backend().sample_patches(upsampled, self.zx, self.zy, angles_rad, np.asarray(shifts_px) * self.scale)
+        return backend().sample_patches(upsampled, self.zx, self.zy, angles_rad, np.asarray(shifts_px) * self.scale, factor=UPSAMPLING)
 
 
 class UnitSearch:
@@ -336,8 +349,8 @@ class UnitSearch:
                 centre = unit.matrices[i] if unit.prior_matrices is None else unit.prior_matrices[i]
                 offset = np.zeros(2) if unit.prior_origin_px is None else unit.prior_origin_px[i] - unit.origin_px[i]
                 prior = ParticlePrior(centre, offset)
-            upsampled = fourier.upsampled_image(image_w, work.size)
-            rest_up = None if rest_w is None else fourier.upsampled_image(rest_w, work.size)
+            upsampled = fourier.upsampled_image(image_w, work.size, UPSAMPLING)
+            rest_up = None if rest_w is None else fourier.upsampled_image(rest_w, work.size, UPSAMPLING)
             pose, shift_px, best, scores = self._search_particle(upsampled, rest_up, cands, frames[cands.direction_ids], templates,
                                                                  unit.seeds[i], prior)
             out.matrix[i], out.origin_px[i], out.score[i] = pose, unit.origin_px[i] + shift_px, best
@@ -385,7 +398,7 @@ class UnitSearch:
         angles = ms * s.psi_step_rad
         # valid[t, k]: in-plane lattice index ms[t] belongs to direction k's ψ range
         valid = (cands.m[None, :, :] == ms[:, None, None]).any(axis=2)
-        posterior = Posterior(s, self.work.n_pixels, prior, frames, ms, shifts)
+        posterior = Posterior(s, self.work.effective_pixels, prior, frames, ms, shifts)
         n_t, n_s = len(ms), len(shifts)
         if s.strategy == "simultaneous":
             rho = self._scores(upsampled, rest_up, templates, np.repeat(angles, n_s), np.tile(shifts, (n_t, 1)))
@@ -395,8 +408,9 @@ class UnitSearch:
             # the angles again at the sub-pixel shift: on the integer grid the angle absorbs the shift's rounding
             at_shift = np.where(valid, self._scores(upsampled, rest_up, templates, angles, np.broadcast_to(shift, (n_t, 2))), -np.inf)
             t, k = np.unravel_index(np.argmax(posterior.of_angles(at_shift)), at_shift.shape)
-            pose = self._refined_pose(at_shift, t, k, frames, ms, posterior)
-            return pose, shift, at_shift[t, k], ParticleScores(frames, ms, valid, shifts, cube.astype(np.float32))
+            pose = self._estimate(at_shift, t, k, frames, ms, posterior)
+            return pose, shift, at_shift[t, k], ParticleScores(frames, ms, valid, shifts, cube.astype(np.float32), shift,
+                                                               at_shift.astype(np.float32))
         pairs = np.argwhere(valid)
         rng = np.random.default_rng(seed)
         picked = pairs[rng.choice(len(pairs), size=min(s.n_random_angles, len(pairs)), replace=False)]
@@ -407,8 +421,24 @@ class UnitSearch:
         shift = posterior.subpixel_shifts(sub).mean(axis=0)
         cube = np.where(valid, self._scores(upsampled, rest_up, templates, angles, np.broadcast_to(shift, (n_t, 2))), -np.inf)
         t, k = np.unravel_index(np.argmax(posterior.of_angles(cube)), cube.shape)
-        pose = self._refined_pose(cube, t, k, frames, ms, posterior)
-        return pose, shift, cube[t, k], ParticleScores(frames, ms, valid, shift[None], cube[:, :, None].astype(np.float32))
+        pose = self._estimate(cube, t, k, frames, ms, posterior)
+        return pose, shift, cube[t, k], ParticleScores(frames, ms, valid, shift[None], cube[:, :, None].astype(np.float32), shift,
+                                                       cube.astype(np.float32))
+
+    def _estimate(self, scores, t, k, frames, ms, posterior) -> np.ndarray:
+        """The particle's rotation from the scores (T, k) of every angle at its shift: the best candidate
+        refined between grid points (``estimate: map``), or the posterior mean (``mean``): the mean, weighted
+        by the posterior, of the candidates' rotations about the best one (the best at its refined place)."""
+        refined = self._refined_pose(scores, t, k, frames, ms, posterior)
+        if self.settings.estimate == "map":
+            return refined
+        tt, kk = np.nonzero(np.isfinite(scores))
+        best = candidate_pose(frames[k], ms[t], self.settings.psi_step_rad)
+        omega = rotations.rotation_vector(candidate_pose(frames[kk], ms[tt], self.settings.psi_step_rad) @ best.T)
+        omega[(tt == t) & (kk == k)] = rotations.rotation_vector(refined @ best.T)
+        log_weight = posterior.log_posterior_of_angles(scores)[tt, kk]
+        weight = np.exp(log_weight - log_weight.max())
+        return rotations.from_rotation_vector((weight[:, None] * omega).sum(0) / weight.sum()) @ best
 
     def _refined_pose(self, scores, t, k, frames, ms, posterior) -> np.ndarray:
         """The best grid pose (in-plane index ms[t], direction k) or, with ``angle_refinement: quadratic``,
@@ -480,6 +510,11 @@ class Posterior:
     def of_angles(self, cube):
         """cube (T, K) of ρ at one shift → the scores to maximise (the shift's prior is the same for all)."""
         return self._log_likelihood_minus_angle_cost(cube) if self.active else cube
+
+    def log_posterior_of_angles(self, cube):
+        """cube (T, K) of ρ at one shift → the log-posterior of each angle, up to a constant (the
+        log-likelihood alone without a rotation prior)."""
+        return self._log_likelihood_minus_angle_cost(cube)
 
     def subpixel_shifts(self, rho):
         """The sub-pixel best shift (n, 2) of rows rho (n, S) over the grid (the rotation prior is the same

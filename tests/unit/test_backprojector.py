@@ -1,6 +1,7 @@
 """The weighting of the weighted back-projection (RELION's iterative gridding), against direct sums."""
 
 import numpy as np
+import pytest
 from scipy.special import i0
 
 from lorefine_mpi.reconstruction import backproject
@@ -48,3 +49,37 @@ def test_gridding_weights_spread_an_isolated_sample():
     blob_centre_share = direct_blob_convolution(np.pad(unit, 4))[6, 6, 6]
     assert np.isclose(bp._weighting(weight, 1e-6, 0)[3, 5, 2], 1 / 4.0)
     np.testing.assert_allclose(bp._weighting(weight, 1e-6, 1)[3, 5, 2], 1 / (4.0 * blob_centre_share), rtol=1e-6)
+
+
+def power_beyond_nyquist(volume) -> float:
+    """The share of a cube's Fourier power at |k| > N/2 (the corners of its Fourier cube)."""
+    n = volume.shape[0]
+    spectrum = np.fft.rfftn(np.asarray(volume, dtype=np.float64))
+    k = np.fft.fftfreq(n) * n
+    k2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + np.arange(n // 2 + 1)[None, None, :] ** 2
+    weight = np.ones(spectrum.shape)
+    weight[..., 1 : (n + 1) // 2] = 2.0  # the half spectrum's mirrored columns
+    power = weight * np.abs(spectrum) ** 2
+    return float(power[k2 > (n // 2) ** 2].sum() / power.sum())
+
+
+@pytest.mark.parametrize("box,ctf", [(16, False), (24, True)])
+def test_a_reconstruction_holds_nothing_beyond_nyquist(box, ctf):
+    """Noise images (all frequencies to the image's corners) at random poses, with or without a CTF: the map
+    keeps no power in the corners of its Fourier cube (cropping the padded volume in real space would put
+    some there; reconstruct low-passes at Nyquist)."""
+    from lorefine_mpi.geometry import rotations
+    from lorefine_mpi.projection import ctf as ctf_model
+    from lorefine_mpi.projection import fourier
+
+    rng = np.random.default_rng(box)
+    n = 60
+    images = fourier.to_fourier(rng.normal(size=(n, box, box)).astype(np.float32))
+    matrices = rotations.euler_to_matrix(rng.uniform(-np.pi, np.pi, n), np.arccos(rng.uniform(-1, 1, n)), rng.uniform(-np.pi, np.pi, n))
+    c = ctf_model.ctf_2d(box, 3.0, rng.uniform(1e4, 2e4, n), rng.uniform(1e4, 2e4, n), 0.3, 300, 2.7, 0.1) if ctf else None
+    bp = BackProjector(box, 2)
+    bp.insert(images, matrices, c)
+    volume = bp.reconstruct()
+    assert power_beyond_nyquist(volume) < 1e-9
+    # the oracle itself sees corners: the same volume with its corner frequencies kept
+    assert power_beyond_nyquist(rng.normal(size=(box, box, box))) > 0.3

@@ -10,7 +10,7 @@ import yaml
 from lorefine_mpi.config import config_to_dict, load_config
 from lorefine_mpi.config.schema import config_from_dict
 from lorefine_mpi.errors import InputError
-from lorefine_mpi.refine.engine import prior_sigmas, search_settings
+from lorefine_mpi.refine.engine import learned_prior, prior_sigmas, search_settings
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -86,7 +86,8 @@ def test_module_values_override_the_global_search_and_feed_its_settings(project)
     assert settings_a.cone_half_angle_rad == pytest.approx(np.deg2rad(10)) and settings_a.psi_half_steps == 3
     assert settings_b.cone_half_angle_rad == pytest.approx(np.deg2rad(4)) and settings_b.psi_half_steps == 2
     assert settings_b.max_shift_steps == 2 and settings_b.prior_sigma_rad == pytest.approx(np.deg2rad(0.5))
-    assert settings_a.prior_sigma_rad == pytest.approx(np.deg2rad(10 / 3))  # auto: the global cone / 3
+    assert settings_a.prior_sigma_rad is None and learned_prior(a.search(cfg.search)) == (True, False)  # auto: learned per stage
+    assert learned_prior(own) == (False, False)
     assert b.centre_px == (1.0, -2.0, 3.5)
 
 

@@ -129,6 +129,8 @@ def test_the_chosen_candidate_maximises_the_log_posterior_computed_by_hand(modul
     band = fourier.band_grid(box, box // 2 - 1)  # the search's band when none is given
     mask_y, mask_x = np.nonzero(s.mask)
     zx, zy = mask_x - box // 2, mask_y - box // 2
+    # the likelihood's J: the mask's pixels × the band's share of the box's Fourier coefficients (its degrees of freedom)
+    effective = len(zx) * fourier.half_axis_multiplicity(box)[band.kx.astype(int)].sum() / box**2
     for i in range(n):
         ids = local.unit_directions(grid, unit.matrices[i : i + 1], s.cone_half_angle_rad)
         frames = local.canonical_frames(grid[ids])
@@ -152,7 +154,7 @@ def test_the_chosen_candidate_maximises_the_log_posterior_computed_by_hand(modul
                     a, b = patch - patch.mean(), refs[k] - refs[k].mean()
                     rho = (a @ b) / np.sqrt((a @ a) * (b @ b))
                     pose = rotations.inplane_rotation(beta) @ frames[cands.direction_ids[k]]
-                    value = (score.log_likelihood(rho, len(zx))
+                    value = (score.log_likelihood(rho, effective)
                              - 0.5 * (rotations.geodesic_angle(pose, prior_pose[i]) / s.prior_sigma_rad) ** 2
                              - 0.5 * (np.linalg.norm(unit.origin_px[i] + u - prior_origin[i]) / s.prior_sigma_px) ** 2)
                     out[(m, k)] = (value, rho, pose)
@@ -166,7 +168,7 @@ def test_the_chosen_candidate_maximises_the_log_posterior_computed_by_hand(modul
         j, (m, k) = max(((j, key) for j, table in enumerate(tables) for key in table), key=lambda jk: tables[jk[0]][jk[1]][0])
         # its shift: the parabola through the winner's row of scores, with the prior's pull
         row = np.array([table[(m, k)][1] for table in tables])
-        weight = score.prior_weight(row[j], len(zx), s.prior_sigma_px, 1)
+        weight = score.prior_weight(row[j], effective, s.prior_sigma_px, 1)
         shift = score.subpixel_peak(row[None], shifts, best=np.array([j]), prior_weight=weight,
                                     prior_centre_px=(prior_origin[i] - unit.origin_px[i])[None])[0]
         np.testing.assert_allclose(found.origin_px[i], unit.origin_px[i] + shift, atol=2e-3)
