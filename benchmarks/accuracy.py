@@ -69,6 +69,7 @@ def ceiling_map(data: Path, k: int, work: Path, box: int) -> np.ndarray:
     if path.exists():
         return mrc.read_map(path)[0]
     table = read_star(data / f"gt_module_{k}.star")
+    work.mkdir(parents=True, exist_ok=True)
     full = maps_from_halves(backproject_halves(table, np.arange(len(table)), box, use_ctf=table.has_ctf))["full"]
     mrc.write_map(path, full, float(table.pixel_size_angstrom()[0]))
     return full
@@ -82,6 +83,13 @@ def pose_errors(table, truth, centre_px):
     where = rotations.image_position_px(a, centre_px[None], table.origin_px)[:, 0]
     where_true = rotations.image_position_px(b, centre_px[None], truth.origin_px)[:, 0]
     return float(np.median(angle)), float(np.median(origin)), float(np.median(np.linalg.norm(where - where_true, axis=1)))
+
+
+def module_truth(data: Path, k: int):
+    """Module k's true map, mask, true poses (STAR table) and centre of mass (xyz px from the box centre)."""
+    truth_map, _ = mrc.read_map(data / f"gt_module_{k}.mrc")
+    mask, _ = mrc.read_map(data / f"mask_module_{k}.mrc")
+    return truth_map, mask, read_star(data / f"gt_module_{k}.star"), modules.centre_of_mass_px(truth_map, mask)
 
 
 def map_figures(volume, truth, mask, voxel):
@@ -118,10 +126,7 @@ def main(argv=None):
     print(f"{'module':7} {'map':16} {'masked corr':>11} {'room':>7} {'FSC 0.5':>8} {'FSC 0.5-1 Nyq':>13} "
           f"{'angle':>7} {'origin':>7} {'centre':>7}")
     for name, k in MODULES:
-        truth_map, _ = mrc.read_map(data / f"gt_module_{k}.mrc")
-        mask, _ = mrc.read_map(data / f"mask_module_{k}.mrc")
-        truth = read_star(data / f"gt_module_{k}.star")
-        centre = modules.centre_of_mass_px(truth_map, mask)
+        truth_map, mask, truth, centre = module_truth(data, k)
         low = map_figures(consensus, truth_map, mask, voxel)
         high = map_figures(ceiling_map(data, k, work, box), truth_map, mask, voxel)
         curves = {"consensus": low[3], "true poses": high[3]}

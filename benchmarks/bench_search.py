@@ -6,7 +6,9 @@ A unit of P particles from one projection class (directions within 3° of each o
 paper's search: cone 10°, 2° steps, ψ ±6° in 2° steps, shifts ±4 px in 1 px steps, round mask of 40 px
 (scaled with the box), with lorefine's default prior (``auto``: a third of the cone and of the shift range)
 or none (the paper). Prints the time of the unit's shared reference projections and the search's per particle (best and median of
---repeats runs).
+--repeats runs), and what one particle's search computes: the working box and mask pixels J, the patches
+sampled (turned and shifted images over the mask: bilinear, ~20 flops per sample) and the score's matrix
+products (2 flops per multiply-add), counted at the kernel seam.
 """
 
 import os
@@ -22,6 +24,7 @@ import numpy as np  # noqa: E402
 
 from lorefine_mpi.config.schema import ScoreConfig, SearchConfig  # noqa: E402
 from lorefine_mpi.geometry import candidates, rotations  # noqa: E402
+from lorefine_mpi.kernels import backend  # noqa: E402
 from lorefine_mpi.projection import ctf as ctf_model  # noqa: E402
 from lorefine_mpi.projection import fourier  # noqa: E402
 from lorefine_mpi.refine.engine import search_settings  # noqa: E402
@@ -79,6 +82,33 @@ def main():
     print(f"  search: {1000 * total / n:.1f} ms per particle per module (CPU time, best of {args.repeats}; "
           f"median {1000 * np.median(times) / n:.1f})")
     print(f"  median angular error vs truth {np.median(err):.2f}° (noisy test images)")
+    counts = count_work(searcher, unit)
+    flops = 20 * counts["samples"] + counts["product_flops"]
+    print(f"  per particle: working box {searcher.work.size}², J = {searcher.work.n_pixels} mask pixels; "
+          f"{counts['samples'] / n / 1e6:.2f} M patch samples, {counts['product_flops'] / n / 1e6:.1f} M flops of matrix products; "
+          f"≈ {flops / n / 1e6:.0f} Mflop in all = {flops / total / 1e9:.2f} Gflop/s at the time above")
+
+
+def count_work(searcher, unit) -> dict:
+    """Patch samples and matrix-product flops of one run of the unit, counted at the kernel seam."""
+    kernels = backend()
+    counts = {"samples": 0, "product_flops": 0}
+    sample, correlate = kernels.sample_patches, kernels.correlate
+
+    def counted_sample(upsampled, zx, zy, angles_rad, shifts_px, out=None, factor=2):
+        counts["samples"] += np.size(angles_rad) * len(zx)
+        return sample(upsampled, zx, zy, angles_rad, shifts_px, out, factor)
+
+    def counted_correlate(patches, templates):
+        counts["product_flops"] += 2 * patches.shape[0] * templates.shape[0] * patches.shape[1]
+        return correlate(patches, templates)
+
+    kernels.sample_patches, kernels.correlate = counted_sample, counted_correlate
+    try:
+        searcher.run(unit)
+    finally:
+        del kernels.sample_patches, kernels.correlate
+    return counts
 
 
 if __name__ == "__main__":

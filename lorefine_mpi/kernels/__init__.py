@@ -32,11 +32,12 @@ class CpuBackend:
         cpu.gather_slices(data, np.ascontiguousarray(kx, np.float64), np.ascontiguousarray(ky, np.float64), matrices, float(padding), out)
         return out
 
-    def scatter_slices(self, data, weight, kx, ky, matrices, padding, values, weights) -> None:
-        """Accumulate into data/weight in place; see `cpu.scatter_slices`."""
+    def scatter_slices(self, data, weight, kx, ky, matrices, padding, values, weights, steps=(0.0, 0.0)) -> None:
+        """Accumulate into data/weight in place, each term rounded to ``steps`` (data, weight; 0: not
+        rounded); see `cpu.scatter_slices`."""
         matrices = np.ascontiguousarray(matrices, dtype=np.float64).reshape(-1, 3, 3)
         cpu.scatter_slices(data, weight, np.ascontiguousarray(kx, np.float64), np.ascontiguousarray(ky, np.float64), matrices,
-                           float(padding), np.ascontiguousarray(values), np.ascontiguousarray(weights))
+                           float(padding), np.ascontiguousarray(values), np.ascontiguousarray(weights), float(steps[0]), float(steps[1]))
 
     def sample_patches(self, upsampled, zx, zy, angles_rad, shifts_px, out=None, factor=2) -> np.ndarray:
         """(Q, J) float32: ``f(R2(β_q) z_j − u_q)`` for Q (angle, shift) pairs, from the image upsampled ``factor``

@@ -14,6 +14,8 @@ and about 1.3 ms with ``scipy.ndimage.map_coordinates`` (real and imaginary part
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
@@ -69,10 +71,13 @@ SCATTER_TILE = 8  # voxels per side of the (z, y) tiles the samples are sorted i
 
 
 @numba.njit(**_JIT)
-def scatter_slices(data, weight, kx, ky, matrices, padding, values, weights):
+def scatter_slices(data, weight, kx, ky, matrices, padding, values, weights, data_step, weight_step):
     """The adjoint of `gather_slices`, accumulated: ``data += Σ trilinear · values`` (conjugated where
     read conjugated) and ``weight += Σ trilinear · weights``. data: band layout complex128; weight: the
     same shape, float64; values: (n, M) complex; weights: (n, M) float (CTF², or 1).
+
+    With ``data_step``/``weight_step`` > 0 every term is rounded to a multiple of the step before it is
+    added (to the nearest, ties up), so that sums on that grid are exact in any order (`refine.engine.ExactSum`).
 
     Samples land all over a volume far larger than the caches, and a read-modify-write of a line in
     memory costs ten times one in cache, so the samples are first sorted (counting sort) into tiles of
@@ -120,10 +125,23 @@ def scatter_slices(data, weight, kx, ky, matrices, padding, values, weights):
             for dy in range(2):
                 wzy = wz * (fy if dy else 1.0 - fy)
                 t0, t1 = wzy * (1.0 - fx), wzy * fx
-                data[z0 + dz, y0 + dy, x0] += t0 * value
-                data[z0 + dz, y0 + dy, x0 + 1] += t1 * value
-                weight[z0 + dz, y0 + dy, x0] += t0 * w
-                weight[z0 + dz, y0 + dy, x0 + 1] += t1 * w
+                data[z0 + dz, y0 + dy, x0] += _on_grid_complex(t0 * value, data_step)
+                data[z0 + dz, y0 + dy, x0 + 1] += _on_grid_complex(t1 * value, data_step)
+                weight[z0 + dz, y0 + dy, x0] += _on_grid(t0 * w, weight_step)
+                weight[z0 + dz, y0 + dy, x0 + 1] += _on_grid(t1 * w, weight_step)
+
+
+@numba.njit(**_JIT)
+def _on_grid(x, step):
+    """x rounded to the nearest multiple of step (ties up); x itself when step is 0."""
+    if step > 0.0:
+        return math.floor(x / step + 0.5) * step
+    return x
+
+
+@numba.njit(**_JIT)
+def _on_grid_complex(z, step):
+    return complex(_on_grid(z.real, step), _on_grid(z.imag, step))
 
 
 @numba.njit(fastmath=True, **_JIT)

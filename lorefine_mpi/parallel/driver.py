@@ -283,24 +283,17 @@ class Driver:
         """The half-map accumulators of every particle at ``poses``, summed exactly over the ranks' blocks
         (collective); complete on rank 0 only."""
         ctx, engine = self.ctx, self.engine
-        exact = self._exact_sum()
-        halves = None
-        mine = self._my_blocks()
-        tracker = ProgressLog(f"{what}: back-projection (rank 0's blocks)", sum(len(ids) for ids in mine)) if ctx.is_root else None
-        for ids in mine:
+        halves = engine.accumulators(self._exact_sum())
+        mine = np.concatenate(self._my_blocks() or [np.zeros(0, np.int64)])
+        tracker = ProgressLog(f"{what}: back-projection (rank 0's blocks)", len(mine)) if ctx.is_root else None
+        # the order of the additions does not matter (exact sums): batches as large as the reader's, for the
+        # scatter's locality (its tiles fill better with more images per call)
+        for ids in np.array_split(mine, max(1, -(-len(mine) // eng.BLOCK_MAX))):
             if ctx.stop_requested:
                 break
-            block = engine.backproject(poses, ids, exact)
+            engine.backproject(poses, ids, halves)
             if tracker:
                 tracker.add(len(ids))
-            if halves is None:
-                halves = block
-            else:
-                for total, part in zip(halves, block):
-                    total.add(part)
-        if halves is None:  # more ranks than blocks: this rank adds zeros
-            halves = eng.backproject_halves(engine.table, np.zeros(0, np.int64), engine.box, use_ctf=engine.use_ctf,
-                                            padding=self.cfg.reconstruction.padding, subset=engine.subset)
         if ctx.allreduce_max([float(ctx.stop_requested)])[0] > 0:  # a stop asked on any rank: every rank stops here
             return None
         for bp in halves:

@@ -75,12 +75,13 @@ class BackProjector:
     """Accumulators for one map. box: N (even); padding: P / N.
 
     data: band layout (2R+1, 2R+1, R+1) complex128 with R = padding · N/2 + 1 (`fourier.band_half_width`),
-    weight: the same shape, float64.
+    weight: the same shape, float64. steps: (data, weight) grid every inserted term is rounded to, so that
+    sums are exact in any order (`refine.engine.ExactSum`); (0, 0): not rounded.
     """
 
-    def __init__(self, box: int, padding: int = 2):
+    def __init__(self, box: int, padding: int = 2, steps=(0.0, 0.0)):
         fourier.require_even_box(box)
-        self.box, self.padding = int(box), int(padding)
+        self.box, self.padding, self.steps = int(box), int(padding), tuple(steps)
         shape = fourier.band_shape(self.box, self.padding)
         self.data = np.zeros(shape, dtype=np.complex128)
         self.weight = np.zeros(shape, dtype=np.float64)
@@ -104,7 +105,7 @@ class BackProjector:
         if weights is not None:
             w = np.asarray(weights, dtype=np.float64)[:, None]
             values, ctf2 = values * w, ctf2 * w
-        backend().scatter_slices(self.data, self.weight, self._grid.kx, self._grid.ky, matrices, self.padding, values, ctf2)
+        backend().scatter_slices(self.data, self.weight, self._grid.kx, self._grid.ky, matrices, self.padding, values, ctf2, self.steps)
 
     def add(self, other: "BackProjector") -> None:
         self.data += other.data

@@ -24,24 +24,25 @@ def half_subsets(table, seed: int = 0) -> np.ndarray:
 
 
 def backproject_halves(table, indices, box, *, use_ctf: bool, padding: int = 2, subset=None, matrices=None,
-                       origin_px=None, reader=None, batch: int = 256, progress=None):
-    """Two BackProjectors (half 1, half 2) holding the particles ``indices`` (poses from the table unless given)."""
+                       origin_px=None, reader=None, batch: int = 256, progress=None, into=None):
+    """Two BackProjectors (half 1, half 2) holding the particles ``indices`` (poses from the table unless
+    given), added to the pair ``into`` when given."""
     subset = half_subsets(table) if subset is None else subset
-    return _backproject(table, indices, box, subset - 1, 2, use_ctf, padding, matrices, origin_px, reader, batch, progress)
+    return _backproject(table, indices, box, subset - 1, 2, use_ctf, padding, matrices, origin_px, reader, batch, progress, into)
 
 
 def backproject_all(table, indices, box, *, use_ctf: bool, padding: int = 2, matrices=None, origin_px=None, reader=None,
                     batch: int = 256, progress=None) -> BackProjector:
     """One BackProjector holding the particles ``indices`` (poses from the table unless given)."""
     group = np.zeros(len(table), dtype=np.int64)
-    return _backproject(table, indices, box, group, 1, use_ctf, padding, matrices, origin_px, reader, batch, progress)[0]
+    return _backproject(table, indices, box, group, 1, use_ctf, padding, matrices, origin_px, reader, batch, progress, None)[0]
 
 
-def _backproject(table, indices, box, group, n_groups, use_ctf, padding, matrices, origin_px, reader, batch, progress):
-    """``n_groups`` BackProjectors; particle i goes into accumulator ``group[i]``."""
+def _backproject(table, indices, box, group, n_groups, use_ctf, padding, matrices, origin_px, reader, batch, progress, into):
+    """``n_groups`` BackProjectors (``into``, or new ones); particle i goes into accumulator ``group[i]``."""
     matrices = table.matrices if matrices is None else matrices
     origin_px = table.origin_px if origin_px is None else origin_px
-    accumulators = [BackProjector(box, padding) for _ in range(n_groups)]
+    accumulators = list(into) if into is not None else [BackProjector(box, padding) for _ in range(n_groups)]
     own = reader is None
     reader = reader or mrc.StackReader()
     indices = np.asarray(indices)

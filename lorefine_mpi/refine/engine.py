@@ -17,8 +17,8 @@ A run is a sequence of *stages*, one per (iteration, module):
        motion, and without this the module drifts from the consensus frame over iterations;
     3. reconstruct (`backproject`, `write_module`): the refined poses back-projected into half-map
        accumulators in fixed blocks of particles (`reconstruction_blocks`, independent of how many processes
-       share them), each block's sums rounded to a grid on which float64 addition is exact
-       (`ExactSum`), so that summing the blocks in any order and grouping gives the same bits; the half
+       share them), every inserted term rounded to a grid on which float64 addition is exact
+       (`ExactSum`), so that summing in any order and grouping gives the same bits; the half
        maps, the masked map (in the consensus frame), the FSC and the module's STAR file.
 After each iteration the refined modules are combined into the model of the next iteration (`combine`).
 
@@ -41,6 +41,7 @@ from lorefine_mpi.io.star import read_star, relative_image_names, write_star
 from lorefine_mpi.parallel import partition
 from lorefine_mpi.projection import ctf as ctf_model
 from lorefine_mpi.projection import fourier
+from lorefine_mpi.reconstruction.backproject import BackProjector
 from lorefine_mpi.reconstruction.reconstruct import backproject_halves, half_subsets, maps_from_halves
 from lorefine_mpi.refine import layout
 from lorefine_mpi.search import band, local, modules, prior
@@ -140,12 +141,13 @@ TRILINEAR_BOUND = 64.0
 
 
 class ExactSum:
-    """Rounds accumulators to a fixed grid on which float64 sums are exact, whatever their order.
+    """A fixed grid on which float64 sums of the accumulators are exact, whatever their order.
 
     With ``bound`` ≥ the sum of the absolute values of every contribution to one element (over all
-    particles of the stage), values rounded to multiples of ``2^e · 2^-52`` (``2^e ≥ bound``) add exactly:
+    particles of the stage), terms rounded to multiples of ``2^e · 2^-52`` (``2^e ≥ bound``) add exactly:
     every partial sum is a multiple of that step below 2^52 steps, which float64 holds exactly. The
-    rounding error is below ``2^-53 · bound`` per block.
+    back-projection rounds every term it adds (`BackProjector` ``steps``: in the kernel, no pass over
+    the accumulators); the error is below ``2^-53 · bound`` per term.
     """
 
     def __init__(self, data_bound: float, weight_bound: float):
@@ -158,14 +160,10 @@ class ExactSum:
             return 0.0
         return math.ldexp(1.0, math.frexp(bound)[1] - 52)
 
-    def round(self, halves) -> None:
-        """Round the float64 accumulators of back-projectors to the grid, in place."""
-        for bp in halves:
-            for array, step in ((bp.data.view(np.float64), self.data_step), (bp.weight, self.weight_step)):
-                if step > 0:
-                    np.multiply(array, 1.0 / step, out=array)
-                    np.rint(array, out=array)
-                    np.multiply(array, step, out=array)
+    @property
+    def steps(self) -> tuple[float, float]:
+        """(data step, weight step) for `BackProjector`."""
+        return self.data_step, self.weight_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,15 +359,17 @@ class RefineEngine:
         tolerates angular error best; `write_module` moves the maps back to overlay the consensus map)."""
         return Poses(poses.matrices, modules.recentre_origins(poses.matrices, poses.origin_px, state.centre_px))
 
-    def backproject(self, centred: Poses, ids, exact: ExactSum):
-        """Two accumulators (half 1, half 2) of the particles ``ids`` (one block of `reconstruction_blocks`)
-        at the poses ``centred`` (`reconstruction_poses`), rounded to ``exact``'s grid."""
-        halves = backproject_halves(
+    def accumulators(self, exact: ExactSum) -> list:
+        """An empty pair of half-map accumulators (half 1, half 2) on ``exact``'s grid."""
+        return [BackProjector(self.box, self.cfg.reconstruction.padding, exact.steps) for _ in range(2)]
+
+    def backproject(self, centred: Poses, ids, halves) -> None:
+        """Add the particles ``ids`` (one block of `reconstruction_blocks`) at the poses ``centred``
+        (`reconstruction_poses`) to the pair ``halves`` (`accumulators`)."""
+        backproject_halves(
             self.table, ids, self.box, use_ctf=self.use_ctf, padding=self.cfg.reconstruction.padding, subset=self.subset,
-            matrices=centred.matrices, origin_px=centred.origin_px, reader=self.reader, batch=BLOCK_MAX,
+            matrices=centred.matrices, origin_px=centred.origin_px, reader=self.reader, batch=BLOCK_MAX, into=halves,
         )
-        exact.round(halves)
-        return halves
 
     def rebuild(self, state: StageState, halves) -> dict:
         """The module's maps {'half1', 'half2', 'full'} (N, N, N) float32 from its summed accumulators,

@@ -17,7 +17,6 @@ every candidate (rotation × shift), so nothing of the answer is assumed.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import logsumexp
 
 from lorefine_mpi.geometry import rotations
 from lorefine_mpi.search import local, score
@@ -42,15 +41,19 @@ def log_evidence(scores: local.ParticleScores, psi_step_rad, n_pixels, prior_pos
     poses = local.candidate_pose(scores.frames[None], scores.ms[:, None], psi_step_rad)  # (T, K, 3, 3)
     theta2 = rotations.geodesic_angle(poses, prior_pose) ** 2  # (T, K)
     u2 = ((scores.shifts_px - prior_offset_px) ** 2).sum(-1)  # (S,)
-    out = np.empty((len(sigma_rot_rad), len(sigma_px)))
-    for a, sr in enumerate(sigma_rot_rad):
-        rot = np.where(scores.valid, -theta2 / (2.0 * sr * sr), -np.inf)
-        per_shift = logsumexp(ll + rot[:, :, None], axis=(0, 1))  # (S,)
-        rot_norm = logsumexp(rot)
-        for b, sp in enumerate(sigma_px):
-            shift = -u2 / (2.0 * sp * sp)
-            out[a, b] = logsumexp(per_shift + shift) - rot_norm - logsumexp(shift)
-    return out
+    rot = np.where(scores.valid[None], -theta2[None] / (2.0 * np.asarray(sigma_rot_rad)[:, None, None] ** 2), -np.inf)  # (A, T, K)
+    shift = -u2[None] / (2.0 * np.asarray(sigma_px)[:, None] ** 2)  # (B, S)
+    per_shift = _logsumexp(ll[None] + rot[..., None], axis=(1, 2))  # (A, S): the rotations summed for every shift
+    joint = _logsumexp(per_shift[:, None, :] + shift[None], axis=2)  # (A, B)
+    return joint - _logsumexp(rot, axis=(1, 2))[:, None] - _logsumexp(shift, axis=1)[None, :]
+
+
+def _logsumexp(a: np.ndarray, axis) -> np.ndarray:
+    """log Σ exp(a) over ``axis`` (−inf where every term is −inf)."""
+    peak = np.max(a, axis=axis, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(np.exp(a - peak).sum(axis=axis)) + np.squeeze(peak, axis=axis)
 
 
 def learn_widths(total_log_evidence, sigma_rot_rad, sigma_px) -> tuple[float, float]:

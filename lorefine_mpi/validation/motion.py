@@ -139,18 +139,16 @@ def analyse(module_names, centres_px, consensus_matrices, consensus_origin_px, p
 def move_volume(volume, rotation_deg, shift_angstrom, centre_px, voxel_size_angstrom: float) -> np.ndarray:
     """The volume (N, N, N) moved rigidly: ``V'(r) = V(Qᵀ (r − c − t) + c)`` with Q the rotation vector
     ``rotation_deg`` (degrees), t = ``shift_angstrom`` / voxel, c = ``centre_px`` (xyz px from the box
-    centre); cubic interpolation, zero outside. Returns float32."""
-    v = np.asarray(volume, dtype=np.float64)
+    centre); trilinear interpolation (the frames of a motion picture: cubic costs 3× as much), zero outside. Returns float32."""
+    v = np.asarray(volume, dtype=np.float32)
     n = v.shape[0]
     q = rotations.from_rotation_vector(np.deg2rad(np.asarray(rotation_deg, dtype=np.float64)))
-    t = np.asarray(shift_angstrom, dtype=np.float64) / voxel_size_angstrom
-    c = np.asarray(centre_px, dtype=np.float64)
-    axis = np.arange(n) - n // 2
-    z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
-    r = np.stack([x, y, z], -1).reshape(-1, 3)
-    source = (r - c - t) @ q + c  # rows: Qᵀ (r − c − t) + c
-    coords = (source[:, ::-1] + n // 2).T  # [z, y, x] indices
-    return scipy.ndimage.map_coordinates(v, coords, order=3, mode="constant", cval=0.0).reshape(n, n, n).astype(np.float32)
+    t = np.asarray(shift_angstrom, dtype=np.float64)[::-1] / voxel_size_angstrom  # zyx from here on
+    c = np.asarray(centre_px, dtype=np.float64)[::-1]
+    back = q.T[::-1, ::-1]  # Qᵀ acting on zyx vectors
+    # index i of the source of output index o: i = Qᵀ (o − n/2 − c − t) + c + n/2
+    offset = back @ (-(n // 2) - c - t) + c + n // 2
+    return scipy.ndimage.affine_transform(v, back, offset, order=1, mode="constant", cval=0.0).astype(np.float32, copy=False)
 
 
 def component_frames(analysis: MotionAnalysis, module_maps, rest, component: int, voxel_size_angstrom: float,
