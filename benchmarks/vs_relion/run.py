@@ -152,20 +152,24 @@ def body_poses(work, data):
     consensus = read_star(data / "particles.star")
     voxel = consensus.pixel_size_angstrom()[0]
     masks = [mrc.read_map(data / f"mask_module_{k}.mrc")[0] for k in (1, 2)]
-    cons_map, _ = mrc.read_map(data / "consensus.mrc")
     coms = [np.rint(modules.centre_of_mass_px(m)) for m in masks]  # RELION: the mask's centre of mass, whole px
+    def pose_columns(block):
+        columns, rows = blocks[block]
+        get = lambda name: np.array([float(r[columns.index(name)]) for r in rows])  # noqa: E731
+        matrices = rotations.euler_to_matrix(*(np.deg2rad(get(c)) for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")))
+        return matrices, np.stack([get("rlnOriginXAngst"), get("rlnOriginYAngst")], -1) / voxel
+
+    # the poses the bodies move from: the multi-body run's own particle poses (those of the local auto-refine it
+    # continues, not the simulation's consensus poses)
+    a, origin = pose_columns("particles")
     names = {}
     for k in (1, 2):
-        columns, rows = blocks[f"images_body_{k}"]
-        get = lambda name: np.array([float(r[columns.index(name)]) for r in rows])  # noqa: E731
-        a_resi = rotations.euler_to_matrix(*(np.deg2rad(get(c)) for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")))
-        s_body = np.stack([get("rlnOriginXAngst"), get("rlnOriginYAngst")], -1) / voxel
+        a_resi, s_body = pose_columns(f"images_body_{k}")
         com, other = coms[k - 1], coms[2 - k]
         o_align = align_with_z(-(other - com))
         r = rotations.euler_to_matrix(0.0, np.deg2rad(-90.0), 0.0)
-        a = consensus.matrices
         a_body = a @ o_align.T @ r @ a_resi @ o_align
-        o_body = np.rint(consensus.origin_px - np.einsum("nij,j->ni", a, com)[:, :2]) + s_body + np.einsum("nij,j->ni", a_body, com)[:, :2]
+        o_body = np.rint(origin - np.einsum("nij,j->ni", a, com)[:, :2]) + s_body + np.einsum("nij,j->ni", a_body, com)[:, :2]
         rot, tilt, psi = rotations.matrix_to_euler(a_body)
         names[k] = out / f"relion_module_{k}.star"
         write_star(names[k], consensus, rot_rad=rot, tilt_rad=tilt, psi_rad=psi, origin_px=o_body)
@@ -236,6 +240,8 @@ def compare(work, data, relion_cpu, lorefine_figures):
             resolution = fsc.resolution_at(fsc.fsc(volume * mask, gt * mask, voxel), 0.5)
             cpu_text = "" if cpu is None else f"{cpu:.0f}"
             print(f"{name:7} {label:32} {cpu_text:>8} {resolution:8.2f}Å {masked_correlation(volume, gt, mask):13.4f}")
+        # the composition of the body poses checked: their map against RELION's own body map
+        print(f"{name:7} (RELION's poses rebuilt vs RELION's body map: masked corr. {masked_correlation(rows[2][1], rows[1][1], mask):.4f})")
 
 
 def main(argv=None):
