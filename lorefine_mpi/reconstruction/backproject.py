@@ -60,6 +60,22 @@ def blob_multiplier(p: int) -> np.ndarray:
     return factor
 
 
+SOFT_EDGE_PX = 3.0  # the width of the raised-cosine edge beyond radius N/2 (RELION's, for its reconstructions)
+
+
+def soft_mask_outside(volume, width_px: float = SOFT_EDGE_PX) -> np.ndarray:
+    """The cube (N, N, N) kept inside radius N/2 of its centre and faded over ``width_px`` by a raised cosine
+    into the background, the mean of the map weighted by the fade (constant beyond N/2 + width): the
+    corners of a reconstruction hold only noise amplified by the gridding correction. float32."""
+    v = np.asarray(volume, dtype=np.float32)
+    n = v.shape[0]
+    r1 = (np.arange(n) - n // 2).astype(np.float32) ** 2
+    r = np.sqrt(r1[:, None, None] + r1[None, :, None] + r1[None, None, :])
+    fade = 0.5 - 0.5 * np.cos(np.pi * np.clip((r - n / 2) / width_px, 0.0, 1.0, dtype=np.float32))
+    background = float((fade * v).sum(dtype=np.float64) / fade.sum(dtype=np.float64)) if fade.any() else 0.0
+    return ((1.0 - fade) * v + fade * np.float32(background)).astype(np.float32, copy=False)
+
+
 def lowpass_at_nyquist(volume) -> np.ndarray:
     """A cube (N, N, N) with every Fourier coefficient beyond |k| = N/2 removed: float32."""
     v = np.asarray(volume, dtype=np.float32)
@@ -141,8 +157,8 @@ class BackProjector:
         """The map (N, N, N) float32: weight the data (module docstring), invert, correct, crop, low-pass.
 
         weight_floor: fraction of the largest weight (plain division) or of the largest convolved weight
-        (iterative gridding) below which it is not trusted. Voxels beyond radius N/2 of the centre are set
-        to 0, as in RELION, before the low-pass at Nyquist (which leaves them near 0, not exactly).
+        (iterative gridding) below which it is not trusted. Beyond radius N/2 of the centre the map fades to
+        its mean value there (`soft_mask_outside`, as RELION's reconstruction ends), before the low-pass at Nyquist.
         """
         p, n = self.box * self.padding, self.box
         data, weight = self._fft_layout()
@@ -154,10 +170,7 @@ class BackProjector:
         # Scale so that a map rebuilt from its own projections comes back at the original scale.
         scale = np.float32((p**3) / (n**2) / n / self.padding**3)
         volume = volume * scale / (correction[:, None, None] * correction[None, :, None] * correction[None, None, :])
-        r = np.arange(n) - n // 2
-        outside = (r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2) > (n // 2) ** 2
-        volume[outside] = 0.0
-        return lowpass_at_nyquist(volume)  # last: the hard edge of the sphere above would put power back into the corners
+        return lowpass_at_nyquist(soft_mask_outside(volume))  # last: the mask's edge would put power back into the corners
 
     def _weighting(self, weight, weight_floor, iterations) -> np.ndarray:
         """Factors (float32) for the data in the FFT layout of `_fft_layout`, see the module docstring."""
@@ -167,7 +180,8 @@ class BackProjector:
         p = self.box * self.padding
         shape, axes = (p, p, p), (0, 1, 2)
         multiplier = blob_multiplier(p)
-        factors = np.ones_like(weight)
+        sampled = weight > 0
+        factors = sampled.astype(np.float32)  # 0 where nothing was inserted: never divided, so never overflows
         product = np.zeros(weight.shape, dtype=np.complex64)  # a complex input spares scipy a conversion
         spread = np.empty_like(weight)
         for _ in range(iterations):
@@ -177,5 +191,5 @@ class BackProjector:
             np.abs(scipy.fft.rfftn(real, axes=axes, workers=1, overwrite_x=True), out=spread)
             largest = float(spread.max())
             np.maximum(spread, np.float32(weight_floor * largest if largest > 0 else 1.0), out=spread)
-            factors /= spread
+            np.divide(factors, spread, out=factors, where=sampled)
         return factors

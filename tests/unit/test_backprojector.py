@@ -83,3 +83,32 @@ def test_a_reconstruction_holds_nothing_beyond_nyquist(box, ctf):
     assert power_beyond_nyquist(volume) < 1e-9
     # the oracle itself sees corners: the same volume with its corner frequencies kept
     assert power_beyond_nyquist(rng.normal(size=(box, box, box))) > 0.3
+
+
+def test_many_gridding_iterations_stay_finite_and_converge():
+    """Where nothing was inserted the weighting factor stays 0: more iterations than the default (the
+    config allows 50) neither overflow there nor change the map much."""
+    from lorefine_mpi.geometry import rotations
+    from lorefine_mpi.projection import fourier
+
+    rng = np.random.default_rng(3)
+    box, n = 16, 40
+    images = fourier.to_fourier(rng.normal(size=(n, box, box)).astype(np.float32))
+    matrices = rotations.euler_to_matrix(rng.uniform(-np.pi, np.pi, n), np.arccos(rng.uniform(-1, 1, n)), rng.uniform(-np.pi, np.pi, n))
+    bp = BackProjector(box, 2)
+    bp.insert(images, matrices)
+    default, many = bp.reconstruct(gridding_iterations=10), bp.reconstruct(gridding_iterations=50)
+    assert np.isfinite(many).all()
+    assert np.corrcoef(default.ravel(), many.ravel())[0, 1] > 0.99
+
+
+def test_soft_mask_outside_keeps_the_inside_and_fades_to_the_background():
+    box = 16
+    volume = np.random.default_rng(0).normal(size=(box, box, box)).astype(np.float32)
+    masked = backproject.soft_mask_outside(volume, 3.0)
+    r1 = np.arange(box) - box // 2
+    r = np.sqrt(r1[:, None, None] ** 2 + r1[None, :, None] ** 2 + r1[None, None, :] ** 2)
+    np.testing.assert_array_equal(masked[r <= box / 2], volume[r <= box / 2])
+    far = masked[r >= box / 2 + 3]
+    np.testing.assert_allclose(far, far[0], rtol=1e-6)  # one background value beyond the edge
+    assert abs(far[0]) < 0.2  # the mean of noise over the fade
