@@ -473,7 +473,7 @@ class StageSearch:
             return settings.prior_sigma_rad, settings.prior_sigma_px
         flat = dataclasses.replace(settings, strategy="simultaneous", prior_sigma_rad=None, prior_sigma_px=None, angle_refinement="none",
                                    estimate="map")
-        pilot = local.UnitSearch(self.searcher.fvol, self.searcher.directions, flat, self.searcher.box)
+        pilot = local.UnitSearch(self.searcher.fvol, self.searcher.directions, flat, self.searcher.box, self.searcher.cache)
         flat_width = 1e6  # a flat prior, for a width that is neither learned nor given
         grid_rot = np.deg2rad(prior.SIGMA_ROT_GRID_DEG) if learn_rot else np.array([settings.prior_sigma_rad or flat_width])
         grid_px = prior.SIGMA_PX_GRID if learn_px else np.array([settings.prior_sigma_px or flat_width])
@@ -494,4 +494,4 @@ class StageSearch:
         """Search with these prior widths from now on."""
         s = self.searcher
         self.searcher = local.UnitSearch(s.fvol, s.directions, dataclasses.replace(s.settings, prior_sigma_rad=sigma_rot_rad,
-                                                                                   prior_sigma_px=sigma_px), s.box)
+                                                                                   prior_sigma_px=sigma_px), s.box, s.cache)

@@ -69,6 +69,7 @@ Determinism: every particle's result depends only on its own image, pose, CTF an
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 
 import numpy as np
 import scipy.fft
@@ -309,14 +310,52 @@ class WorkGrid:
         return backend().sample_patches(upsampled, self.zx, self.zy, angles_rad, np.asarray(shifts_px) * self.scale, factor=UPSAMPLING)
 
 
+class ReferenceCache:
+    """Per-direction arrays of a stage's search (reference projections, or the templates made from them),
+    computed in fixed blocks of `BLOCK` consecutive directions of D on first use and kept for the units that
+    follow, least recently used dropped beyond ``budget_bytes``. Neighbouring units share most of their
+    directions, so each direction is projected about once per stage instead of once per unit. A block is
+    always computed whole, so its values do not depend on which unit asked first (the same bits on any number
+    of ranks)."""
+
+    BLOCK = 16
+    BUDGET_BYTES = 256 * 2**20
+
+    def __init__(self, budget_bytes: int = BUDGET_BYTES):
+        self.budget_bytes = budget_bytes
+        self._blocks: OrderedDict = OrderedDict()
+        self._bytes = 0
+
+    def rows(self, kind, ids, n_directions: int, compute) -> np.ndarray:
+        """The rows of directions ``ids`` (ascending) of array kind ``kind`` (a hashable label), where
+        ``compute(block_ids)`` makes the array of a block of direction ids."""
+        parts = []
+        for b in np.unique(ids // self.BLOCK):
+            key = (kind, int(b))
+            block = self._blocks.get(key)
+            if block is None:
+                block = compute(np.arange(b * self.BLOCK, min((b + 1) * self.BLOCK, n_directions)))
+                self._blocks[key] = block
+                self._bytes += block.nbytes
+                while self._bytes > self.budget_bytes and len(self._blocks) > 1:
+                    self._bytes -= self._blocks.popitem(last=False)[1].nbytes
+            else:
+                self._blocks.move_to_end(key)
+            members = ids[(ids >= b * self.BLOCK) & (ids < (b + 1) * self.BLOCK)]
+            parts.append(block[members - b * self.BLOCK])
+        return np.concatenate(parts)
+
+
 class UnitSearch:
-    """The search of one unit: the unit's reference projections, computed once, then each particle.
+    """The search of one unit: the unit's reference projections (from the stage's `ReferenceCache`), then
+    each particle.
 
     module_fvol: the recentred target module's padded Fourier volume (`fourier.FourierVolume`), holding
-    at least the search's band. directions: (m, 3) the full direction set D. box: N.
+    at least the search's band. directions: (m, 3) the full direction set D. box: N. cache: a
+    `ReferenceCache` to share with other searches of the same volume, directions and band (a new one if None).
     """
 
-    def __init__(self, module_fvol, directions, settings: SearchSettings, box: int):
+    def __init__(self, module_fvol, directions, settings: SearchSettings, box: int, cache: ReferenceCache | None = None):
         self.fvol = module_fvol
         self.directions = np.asarray(directions, dtype=np.float64)
         self.settings = settings
@@ -324,15 +363,23 @@ class UnitSearch:
         self.work = WorkGrid(box, settings.mask, settings.band_radius_px, settings.spectral_weight)
         t2, d2 = settings.max_shift_steps, settings.shift_step_px
         self.shifts_px = score.shift_grid(t2 * d2, d2)
+        self.cache = ReferenceCache() if cache is None else cache
+
+    def _references(self, ids) -> np.ndarray:
+        """Reference projections (len(ids), M) complex64 of directions ``ids`` of D, in the band."""
+        return fourier.project_band(self.fvol, canonical_frames(self.directions[ids]), self.work.grid)
 
     def run(self, unit: UnitInput) -> UnitResult:
         s, work = self.settings, self.work
         ids = unit_directions(self.directions, unit.matrices, s.cone_half_angle_rad)
         dirs = self.directions[ids]
         frames = canonical_frames(dirs)
-        references = fourier.project_band(self.fvol, frames, work.grid)  # (r, M), shared by every particle of the unit
         normalise = not (s.mode == "composite" and unit.rest_ft is not None)  # the composite score needs their scale
-        shared = work.templates(references, normalise) if unit.ctf is None else None
+        n_dirs = len(self.directions)
+        if unit.ctf is None:  # (r, J) templates shared by every particle of the unit
+            shared = self.cache.rows(("templates", normalise), ids, n_dirs, lambda block: work.templates(self._references(block), normalise))
+        else:  # (r, M) band samples, each particle's CTF applied to them
+            references = self.cache.rows("references", ids, n_dirs, self._references)
         p = len(unit.matrices)
         out = UnitResult(np.empty((p, 3, 3)), np.empty((p, 2)), np.empty(p, np.float32), np.zeros(p, np.float32))
         for i in range(p):
@@ -384,7 +431,7 @@ class UnitSearch:
         (Q, K) float32."""
         patches = self.work.patches(upsampled, angles_rad, shifts_px)
         if rest_up is None:
-            return score.masked_ccc(score.normalise_rows(patches), templates)
+            return score.patch_ccc(patches, templates)
         return score.composite_ccc(patches, self.work.patches(rest_up, angles_rad, shifts_px), templates)
 
     def _search_particle(self, upsampled, rest_up, cands: ParticleCandidates, frames, templates, seed, prior=None):

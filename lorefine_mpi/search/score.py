@@ -50,6 +50,20 @@ def masked_ccc(patches, templates) -> np.ndarray:
     return backend().correlate(patches, templates)
 
 
+def patch_ccc(patches, templates) -> np.ndarray:
+    """Eq. 1 of raw patches (Q, J) against templates (K, J) as `normalise_rows` made them: (Q, K) float32,
+    the same as ``masked_ccc(normalise_rows(patches), templates)`` without a normalised copy of the patches.
+    The templates are centred over the mask, so a patch's mean drops out of the products; each row of the
+    product is scaled by the patch's norm about its mean, ``Σp² − (Σp)²/J``."""
+    j = patches.shape[1]
+    s1 = patches.sum(axis=1, dtype=np.float64)
+    norm2 = np.einsum("ij,ij->i", patches, patches).astype(np.float64) - s1 * s1 / j
+    scale = np.where(norm2 > 0, 1.0 / np.sqrt(np.where(norm2 > 0, norm2, 1.0)), 0.0).astype(np.float32)
+    out = backend().correlate(patches, templates)
+    out *= scale[:, None]
+    return out
+
+
 def composite_ccc(patches, rest, templates) -> np.ndarray:
     """Eq. 1 of each patch h (Q, J) against ``g + r`` for every template g (K, J) and the rest r (Q, J)
     sampled like h: (Q, K) float32. None of them normalised: numerator ``h̃·g̃ + h̃·r̃``, variance

@@ -28,6 +28,20 @@ def test_masked_ccc_matches_eq1_for_every_pair(n_pixels):
     assert np.all(score.masked_ccc(score.normalise_rows(np.ones((1, n_pixels))), score.normalise_rows(templates)) == 0)
 
 
+@pytest.mark.parametrize("n_pixels", [50, 311])
+def test_patch_ccc_of_raw_patches_matches_eq1_for_every_pair(n_pixels):
+    """The search's form: raw float32 patches (any mean and scale), normalised templates."""
+    rng = np.random.default_rng(n_pixels + 1)
+    patches = (rng.normal(size=(7, n_pixels)) * rng.uniform(0.1, 10, (7, 1)) + rng.normal(size=(7, 1))).astype(np.float32)
+    templates = rng.normal(size=(4, n_pixels)) + 3.0
+    got = score.patch_ccc(patches, score.normalise_rows(templates))
+    assert got.shape == (7, 4) and got.dtype == np.float32
+    for q in range(7):
+        for k in range(4):
+            assert got[q, k] == pytest.approx(ccc_oracle(patches[q], templates[k]), abs=1e-5)
+    assert np.all(score.patch_ccc(np.ones((1, n_pixels), np.float32), score.normalise_rows(templates)) == 0)
+
+
 def test_composite_ccc_matches_eq1_with_the_rest_added():
     rng = np.random.default_rng(3)
     patches, rest, templates = rng.normal(size=(5, 80)), rng.normal(size=(5, 80)) * 0.5, rng.normal(size=(3, 80)) * 2
