@@ -210,6 +210,7 @@ class RefineEngine:
     def __init__(self, cfg, allocate=plain_allocate):
         self.cfg = cfg
         self.allocate = allocate
+        self._accumulators = None  # the half-map accumulators, reused by every stage (`accumulators`)
         self.out = Path(cfg.output)
         self.table = read_star(cfg.particles, cfg.project_dir)
         self.consensus, self.voxel = mrc.read_map(cfg.consensus_map)
@@ -360,8 +361,17 @@ class RefineEngine:
         return Poses(poses.matrices, modules.recentre_origins(poses.matrices, poses.origin_px, state.centre_px))
 
     def accumulators(self, exact: ExactSum) -> list:
-        """An empty pair of half-map accumulators (half 1, half 2) on ``exact``'s grid."""
-        return [BackProjector(self.box, self.cfg.reconstruction.padding, exact.steps) for _ in range(2)]
+        """An empty pair of half-map accumulators (half 1, half 2) on ``exact``'s grid: the same arrays for
+        every stage, zeroed (fresh ones would cost the first touch of their pages each time, several times
+        the back-projection itself at 128²; the maps made from them never keep them)."""
+        kept = self._accumulators
+        if kept is None or kept[0].steps != exact.steps:
+            kept = self._accumulators = [BackProjector(self.box, self.cfg.reconstruction.padding, exact.steps) for _ in range(2)]
+        else:
+            for bp in kept:
+                bp.data.fill(0)
+                bp.weight.fill(0)
+        return kept
 
     def backproject(self, centred: Poses, ids, halves) -> None:
         """Add the particles ``ids`` (one block of `reconstruction_blocks`) at the poses ``centred``
