@@ -123,10 +123,6 @@ class BackProjector:
             values, ctf2 = values * w, ctf2 * w
         backend().scatter_slices(self.data, self.weight, self._grid.kx, self._grid.ky, matrices, self.padding, values, ctf2, self.steps)
 
-    def add(self, other: "BackProjector") -> None:
-        self.data += other.data
-        self.weight += other.weight
-
     def _fft_layout(self):
         """data (complex64) and weight (float32) in the padded FFT layout (P, P, P//2+1), Hermitian
         symmetry enforced on kx = 0, everything beyond the Nyquist sphere (|k| > P/2) set to 0."""

@@ -16,9 +16,9 @@ A run is a sequence of *stages*, one per (iteration, module):
        (``search.mean_motion: remove``): the map and poses of a module are only defined up to a common
        motion, and without this the module drifts from the consensus frame over iterations;
     3. reconstruct (`backproject`, `write_module`): the refined poses back-projected into half-map
-       accumulators in fixed blocks of particles (`reconstruction_blocks`, independent of how many processes
-       share them), every inserted term rounded to a grid on which float64 addition is exact
-       (`ExactSum`), so that summing in any order and grouping gives the same bits; the half
+       accumulators, each process taking its share of fixed blocks of particles (`reconstruction_blocks`),
+       every inserted term rounded to a grid on which float64 addition is exact (`ExactSum`), so that
+       summing in any order and grouping gives the same bits; the half
        maps, the masked map (in the consensus frame), the FSC and the module's STAR file.
 After each iteration the refined modules are combined into the model of the next iteration (`combine`).
 
@@ -374,8 +374,8 @@ class RefineEngine:
         return kept
 
     def backproject(self, centred: Poses, ids, halves) -> None:
-        """Add the particles ``ids`` (one block of `reconstruction_blocks`) at the poses ``centred``
-        (`reconstruction_poses`) to the pair ``halves`` (`accumulators`)."""
+        """Add the particles ``ids`` (any batch: the terms are on the exact-sum grid, so the grouping does not
+        matter) at the poses ``centred`` (`reconstruction_poses`) to the pair ``halves`` (`accumulators`)."""
         backproject_halves(
             self.table, ids, self.box, use_ctf=self.use_ctf, padding=self.cfg.reconstruction.padding, subset=self.subset,
             matrices=centred.matrices, origin_px=centred.origin_px, reader=self.reader, batch=BLOCK_MAX, into=halves,
