@@ -43,9 +43,30 @@ def log_evidence(scores: local.ParticleScores, psi_step_rad, n_pixels, prior_pos
     u2 = ((scores.shifts_px - prior_offset_px) ** 2).sum(-1)  # (S,)
     rot = np.where(scores.valid[None], -theta2[None] / (2.0 * np.asarray(sigma_rot_rad)[:, None, None] ** 2), -np.inf)  # (A, T, K)
     shift = -u2[None] / (2.0 * np.asarray(sigma_px)[:, None] ** 2)  # (B, S)
-    per_shift = _logsumexp(ll[None] + rot[..., None], axis=(1, 2))  # (A, S): the rotations summed for every shift
+    per_shift = _sum_over_rotations(ll.reshape(-1, ll.shape[-1]), rot.reshape(len(rot), -1))  # (A, S)
     joint = _logsumexp(per_shift[:, None, :] + shift[None], axis=2)  # (A, B)
     return joint - _logsumexp(rot, axis=(1, 2))[:, None] - _logsumexp(shift, axis=1)[None, :]
+
+
+def _sum_over_rotations(ll, rot) -> np.ndarray:
+    """log Σ_c exp(ll[c, s] + rot[a, c]) (A, S) of ll (C, S) and rot (A, C), −inf allowed in both: one matrix
+    product of the exponentials, each scaled by its largest term (so every factor is ≤ 1), and the exact
+    log-domain sum for the few entries whose product falls below `UNDERFLOW` (where the best rotation of a
+    narrow prior sits far from the likelihood's peak)."""
+    peak_ll = np.max(ll, axis=0)
+    peak_ll = np.where(np.isfinite(peak_ll), peak_ll, 0.0)
+    peak_rot = np.max(rot, axis=1)
+    peak_rot = np.where(np.isfinite(peak_rot), peak_rot, 0.0)
+    product = np.exp(rot - peak_rot[:, None]) @ np.exp(ll - peak_ll[None, :])
+    with np.errstate(divide="ignore"):
+        out = np.log(product) + peak_rot[:, None] + peak_ll[None, :]
+    a, s = np.nonzero(product < UNDERFLOW)
+    if len(a):
+        out[a, s] = _logsumexp(ll[:, s].T + rot[a], axis=1)
+    return out
+
+
+UNDERFLOW = 1e-200  # below this a product of exponentials may have lost its terms: summed in the log domain instead
 
 
 def _logsumexp(a: np.ndarray, axis) -> np.ndarray:

@@ -74,3 +74,17 @@ def test_the_learned_rotation_width_follows_the_motion(module_map, step_deg=2.0)
     print(step_deg, learned)
     assert learned[0] < learned[1] < learned[2]
     assert learned[0] <= 1.5 and learned[2] >= 2.0
+
+
+def test_rotation_sum_by_matrix_product_matches_the_log_domain_sum_even_where_terms_underflow():
+    rng = np.random.default_rng(3)
+    ll = rng.normal(0, 30, (40, 9))
+    ll[5] = -np.inf  # an invalid candidate
+    rot = -rng.uniform(0, 1, (4, 40)) * np.array([1.0, 10.0, 1e3, 1e5])[:, None]  # the last rows underflow in exp
+    rot[:, 7] = -np.inf
+    ll[:, 3] += 2000.0  # a shift whose log-likelihoods are far above the others
+    ll[np.argmax(rot[3])] -= 1000.0  # the narrowest prior's best rotation far from the likelihood's peak: products underflow
+    product = np.exp(rot - rot.max(axis=1)[:, None]) @ np.exp(ll - ll.max(axis=0))
+    assert (product[3] < prior.UNDERFLOW).all()  # the log-domain fallback is what this row tests
+    expected = np.array([[np.logaddexp.reduce(ll[:, s] + rot[a]) for s in range(9)] for a in range(4)])
+    np.testing.assert_allclose(prior._sum_over_rotations(ll, rot), expected, rtol=1e-12, atol=1e-9)
