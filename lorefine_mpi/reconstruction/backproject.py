@@ -10,7 +10,8 @@ in real space spreads a little power into the corners of the small box's Fourier
 
 Weighting, as RELION's BackProjector::reconstruct: the iterative gridding of Pipe & Menon (1999). Start
 from ``w = 1``; repeat ``w ← w / max(|(weight · w) ⊛ b|, floor)`` where b is RELION's Kaiser–Bessel blob
-(radius 1.9 voxels, α = 15, normalised to sum 1; the convolution is a product in real space), then use
+(radius 3.8 voxels of the padded grid, α = 15; the convolution is a product with its Fourier transform in
+real space, tabulated as RELION does: `blob_multiplier`), then use
 ``data · w``. Where the slices sample densely this is ``data / weight``; where they sample sparsely (high
 frequency) it accounts for each sample's spread into its neighbours, which plain division does not.
 With 0 iterations the weighting is the plain ``data / max(weight, floor)``. The accumulators are float64
@@ -24,38 +25,42 @@ import functools
 
 import numpy as np
 import scipy.fft
-from scipy.special import i0
+from scipy.special import iv, jv
 
 from lorefine_mpi.kernels import backend
 from lorefine_mpi.projection import fourier
 
-BLOB_RADIUS_VOXELS = 1.9
+BLOB_RADIUS_VOXELS = 3.8  # RELION's 1.9 × 2, whatever the padding (BackProjector: tab_ftblob of radius 2 × blob_radius)
 BLOB_ALPHA = 15.0
+BLOB_TABLE_SIZE = 10000  # RELION's TabFtBlob: this many values over the frequencies [0, 0.5), read by truncation
 
 
-def blob_stencil_values() -> np.ndarray:
-    """The blob normalised to sum 1 on the integer offsets within its radius, by how many of the
-    offset's three components are non-zero: (4,) for the centre, a face, an edge and a corner neighbour."""
-    distances = np.sqrt(np.arange(4.0))
-    values = i0(BLOB_ALPHA * np.sqrt(np.clip(1.0 - (distances / BLOB_RADIUS_VOXELS) ** 2, 0.0, None))) / i0(BLOB_ALPHA)
-    values = np.where(distances <= BLOB_RADIUS_VOXELS, values, 0.0)
-    return values / (values * np.array([1, 6, 12, 8])).sum()
+def blob_fourier_transform(frequency) -> np.ndarray:
+    """The 3D Fourier transform of the Kaiser–Bessel blob of order 0 (radius ``BLOB_RADIUS_VOXELS`` a, α),
+    at frequencies w (cycles per voxel), up to a constant factor (Lewitt 1990): ``I_{3/2}(σ) / σ^{3/2}`` with
+    ``σ = sqrt(α² − (2π a w)²)``, and ``J_{3/2}(σ) / σ^{3/2}`` with ``σ = sqrt((2π a w)² − α²)`` beyond."""
+    x = 2.0 * np.pi * BLOB_RADIUS_VOXELS * np.asarray(frequency, dtype=np.float64)
+    sigma = np.sqrt(np.abs(BLOB_ALPHA**2 - x * x))
+    sigma = np.where(sigma > 0, sigma, 1e-12)  # the limit at σ → 0 is finite
+    return np.where(x > BLOB_ALPHA, jv(1.5, sigma), iv(1.5, sigma)) / sigma**1.5
 
 
 @functools.lru_cache(maxsize=1)
 def blob_multiplier(p: int) -> np.ndarray:
-    """Real-space (p, p, p) float32 factor whose product with a volume convolves its spectrum with the blob
-    (computed once per size and kept, read-only).
-
-    For a spectrum F (numpy layout) and the blob stencil S (sum 1): ``F ⊛ S = p³ · fftn(ifftn(F) · ifftn(S))``,
-    and ``p³ · ifftn(S)(r) = Σ_o S(o) cos(2π o·r / p)``. The blob's radius (1.9 voxels) holds the 27 offsets
-    of the 3 × 3 × 3 cube, whose values depend only on how many components are non-zero, so with
-    ``c(r) = 2 cos(2π r / p)`` per axis the sum is ``b0 + b1 Σ c + b2 Σ c·c' + b3 c_x c_y c_z``.
-    """
-    b0, b1, b2, b3 = blob_stencil_values()
-    c = (2.0 * np.cos(2.0 * np.pi * np.arange(p) / p)).astype(np.float32)
-    cz, cy, cx = c[:, None, None], c[None, :, None], c[None, None, :]
-    factor = np.float32(b0) + np.float32(b1) * (cz + cy + cx) + np.float32(b2) * (cz * cy + cz * cx + cy * cx) + np.float32(b3) * (cz * cy * cx)
+    """Real-space (p, p, p) float32 factor whose product with a volume (its centre at index 0) convolves
+    its spectrum with the blob, as RELION's convoluteBlobRealSpace: the blob's Fourier transform at
+    ``|r| / p`` (r the voxel's wrapped coordinate), normalised to 1 at 0, read from a table of
+    `BLOB_TABLE_SIZE` values over [0, 0.5) by truncating the index, and 0 from 0.5 on (the corners of the
+    cube). Computed once per size (per distinct |r|², then gathered) and kept, read-only."""
+    step = 0.5 / BLOB_TABLE_SIZE
+    table = blob_fourier_transform(np.arange(BLOB_TABLE_SIZE) * step)
+    table /= table[0]
+    r2_max = 3 * (p // 2) ** 2
+    index = np.floor(np.sqrt(np.arange(r2_max + 1, dtype=np.float64)) / p / step).astype(np.int64)
+    by_r2 = np.where(index < BLOB_TABLE_SIZE, table[np.minimum(index, BLOB_TABLE_SIZE - 1)], 0.0).astype(np.float32)
+    k = np.arange(p)
+    k2 = (np.where(k < p // 2, k, k - p) ** 2).astype(np.int32)
+    factor = by_r2[k2[:, None, None] + k2[None, :, None] + k2[None, None, :]]
     factor.flags.writeable = False
     return factor
 
