@@ -9,10 +9,11 @@ Cases:
   * a noisy simulated set (`lorefine simulate`: 2,000 particles, box 64, 2 Å/px, SNR 0.05, the paper's
     motion), half maps from the true poses of module 1 and from the consensus poses; each module's mask.
 Per case: the corrected masked FSC 0.143 resolution of both (Å and shell), the B-factor of lorefine's
-default fit (10 Å to the resolution) and of RELION's fit range (--autob-highres 0: to where the FSC
-weighting ends, RELION's default) against RELION's --auto_bfac, the largest per-shell difference of the
-unmasked and masked curves; then, as the phase-randomised curve is one random draw, the range of both
-programs over --seeds random seeds. Skipped (with a message) without relion_postprocess.
+default fit (RELION's: 10 Å to where the FSC weighting ends, --autob-highres 0) and of a fit from 10 Å to
+the resolution only, against RELION's --auto_bfac, and the largest per-shell difference of the unmasked
+and masked curves; then, as the FSC weighting beyond the resolution depends on the phase-randomised curve
+(one random draw), both programs' B over 1 + --seeds phase randomisations (their defaults and seeds
+1 … --seeds) and the difference of the medians. Skipped (with a message) without relion_postprocess.
 """
 
 import os
@@ -78,27 +79,26 @@ def compare(label, h1, h2, mask, voxel, work, seeds, randomise=None):
     a, b, m = (mrc.read_map(p)[0] for p in (h1, h2, mask))
     n = a.shape[0]
     ours = pp.postprocess(a, b, m, voxel, randomise_from_angstrom=randomise)
-    ours_range = pp.postprocess(a, b, m, voxel, randomise_from_angstrom=randomise, fit_highres_angstrom=0.0)
+    ours_to_resolution = pp.postprocess(a, b, m, voxel, randomise_from_angstrom=randomise, fit_highres_angstrom=None)
     res, bfactor, curves = relion(h1, h2, mask, voxel, work / "relion" / label.replace(" ", "_").replace(",", ""), randomise=randomise)
     shell = round(n * voxel / res)
     unmasked = np.abs(ours.fsc.fsc_unmasked - curves["_rlnFourierShellCorrelationUnmaskedMaps"]).max()
     masked = np.abs(ours.fsc.fsc_masked - curves["_rlnFourierShellCorrelationMaskedMaps"]).max()
 
-    def pct(x):
-        return f"{100 * (x - bfactor) / abs(bfactor):+.0f} %" if bfactor else "-"
+    def pct(x, reference):
+        return f"{100 * (x - reference) / abs(reference):+.0f} %" if reference else "-"
 
-    print(f"{label:<34} {ours.resolution_angstrom:6.2f} Å ({ours.resolution_shell:2d})  {res:6.2f} Å ({shell:2d})  "
-          f"{ours.resolution_shell - shell:+3d}   {ours.bfactor_angstrom2:8.1f} ({pct(ours.bfactor_angstrom2):>6}) "
-          f"{ours_range.bfactor_angstrom2:8.1f} ({pct(ours_range.bfactor_angstrom2):>6})  {bfactor:8.1f}   {unmasked:.1e} {masked:.1e}")
+    print(f"{label:<42} {ours.resolution_angstrom:6.2f} Å ({ours.resolution_shell:2d})  {res:6.2f} Å ({shell:2d})  "
+          f"{ours.resolution_shell - shell:+3d}   {ours.bfactor_angstrom2:8.1f} ({pct(ours.bfactor_angstrom2, bfactor):>6}) "
+          f"{ours_to_resolution.bfactor_angstrom2:8.1f} ({pct(ours_to_resolution.bfactor_angstrom2, bfactor):>6})  {bfactor:8.1f}   "
+          f"{unmasked:.1e} {masked:.1e}")
     if seeds:
-        theirs = [relion(h1, h2, mask, voxel, work / "relion_seeds" / f"{label.replace(' ', '_').replace(',', '')}_{s}", seed=s,
-                         randomise=randomise)[:2] for s in range(1, seeds + 1)]
-        mine = [pp.postprocess(a, b, m, voxel, seed=s, randomise_from_angstrom=randomise) for s in range(1, seeds + 1)]
-        mine_range = [pp.postprocess(a, b, m, voxel, seed=s, randomise_from_angstrom=randomise, fit_highres_angstrom=0.0) for s in range(1, seeds + 1)]
-        print(f"{'':<34}   seeds 1-{seeds}: lorefine {min(r.resolution_angstrom for r in mine):.2f}-{max(r.resolution_angstrom for r in mine):.2f} Å, "
-              f"B {min(r.bfactor_angstrom2 for r in mine):.0f} to {max(r.bfactor_angstrom2 for r in mine):.0f} "
-              f"(RELION's range {min(r.bfactor_angstrom2 for r in mine_range):.0f} to {max(r.bfactor_angstrom2 for r in mine_range):.0f}); "
-              f"RELION {min(t[0] for t in theirs):.2f}-{max(t[0] for t in theirs):.2f} Å, B {min(t[1] for t in theirs):.0f} to {max(t[1] for t in theirs):.0f}")
+        theirs = [bfactor] + [relion(h1, h2, mask, voxel, work / "relion_seeds" / f"{label.replace(' ', '_').replace(',', '')}_{s}", seed=s,
+                                     randomise=randomise)[1] for s in range(1, seeds + 1)]
+        mine = [ours.bfactor_angstrom2] + [pp.postprocess(a, b, m, voxel, seed=s, randomise_from_angstrom=randomise).bfactor_angstrom2
+                                           for s in range(1, seeds + 1)]
+        print(f"{'':<42}   B over {seeds + 1} phase randomisations: lorefine {min(mine):.0f} to {max(mine):.0f}, median {np.median(mine):.1f}; "
+              f"RELION {min(theirs):.0f} to {max(theirs):.0f}, median {np.median(theirs):.1f} ({pct(np.median(mine), np.median(theirs))})")
     return ours.resolution_shell - shell
 
 
@@ -113,8 +113,8 @@ def main():
         return 0
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    print(f"{'case':<34} {'lorefine (shell)':>16}  {'RELION (shell)':>15}  {'Δ':>3}   {'B lorefine 10 Å-res':>19} "
-          f"{'B RELION range':>16}  {'B RELION':>8}   max |Δ| unmasked, masked FSC")
+    print(f"{'case':<42} {'lorefine (shell)':>16}  {'RELION (shell)':>15}  {'Δ':>3}   {'B lorefine':>17} "
+          f"{'B 10 Å-resolution':>18}  {'B RELION':>8}   max |Δ| unmasked, masked FSC")
     (h1, h2), voxel = halves_of(FIXTURES / "recon_ctf.star", work, "recon_ctf")
     for k in (1, 2):
         compare(f"recon_ctf halves, mask {k}", h1, h2, FIXTURES / f"phantom_mask_module_{k}.mrc", voxel, work, args.seeds, randomise=20.0)

@@ -25,8 +25,8 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--bfactor", default="auto", help="auto (Guinier fit, default) or a B-factor in Å² (negative sharpens)")
     parser.add_argument("--autob-lowres", type=float, default=pp.FIT_LOWRES_ANGSTROM, help="low-resolution end of the B-factor fit, Å (default 10)")
-    parser.add_argument("--autob-highres", type=float, default=None,
-                        help="high-resolution end of the B-factor fit, Å (default: the resolution; 0: to where the FSC weighting ends, RELION's default)")
+    parser.add_argument("--autob-highres", type=float, default=pp.FIT_HIGHRES_ANGSTROM,
+                        help="high-resolution end of the B-factor fit, Å (default 0: to where the FSC weighting ends, as RELION)")
     parser.add_argument("--low-pass", type=float, default=None, help="low-pass filter the sharpened map here, Å (default: the resolution)")
     parser.add_argument("--randomize-at-A", dest="randomize_at", type=float, default=None,
                         help="randomise phases from this resolution, Å (default: where the unmasked FSC drops below 0.8)")

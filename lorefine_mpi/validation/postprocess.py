@@ -13,8 +13,8 @@ Steps (RELION 3.1's Postprocessing::run and sharpenMap; tests compare with its o
     3. Guinier plot: ``ln`` of the mean amplitude of each shell's stored coefficients against
        ``s² = (i / (N · voxel))²`` (1/Å²), up to Nyquist. ``bfactor = "auto"``: B = 4 × the slope of a
        least-squares line through the FSC-weighted plot between ``fit_lowres_angstrom`` (10 Å) and
-       ``fit_highres_angstrom`` (default: the resolution; RELION's --autob_highres, whose own default 0
-       runs the fit to where the weighting ends); or a given B (Å², negative sharpens).
+       ``fit_highres_angstrom`` (RELION's --autob_highres; default 0, as RELION: up to where the FSC weighting
+       ends; None: up to the resolution); or a given B (Å², negative sharpens).
     4. The weighted spectrum times ``exp(−B s² / 4)`` up to Nyquist (zero beyond), low-passed at the
        resolution (or ``lowpass_angstrom``) with a raised-cosine edge one shell either side (RELION's
        --low_pass with --filter_edge_width 2), back to real space: the sharpened map; times the mask:
@@ -32,6 +32,7 @@ import numpy as np
 from lorefine_mpi.validation import fsc as fsc_mod
 
 FIT_LOWRES_ANGSTROM = 10.0  # RELION's --autob_lowres
+FIT_HIGHRES_ANGSTROM = 0.0  # RELION's --autob_highres: 0 fits up to where the FSC weighting ends
 WEIGHT_FLOOR_FSC = 1e-4  # RELION: the FSC weighting stops where FSC_true first drops below this
 PHASE_RANDOMISED_WARNING = 0.1
 
@@ -148,12 +149,13 @@ def lowpass_weights(n: int, voxel_size_angstrom: float, lowpass_angstrom: float,
 
 
 def postprocess(half1, half2, mask, voxel_size_angstrom: float, *, bfactor="auto", fit_lowres_angstrom: float = FIT_LOWRES_ANGSTROM,
-                fit_highres_angstrom: float | None = None, lowpass_angstrom: float | None = None, force_mask: bool = False,
+                fit_highres_angstrom: float | None = FIT_HIGHRES_ANGSTROM, lowpass_angstrom: float | None = None, force_mask: bool = False,
                 seed: int = 0, randomise_from_angstrom: float | None = None) -> PostprocessResult:
     """Post-process two half maps (N, N, N) float with a soft mask (N, N, N) in [0, 1] (module docstring).
 
     bfactor: "auto" or a number (Å², negative sharpens). fit_highres_angstrom: the Guinier fit's
-    high-resolution end (default: the resolution). lowpass_angstrom: default the resolution.
+    high-resolution end in Å (0, the default: where the FSC weighting ends, as RELION; None: the
+    resolution). lowpass_angstrom: default the resolution.
     """
     h1 = np.asarray(half1, dtype=np.float64)
     h2 = np.asarray(half2, dtype=np.float64)
