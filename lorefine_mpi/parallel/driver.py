@@ -218,10 +218,7 @@ class Driver:
                          2 * engine.voxel, how)
             band_px, weights = ctx.bcast((band_px, weights))
             search = engine.stage_search(state, band_px, weights)
-            widths = None
-            if ctx.is_root:
-                widths = self._prior_widths(stage, search)
-            search.use_prior(*ctx.bcast(widths))
+            search.use_prior(*self._prior_widths(stage, search))
             tracker = ProgressLog(f"{stage.name}: search", sum(len(members[u]) for u in pending))
             cpu_started = time.process_time()
 
@@ -249,19 +246,30 @@ class Driver:
         return ctx.bcast(final)
 
     def _prior_widths(self, stage, search):
-        """The stage's prior widths (σ_rot rad, σ_px): learned once (`StageSearch.learn_prior`) and kept in
-        results.h5, so a resumed stage uses the same. Rank 0."""
-        kept = self.results.stage_attribute(stage.name, "prior_sigma")
+        """The stage's prior widths (σ_rot rad, σ_px), on every rank: learned once (`engine.PriorPilot`, its
+        units shared among the ranks; each particle's evidence is computed by one rank, so the sum over ranks
+        is exact and the widths the same on any rank count) and kept in results.h5, so a resumed stage uses
+        the same. Collective."""
+        ctx = self.ctx
+        kept = self.results.stage_attribute(stage.name, "prior_sigma") if ctx.is_root else None
+        kept = ctx.bcast(kept)
         if kept is not None:
             return tuple(None if np.isnan(v) else float(v) for v in kept)
+        pilot = search.prior_pilot()
+        if pilot is None:
+            return search.configured_prior()
         cpu_started = time.process_time()
-        rot, px = search.learn_prior()
+        evidence = pilot.evidence(range(ctx.rank, len(pilot.units), ctx.size), pilot.empty())
+        ctx.reduce_sum(evidence)
         self._add_cpu(stage.name, "search", time.process_time() - cpu_started)
-        self._writing()
-        self.results.set_attribute(stage.name, "prior_sigma", np.array([np.nan if rot is None else rot, np.nan if px is None else px]))
-        log.info("%s: prior on the module's motion: %s rotation, %s shift", stage.name,
-                 "flat" if rot is None else f"σ {np.rad2deg(rot):.3g}°", "flat" if px is None else f"σ {px:.3g} px")
-        return rot, px
+        widths = None
+        if ctx.is_root:
+            rot, px = widths = pilot.widths(evidence)
+            self._writing()
+            self.results.set_attribute(stage.name, "prior_sigma", np.array([np.nan if rot is None else rot, np.nan if px is None else px]))
+            log.info("%s: prior on the module's motion: %s rotation, %s shift (learned from %d particles)", stage.name,
+                     "flat" if rot is None else f"σ {np.rad2deg(rot):.3g}°", "flat" if px is None else f"σ {px:.3g} px", len(pilot.ids))
+        return ctx.bcast(widths)
 
     # -- one stage: reconstruction -------------------------------------------------------------
     def _exact_sum(self) -> eng.ExactSum:

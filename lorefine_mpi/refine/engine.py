@@ -472,36 +472,72 @@ class StageSearch:
             "rest_scale": found.rest_scale,
         }
 
-    def learn_prior(self) -> tuple[float | None, float | None]:
-        """The prior's widths (σ_rot rad, σ_px) for the stage: those configured as ``auto`` learned from a
-        fixed sample of `PRIOR_SAMPLE` particles (`search.prior`: the widths that maximise the marginal
-        likelihood of their flat-prior scores over every rotation and shift), the others as configured.
-        Deterministic (a fixed sample), so the same on every rank count and resume."""
-        e, settings = self.engine, self.searcher.settings
-        learn_rot, learn_px = learned_prior(e.cfg.modules[self.state.stage.index].search(e.cfg.search))
-        if not (learn_rot or learn_px):
-            return settings.prior_sigma_rad, settings.prior_sigma_px
-        flat = dataclasses.replace(settings, strategy="simultaneous", prior_sigma_rad=None, prior_sigma_px=None, angle_refinement="none",
-                                   estimate="map")
-        pilot = local.UnitSearch(self.searcher.fvol, self.searcher.directions, flat, self.searcher.box, self.searcher.cache)
-        flat_width = 1e6  # a flat prior, for a width that is neither learned nor given
-        grid_rot = np.deg2rad(prior.SIGMA_ROT_GRID_DEG) if learn_rot else np.array([settings.prior_sigma_rad or flat_width])
-        grid_px = prior.SIGMA_PX_GRID if learn_px else np.array([settings.prior_sigma_px or flat_width])
-        ids = sample_particles(e.n, e.cfg.seed, PRIOR_SAMPLE)
-        # grouped by projection class to share projections (a fixed grouping: not the run's parallel settings)
-        classes = partition.projection_classes(self.state.prelim.matrices[ids], np.deg2rad(PRIOR_CLASS_SPACING_DEG))
-        evidence = np.zeros((len(ids), len(grid_rot), len(grid_px)))
-        for members in partition.work_units(classes, len(ids))[1]:
-            unit = self._unit(ids[members])
-            found = pilot.run(unit)
-            for j, scores in enumerate(found.scores):
-                evidence[members[j]] = prior.log_evidence(scores, flat.psi_step_rad, pilot.work.effective_pixels, unit.prior_matrices[j],
-                                                          unit.prior_origin_px[j] - unit.origin_px[j], grid_rot, grid_px)
-        sigma_rot, sigma_px = prior.learn_widths(evidence.sum(axis=0), grid_rot, grid_px)
-        return (sigma_rot if learn_rot else settings.prior_sigma_rad), (sigma_px if learn_px else settings.prior_sigma_px)
+    def prior_pilot(self) -> "PriorPilot | None":
+        """The pilot that learns the prior's widths configured as ``auto`` (`PriorPilot`), or None when
+        neither is learned."""
+        learn_rot, learn_px = learned_prior(self.engine.cfg.modules[self.state.stage.index].search(self.engine.cfg.search))
+        return PriorPilot(self, learn_rot, learn_px) if (learn_rot or learn_px) else None
+
+    def configured_prior(self) -> tuple[float | None, float | None]:
+        """The prior's widths (σ_rot rad, σ_px) as configured (None: flat or not yet learned)."""
+        return self.searcher.settings.prior_sigma_rad, self.searcher.settings.prior_sigma_px
 
     def use_prior(self, sigma_rot_rad, sigma_px) -> None:
         """Search with these prior widths from now on."""
         s = self.searcher
         self.searcher = local.UnitSearch(s.fvol, s.directions, dataclasses.replace(s.settings, prior_sigma_rad=sigma_rot_rad,
                                                                                    prior_sigma_px=sigma_px), s.box, s.cache)
+
+
+class PriorPilot:
+    """The stage's prior widths (σ_rot rad, σ_px), those configured as ``auto`` learned from a fixed sample of
+    `PRIOR_SAMPLE` particles (`search.prior`: the widths that maximise the marginal likelihood of their
+    flat-prior scores over every rotation and shift), the others as configured.
+
+    The sample is cut into fixed units (grouped by projection class to share projections; not the run's
+    parallel settings); any process can score any unit (`evidence`), and `widths` sums the per-particle
+    evidence in the sample's order: the same on every rank count and resume."""
+
+    def __init__(self, stage_search: StageSearch, learn_rot: bool, learn_px: bool):
+        self.stage_search, self.learn_rot, self.learn_px = stage_search, learn_rot, learn_px
+        e, settings = stage_search.engine, stage_search.searcher.settings
+        self.settings = settings
+        self.flat = dataclasses.replace(settings, strategy="simultaneous", prior_sigma_rad=None, prior_sigma_px=None, angle_refinement="none",
+                                        estimate="map")
+        flat_width = 1e6  # a flat prior, for a width that is neither learned nor given
+        self.grid_rot = np.deg2rad(prior.SIGMA_ROT_GRID_DEG) if learn_rot else np.array([settings.prior_sigma_rad or flat_width])
+        self.grid_px = prior.SIGMA_PX_GRID if learn_px else np.array([settings.prior_sigma_px or flat_width])
+        self.ids = sample_particles(e.n, e.cfg.seed, PRIOR_SAMPLE)
+        classes = partition.projection_classes(stage_search.state.prelim.matrices[self.ids], np.deg2rad(PRIOR_CLASS_SPACING_DEG))
+        self.units = partition.work_units(classes, len(self.ids))[1]  # positions in ids
+        self._search = None
+
+    def empty(self) -> np.ndarray:
+        """Zeros of the evidence's shape (len(sample), len(grid_rot), len(grid_px)), float64."""
+        return np.zeros((len(self.ids), len(self.grid_rot), len(self.grid_px)))
+
+    def evidence(self, units, out: np.ndarray) -> np.ndarray:
+        """Fill the rows of ``out`` (`empty`) of the sample's ``units`` (indices into `units`) with each
+        particle's log evidence over the grid of widths; returns ``out``."""
+        st = self.stage_search
+        if self._search is None:
+            s = st.searcher
+            self._search = local.UnitSearch(s.fvol, s.directions, self.flat, s.box, s.cache)
+        for u in units:
+            members = self.units[u]
+            unit = st._unit(self.ids[members])
+            found = self._search.run(unit)
+            for j, scores in enumerate(found.scores):
+                out[members[j]] = prior.log_evidence(scores, self.flat.psi_step_rad, self._search.work.effective_pixels, unit.prior_matrices[j],
+                                                     unit.prior_origin_px[j] - unit.origin_px[j], self.grid_rot, self.grid_px)
+        return out
+
+    def widths(self, evidence) -> tuple[float | None, float | None]:
+        """The widths from every particle's evidence (`evidence` of all units), summed in the sample's order."""
+        sigma_rot, sigma_px = prior.learn_widths(evidence.sum(axis=0), self.grid_rot, self.grid_px)
+        return (sigma_rot if self.learn_rot else self.settings.prior_sigma_rad), (sigma_px if self.learn_px else self.settings.prior_sigma_px)
+
+    def learn(self) -> tuple[float | None, float | None]:
+        """The widths, every unit scored here (one process)."""
+        return self.widths(self.evidence(range(len(self.units)), self.empty()))
+
