@@ -3,7 +3,8 @@
     python benchmarks/bench_mpi_scaling.py [--particles 2000] [--workdir DIR]
 
 Simulates the default dataset (box 64), runs `lorefine refine` with 1 and 2 ranks, and reads the search
-time of each stage from the log. Also prints the messages and bytes per particle that cross MPI during the
+time of each stage from the log (the units' search, after the learned prior's pilot; the whole run's wall
+time is printed beside it). Also prints the messages and bytes per particle that cross MPI during the
 search (unit numbers out, small result arrays back) and per stage (result broadcast, accumulator reduction),
 from which a 1,000-rank run can be estimated.
 """
@@ -22,11 +23,12 @@ import numpy as np
 
 
 def search_seconds(log_text):
-    """Sum over stages of the time of the last 'N/N units, T s' line."""
+    """Sum over stages of the search's seconds, from each stage's last progress line
+    ``STAGE: search: N/N particles (100%), R particles/s, done in …`` (N / R: the rate is printed to 0.1)."""
     last = {}
-    for stage, done, total, seconds in re.findall(r"(iteration_\d+/\w+): (\d+)/(\d+) units, ([\d.]+) s", log_text):
+    for stage, done, total, rate in re.findall(r"(iteration_\d+/\w+): search: (\d+)/(\d+) particles \(100%\), ([\d.]+) particles/s", log_text):
         if done == total:
-            last[stage] = float(seconds)
+            last[stage] = int(done) / float(rate)
     return sum(last.values()), len(last)
 
 

@@ -42,12 +42,13 @@ def poses(table):
 
 def climb(image_centred, fvol, mask, a_true, o_true_rel, box):
     """Nelder–Mead on −Eq. 1 from the true pose; returns (angle deg, shift px) of the peak from the truth."""
-    zero = np.zeros((1, 2))
+    inside = np.asarray(mask, dtype=bool)
+    image_row = score.normalise_rows(image_centred[inside][None])
 
     def negative_ccc(x):
         a = rotations.from_rotation_vector(np.deg2rad(x[:3])) @ a_true
-        ref = fourier.to_real(fourier.project(fvol, a[None], (o_true_rel + x[3:])[None]), box)
-        return -float(score.masked_ccc(score.prepare_references(ref, mask, zero), image_centred[None])[0, 0, 0])
+        ref = fourier.to_real(fourier.project(fvol, a[None], (o_true_rel + x[3:])[None]), box)[0]
+        return -float(score.masked_ccc(image_row, score.normalise_rows(ref[inside][None]))[0, 0])
 
     simplex = np.vstack([np.zeros(5), np.diag([0.5, 0.5, 0.5, 0.2, 0.2])])
     found = optimize.minimize(negative_ccc, np.zeros(5), method="Nelder-Mead",
