@@ -72,6 +72,7 @@ def learned_prior(search) -> tuple[bool, bool]:
 
 PRIOR_SAMPLE = 300  # particles whose flat-prior scores teach each stage the prior's widths
 PRIOR_CLASS_SPACING_DEG = 7.5
+PILOT_KEEP_BYTES = 256 * 2**20  # the pilot's score cubes kept for the stage's own (simultaneous) search
 
 
 def search_settings(cfg, module_mask, centre_px, box, band_radius_px=None, module=None, spectral_weight=None) -> local.SearchSettings:
@@ -446,6 +447,7 @@ class StageSearch:
 
     def __init__(self, engine: RefineEngine, state: StageState, searcher, rest, seeds):
         self.engine, self.state, self.searcher, self.rest, self.seeds = engine, state, searcher, rest, seeds
+        self.pilot_scores = {}  # particle id → its `local.ParticleScores` from this process's share of the prior's pilot
 
     def _unit(self, ids) -> local.UnitInput:
         """The search's input for the particles ``ids`` (ascending)."""
@@ -464,7 +466,8 @@ class StageSearch:
     def search_unit(self, ids) -> dict:
         """The search of the particles ``ids`` (ascending): a dict of per-particle arrays keyed by the
         `io.results.UNIT_FIELDS` of results.h5, row-aligned with ``ids``."""
-        found = self.searcher.run(self._unit(ids))
+        known = [self.pilot_scores.pop(int(i), None) for i in ids] if self.pilot_scores else None
+        found = self.searcher.run(self._unit(ids), known)
         return {
             "search_matrix": found.matrix,
             "search_origin_px": modules.consensus_origins(found.matrix, found.origin_px, self.state.centre_px),
@@ -511,6 +514,7 @@ class PriorPilot:
         classes = partition.projection_classes(stage_search.state.prelim.matrices[self.ids], np.deg2rad(PRIOR_CLASS_SPACING_DEG))
         self.units = partition.work_units(classes, len(self.ids))[1]  # positions in ids
         self._search = None
+        self._kept_bytes = 0
 
     def empty(self) -> np.ndarray:
         """Zeros of the evidence's shape (len(sample), len(grid_rot), len(grid_px)), float64."""
@@ -530,7 +534,19 @@ class PriorPilot:
             for j, scores in enumerate(found.scores):
                 out[members[j]] = prior.log_evidence(scores, self.flat.psi_step_rad, self._search.work.effective_pixels, unit.prior_matrices[j],
                                                      unit.prior_origin_px[j] - unit.origin_px[j], self.grid_rot, self.grid_px)
+                self._keep(int(self.ids[members[j]]), scores)
         return out
+
+    def _keep(self, particle: int, scores) -> None:
+        """Keep a particle's scores for the stage's own search (`StageSearch.pilot_scores`): the simultaneous
+        strategy then uses its Eq. 1 cube instead of computing it again; up to `PILOT_KEEP_BYTES`."""
+        st = self.stage_search
+        if self.settings.strategy != "simultaneous":
+            return
+        if self._kept_bytes + scores.rho.nbytes > PILOT_KEEP_BYTES:
+            return
+        st.pilot_scores[particle] = scores
+        self._kept_bytes += scores.rho.nbytes
 
     def widths(self, evidence) -> tuple[float | None, float | None]:
         """The widths from every particle's evidence (`evidence` of all units), summed in the sample's order."""

@@ -369,7 +369,11 @@ class UnitSearch:
         """Reference projections (len(ids), M) complex64 of directions ``ids`` of D, in the band."""
         return fourier.project_band(self.fvol, canonical_frames(self.directions[ids]), self.work.grid)
 
-    def run(self, unit: UnitInput) -> UnitResult:
+    def run(self, unit: UnitInput, known=None) -> UnitResult:
+        """The search of the unit's particles. known: None, or per particle None or the `ParticleScores` of an
+        earlier search of it with the same reference, band and ranges (the prior's pilot): with the simultaneous
+        strategy its Eq. 1 cube is used instead of computed again when its directions and in-plane indices are
+        this search's (the same values: the cube of a particle does not depend on its unit)."""
         s, work = self.settings, self.work
         ids = unit_directions(self.directions, unit.matrices, s.cone_half_angle_rad)
         dirs = self.directions[ids]
@@ -398,8 +402,9 @@ class UnitSearch:
                 prior = ParticlePrior(centre, offset)
             upsampled = fourier.upsampled_image(image_w, work.size, UPSAMPLING)
             rest_up = None if rest_w is None else fourier.upsampled_image(rest_w, work.size, UPSAMPLING)
+            earlier = None if known is None else known[i]
             pose, shift_px, best, scores = self._search_particle(upsampled, rest_up, cands, frames[cands.direction_ids], templates,
-                                                                 unit.seeds[i], prior)
+                                                                 unit.seeds[i], prior, earlier)
             out.matrix[i], out.origin_px[i], out.score[i] = pose, unit.origin_px[i] + shift_px, best
             out.scores.append(scores)
         return out
@@ -434,7 +439,7 @@ class UnitSearch:
             return score.patch_ccc(patches, templates)
         return score.composite_ccc(patches, self.work.patches(rest_up, angles_rad, shifts_px), templates)
 
-    def _search_particle(self, upsampled, rest_up, cands: ParticleCandidates, frames, templates, seed, prior=None):
+    def _search_particle(self, upsampled, rest_up, cands: ParticleCandidates, frames, templates, seed, prior=None, earlier=None):
         """Best (pose, image-frame shift px, CCC, `ParticleScores`) of one particle; see the module docstring.
 
         frames: (k, 3, 3) the canonical frames of its k directions; templates: (k, J) their references.
@@ -448,8 +453,12 @@ class UnitSearch:
         posterior = Posterior(s, self.work.effective_pixels, prior, frames, ms, shifts)
         n_t, n_s = len(ms), len(shifts)
         if s.strategy == "simultaneous":
-            rho = self._scores(upsampled, rest_up, templates, np.repeat(angles, n_s), np.tile(shifts, (n_t, 1)))
-            cube = np.where(valid[:, :, None], rho.reshape(n_t, n_s, -1).transpose(0, 2, 1), -np.inf)
+            if earlier is not None and np.array_equal(earlier.ms, ms) and np.array_equal(earlier.frames, frames) and \
+                    np.array_equal(earlier.shifts_px, shifts):
+                cube = earlier.rho
+            else:
+                rho = self._scores(upsampled, rest_up, templates, np.repeat(angles, n_s), np.tile(shifts, (n_t, 1)))
+                cube = np.where(valid[:, :, None], rho.reshape(n_t, n_s, -1).transpose(0, 2, 1), -np.inf)
             t, k, _ = np.unravel_index(np.argmax(posterior.of_cube(cube)), cube.shape)
             shift = posterior.subpixel_shifts(cube[t, k][None])[0]
             # the angles again at the sub-pixel shift: on the integer grid the angle absorbs the shift's rounding

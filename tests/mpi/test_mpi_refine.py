@@ -27,6 +27,16 @@ def test_same_results_without_mpi_and_for_1_2_and_3_ranks(tmp_path, reference):
         assert_same(reference, folder)
 
 
+def test_simultaneous_search_reusing_the_pilots_scores_is_the_same_for_1_and_3_ranks(tmp_path):
+    """The simultaneous strategy reuses the learned prior's pilot scores of the particles a rank scored itself
+    (every particle with one rank, about a third with three, the others computed again): bitwise the same."""
+    a, b = make_run(tmp_path / "r1", strategy="simultaneous"), make_run(tmp_path / "r3", strategy="simultaneous")
+    for n, folder in ((1, a), (3, b)):
+        done = run(n, "refine", str(folder / "config.yaml"))
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert_same(a, b)
+
+
 @pytest.mark.slow
 def test_same_results_for_4_ranks(tmp_path):
     a, b = make_run(tmp_path / "r1"), make_run(tmp_path / "r4")

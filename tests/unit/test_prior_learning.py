@@ -88,3 +88,32 @@ def test_rotation_sum_by_matrix_product_matches_the_log_domain_sum_even_where_te
     assert (product[3] < prior.UNDERFLOW).all()  # the log-domain fallback is what this row tests
     expected = np.array([[np.logaddexp.reduce(ll[:, s] + rot[a]) for s in range(9)] for a in range(4)])
     np.testing.assert_allclose(prior._sum_over_rotations(ll, rot), expected, rtol=1e-12, atol=1e-9)
+
+
+def test_a_search_reusing_the_pilots_cubes_equals_one_that_computes_them(module_map, monkeypatch):
+    """The simultaneous search with a prior, given the flat-prior pilot's scores of the same particles (one
+    unit of two particles here, the pilot in units of one), gives the same poses and scores bit for bit, and
+    scores only the angles at its sub-pixel shift (one call per particle instead of two)."""
+    import dataclasses
+
+    fvol, u = unit(module_map, 2, 1.0, np.random.default_rng(5))
+    directions = candidates.direction_grid(np.deg2rad(2))
+    flat = flat_settings()
+    pilot = local.UnitSearch(fvol, directions, flat, 48)
+    single = [dataclasses.replace(u, images_ft=u.images_ft[i : i + 1], matrices=u.matrices[i : i + 1], origin_px=u.origin_px[i : i + 1],
+                                  seeds=u.seeds[i : i + 1], prior_matrices=u.prior_matrices[i : i + 1],
+                                  prior_origin_px=u.prior_origin_px[i : i + 1]) for i in range(2)]
+    known = [pilot.run(x).scores[0] for x in single]
+    with_prior = dataclasses.replace(flat, prior_sigma_rad=np.deg2rad(1.0), prior_sigma_px=1.0)
+    fresh = local.UnitSearch(fvol, directions, with_prior, 48).run(u)
+    search = local.UnitSearch(fvol, directions, with_prior, 48)
+    calls = []
+    original = search._scores
+    monkeypatch.setattr(search, "_scores", lambda *a: calls.append(1) or original(*a))
+    reused = search.run(u, known)
+    assert len(calls) == 2  # the angles at the sub-pixel shift only, for each particle
+    np.testing.assert_array_equal(reused.matrix, fresh.matrix)
+    np.testing.assert_array_equal(reused.origin_px, fresh.origin_px)
+    np.testing.assert_array_equal(reused.score, fresh.score)
+    for a, b in zip(reused.scores, fresh.scores):
+        np.testing.assert_array_equal(a.rho, b.rho)
