@@ -552,8 +552,3 @@ class PriorPilot:
         """The widths from every particle's evidence (`evidence` of all units), summed in the sample's order."""
         sigma_rot, sigma_px = prior.learn_widths(evidence.sum(axis=0), self.grid_rot, self.grid_px)
         return (sigma_rot if self.learn_rot else self.settings.prior_sigma_rad), (sigma_px if self.learn_px else self.settings.prior_sigma_px)
-
-    def learn(self) -> tuple[float | None, float | None]:
-        """The widths, every unit scored here (one process)."""
-        return self.widths(self.evidence(range(len(self.units)), self.empty()))
-
