@@ -465,7 +465,7 @@ class UnitSearch:
             at_shift = np.where(valid, self._scores(upsampled, rest_up, templates, angles, np.broadcast_to(shift, (n_t, 2))), -np.inf)
             t, k = np.unravel_index(np.argmax(posterior.of_angles(at_shift)), at_shift.shape)
             pose = self._estimate(at_shift, t, k, frames, ms, posterior)
-            return pose, shift, at_shift[t, k], ParticleScores(frames, ms, valid, shifts, cube.astype(np.float32), shift,
+            return pose, shift, at_shift[t, k], ParticleScores(frames, ms, valid, shifts, cube.astype(np.float32, copy=False), shift,
                                                                at_shift.astype(np.float32))
         pairs = np.argwhere(valid)
         rng = np.random.default_rng(seed)

@@ -53,10 +53,7 @@ def _sum_over_rotations(ll, rot) -> np.ndarray:
     product of the exponentials, each scaled by its largest term (so every factor is ≤ 1), and the exact
     log-domain sum for the few entries whose product falls below `UNDERFLOW` (where the best rotation of a
     narrow prior sits far from the likelihood's peak)."""
-    peak_ll = np.max(ll, axis=0)
-    peak_ll = np.where(np.isfinite(peak_ll), peak_ll, 0.0)
-    peak_rot = np.max(rot, axis=1)
-    peak_rot = np.where(np.isfinite(peak_rot), peak_rot, 0.0)
+    peak_ll, peak_rot = _finite_peak(ll, axis=0), _finite_peak(rot, axis=1)
     product = np.exp(rot - peak_rot[:, None]) @ np.exp(ll - peak_ll[None, :])
     with np.errstate(divide="ignore"):
         out = np.log(product) + peak_rot[:, None] + peak_ll[None, :]
@@ -71,10 +68,15 @@ UNDERFLOW = 1e-200  # below this a product of exponentials may have lost its ter
 
 def _logsumexp(a: np.ndarray, axis) -> np.ndarray:
     """log Σ exp(a) over ``axis`` (−inf where every term is −inf)."""
-    peak = np.max(a, axis=axis, keepdims=True)
-    peak = np.where(np.isfinite(peak), peak, 0.0)
+    peak = _finite_peak(a, axis=axis, keepdims=True)
     with np.errstate(divide="ignore"):
         return np.log(np.exp(a - peak).sum(axis=axis)) + np.squeeze(peak, axis=axis)
+
+
+def _finite_peak(a: np.ndarray, axis, keepdims: bool = False) -> np.ndarray:
+    """The largest value over ``axis``, 0 where it is not finite (every term −inf): the shift of a stable sum of exponentials."""
+    peak = np.max(a, axis=axis, keepdims=keepdims)
+    return np.where(np.isfinite(peak), peak, 0.0)
 
 
 def learn_widths(total_log_evidence, sigma_rot_rad, sigma_px) -> tuple[float, float]:

@@ -37,11 +37,15 @@ def centre_rows(rows) -> tuple[np.ndarray, np.ndarray]:
     return centred, np.einsum("ij,ij->i", centred, centred, dtype=np.float64)
 
 
+def inverse_norms(norm2) -> np.ndarray:
+    """1 / sqrt(norm2) per row (Q,) float32, 0 where the squared norm is 0 (a constant row)."""
+    return np.where(norm2 > 0, 1.0 / np.sqrt(np.where(norm2 > 0, norm2, 1.0)), 0.0).astype(np.float32)
+
+
 def normalise_rows(rows) -> np.ndarray:
     """Rows (Q, J) centred and scaled to unit norm (a constant row becomes 0): float32."""
     centred, norm2 = centre_rows(rows)
-    scale = np.where(norm2 > 0, 1.0 / np.sqrt(np.where(norm2 > 0, norm2, 1.0)), 0.0).astype(np.float32)
-    return centred * scale[:, None]
+    return centred * inverse_norms(norm2)[:, None]
 
 
 def masked_ccc(patches, templates) -> np.ndarray:
@@ -58,9 +62,8 @@ def patch_ccc(patches, templates) -> np.ndarray:
     j = patches.shape[1]
     s1 = patches.sum(axis=1, dtype=np.float64)
     norm2 = np.einsum("ij,ij->i", patches, patches).astype(np.float64) - s1 * s1 / j
-    scale = np.where(norm2 > 0, 1.0 / np.sqrt(np.where(norm2 > 0, norm2, 1.0)), 0.0).astype(np.float32)
     out = backend().correlate(patches, templates)
-    out *= scale[:, None]
+    out *= inverse_norms(norm2)[:, None]
     return out
 
 
