@@ -93,21 +93,25 @@ def count_work(searcher, unit) -> dict:
     """Patch samples and matrix-product flops of one run of the unit, counted at the kernel seam."""
     kernels = backend()
     counts = {"samples": 0, "product_flops": 0}
-    sample, correlate = kernels.sample_patches, kernels.correlate
+    sample, sample_grid, correlate = kernels.sample_patches, kernels.sample_shift_grid, kernels.correlate
 
     def counted_sample(upsampled, zx, zy, angles_rad, shifts_px, out=None, factor=2):
         counts["samples"] += np.size(angles_rad) * len(zx)
         return sample(upsampled, zx, zy, angles_rad, shifts_px, out, factor)
 
+    def counted_sample_grid(upsampled, zx, zy, angles_rad, steps, factor):
+        counts["samples"] += np.size(angles_rad) * len(steps) * len(zx)
+        return sample_grid(upsampled, zx, zy, angles_rad, steps, factor)
+
     def counted_correlate(patches, templates):
         counts["product_flops"] += 2 * patches.shape[0] * templates.shape[0] * patches.shape[1]
         return correlate(patches, templates)
 
-    kernels.sample_patches, kernels.correlate = counted_sample, counted_correlate
+    kernels.sample_patches, kernels.sample_shift_grid, kernels.correlate = counted_sample, counted_sample_grid, counted_correlate
     try:
         searcher.run(unit)
     finally:
-        del kernels.sample_patches, kernels.correlate
+        del kernels.sample_patches, kernels.sample_shift_grid, kernels.correlate
     return counts
 
 

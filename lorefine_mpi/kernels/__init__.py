@@ -6,10 +6,12 @@ Everything the search and the reconstruction do per particle in bulk goes throug
     scatter_slices  its adjoint, accumulated (back-projection; `reconstruction.backproject`)
     sample_patches  an image turned and shifted, sampled over the pixels of a mask (the search turns
                     and shifts the *image*, so the references of a projection class serve every particle)
+    sample_shift_grid  the same for every (angle, whole-pixel shift) pair, with each patch's sum and sum
+                    of squares (the search's grid of shifts)
     correlate       rows of patches against rows of templates: one matrix product (the score)
 
 Arrays are numpy arrays in the layouts documented in `lorefine_mpi.kernels.cpu`. A GPU back-end (CuPy)
-implements the same four methods on device arrays and is returned by `backend()`; the pipeline,
+implements the same five methods on device arrays and is returned by `backend()`; the pipeline,
 the search and the reconstruction never call numba, BLAS or a GPU library directly.
 """
 
@@ -49,6 +51,17 @@ class CpuBackend:
         cpu.sample_patches(np.ascontiguousarray(upsampled, np.float32), float(factor), zx, zy, np.cos(angles), np.sin(angles),
                            np.ascontiguousarray(shifts[:, 0]), np.ascontiguousarray(shifts[:, 1]), out)
         return out
+
+    def sample_shift_grid(self, upsampled, zx, zy, angles_rad, steps, factor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Patches (T·S, J) float32 of T angles by S shifts ``steps`` (S, 2) int (x, y) in pixels of the fine
+        grid (row t·S + s), with each row's sum and sum of squares (T·S,) float64; see `cpu.sample_shift_grid`."""
+        angles = np.asarray(angles_rad, dtype=np.float64).reshape(-1)
+        steps = np.asarray(steps, dtype=np.int64).reshape(-1, 2)
+        q = len(angles) * len(steps)
+        out, sums, squares = np.empty((q, len(zx)), dtype=np.float32), np.empty(q), np.empty(q)
+        cpu.sample_shift_grid(np.ascontiguousarray(upsampled, np.float32), float(factor), zx, zy, np.cos(angles), np.sin(angles),
+                              np.ascontiguousarray(steps[:, 0]), np.ascontiguousarray(steps[:, 1]), out, sums, squares)
+        return out, sums, squares
 
     def correlate(self, patches, templates) -> np.ndarray:
         """(Q, K) float32 ``patches @ templatesᵀ`` for patches (Q, J) and templates (K, J), float32."""

@@ -170,3 +170,60 @@ def sample_patches(upsampled, factor, zx, zy, cos, sin, shift_x, shift_y, out):
             top = upsampled[y0, x0] * (np.float32(1.0) - fx) + upsampled[y0, x0 + 1] * fx
             bottom = upsampled[y0 + 1, x0] * (np.float32(1.0) - fx) + upsampled[y0 + 1, x0 + 1] * fx
             out[q, j] = top * (np.float32(1.0) - fy) + bottom * fy
+
+
+@numba.njit(fastmath=True, **_JIT)
+def sample_shift_grid(upsampled, factor, zx, zy, cos, sin, steps_x, steps_y, out, sums, squares):
+    """`sample_patches` for every pair of T angles and S shifts that are whole pixels of the fine grid.
+
+    steps_x, steps_y: (S,) int, the shifts in pixels of the fine grid; out: (T·S, J) float32 with row
+    ``t·S + s`` = ``f(R2(β_t) z_j − u_s)``; sums, squares: (T·S,) float64, each row's Σ and Σ² (for Eq. 1's
+    mean and norm over the mask). A whole-pixel shift moves every sample by the same whole number of fine
+    pixels, so the bilinear weights and the flat index of a mask pixel's first corner are those of the
+    unshifted turn: they are computed once per (angle, pixel), and each shift only adds an offset to the
+    index and reads four values (checked against the image's edges only when a shift reaches them; 0 there).
+    """
+    size = upsampled.shape[0]
+    half = size // 2
+    flat = upsampled.reshape(-1)
+    n_j, n_s = zx.shape[0], steps_x.shape[0]
+    first = np.empty(n_j, np.int64)
+    x0 = np.empty(n_j, np.int64)
+    y0 = np.empty(n_j, np.int64)
+    w = np.empty((4, n_j), np.float32)
+    w0, w1, w2, w3 = w[0], w[1], w[2], w[3]
+    one = np.float32(1.0)
+    for t in range(cos.shape[0]):
+        c, s = cos[t], sin[t]
+        for j in range(n_j):
+            x = factor * (c * zx[j] + s * zy[j]) + half
+            y = factor * (-s * zx[j] + c * zy[j]) + half
+            xi, yi = int(np.floor(x)), int(np.floor(y))
+            x0[j], y0[j], first[j] = xi, yi, yi * size + xi
+            gx, gy = np.float32(x - xi), np.float32(y - yi)
+            w0[j], w1[j] = (one - gx) * (one - gy), gx * (one - gy)
+            w2[j], w3[j] = (one - gx) * gy, gx * gy
+        x_lo, x_hi, y_lo, y_hi = x0.min(), x0.max(), y0.min(), y0.max()
+        for k in range(n_s):
+            row = t * n_s + k
+            sx, sy = steps_x[k], steps_y[k]
+            r = out[row]
+            if x_lo - sx >= 0 and y_lo - sy >= 0 and x_hi - sx + 1 < size and y_hi - sy + 1 < size:
+                offset = -(sy * size + sx)
+                for j in range(n_j):
+                    i = first[j] + offset
+                    r[j] = w0[j] * flat[i] + w1[j] * flat[i + 1] + w2[j] * flat[i + size] + w3[j] * flat[i + size + 1]
+            else:
+                for j in range(n_j):
+                    xs, ys = x0[j] - sx, y0[j] - sy
+                    if xs < 0 or ys < 0 or xs + 1 >= size or ys + 1 >= size:
+                        r[j] = 0.0
+                    else:
+                        i = ys * size + xs
+                        r[j] = w0[j] * flat[i] + w1[j] * flat[i + 1] + w2[j] * flat[i + size] + w3[j] * flat[i + size + 1]
+            total, total2 = 0.0, 0.0
+            for j in range(n_j):
+                value = np.float64(r[j])
+                total += value
+                total2 += value * value
+            sums[row], squares[row] = total, total2

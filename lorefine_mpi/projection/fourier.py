@@ -233,11 +233,11 @@ def crop_spectrum(images_ft, box: int) -> np.ndarray:
     return out
 
 
-def upsampled_image(image_ft, box: int, factor: int = 2) -> np.ndarray:
-    """A real image ``factor`` times as finely sampled from its rfft2 spectrum (box, box//2+1), without the
-    Nyquist row and column: (f·box, f·box) float32, centre at index f·box/2, values on the scale of `to_real`."""
-    half, size = box // 2, factor * box
+def upsampled_image(image_ft, box: int, size: int) -> np.ndarray:
+    """A real image sampled on a finer grid of ``size`` ≥ box pixels (even) from its rfft2 spectrum (box, box//2+1),
+    without the Nyquist row and column: (size, size) float32, centre at index size/2, values on the scale of `to_real`."""
+    half = box // 2
     up = np.zeros((size, size // 2 + 1), dtype=np.complex64)
     up[:half, :half] = image_ft[:half, :half]
     up[-half + 1 :, :half] = image_ft[-half + 1 :, :half]
-    return to_real(up, size) * float(factor * factor)
+    return to_real(up, size) * float((size / box) ** 2)

@@ -29,9 +29,12 @@ Why the canonical frames and patches: a candidate ``(Rz(β) · B_d, o0 + u)`` pr
     ``f(x) = P_{B_d}(R2(β)ᵀ (x + u))``, so the *patch* ``h(z) = f(R2(β) z − u)`` over the mask pixels z
     equals the reference ``P_{B_d}(z)``: the projections ``P_{B_d}`` of a work unit (one projection
     class) are computed once and shared by all of its particles, and each particle resamples its own
-    image once per (β, u) (`kernels`, ``sample_patches``: bilinear from the image upsampled ×2). The
+    image once per (β, u) (`kernels`, ``sample_shift_grid``: bilinear from the image on a fine grid of q
+    pixels per image pixel, so that the whole-pixel shifts are whole fine pixels, and at least `UPSAMPLING`
+    fine pixels per working pixel). The
     mask is fixed on the reference, i.e. it follows the module, so the reference side of Eq. 1 is the
-    same for every shift and the score of all (β, u) rows against all references is one matrix product.
+    same for every shift and the score of the (β, u) rows of one angle against the references whose ψ range
+    holds that angle is one matrix product.
 
 Score (paper Eq. 1, `score.py`). Mode ``subtract`` (Discussion, Eqs. 17–25) first removes the rest of the
     complex, ``f1A = f1 − k · CTF ⊛ P_A0[V_rest]``, where (a, k, b) are fitted per particle by linear least
@@ -80,7 +83,7 @@ from lorefine_mpi.projection import fourier
 from lorefine_mpi.search import score
 
 _SEAM_TILT_RAD = np.deg2rad(135.0)
-UPSAMPLING = 2  # the image is resampled bilinearly from a grid this many times finer (4 and 8 change no learned width)
+UPSAMPLING = 1.75  # the image is resampled bilinearly from a grid at least this many times finer than the working grid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,6 +271,10 @@ class WorkGrid:
         self.band_weight = np.zeros(self.size * (self.size // 2 + 1), dtype=np.float32)
         self.band_weight[self.grid.index] = self.grid_weight
         self.band_weight = self.band_weight.reshape(self.size, self.size // 2 + 1)
+        # the fine grid the patches are sampled from: q fine px per image px, so whole-pixel shifts of the image
+        # are whole fine pixels (`sample_shift_grid`), and at least UPSAMPLING fine px per working px
+        self.fine_per_image_px = max(1, int(np.ceil(UPSAMPLING * self.size / self.box)))
+        self.fine_size = self.fine_per_image_px * self.box
         # the mask on the working grid: each working pixel takes the value of the image pixel under its centre
         n, half = self.size, self.size // 2
         coords = (np.arange(n) - half) / self.scale + self.box // 2
@@ -304,10 +311,24 @@ class WorkGrid:
         rows = real.reshape(len(real), -1)[:, self.mask_index]
         return score.normalise_rows(rows) if normalise else rows
 
+    def upsampled(self, spectrum) -> np.ndarray:
+        """A working-grid spectrum (n, n//2+1) as a real image on the fine grid (``fine_size``², float32)."""
+        return fourier.upsampled_image(spectrum, self.size, self.fine_size)
+
     def patches(self, upsampled, angles_rad, shifts_px) -> np.ndarray:
-        """Patches (Q, J) float32 ``f(R2(β) z − u)`` of a working-grid image upsampled `UPSAMPLING` times (`fourier.upsampled_image`),
-        for Q angles (rad) and image-frame shifts (Q, 2) in image px."""
-        return backend().sample_patches(upsampled, self.zx, self.zy, angles_rad, np.asarray(shifts_px) * self.scale, factor=UPSAMPLING)
+        """Patches (Q, J) float32 ``f(R2(β) z − u)`` of an image on the fine grid (`upsampled`), for Q angles (rad)
+        and image-frame shifts (Q, 2) in image px."""
+        return backend().sample_patches(upsampled, self.zx, self.zy, angles_rad, np.asarray(shifts_px) * self.scale,
+                                        factor=self.fine_size / self.size)
+
+    def grid_patches(self, upsampled, angles_rad, shifts_px):
+        """Patches (T·S, J) float32 of every angle (T,) with every whole-pixel shift (S, 2) (row t·S + s), with
+        each row's sum and sum of squares (T·S,) float64 (`score.patch_ccc`)."""
+        steps = np.asarray(shifts_px, dtype=np.float64) * self.fine_per_image_px
+        whole = np.rint(steps)
+        if not np.allclose(steps, whole, atol=1e-9):
+            raise ValueError(f"shifts {shifts_px} are not whole pixels")
+        return backend().sample_shift_grid(upsampled, self.zx, self.zy, angles_rad, whole.astype(np.int64), self.fine_size / self.size)
 
 
 class ReferenceCache:
@@ -400,8 +421,8 @@ class UnitSearch:
                 centre = unit.matrices[i] if unit.prior_matrices is None else unit.prior_matrices[i]
                 offset = np.zeros(2) if unit.prior_origin_px is None else unit.prior_origin_px[i] - unit.origin_px[i]
                 prior = ParticlePrior(centre, offset)
-            upsampled = fourier.upsampled_image(image_w, work.size, UPSAMPLING)
-            rest_up = None if rest_w is None else fourier.upsampled_image(rest_w, work.size, UPSAMPLING)
+            upsampled = work.upsampled(image_w)
+            rest_up = None if rest_w is None else work.upsampled(rest_w)
             earlier = None if known is None else known[i]
             pose, shift_px, best, scores = self._search_particle(upsampled, rest_up, cands, frames[cands.direction_ids], templates,
                                                                  unit.seeds[i], prior, earlier)
@@ -439,6 +460,35 @@ class UnitSearch:
             return score.patch_ccc(patches, templates)
         return score.composite_ccc(patches, self.work.patches(rest_up, angles_rad, shifts_px), templates)
 
+    def _grid_scores(self, upsampled, rest_up, templates, angles_rad, columns=None) -> np.ndarray:
+        """Eq. 1 of the image turned by each angle (T,) and moved by each shift of the grid (S) against the
+        templates (K): (T, S, K) float32. columns: None, or (T, 2) int: angle t is scored only against the
+        templates ``columns[t, 0] : columns[t, 1]`` (its candidates; −inf elsewhere), one matrix product each."""
+        patches, sums, squares = self.work.grid_patches(upsampled, angles_rad, self.shifts_px)
+        n_t, n_s = len(angles_rad), len(self.shifts_px)
+        if rest_up is not None:
+            rest = self.work.grid_patches(rest_up, angles_rad, self.shifts_px)[0]
+            return score.composite_ccc(patches, rest, templates).reshape(n_t, n_s, -1)
+        if columns is None:
+            return score.patch_ccc(patches, templates, moments=(sums, squares)).reshape(n_t, n_s, -1)
+        rho = np.full((n_t, n_s, len(templates)), -np.inf, dtype=np.float32)
+        for t, (first, last) in enumerate(columns):
+            rows = slice(t * n_s, (t + 1) * n_s)
+            rho[t, :, first:last] = score.patch_ccc(patches[rows], templates[first:last], moments=(sums[rows], squares[rows]))
+        return rho
+
+    def _candidate_scores(self, upsampled, rest_up, templates, angles_rad, cands: ParticleCandidates, ms) -> np.ndarray:
+        """Eq. 1 of every (in-plane index ms[t], direction, shift) candidate: (T, K, S) float32, −inf where ms[t] is
+        not among the direction's indices. Each direction's indices are a run of 2·t1 + 1, so with the directions
+        ordered by their first index, the candidates of one angle are a contiguous run of templates: only those
+        products are computed (about half of the (angle, direction) pairs of a cone are candidates)."""
+        order = np.argsort(cands.m[:, 0], kind="stable")
+        first = cands.m[order, 0]
+        columns = np.stack([np.searchsorted(first, ms - 2 * self.settings.psi_half_steps, "left"), np.searchsorted(first, ms, "right")], 1)
+        rho = np.empty((len(ms), len(self.shifts_px), len(order)), dtype=np.float32)
+        rho[:, :, order] = self._grid_scores(upsampled, rest_up, templates[order], angles_rad, columns)
+        return rho.transpose(0, 2, 1)
+
     def _search_particle(self, upsampled, rest_up, cands: ParticleCandidates, frames, templates, seed, prior=None, earlier=None):
         """Best (pose, image-frame shift px, CCC, `ParticleScores`) of one particle; see the module docstring.
 
@@ -451,14 +501,13 @@ class UnitSearch:
         # valid[t, k]: in-plane lattice index ms[t] belongs to direction k's ψ range
         valid = (cands.m[None, :, :] == ms[:, None, None]).any(axis=2)
         posterior = Posterior(s, self.work.effective_pixels, prior, frames, ms, shifts)
-        n_t, n_s = len(ms), len(shifts)
+        n_t = len(ms)
         if s.strategy == "simultaneous":
             if earlier is not None and np.array_equal(earlier.ms, ms) and np.array_equal(earlier.frames, frames) and \
                     np.array_equal(earlier.shifts_px, shifts):
                 cube = earlier.rho
             else:
-                rho = self._scores(upsampled, rest_up, templates, np.repeat(angles, n_s), np.tile(shifts, (n_t, 1)))
-                cube = np.where(valid[:, :, None], rho.reshape(n_t, n_s, -1).transpose(0, 2, 1), -np.inf)
+                cube = np.where(valid[:, :, None], self._candidate_scores(upsampled, rest_up, templates, angles, cands, ms), -np.inf)
             t, k, _ = np.unravel_index(np.argmax(posterior.of_cube(cube)), cube.shape)
             shift = posterior.subpixel_shifts(cube[t, k][None])[0]
             # the angles again at the sub-pixel shift: on the integer grid the angle absorbs the shift's rounding
@@ -472,8 +521,7 @@ class UnitSearch:
         picked = pairs[rng.choice(len(pairs), size=min(s.n_random_angles, len(pairs)), replace=False)]
         ut, it = np.unique(picked[:, 0], return_inverse=True)
         uk, ik = np.unique(picked[:, 1], return_inverse=True)
-        rho = self._scores(upsampled, rest_up, templates[uk], np.repeat(angles[ut], n_s), np.tile(shifts, (len(ut), 1)))
-        sub = rho.reshape(len(ut), n_s, len(uk))[it, :, ik]  # (n picked, S)
+        sub = self._grid_scores(upsampled, rest_up, templates[uk], angles[ut])[it, :, ik]  # (n picked, S)
         shift = posterior.subpixel_shifts(sub).mean(axis=0)
         cube = np.where(valid, self._scores(upsampled, rest_up, templates, angles, np.broadcast_to(shift, (n_t, 2))), -np.inf)
         t, k = np.unravel_index(np.argmax(posterior.of_angles(cube)), cube.shape)

@@ -54,14 +54,19 @@ def masked_ccc(patches, templates) -> np.ndarray:
     return backend().correlate(patches, templates)
 
 
-def patch_ccc(patches, templates) -> np.ndarray:
+def patch_ccc(patches, templates, moments=None) -> np.ndarray:
     """Eq. 1 of raw patches (Q, J) against templates (K, J) as `normalise_rows` made them: (Q, K) float32,
     the same as ``masked_ccc(normalise_rows(patches), templates)`` without a normalised copy of the patches.
     The templates are centred over the mask, so a patch's mean drops out of the products; each row of the
-    product is scaled by the patch's norm about its mean, ``Σp² − (Σp)²/J``."""
+    product is scaled by the patch's norm about its mean, ``Σp² − (Σp)²/J``. moments: (Σp, Σp²) per row
+    (Q,) float64 when the sampling already summed them, or None."""
     j = patches.shape[1]
-    s1 = patches.sum(axis=1, dtype=np.float64)
-    norm2 = np.einsum("ij,ij->i", patches, patches).astype(np.float64) - s1 * s1 / j
+    if moments is None:
+        s1 = patches.sum(axis=1, dtype=np.float64)
+        s2 = np.einsum("ij,ij->i", patches, patches).astype(np.float64)
+    else:
+        s1, s2 = moments
+    norm2 = s2 - s1 * s1 / j
     out = backend().correlate(patches, templates)
     out *= inverse_norms(norm2)[:, None]
     return out

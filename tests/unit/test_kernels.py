@@ -74,3 +74,37 @@ def test_patches_match_bilinear_interpolation_by_scipy(box):
         y = -s * zx + c * zy - shifts[q, 1]
         expected = ndimage.map_coordinates(up.astype(np.float64), [2 * y + box, 2 * x + box], order=1, mode="constant")
         np.testing.assert_allclose(got[q], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("box, factor", [(16, 2.0), (22, 1.9393939)])
+def test_shift_grid_patches_are_the_turned_and_shifted_samples_with_their_moments(box, factor):
+    """Every (angle, whole fine-pixel shift) pair of `sample_shift_grid` equals `sample_patches` of that pair,
+    including samples that fall off the image (0), and the row sums are the patches' Σ and Σ²."""
+    rng = np.random.default_rng(box)
+    size = 2 * box
+    up = rng.normal(size=(size, size)).astype(np.float32)
+    zy, zx = np.nonzero(np.ones((9, 11), bool))
+    zx, zy = (zx - 5).astype(float), (zy - 4).astype(float)
+    angles = rng.uniform(-np.pi, np.pi, 4)
+    steps = np.array([[0, 0], [1, 0], [0, -1], [-3, 2], [box, 1], [2, -box]])  # the last two leave the image
+    got, sums, squares = backend().sample_shift_grid(up, zx, zy, angles, steps, factor)
+    expected = np.zeros_like(got, dtype=np.float64)
+    for t, beta in enumerate(angles):  # bilinear by hand, 0 where a corner is off the image
+        c, s = np.cos(beta), np.sin(beta)
+        for k, (sx, sy) in enumerate(steps):
+            x = factor * (c * zx + s * zy) + size // 2 - sx
+            y = factor * (-s * zx + c * zy) + size // 2 - sy
+            x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+            inside = (x0 >= 0) & (y0 >= 0) & (x0 + 1 < size) & (y0 + 1 < size)
+            for j in np.nonzero(inside)[0]:
+                fx, fy = x[j] - x0[j], y[j] - y0[j]
+                corners = up[y0[j] : y0[j] + 2, x0[j] : x0[j] + 2].astype(np.float64)
+                expected[t * len(steps) + k, j] = ((1 - fy) * ((1 - fx) * corners[0, 0] + fx * corners[0, 1])
+                                                   + fy * ((1 - fx) * corners[1, 0] + fx * corners[1, 1]))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # off the shift grid the general kernel gives the same samples
+    general = backend().sample_patches(up, zx, zy, np.repeat(angles, len(steps)), np.tile(steps, (4, 1)) / factor, factor=factor)
+    assert np.mean(np.abs(general - got) < 1e-5) > 0.99
+    assert (got[4] == 0).any() and (got[5] == 0).any()
+    np.testing.assert_allclose(sums, got.astype(np.float64).sum(axis=1), rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(squares, (got.astype(np.float64) ** 2).sum(axis=1), rtol=1e-6)

@@ -100,7 +100,7 @@ def test_patch_of_a_turned_and_shifted_image_is_the_reference(module_map, band):
     image = fourier.project(fvol, rotations.inplane_rotation(beta) @ frame, shift)[0]  # P(x + u)
     work = local.WorkGrid(48, modules.circular_mask(48, 36), band)
     assert work.size == (48 if band is None else 24)
-    patch = work.patches(fourier.upsampled_image(work.crop(image), work.size), np.array([beta]), shift)[0]
+    patch = work.patches(work.upsampled(work.crop(image)), np.array([beta]), shift)[0]
     reference = work.templates(fourier.project_band(fvol, frame, work.grid), normalise=False)[0]
     assert correlation(patch, reference) > 0.995
     np.testing.assert_allclose(patch.std(), reference.std(), rtol=0.03)  # same scale too
