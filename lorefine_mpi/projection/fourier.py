@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 
 import numpy as np
@@ -80,9 +81,17 @@ def padded_spectrum(volume, padding: int) -> np.ndarray:
     p = padding * n
     correction = (np.sinc((np.arange(n) - n // 2) / p) ** 2).astype(np.float32)
     padded = np.zeros((p, p, p), dtype=np.float32)  # in FFT order: the centre N//2 of the volume at index 0
-    where = (np.arange(n) - n // 2) % p
-    padded[np.ix_(where, where, where)] = v / (correction[:, None, None] * correction[None, :, None] * correction[None, None, :])
+    corrected = v / (correction[:, None, None] * correction[None, :, None] * correction[None, None, :])
+    for fft_order, centred in centred_blocks(n, p):
+        padded[fft_order] = corrected[centred]
     return scipy.fft.rfftn(padded, workers=1, overwrite_x=True).astype(np.complex64, copy=False)
+
+
+def centred_blocks(n: int, p: int) -> list:
+    """The cube of side n centred at index n//2, inside a cube of side p ≥ n in FFT order (the centre at index 0):
+    eight (FFT-order slices, centred slices) pairs of plain slices that move one into the other (no fancy indexing)."""
+    axis = [(slice(p - n // 2, p), slice(0, n // 2)), (slice(0, n - n // 2), slice(n // 2, n))]
+    return [tuple(zip(*blocks)) for blocks in itertools.product(axis, axis, axis)]
 
 
 def prepare_volume(volume, padding: int = 2, out=None, radius_px=None) -> FourierVolume:
@@ -100,9 +109,10 @@ def prepare_volume(volume, padding: int = 2, out=None, radius_px=None) -> Fourie
     if out is not None:
         out[...] = 0
     lo, hi = min(r, p // 2), min(r, p // 2 - 1)  # frequencies −lo … hi exist on the centred axes
-    k = np.arange(-lo, hi + 1)
     kx = min(r, p // 2)
-    data[np.ix_(r + k, r + k, np.arange(kx + 1))] = spectrum[np.ix_(k % p, k % p, np.arange(kx + 1))]
+    axis = [(slice(r - lo, r), slice(p - lo, p)), (slice(r, r + hi + 1), slice(0, hi + 1))]  # (band, FFT order): k < 0, k ≥ 0
+    for (z, sz), (y, sy) in itertools.product(axis, axis):
+        data[z, y, : kx + 1] = spectrum[sz, sy, : kx + 1]
     return FourierVolume(data, n, padding, float(n // 2 if radius_px is None else min(radius_px, n // 2)))
 
 

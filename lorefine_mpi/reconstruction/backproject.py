@@ -165,8 +165,9 @@ class BackProjector:
         data, weight = self._fft_layout()
         data *= self._weighting(weight, weight_floor, gridding_iterations)
         padded = scipy.fft.irfftn(data, s=(p, p, p), axes=(0, 1, 2), workers=1)  # FFT order: the centre at index 0
-        where = (np.arange(n) - n // 2) % p
-        volume = padded[np.ix_(where, where, where)]
+        volume = np.empty((n, n, n), dtype=padded.dtype)
+        for fft_order, centred in fourier.centred_blocks(n, p):
+            volume[centred] = padded[fft_order]
         correction = (np.sinc((np.arange(n) - n // 2) / p) ** 2).astype(np.float32)
         # Scale so that a map rebuilt from its own projections comes back at the original scale.
         scale = np.float32((p**3) / (n**2) / n / self.padding**3)
