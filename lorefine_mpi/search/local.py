@@ -552,9 +552,13 @@ class UnitSearch:
         best = candidate_pose(frames[k], ms[t], s.psi_step_rad)
         if s.angle_refinement == "none":
             return best
-        tt, kk = np.nonzero(np.isfinite(scores))
-        poses = candidate_pose(frames[kk], ms[tt], s.psi_step_rad)
         step = max(s.angular_step_rad, s.psi_step_rad)
+        # only directions within the fit's reach of the best one can hold a neighbour (a pose's angle from the best is
+        # at least the angle between their directions): the same points, in the same order, as over all candidates
+        reach = score.QUADRATIC_REACH_STEPS * step + 1e-6
+        near = frames[:, 2, :] @ frames[k, 2, :] >= np.cos(reach)
+        tt, kk = np.nonzero(np.isfinite(scores) & near[None, :])
+        poses = candidate_pose(frames[kk], ms[tt], s.psi_step_rad)
         weight, centre = posterior.rotation_pull(scores[t, k], step)
         return score.quadratic_peak_rotation(best, poses, scores[tt, kk], step, prior_weight=weight, prior_centre=centre)
 
@@ -599,8 +603,10 @@ class Posterior:
         return 0.5 * ((self.shifts_px - self.prior.offset_px) ** 2).sum(-1) / self.settings.prior_sigma_px**2
 
     def _log_likelihood_minus_angle_cost(self, rho):
-        """rho (T, K, ...) → log-likelihood less the rotation prior's cost of each (T, K)."""
+        """rho (T, K, ...) → log-likelihood less the rotation prior's cost of each (T, K); −inf where ρ is −inf (not a
+        candidate: `score.log_likelihood` alone would count it as ρ = 0, above a candidate of negative ρ)."""
         out = score.log_likelihood(rho, self.n_pixels)
+        out[np.isneginf(rho)] = -np.inf
         if self.angle_cost is None:
             return out
         return out - self.angle_cost.reshape(self.angle_cost.shape + (1,) * (out.ndim - 2))

@@ -154,7 +154,10 @@ def subpixel_peak(scores, shifts_px, best=None, prior_weight=None, prior_centre_
     return out
 
 
-def quadratic_peak_rotation(best, poses, scores, step_rad, reach_steps=1.6, min_points=10, prior_weight=0.0,
+QUADRATIC_REACH_STEPS = 1.6  # the neighbours `quadratic_peak_rotation` fits: within this many grid steps of the best pose
+
+
+def quadratic_peak_rotation(best, poses, scores, step_rad, reach_steps=QUADRATIC_REACH_STEPS, min_points=10, prior_weight=0.0,
                             prior_centre=None) -> np.ndarray:
     """The best grid pose (3, 3) moved to the peak of a quadratic fitted to the scores around it.
 

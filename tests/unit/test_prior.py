@@ -189,3 +189,16 @@ def test_at_low_snr_the_prior_brings_the_poses_closer_to_the_truth(module_map):
     print(errors)
     assert errors["prior"][0] < 0.8 * errors["flat"][0]
     assert errors["prior"][1] < 1.2 * errors["flat"][1]
+
+
+def test_a_non_candidate_never_outranks_a_candidate_of_negative_score():
+    """−inf marks (angle, direction) pairs outside a direction's ψ range; with the prior's log-likelihood they stay
+    −inf, below candidates whose every ρ is negative (clipped to ρ = 0, which alone would tie them)."""
+    frames = local.canonical_frames(np.array([[0.0, 0.0, 1.0], [0.0, np.sin(0.02), np.cos(0.02)]]))
+    ms, shifts = np.array([-1, 0, 1]), np.zeros((1, 2))
+    posterior = local.Posterior(settings("simultaneous", 5.0, 1.0), 500.0, local.ParticlePrior(frames[0], np.zeros(2)), frames, ms, shifts)
+    cube = np.full((3, 2, 1), -0.2, dtype=np.float32)
+    cube[1, 0] = -np.inf  # the pose nearest the prior's centre is not a candidate
+    scores = posterior.of_cube(cube)
+    assert np.isneginf(scores[1, 0, 0])
+    assert np.unravel_index(np.argmax(scores), scores.shape)[:2] != (1, 0)
