@@ -1,7 +1,7 @@
 """What a user's run costs: a whole `lorefine refine` on a simulated 128² set, one rank, one thread.
 
     python benchmarks/bench_refine.py [--work DIR] [--particles 2000] [--box 128] [--ctf] [--strategies separate simultaneous]
-                                      [--search KEY=VALUE ...]
+                                      [--search KEY=VALUE ...] [--consensus-half-maps]
 
 Simulates (once, cached in DIR) a two-module set with the paper's protocol at 2 Å/px (box 128, SNR 0.25;
 ``--ctf``: 9 defocus groups 1–3 µm, 300 kV, astigmatism 200 Å), then times `lorefine refine` as a user
@@ -10,6 +10,10 @@ runs it (a separate process, `OMP_NUM_THREADS=1`), with the paper's search range
 for each strategy: CPU seconds (user + sys of the process) per particle per module for the whole run
 and per stage as the run recorded them (search, reconstruction, writing; `results.h5` attribute
 ``cpu_seconds``), the number of work units and particles per unit, and the peak RSS.
+
+``--consensus-half-maps``: the run is given the consensus's half maps (``consensus_half_maps``), as a RELION user
+gives Refine3D's run_half1/2_class001_unfil.mrc, instead of reconstructing them; they are made once per set with
+``lorefine reconstruct --half-maps`` from the consensus poses and half sets (not timed: Refine3D made them).
 """
 
 import argparse
@@ -66,6 +70,15 @@ def simulate(folder: Path, n_particles: int, box: int, ctf: bool) -> Path:
     return folder
 
 
+def consensus_halves(data: Path) -> list[str]:
+    """The consensus's half maps from its poses and rlnRandomSubset halves (made once per set, as Refine3D writes them)."""
+    halves = [data / f"consensus_rebuilt_half{h}.mrc" for h in (1, 2)]
+    if not all(h.exists() for h in halves):
+        subprocess.run(lorefine("reconstruct", "--particles", str(data / "particles.star"), "--out", str(data / "consensus_rebuilt.mrc"),
+                                "--half-maps"), env=environment(), check=True, capture_output=True)
+    return [str(h) for h in halves]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="/tmp/lorefine_bench_refine")
@@ -74,21 +87,24 @@ def main(argv=None):
     p.add_argument("--ctf", action="store_true")
     p.add_argument("--strategies", nargs="+", default=["separate", "simultaneous"])
     p.add_argument("--search", nargs="+", default=[], metavar="KEY=VALUE", help="search settings besides the paper's ranges")
+    p.add_argument("--consensus-half-maps", action="store_true", help="give the run the consensus's half maps (as Refine3D's)")
     args = p.parse_args(argv)
     extra = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.search)}
     work = Path(args.work).resolve()
     data = simulate(work / f"set_{args.box}_{args.particles}_{'ctf' if args.ctf else 'noctf'}", args.particles, args.box, args.ctf)
     print(f"{args.particles} particles of {args.box}² at 2 Å/px, SNR 0.25, CTF {'yes' if args.ctf else 'no'}, two modules, "
-          f"one rank, one thread, the paper's ranges{', ' + str(extra) if extra else ''}")
+          f"one rank, one thread, the paper's ranges{', ' + str(extra) if extra else ''}"
+          f"{'; the consensus half maps given' if args.consensus_half_maps else ''}")
+    given = {"consensus_half_maps": consensus_halves(data)} if args.consensus_half_maps else {}
     for strategy in args.strategies:
-        out = work / f"run_{data.name}_{strategy}"
+        out = work / f"run_{data.name}_{strategy}{'_given_halves' if given else ''}"
         config = {
             "particles": str(data / "particles.star"), "consensus_map": str(data / "consensus.mrc"),
             "modules": [{"name": "large", "mask": str(data / "mask_module_1.mrc")}, {"name": "small", "mask": str(data / "mask_module_2.mrc")}],
             "search": {"strategy": strategy, **PAPER_RANGES, **extra}, "score": {"mode": "subtract"}, "iterations": 1,
-            "output": str(out), "seed": 1,
+            "output": str(out), "seed": 1, **given,
         }
-        path = work / f"run_{data.name}_{strategy}.yaml"
+        path = work / f"{out.name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         subprocess.run(["rm", "-rf", str(out)], check=True)
         code, cpu, rss, wall = timed(lorefine("refine", str(path)))

@@ -137,6 +137,7 @@ def check_inputs(cfg, sample_size: int = 100) -> Summary:
             )
     _check_ctf(cfg, table)
     _check_half_sets(cfg, table)
+    _check_half_maps(cfg, table, box, voxel)
     stacks = _check_stacks(cfg, table, box)
     rng = np.random.default_rng(0)
     sample = np.sort(rng.choice(len(table), size=min(sample_size, len(table)), replace=False))
@@ -151,7 +152,7 @@ def check_inputs(cfg, sample_size: int = 100) -> Summary:
     _check_overlaps(masks)
     if cfg.subtracted.box_px is not None and cfg.subtracted.box_px > box:
         raise InputError(f"subtracted.box_px: must be at most the particles' box ({box}), got {cfg.subtracted.box_px}")
-    inputs = [cfg.particles, cfg.consensus_map, *[m.mask for m in cfg.modules if m.mask], *stacks, *([cfg.source] if cfg.source else [])]
+    inputs = [cfg.particles, cfg.consensus_map, *cfg.consensus_half_maps, *[m.mask for m in cfg.modules if m.mask], *stacks, *([cfg.source] if cfg.source else [])]
     return Summary(len(table), table.optics, len(stacks), box, voxel, table.has_ctf, summaries, inputs)
 
 
@@ -164,6 +165,23 @@ def _check_ctf(cfg, table) -> None:
                 raise InputError(f"{cfg.particles}: optics group {g.name}: _rlnAmplitudeContrast must be in [0, 1), got {g.amplitude_contrast:g}")
             if g.voltage_kv <= 0:
                 raise InputError(f"{cfg.particles}: optics group {g.name}: _rlnVoltage must be > 0 kV, got {g.voltage_kv:g}")
+
+
+def _check_half_maps(cfg, table, box: int, voxel: float) -> None:
+    """``consensus_half_maps``: two maps of the consensus's box and voxel size, and a STAR file that says which
+    half each particle belongs to (the maps were reconstructed from those halves; a drawn split would not match)."""
+    if not cfg.consensus_half_maps:
+        return
+    for path in cfg.consensus_half_maps:
+        half, half_voxel = mrc.read_map(path)
+        if half.shape != (box, box, box):
+            raise InputError(f"{path}: shape {half.shape}; expected the consensus map's ({box}, {box}, {box}) (consensus_half_maps)")
+        if abs(half_voxel - voxel) > PIXEL_TOLERANCE * voxel:
+            raise InputError(f"{path}: voxel size {half_voxel:g} Å differs from {cfg.consensus_map}'s {voxel:g} Å; expected the same "
+                             "(consensus_half_maps)")
+    if (table.random_subset == 0).any():
+        raise InputError(f"consensus_half_maps: {cfg.particles} has particles without _rlnRandomSubset; expected the half sets the "
+                         "half maps were reconstructed from (1 or 2 for every particle)")
 
 
 def _check_half_sets(cfg, table) -> None:

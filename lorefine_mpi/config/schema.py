@@ -124,6 +124,9 @@ class Config:
     seed: int = 0
     project_dir: str = ""  # RELION's project directory: relative image and mask names in STAR files resolve here
     subtracted: SubtractedConfig = SubtractedConfig()
+    # the consensus's own unfiltered half maps (RELION Refine3D's run_half1/2_class001_unfil.mrc, from the STAR file's
+    # rlnRandomSubset halves): used as they are instead of reconstructed from the consensus poses; () = reconstruct
+    consensus_half_maps: tuple = ()
     source: str = ""  # the config file this came from
 
 
@@ -167,7 +170,7 @@ _RULES: dict[str, tuple[str, Any, str]] = {
 }
 _SECTIONS = {"search": SearchConfig, "score": ScoreConfig, "reconstruction": ReconstructionConfig, "parallel": ParallelConfig,
              "postprocess": PostprocessConfig}
-_TOP = ("particles", "consensus_map", "modules", "output", "project_dir", "search", "score", "reconstruction", "parallel",
+_TOP = ("particles", "consensus_map", "consensus_half_maps", "modules", "output", "project_dir", "search", "score", "reconstruction", "parallel",
         "subtracted", "postprocess", "iterations", "seed")
 _MODULE_KEYS = ("name", "mask") + MODULE_SEARCH_KEYS + ("centre_px", "rotate_relative_to")
 _REQUIRED = ("particles", "consensus_map", "modules", "output")
@@ -367,6 +370,7 @@ def config_from_dict(raw, folder: Path, source: str = "") -> Config:
             )
     top = {k: checked_value(k, raw[k]) for k in ("iterations", "seed") if k in raw}
     return Config(
+        consensus_half_maps=_half_maps(raw.get("consensus_half_maps"), folder),
         particles=resolve_path("particles", raw["particles"], folder),
         consensus_map=consensus_map,
         modules=modules,
@@ -431,7 +435,17 @@ def config_to_dict(cfg: Config) -> dict:
         {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(m).items() if v is not None} for m in modules
     ]
     out["subtracted"] = {"modules": list(cfg.subtracted.modules), "box_px": cfg.subtracted.box_px}
+    out["consensus_half_maps"] = list(cfg.consensus_half_maps) or None
     return out
+
+
+def _half_maps(value, folder: Path) -> tuple:
+    """``consensus_half_maps``: null (reconstruct them) or a list of two MRC paths (half 1, half 2)."""
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise InputError(f"consensus_half_maps: expected a list of two MRC files (half 1, half 2) or null, got {value!r}")
+    return tuple(resolve_path(f"consensus_half_maps[{i}]", v, folder) for i, v in enumerate(value))
 
 
 def dump_config(cfg: Config) -> str:
@@ -443,8 +457,9 @@ def search_fingerprint(cfg: Config) -> dict:
     refused. The maps feed later iterations, so the reconstruction settings count too; the particle stacks
     are identified by the STAR file that names them (hashing them would read every image)."""
     d = config_to_dict(cfg)
-    inputs = [cfg.particles, cfg.consensus_map] + [m.mask for m in cfg.modules if m.mask is not None]
-    return {k: d[k] for k in ("particles", "consensus_map", "modules", "search", "score", "reconstruction", "iterations", "seed")} | {
+    inputs = [cfg.particles, cfg.consensus_map, *cfg.consensus_half_maps] + [m.mask for m in cfg.modules if m.mask is not None]
+    keys = ("particles", "consensus_map", "consensus_half_maps", "modules", "search", "score", "reconstruction", "iterations", "seed")
+    return {k: d[k] for k in keys} | {
         "input_sha256": {path: _sha256(path) for path in inputs}
     }
 

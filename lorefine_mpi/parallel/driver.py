@@ -145,7 +145,7 @@ class Driver:
         ctx.agree_on_error(error)
         arena = SharedArena(ctx)
         self.engine = engine = eng.RefineEngine(cfg, allocate=arena.allocate)
-        if cfg.search.max_resolution_angstrom == "auto" and not self._consensus_halves():
+        if (cfg.search.max_resolution_angstrom == "auto" or cfg.consensus_half_maps) and not self._consensus_halves():
             return self._stopped()
         model = engine.consensus
         poses = [engine.consensus_poses for _ in cfg.modules]
@@ -310,13 +310,20 @@ class Driver:
         return halves
 
     def _consensus_halves(self) -> bool:
-        """Half maps of the consensus poses (``OUT/consensus/``), for the first iteration's search bands;
-        read back when a resumed run made them already. Rank 0 keeps them. False when a stop was asked."""
+        """Half maps of the consensus poses (``OUT/consensus/``), for the first iteration's search bands: the
+        ones given (``consensus_half_maps``) or reconstructed; read back when a resumed run made them already.
+        Rank 0 keeps them. False when a stop was asked."""
         ctx, engine = self.ctx, self.engine
         done = ctx.bcast(ctx.is_root and self.results.root_flag("consensus_halves") and engine.read_consensus_halves() is not None)
         if done:
             if ctx.is_root:
                 self.consensus_halves = engine.read_consensus_halves()
+            return True
+        if self.cfg.consensus_half_maps:  # the consensus's own (RELION's Refine3D), nothing to reconstruct
+            if ctx.is_root:
+                self._writing()
+                self.consensus_halves = engine.given_consensus_halves()
+                self.results.set_root_flag("consensus_halves")
             return True
         halves = self._summed_halves(engine.consensus_poses, "consensus half maps")
         if halves is None:

@@ -422,6 +422,17 @@ class RefineEngine:
         log.info("consensus half maps (the consensus poses) in %s", folder)
         return maps["half1"], maps["half2"]
 
+    def given_consensus_halves(self) -> tuple:
+        """The half maps of ``consensus_half_maps``, copied to ``OUT/consensus/`` (where a run that reconstructs
+        them writes its own); returns (half1, half2)."""
+        folder = self.out / layout.CONSENSUS_FOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        maps = tuple(mrc.read_map(path)[0] for path in self.cfg.consensus_half_maps)
+        for h, volume in zip((1, 2), maps):
+            mrc.write_map(folder / f"half{h}.mrc", volume, self.voxel)
+        log.info("consensus half maps as given (%s, %s), copied to %s", *self.cfg.consensus_half_maps, folder)
+        return maps
+
     def read_consensus_halves(self) -> tuple | None:
         """The consensus half maps a resumed run wrote already, or None."""
         folder = self.out / layout.CONSENSUS_FOLDER

@@ -100,6 +100,19 @@ def add_px_origin(lines):
     return [l + " 1.0" if "@" in l else l for l in lines]
 
 
+def half_maps(*names):
+    return edit_config(lambda c: c.update(consensus_half_maps=list(names)))
+
+
+def cropped_half_map(folder):
+    with mrcfile.open(folder / "phantom_whole.mrc") as m:
+        data, voxel = np.array(m.data), m.voxel_size.x
+    with mrcfile.new(folder / "half_small.mrc") as m:
+        m.set_data(np.ascontiguousarray(data[:32, :32, :32]))
+        m.voxel_size = voxel
+    half_maps("half_small.mrc", "phantom_whole.mrc")(folder)
+
+
 def unreadable_output(folder):
     (folder / "blocker").write_text("a file, not a folder")
     edit_config(lambda c: c.update(output="blocker/out"))(folder)
@@ -139,6 +152,11 @@ CASES = {
     "unknown postprocess key": (edit_config(lambda c: c.update(postprocess={"locres_step": 10})), "did you mean 'locres_step_angstrom'"),
     "local resolution not a boolean": (edit_config(lambda c: c.update(postprocess={"local_resolution": "sometimes"})),
                                        "postprocess.local_resolution: expected one of true, false"),
+    "consensus half maps not a pair": (edit_config(lambda c: c.update(consensus_half_maps="phantom_whole.mrc")),
+                                       "consensus_half_maps: expected a list of two MRC files"),
+    "missing consensus half map": (half_maps("nohalf.mrc", "phantom_whole.mrc"), "nohalf.mrc"),
+    "consensus half map of another box": (cropped_half_map, "half_small.mrc: shape (32, 32, 32); expected the consensus map's (48, 48, 48)"),
+    "consensus half maps without half sets": (half_maps("phantom_whole.mrc", "phantom_whole.mrc"), "without _rlnRandomSubset"),
     "duplicate module name": (edit_config(lambda c: c["modules"][1].update(name="large")), "duplicate module name"),
     "output folder not writable": (unreadable_output, "output"),
     "missing config file": (lambda f: (f / "config.yaml").unlink(), "config.yaml"),
