@@ -415,23 +415,25 @@ class RefineEngine:
         (the band of the first iteration's searches is found against them); returns (half1, half2)."""
         cfg = self.cfg
         maps = maps_from_halves(halves, cfg.reconstruction.weight_floor, cfg.reconstruction.gridding_iterations)
-        folder = self.out / layout.CONSENSUS_FOLDER
-        folder.mkdir(parents=True, exist_ok=True)
-        for h in (1, 2):
-            mrc.write_map(folder / f"half{h}.mrc", maps[f"half{h}"], self.voxel)
+        folder = self._store_consensus_halves((maps["half1"], maps["half2"]))
         log.info("consensus half maps (the consensus poses) in %s", folder)
         return maps["half1"], maps["half2"]
 
     def given_consensus_halves(self) -> tuple:
         """The half maps of ``consensus_half_maps``, copied to ``OUT/consensus/`` (where a run that reconstructs
         them writes its own); returns (half1, half2)."""
-        folder = self.out / layout.CONSENSUS_FOLDER
-        folder.mkdir(parents=True, exist_ok=True)
         maps = tuple(mrc.read_map(path)[0] for path in self.cfg.consensus_half_maps)
-        for h, volume in zip((1, 2), maps):
-            mrc.write_map(folder / f"half{h}.mrc", volume, self.voxel)
+        folder = self._store_consensus_halves(maps)
         log.info("consensus half maps as given (%s, %s), copied to %s", *self.cfg.consensus_half_maps, folder)
         return maps
+
+    def _store_consensus_halves(self, maps) -> Path:
+        """Write (half1, half2) as ``OUT/consensus/half1.mrc`` and ``half2.mrc``; returns the folder."""
+        folder = self.out / layout.CONSENSUS_FOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        for h, volume in zip((1, 2), maps):
+            mrc.write_map(folder / f"half{h}.mrc", volume, self.voxel)
+        return folder
 
     def read_consensus_halves(self) -> tuple | None:
         """The consensus half maps a resumed run wrote already, or None."""
