@@ -351,8 +351,9 @@ class ReferenceCache:
         """The rows of directions ``ids`` (ascending) of array kind ``kind`` (a hashable label), where
         ``compute(block_ids)`` makes the array of a block of direction ids."""
         parts = []
-        for b in np.unique(ids // self.BLOCK):
-            key = (kind, int(b))
+        for members in np.split(ids, np.flatnonzero(np.diff(ids // self.BLOCK)) + 1):  # the ids of each block
+            b = int(members[0]) // self.BLOCK
+            key = (kind, b)
             block = self._blocks.get(key)
             if block is None:
                 block = compute(np.arange(b * self.BLOCK, min((b + 1) * self.BLOCK, n_directions)))
@@ -362,7 +363,6 @@ class ReferenceCache:
                     self._bytes -= self._blocks.popitem(last=False)[1].nbytes
             else:
                 self._blocks.move_to_end(key)
-            members = ids[(ids >= b * self.BLOCK) & (ids < (b + 1) * self.BLOCK)]
             parts.append(block[members - b * self.BLOCK])
         return np.concatenate(parts)
 
