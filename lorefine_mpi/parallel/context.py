@@ -23,6 +23,7 @@ import numpy as np
 from lorefine_mpi.errors import EXIT_BUG, EXIT_INPUT_ERROR, EXIT_STOPPED, InputError, describe_os_error
 
 
+MOVE_TAG = 13  # `move_to_root`'s messages (the scheduler's are 11 and 12)
 _LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "PMI_FD", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE")
 
 
@@ -88,6 +89,17 @@ class ParallelContext:
         out = np.empty_like(array)
         self.comm.Allreduce(array, out, op=MPI.MAX)
         return out
+
+    def move_to_root(self, obj, source: int):
+        """``obj`` of rank ``source``, returned on rank 0 (None on the other ranks); collective in the sense that
+        ranks 0 and ``source`` must both call it."""
+        if self.comm is None or self.size == 1 or source == 0:
+            return obj if self.is_root else None
+        if self.rank == source:
+            self.comm.send(obj, dest=0, tag=MOVE_TAG)
+        elif self.is_root:
+            return self.comm.recv(source=source, tag=MOVE_TAG)
+        return None
 
     def reduce_sum(self, array: np.ndarray, root: int = 0) -> None:
         """Sum ``array`` over ranks into the root's copy, in place, in chunks of at most 256 MiB."""

@@ -6,8 +6,9 @@ What it owns (the engine owns none of it):
     - the search's leader/worker protocol (`scheduler`): rank 0 hands out work units on request and
       searches too;
     - the collectives: the stage's work units and final poses are broadcast from rank 0; each rank
-      back-projects its share of the fixed particle blocks and the accumulators are summed on rank 0
-      (exactly: see `engine.ExactSum`), which writes the module's outputs; the module map is broadcast;
+      back-projects its share of the fixed particle blocks, each half's accumulators are summed (exactly: see
+      `engine.ExactSum`) on the rank that reconstructs it (ranks 0 and 1), rank 0 gets both half maps and
+      writes the module's outputs; the module map is broadcast;
       so are the consensus poses' half maps (``search.max_resolution_angstrom: auto``) and each stage's
       search band, found by rank 0;
     - the CPU time of each stage's search, reconstruction and writing, summed over ranks (results.h5);
@@ -43,6 +44,7 @@ from lorefine_mpi.io.star import atomic_write_text, read_star
 from lorefine_mpi.parallel import partition, scheduler
 from lorefine_mpi.parallel.shared import SharedArena
 from lorefine_mpi.parallel.watchdog import Watchdog
+from lorefine_mpi.reconstruction.reconstruct import summed_half_maps
 from lorefine_mpi.refine import engine as eng
 from lorefine_mpi.refine import layout
 from lorefine_mpi.refine.progress import ProgressLog
@@ -287,9 +289,10 @@ class Driver:
         share = np.array_split(np.arange(len(blocks)), self.ctx.size)[self.ctx.rank]
         return [blocks[b] for b in share]
 
-    def _summed_halves(self, poses: eng.Poses, what: str):
-        """The half-map accumulators of every particle at ``poses``, summed exactly over the ranks' blocks
-        (collective); complete on rank 0 only."""
+    def _half_maps(self, poses: eng.Poses, what: str):
+        """The half maps (consensus frame of the poses) of every particle at ``poses`` (collective): each rank
+        back-projects its blocks, the accumulators are summed exactly and each half reconstructed on its own rank
+        (`summed_half_maps`); (half1, half2) on rank 0, None on the others, or False on every rank when a stop was asked."""
         ctx, engine = self.ctx, self.engine
         halves = engine.accumulators(self._exact_sum())
         mine = np.concatenate(self._my_blocks() or [np.zeros(0, np.int64)])
@@ -303,11 +306,9 @@ class Driver:
             if tracker:
                 tracker.add(len(ids))
         if ctx.allreduce_max([float(ctx.stop_requested)])[0] > 0:  # a stop asked on any rank: every rank stops here
-            return None
-        for bp in halves:
-            ctx.reduce_sum(bp.data)
-            ctx.reduce_sum(bp.weight)
-        return halves
+            return False
+        reconstruction = self.cfg.reconstruction
+        return summed_half_maps(ctx, halves, reconstruction.weight_floor, reconstruction.gridding_iterations)
 
     def _consensus_halves(self) -> bool:
         """Half maps of the consensus poses (``OUT/consensus/``), for the first iteration's search bands: the
@@ -325,24 +326,24 @@ class Driver:
                 self.consensus_halves = engine.given_consensus_halves()
                 self.results.set_root_flag("consensus_halves")
             return True
-        halves = self._summed_halves(engine.consensus_poses, "consensus half maps")
-        if halves is None:
+        half_maps = self._half_maps(engine.consensus_poses, "consensus half maps")
+        if half_maps is False:
             return False
         if ctx.is_root:
             self._writing()
-            self.consensus_halves = engine.write_consensus_halves(halves)
+            self.consensus_halves = engine.write_consensus_halves(half_maps)
             self.results.set_root_flag("consensus_halves")
         return True
 
     def _reconstruct_stage(self, state, refined):
         ctx, engine, stage = self.ctx, self.engine, state.stage
         cpu_started = time.process_time()
-        halves = self._summed_halves(engine.reconstruction_poses(state, refined), stage.name)
-        if halves is None:
+        half_maps = self._half_maps(engine.reconstruction_poses(state, refined), stage.name)
+        if half_maps is False:
             return None
         full = None
         if ctx.is_root:
-            maps = engine.rebuild(state, halves)
+            maps = engine.rebuild(state, half_maps)
             writing_started = time.process_time()
             self._add_cpu(stage.name, "reconstruction", writing_started - cpu_started)
             scores = self.results.read_stage(stage.name)["score"]

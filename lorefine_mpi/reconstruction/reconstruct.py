@@ -62,11 +62,27 @@ def _backproject(table, indices, box, group, n_groups, use_ctf, padding, matrice
 
 
 def maps_from_halves(halves, weight_floor: float = 1e-3, gridding_iterations: int = 10) -> dict:
-    """{'half1', 'half2', 'full'} maps (N, N, N) float32 from two accumulators.
+    """{'half1', 'half2', 'full'} maps (N, N, N) float32 from two accumulators (`with_full`)."""
+    return with_full(*(bp.reconstruct(weight_floor, gridding_iterations) for bp in halves))
 
-    Each half map is reconstructed once; the full map is their mean (a third reconstruction from the summed
-    accumulators differs from it only where the two halves sample Fourier space unequally, and would cost
-    as much again)."""
-    out = {f"half{h}": bp.reconstruct(weight_floor, gridding_iterations) for h, bp in enumerate(halves, 1)}
-    out["full"] = 0.5 * (out["half1"] + out["half2"])
-    return out
+
+def with_full(half1, half2) -> dict:
+    """{'half1', 'half2', 'full'}: the full map is the mean of the halves, each reconstructed once (a third
+    reconstruction from the summed accumulators differs from it only where the two halves sample Fourier space
+    unequally, and would cost as much again)."""
+    return {"half1": half1, "half2": half2, "full": 0.5 * (half1 + half2)}
+
+
+def summed_half_maps(ctx, halves, weight_floor: float = 1e-3, gridding_iterations: int = 10):
+    """The half maps of accumulators (half 1, half 2) that every rank filled with its own particles, summed over
+    the ranks (collective; ctx a `parallel.context.Context`): half h is summed onto rank h − 1 (modulo the ranks),
+    which reconstructs it, so with two ranks or more the two halves are reconstructed at once (as relion_refine_mpi
+    does); (half1, half2) on rank 0, None elsewhere. The same maps on any number of ranks when the accumulators'
+    sums are exact (`refine.engine.ExactSum`)."""
+    owners = [h % ctx.size for h in range(len(halves))]
+    for bp, owner in zip(halves, owners):
+        ctx.reduce_sum(bp.data, root=owner)
+        ctx.reduce_sum(bp.weight, root=owner)
+    mine = [bp.reconstruct(weight_floor, gridding_iterations) if owner == ctx.rank else None for bp, owner in zip(halves, owners)]
+    maps = [ctx.move_to_root(m, source=owner) for m, owner in zip(mine, owners)]
+    return tuple(maps) if ctx.is_root else None

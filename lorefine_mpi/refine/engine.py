@@ -42,7 +42,7 @@ from lorefine_mpi.parallel import partition
 from lorefine_mpi.projection import ctf as ctf_model
 from lorefine_mpi.projection import fourier
 from lorefine_mpi.reconstruction.backproject import BackProjector
-from lorefine_mpi.reconstruction.reconstruct import backproject_halves, half_subsets, maps_from_halves
+from lorefine_mpi.reconstruction.reconstruct import backproject_halves, half_subsets, with_full
 from lorefine_mpi.refine import layout
 from lorefine_mpi.search import band, local, modules, prior
 from lorefine_mpi.validation import fsc as fsc_mod
@@ -382,12 +382,10 @@ class RefineEngine:
             matrices=centred.matrices, origin_px=centred.origin_px, reader=self.reader, batch=BLOCK_MAX, into=halves,
         )
 
-    def rebuild(self, state: StageState, halves) -> dict:
-        """The module's maps {'half1', 'half2', 'full'} (N, N, N) float32 from its summed accumulators,
-        moved from the recentred frame back to overlay the consensus map."""
-        cfg = self.cfg
-        rebuilt = maps_from_halves(halves, cfg.reconstruction.weight_floor, cfg.reconstruction.gridding_iterations)
-        return {k: modules.shift_volume(v, state.centre_px) for k, v in rebuilt.items()}
+    def rebuild(self, state: StageState, half_maps) -> dict:
+        """The module's maps {'half1', 'half2', 'full'} (N, N, N) float32 from its half maps (recentred frame,
+        `reconstruction.reconstruct.summed_half_maps`), moved back to overlay the consensus map."""
+        return {k: modules.shift_volume(v, state.centre_px) for k, v in with_full(*half_maps).items()}
 
     def write_module(self, state: StageState, maps, poses: Poses, scores) -> None:
         """The module's maps (`rebuild`), FSC and STAR file in its output folder."""
@@ -410,14 +408,12 @@ class RefineEngine:
         )
         log.info("%s: map %s, half-map FSC 0.143 at %.2f Å (masked)", stage.name, folder / "map.mrc", fsc_mod.resolution_at(curve, 0.143))
 
-    def write_consensus_halves(self, halves) -> tuple:
-        """Half maps of the consensus poses from their summed accumulators, written to ``OUT/consensus/``
-        (the band of the first iteration's searches is found against them); returns (half1, half2)."""
-        cfg = self.cfg
-        maps = maps_from_halves(halves, cfg.reconstruction.weight_floor, cfg.reconstruction.gridding_iterations)
-        folder = self._store_consensus_halves((maps["half1"], maps["half2"]))
+    def write_consensus_halves(self, half_maps) -> tuple:
+        """The half maps (half1, half2) of the consensus poses, written to ``OUT/consensus/`` (the band of the
+        first iteration's searches is found against them); returns them."""
+        folder = self._store_consensus_halves(tuple(half_maps))
         log.info("consensus half maps (the consensus poses) in %s", folder)
-        return maps["half1"], maps["half2"]
+        return tuple(half_maps)
 
     def given_consensus_halves(self) -> tuple:
         """The half maps of ``consensus_half_maps``, copied to ``OUT/consensus/`` (where a run that reconstructs

@@ -28,7 +28,7 @@ import numpy as np
 from lorefine_mpi.io import mrc
 from lorefine_mpi.io.results import write_motion
 from lorefine_mpi.io.star import atomic_write_text
-from lorefine_mpi.reconstruction.reconstruct import backproject_halves, maps_from_halves
+from lorefine_mpi.reconstruction.reconstruct import backproject_halves, summed_half_maps, with_full
 from lorefine_mpi.search.modules import centre_of_mass_px
 from lorefine_mpi.validation import fsc as fsc_mod
 from lorefine_mpi.validation import locres as locres_mod
@@ -44,12 +44,8 @@ def consensus_half_maps(ctx, table, matrices, origin_px, box, *, use_ctf, subset
     block = np.array_split(np.arange(len(table)), ctx.size)[ctx.rank]
     halves = backproject_halves(table, block, box, use_ctf=use_ctf, padding=reconstruction.padding, subset=subset,
                                 matrices=matrices, origin_px=origin_px)
-    for bp in halves:
-        ctx.reduce_sum(bp.data)
-        ctx.reduce_sum(bp.weight)
-    if not ctx.is_root:
-        return None
-    return maps_from_halves(halves, reconstruction.weight_floor, reconstruction.gridding_iterations)
+    maps = summed_half_maps(ctx, halves, reconstruction.weight_floor, reconstruction.gridding_iterations)
+    return None if maps is None else with_full(*maps)
 
 
 def consensus_halves_made(out: Path) -> bool:

@@ -27,6 +27,20 @@ def test_same_results_without_mpi_and_for_1_2_and_3_ranks(tmp_path, reference):
         assert_same(reference, folder)
 
 
+def test_the_two_half_maps_are_reconstructed_on_two_ranks_at_once(tmp_path, reference):
+    """With 2 ranks or more, half 1 is reconstructed on rank 0 and half 2 on rank 1 (three pairs: the consensus
+    poses' and each module's), with the bits of the run on one process."""
+    folder = make_run(tmp_path / "run")
+    records = tmp_path / "records"
+    records.mkdir()
+    done = run(3, "refine", str(folder / "config.yaml"), script=Path(__file__).parent / "scripts" / "record_reconstructions.py",
+               extra_env={"RECORD_DIR": str(records)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = {f.name: len(f.read_text().split()) for f in records.iterdir()}
+    assert counts == {"reconstructions_0.txt": 3, "reconstructions_1.txt": 3}
+    assert_same(reference, folder)
+
+
 def test_simultaneous_search_reusing_the_pilots_scores_is_the_same_for_1_and_3_ranks(tmp_path):
     """The simultaneous strategy reuses the learned prior's pilot scores of the particles a rank scored itself
     (every particle with one rank, about a third with three, the others computed again): bitwise the same."""
