@@ -29,7 +29,6 @@ import time
 import numpy as np
 import scipy.fft
 import scipy.ndimage
-import scipy.signal
 
 from lorefine_mpi.validation import fsc as fsc_mod
 
@@ -165,18 +164,27 @@ def centre_resolutions(half1, half2, random1, random2, centres, voxel_size_angst
 def assemble_map(box: int, centres, resolution_angstrom, radius_px: float, edge_px: float, d: int) -> np.ndarray:
     """RELION's weighting: ``Σ_c w_c(x) / Σ_c w_c(x) / res_c`` by FFT convolution of the centre grid
     with the window; 0 where no window reaches. Returns (N, N, N) float32 Å."""
-    kernel = window(d, radius_px, edge_px, size=d + 1)  # odd size, centre at index d // 2: 'same' keeps it centred
-    ones = np.zeros((box,) * 3)
-    inverse = np.zeros((box,) * 3)
+    kernel = window(d, radius_px, edge_px, size=d + 1)  # odd size, centre at index d // 2
+    grids = np.zeros((2,) + (box,) * 3)  # the centres (1 each), and 1 / resolution at each
     z, y, x = np.asarray(centres).T
-    ones[z, y, x] = 1.0
-    inverse[z, y, x] = 1.0 / np.asarray(resolution_angstrom)
-    total = scipy.signal.fftconvolve(ones, kernel, mode="same")
-    frequency = scipy.signal.fftconvolve(inverse, kernel, mode="same")
+    grids[0, z, y, x] = 1.0
+    grids[1, z, y, x] = 1.0 / np.asarray(resolution_angstrom)
+    total, frequency = _convolve_same(grids, kernel)
     reached = total > 1e-6
     out = np.zeros((box,) * 3, dtype=np.float32)
     out[reached] = (total[reached] / np.maximum(frequency[reached], 1e-12)).astype(np.float32)
     return out
+
+
+def _convolve_same(volumes, kernel) -> np.ndarray:
+    """Linear convolution of each volume (v, N, N, N) with the kernel (K, K, K), K odd, centred on the volumes
+    (scipy.signal.fftconvolve's ``mode="same"``), by FFTs of one zero-padded size (no wrap-around)."""
+    n, k = volumes.shape[1], kernel.shape[0]
+    shape = [scipy.fft.next_fast_len(n + k - 1, real=True)] * 3
+    kernel_ft = scipy.fft.rfftn(kernel, s=shape, workers=1)
+    start = (k - 1) // 2
+    centred = (slice(start, start + n),) * 3
+    return np.stack([scipy.fft.irfftn(scipy.fft.rfftn(v, s=shape, workers=1) * kernel_ft, s=shape, workers=1)[centred] for v in volumes])
 
 
 def local_resolution(ctx, half1, half2, voxel_size_angstrom: float, settings: LocresSettings = LocresSettings(), *,

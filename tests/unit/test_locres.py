@@ -107,3 +107,19 @@ def test_split_over_ranks_gives_the_serial_answer():
     np.testing.assert_array_equal(split.resolution_angstrom, serial.resolution_angstrom)
     np.testing.assert_array_equal(split.map_angstrom, serial.map_angstrom)
     assert len(serial.centres_px) < len(locres.window_centres(n, 2.0, 3))  # the support leaves out empty corners
+
+
+@pytest.mark.parametrize("n, k", [(16, 5), (24, 9), (20, 3)])
+def test_convolution_is_the_direct_sum_centred_on_the_volume(n, k):
+    """`locres._convolve_same` against the convolution summed term by term (zero outside the volume)."""
+    rng = np.random.default_rng(n + k)
+    volumes = rng.normal(size=(2, n, n, n))
+    kernel = rng.normal(size=(k, k, k))
+    got = locres._convolve_same(volumes, kernel)
+    padded = np.pad(volumes, ((0, 0),) + ((k // 2, k // 2),) * 3)
+    expected = np.zeros_like(volumes)
+    for a in range(k):
+        for b in range(k):
+            for c in range(k):  # out[x] = Σ_j kernel[j] · v[x + k//2 − j]
+                expected += kernel[a, b, c] * padded[:, k - 1 - a : k - 1 - a + n, k - 1 - b : k - 1 - b + n, k - 1 - c : k - 1 - c + n]
+    np.testing.assert_allclose(got, expected, atol=1e-9)
