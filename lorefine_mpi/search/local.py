@@ -460,34 +460,38 @@ class UnitSearch:
             return score.patch_ccc(patches, templates)
         return score.composite_ccc(patches, self.work.patches(rest_up, angles_rad, shifts_px), templates)
 
-    def _grid_scores(self, upsampled, rest_up, templates, angles_rad, columns=None) -> np.ndarray:
+    def _grid_scores(self, upsampled, rest_up, templates, angles_rad) -> np.ndarray:
         """Eq. 1 of the image turned by each angle (T,) and moved by each shift of the grid (S) against the
-        templates (K): (T, S, K) float32. columns: None, or (T, 2) int: angle t is scored only against the
-        templates ``columns[t, 0] : columns[t, 1]`` (its candidates; −inf elsewhere), one matrix product each."""
+        templates (K): (T, S, K) float32."""
         patches, sums, squares = self.work.grid_patches(upsampled, angles_rad, self.shifts_px)
         n_t, n_s = len(angles_rad), len(self.shifts_px)
         if rest_up is not None:
             rest = self.work.grid_patches(rest_up, angles_rad, self.shifts_px)[0]
             return score.composite_ccc(patches, rest, templates).reshape(n_t, n_s, -1)
-        if columns is None:
-            return score.patch_ccc(patches, templates, moments=(sums, squares)).reshape(n_t, n_s, -1)
-        rho = np.full((n_t, n_s, len(templates)), -np.inf, dtype=np.float32)
-        for t, (first, last) in enumerate(columns):
-            rows = slice(t * n_s, (t + 1) * n_s)
-            rho[t, :, first:last] = score.patch_ccc(patches[rows], templates[first:last], moments=(sums[rows], squares[rows]))
-        return rho
+        return score.patch_ccc(patches, templates, moments=(sums, squares)).reshape(n_t, n_s, -1)
 
-    def _candidate_scores(self, upsampled, rest_up, templates, angles_rad, cands: ParticleCandidates, ms) -> np.ndarray:
+    def _candidate_scores(self, upsampled, rest_up, templates, angles_rad, cands: ParticleCandidates, ms, valid) -> np.ndarray:
         """Eq. 1 of every (in-plane index ms[t], direction, shift) candidate: (T, K, S) float32, −inf where ms[t] is
-        not among the direction's indices. Each direction's indices are a run of 2·t1 + 1, so with the directions
-        ordered by their first index, the candidates of one angle are a contiguous run of templates: only those
-        products are computed (about half of the (angle, direction) pairs of a cone are candidates)."""
+        not among the direction's indices (``valid`` (T, K) False). Each direction's indices are a run of 2·t1 + 1, so
+        with the directions ordered by their first index, the candidates of one angle are a contiguous run of
+        templates: only those products are computed (about half of the (angle, direction) pairs of a cone are
+        candidates), each written straight into its place in the cube."""
+        if rest_up is not None:  # the composite score: every product (its rest term is shared by the row)
+            return np.where(valid[:, :, None], self._grid_scores(upsampled, rest_up, templates, angles_rad).transpose(0, 2, 1), -np.inf)
         order = np.argsort(cands.m[:, 0], kind="stable")
         first = cands.m[order, 0]
         columns = np.stack([np.searchsorted(first, ms - 2 * self.settings.psi_half_steps, "left"), np.searchsorted(first, ms, "right")], 1)
-        rho = np.empty((len(ms), len(self.shifts_px), len(order)), dtype=np.float32)
-        rho[:, :, order] = self._grid_scores(upsampled, rest_up, templates[order], angles_rad, columns)
-        return rho.transpose(0, 2, 1)
+        patches, sums, squares = self.work.grid_patches(upsampled, angles_rad, self.shifts_px)
+        scale = score.patch_scale(patches, (sums, squares))  # `score.patch_ccc`'s factors, every row at once
+        ordered = templates[order]
+        n_s = len(self.shifts_px)
+        cube = np.full((len(ms), len(order), n_s), -np.inf, dtype=np.float32)
+        for t, (lo, hi) in enumerate(columns):
+            rows = slice(t * n_s, (t + 1) * n_s)
+            rho = backend().correlate(patches[rows], ordered[lo:hi])
+            rho *= scale[rows, None]
+            cube[t, order[lo:hi]] = rho.T
+        return cube
 
     def _search_particle(self, upsampled, rest_up, cands: ParticleCandidates, frames, templates, seed, prior=None, earlier=None):
         """Best (pose, image-frame shift px, CCC, `ParticleScores`) of one particle; see the module docstring.
@@ -507,7 +511,7 @@ class UnitSearch:
                     np.array_equal(earlier.shifts_px, shifts):
                 cube = earlier.rho
             else:
-                cube = np.where(valid[:, :, None], self._candidate_scores(upsampled, rest_up, templates, angles, cands, ms), -np.inf)
+                cube = self._candidate_scores(upsampled, rest_up, templates, angles, cands, ms, valid)
             t, k, _ = np.unravel_index(np.argmax(posterior.of_cube(cube)), cube.shape)
             shift = posterior.subpixel_shifts(cube[t, k][None])[0]
             # the angles again at the sub-pixel shift: on the integer grid the angle absorbs the shift's rounding

@@ -60,16 +60,20 @@ def patch_ccc(patches, templates, moments=None) -> np.ndarray:
     The templates are centred over the mask, so a patch's mean drops out of the products; each row of the
     product is scaled by the patch's norm about its mean, ``Σp² − (Σp)²/J``. moments: (Σp, Σp²) per row
     (Q,) float64 when the sampling already summed them, or None."""
-    j = patches.shape[1]
+    out = backend().correlate(patches, templates)
+    out *= patch_scale(patches, moments)[:, None]
+    return out
+
+
+def patch_scale(patches, moments=None) -> np.ndarray:
+    """1 / the norm about its mean, ``sqrt(Σp² − (Σp)²/J)``, of each raw patch (Q, J): (Q,) float32, 0 for a
+    constant patch; `patch_ccc`'s factor per row. moments: as in `patch_ccc`."""
     if moments is None:
         s1 = patches.sum(axis=1, dtype=np.float64)
         s2 = np.einsum("ij,ij->i", patches, patches).astype(np.float64)
     else:
         s1, s2 = moments
-    norm2 = s2 - s1 * s1 / j
-    out = backend().correlate(patches, templates)
-    out *= inverse_norms(norm2)[:, None]
-    return out
+    return inverse_norms(s2 - s1 * s1 / patches.shape[1])
 
 
 def composite_ccc(patches, rest, templates) -> np.ndarray:
