@@ -75,7 +75,7 @@ def with_full(half1, half2) -> dict:
 
 def summed_half_maps(ctx, halves, weight_floor: float = 1e-3, gridding_iterations: int = 10):
     """The half maps of accumulators (half 1, half 2) that every rank filled with its own particles, summed over
-    the ranks (collective; ctx a `parallel.context.Context`): half h is summed onto rank h − 1 (modulo the ranks),
+    the ranks (collective; ctx a `parallel.context.ParallelContext`): half h is summed onto rank h − 1 (modulo the ranks),
     which reconstructs it, so with two ranks or more the two halves are reconstructed at once (as relion_refine_mpi
     does); (half1, half2) on rank 0, None elsewhere. The same maps on any number of ranks when the accumulators'
     sums are exact (`refine.engine.ExactSum`)."""
