@@ -48,7 +48,7 @@ def lorefine(*args):
 
 
 def timed(command):
-    """(exit status, CPU seconds user + sys, peak RSS MiB, wall seconds) of one child process."""
+    """(exit status, CPU seconds user + sys, peak RSS MiB, wall seconds, resource usage) of one child process."""
     started = time.time()
     child = subprocess.Popen(command, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = child.stdout.read()
@@ -56,7 +56,7 @@ def timed(command):
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode:
         print(output[-3000:])
-    return child.returncode, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, time.time() - started
+    return child.returncode, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, time.time() - started, usage
 
 
 def simulate(folder: Path, n_particles: int, box: int, ctf: bool) -> Path:
@@ -107,7 +107,7 @@ def main(argv=None):
         path = work / f"{out.name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         subprocess.run(["rm", "-rf", str(out)], check=True)
-        code, cpu, rss, wall = timed(lorefine("refine", str(path)))
+        code, cpu, rss, wall, usage = timed(lorefine("refine", str(path)))
         if code:
             return code
         parts, units = {"search": 0.0, "reconstruction": 0.0, "writing": 0.0}, []
@@ -118,7 +118,8 @@ def main(argv=None):
                 units.append(int(f[name].attrs["n_units"]))
         per = 1000.0 / (args.particles * 2)
         other = cpu - sum(parts.values())
-        print(f"{strategy:12}: whole run {cpu * per:6.1f} ms CPU per particle per module ({cpu:.0f} s CPU, {wall:.0f} s wall); "
+        print(f"{strategy:12}: whole run {cpu * per:6.1f} ms CPU per particle per module ({cpu:.0f} s CPU: {usage.ru_utime:.0f} user + "
+              f"{usage.ru_stime:.1f} sys, {usage.ru_minflt / 1e3:.0f} k page faults; {wall:.0f} s wall); "
               f"search {parts['search'] * per:.1f}, reconstruction {parts['reconstruction'] * per:.1f}, writing {parts['writing'] * per:.1f}, "
               f"start-up and the rest {other * per:.1f} ms; {units[0]} / {units[1]} work units "
               f"({args.particles / units[0]:.1f} / {args.particles / units[1]:.1f} particles per unit); peak RSS {rss:.0f} MiB", flush=True)
