@@ -95,6 +95,16 @@ def lowpass_at_nyquist(volume) -> np.ndarray:
     return scipy.fft.irfftn(spectrum, s=v.shape, workers=1).astype(np.float32, copy=False)
 
 
+@functools.lru_cache(maxsize=1)
+def _outside_nyquist(p: int) -> np.ndarray:
+    """(P, P, P//2+1) bool: the coefficients of the padded FFT layout beyond radius P/2 (kept, read-only)."""
+    k2 = (np.fft.fftfreq(p, 1.0 / p) ** 2).astype(np.float32)
+    h = p // 2
+    outside = (k2[:, None, None] + k2[None, :, None] + np.arange(h + 1, dtype=np.float32)[None, None, :] ** 2) > h**2
+    outside.flags.writeable = False
+    return outside
+
+
 class BackProjector:
     """Accumulators for one map. box: N (even); padding: P / N.
 
@@ -131,31 +141,24 @@ class BackProjector:
             values, ctf2 = values * w, ctf2 * w
         backend().scatter_slices(self.data, self.weight, self._grid.kx, self._grid.ky, matrices, self.padding, values, ctf2, self.steps)
 
-    def _fft_layout(self):
-        """data (complex64) and weight (float32) in the padded FFT layout (P, P, P//2+1), Hermitian
+    def _fft_layout(self, accumulator, dtype) -> np.ndarray:
+        """An accumulator (``data`` or ``weight``) in the padded FFT layout (P, P, P//2+1) as ``dtype``, Hermitian
         symmetry enforced on kx = 0, everything beyond the Nyquist sphere (|k| > P/2) set to 0."""
-        p, r = self.box * self.padding, (self.data.shape[0] - 1) // 2
+        p, r = self.box * self.padding, (accumulator.shape[0] - 1) // 2
         h = p // 2
         k = np.fft.fftfreq(p, 1.0 / p).astype(np.int64)  # FFT order: 0 … P/2 − 1, −P/2 … −1
         rows = r + k
-        data = np.empty((p, p, h + 1), dtype=np.complex64)
-        weight = np.empty((p, p, h + 1), dtype=np.float32)
+        out = np.empty((p, p, h + 1), dtype=dtype)
         for lo, hi in ((0, h), (h, p)):  # two blocks of kz, each two blocks of ky: plain slices of the band layout
             for lo2, hi2 in ((0, h), (h, p)):
                 z0, y0 = rows[lo], rows[lo2]
-                data[lo:hi, lo2:hi2] = self.data[z0 : z0 + (hi - lo), y0 : y0 + (hi2 - lo2), : h + 1]
-                weight[lo:hi, lo2:hi2] = self.weight[z0 : z0 + (hi - lo), y0 : y0 + (hi2 - lo2), : h + 1]
+                out[lo:hi, lo2:hi2] = accumulator[z0 : z0 + (hi - lo), y0 : y0 + (hi2 - lo2), : h + 1]
         # kx = 0 plane: a sample inserted at (0, ky, kz) stands for its conjugate at (0, −ky, −kz) too.
         mirror = (-k) % p
-        plane = data[:, :, 0].copy()
-        data[:, :, 0] += np.conj(plane[np.ix_(mirror, mirror)])
-        plane_w = weight[:, :, 0].copy()
-        weight[:, :, 0] += plane_w[np.ix_(mirror, mirror)]
-        k2 = (k**2).astype(np.float32)
-        outside = (k2[:, None, None] + k2[None, :, None] + np.arange(h + 1, dtype=np.float32)[None, None, :] ** 2) > h**2
-        data[outside] = 0
-        weight[outside] = 0
-        return data, weight
+        plane = out[:, :, 0].copy()
+        out[:, :, 0] += np.conj(plane[np.ix_(mirror, mirror)]) if np.iscomplexobj(out) else plane[np.ix_(mirror, mirror)]
+        out[_outside_nyquist(p)] = 0
+        return out
 
     def reconstruct(self, weight_floor: float = 1e-3, gridding_iterations: int = 10) -> np.ndarray:
         """The map (N, N, N) float32: weight the data (module docstring), invert, correct, crop, low-pass.
@@ -165,8 +168,10 @@ class BackProjector:
         its mean value there (`soft_mask_outside`, as RELION's reconstruction ends), before the low-pass at Nyquist.
         """
         p, n = self.box * self.padding, self.box
-        data, weight = self._fft_layout()
-        data *= self._weighting(weight, weight_floor, gridding_iterations)
+        factors = self._weighting(self._fft_layout(self.weight, np.float32), weight_floor, gridding_iterations)
+        data = self._fft_layout(self.data, np.complex64)  # laid out after the weighting: one grid less at its peak
+        data *= factors
+        del factors
         padded = scipy.fft.irfftn(data, s=(p, p, p), axes=(0, 1, 2), workers=1)  # FFT order: the centre at index 0
         volume = np.empty((n, n, n), dtype=padded.dtype)
         for fft_order, centred in fourier.centred_blocks(n, p):
