@@ -616,10 +616,14 @@ class Posterior:
         return out - self.angle_cost.reshape(self.angle_cost.shape + (1,) * (out.ndim - 2))
 
     def of_cube(self, cube):
-        """cube (T, K, S) of ρ → the scores to maximise."""
+        """cube (T, K, S) of ρ → the scores to maximise (single precision, `score.log_likelihood_of_cube`)."""
         if not self.active:
             return cube
-        return self._log_likelihood_minus_angle_cost(cube) - self._shift_cost()[None, None, :]
+        out = score.log_likelihood_of_cube(cube, self.n_pixels)
+        if self.angle_cost is not None:
+            out -= self.angle_cost.astype(np.float32)[:, :, None]
+        out -= self._shift_cost().astype(np.float32)[None, None, :]
+        return out
 
     def of_angles(self, cube):
         """cube (T, K) of ρ at one shift → the scores to maximise (the shift's prior is the same for all)."""

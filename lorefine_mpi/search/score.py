@@ -105,6 +105,20 @@ def log_likelihood(rho, n_pixels):
     return -0.5 * n_pixels * np.log1p(-r * r)
 
 
+def log_likelihood_of_cube(rho, n_pixels) -> np.ndarray:
+    """`log_likelihood` of a whole score cube in single precision, −inf where ρ is −inf (not a candidate): for
+    ranking its entries (an error of about 1e-7 of the value, 1e-5 nats at most here; six times faster than
+    double precision on the (angle, direction, shift) cube of a particle)."""
+    rho = np.asarray(rho, dtype=np.float32)
+    out = np.clip(rho, np.float32(0.0), np.float32(RHO_MAX))
+    np.multiply(out, out, out=out)
+    np.negative(out, out=out)
+    np.log1p(out, out=out)
+    out *= np.float32(-0.5 * n_pixels)
+    out[np.isneginf(rho)] = -np.inf
+    return out
+
+
 def log_likelihood_slope(rho, n_pixels):
     """``d log_likelihood / dρ = J·ρ₊ / (1 − ρ₊²)``."""
     r = np.clip(np.asarray(rho, dtype=np.float64), 0.0, RHO_MAX)

@@ -138,3 +138,24 @@ def test_reference_cache_gives_each_direction_its_own_block_values_whatever_the_
         got = tiny.rows("k", ids, 100, compute)
         np.testing.assert_array_equal(got, expected)
         np.testing.assert_array_equal(got, compute(ids))
+
+
+def test_the_cubes_log_likelihood_in_single_precision_is_the_double_precision_one():
+    """score.log_likelihood_of_cube: the same values as log_likelihood (to float32's precision), −inf kept where ρ is −inf
+    (no candidate), negative ρ counted as 0, a perfect match finite (and the largest: its cap is float32's nearest)."""
+    import numpy as np
+
+    from lorefine_mpi.search import score
+
+    rng = np.random.default_rng(5)
+    rho = rng.uniform(-0.3, 0.9, (7, 11, 9)).astype(np.float32)
+    rho[rng.random((7, 11, 9)) < 0.3] = -np.inf
+    rho[0, 0, 0] = 1.0
+    got = score.log_likelihood_of_cube(rho, 1234.5)
+    assert got.dtype == np.float32
+    want = score.log_likelihood(np.where(np.isneginf(rho), 0.0, rho), 1234.5)
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(rho))
+    finite = ~np.isneginf(rho)
+    below = finite & (rho < 0.999)
+    np.testing.assert_allclose(got[below], want[below], rtol=2e-6, atol=1e-6)
+    assert np.isfinite(got[0, 0, 0]) and got[0, 0, 0] == got.max() and (got[finite & (rho <= 0)] == 0).all()
