@@ -7,7 +7,8 @@ Simulates (once, cached in DIR) a two-module set with the paper's protocol at 2 
 ``--ctf``: 9 defocus groups 1–3 µm, 300 kV, astigmatism 200 Å), then times `lorefine refine` as a user
 runs it (a separate process, `OMP_NUM_THREADS=1`), with the paper's search ranges (cone 10°, 2° steps,
 ψ ±6°, ±4 px in 1 px steps), the subtract mode and lorefine's other defaults, one iteration. Prints,
-for each strategy: CPU seconds (user + sys of the process) per particle per module for the whole run
+for each strategy: CPU seconds (user + sys of the process, also printed apart with the page faults: on a virtual
+machine, memory a process touches first can cost seconds of sys) per particle per module for the whole run
 and per stage as the run recorded them (search, reconstruction, writing; `results.h5` attribute
 ``cpu_seconds``), the number of work units and particles per unit, and the peak RSS.
 
