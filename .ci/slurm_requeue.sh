@@ -87,7 +87,8 @@ EOF
 for _ in $(seq 100); do [ "$(sinfo -h -o %T 2>/dev/null)" = idle ] && break; sleep 0.2; done
 el "slurm up: $(sinfo -h -o '%P %a %D %T %N'), slurmctld pid $(cat "$W/slurmctld.pid"), slurmd pid $(cat "$W/slurmd.pid")"
 
-# --- a tiny simulated set, and one config for the uninterrupted run and one for the job
+# --- a tiny simulated set, and one config for the uninterrupted run and one for the job (two iterations: a search
+# stage of this set takes under a second, and the time-limit signal must find work left in the second attempt)
 lorefine simulate --output "$W/data" --n-particles 240 >/dev/null
 for run in reference job; do
     mkdir -p "$W/$run"
@@ -99,6 +100,7 @@ modules:
   - {name: small, mask: ../data/mask_module_2.mrc}
 search: {cone_half_angle_deg: 4, angular_step_deg: 2, psi_half_range_deg: 4, psi_step_deg: 2, max_shift_px: 2, n_random_angles: 4}
 parallel: {unit_size: 16}
+iterations: 2
 output: out
 project_dir: ../data
 seed: 1
