@@ -9,7 +9,7 @@ import pytest
 from lorefine_mpi.geometry import candidates, rotations
 from lorefine_mpi.projection import ctf as ctf_model
 from lorefine_mpi.projection import fourier
-from lorefine_mpi.search import local, modules
+from lorefine_mpi.search import local, modules, score
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -143,10 +143,6 @@ def test_reference_cache_gives_each_direction_its_own_block_values_whatever_the_
 def test_the_cubes_log_likelihood_in_single_precision_is_the_double_precision_one():
     """score.log_likelihood_of_cube: the same values as log_likelihood (to float32's precision), −inf kept where ρ is −inf
     (no candidate), negative ρ counted as 0, a perfect match finite (and the largest: its cap is float32's nearest)."""
-    import numpy as np
-
-    from lorefine_mpi.search import score
-
     rng = np.random.default_rng(5)
     rho = rng.uniform(-0.3, 0.9, (7, 11, 9)).astype(np.float32)
     rho[rng.random((7, 11, 9)) < 0.3] = -np.inf
