@@ -88,10 +88,12 @@ def pose_errors(table, truth, centre_px, motion_deg=None):
     origin = np.linalg.norm(table.origin_px - truth.origin_px, axis=1)
     where = rotations.image_position_px(a, centre_px[None], table.origin_px)[:, 0]
     where_true = rotations.image_position_px(b, centre_px[None], truth.origin_px)[:, 0]
-    motion_deg = np.zeros(len(angle)) * np.nan if motion_deg is None else np.asarray(motion_deg)
-    low, high = np.quantile(motion_deg, [0.25, 0.75])
+    least = most = float("nan")
+    if motion_deg is not None:
+        low, high = np.quantile(motion_deg, [0.25, 0.75])
+        least, most = float(np.median(angle[motion_deg <= low])), float(np.median(angle[motion_deg >= high]))
     return (float(np.median(angle)), float(np.median(origin)), float(np.median(np.linalg.norm(where - where_true, axis=1))),
-            float(np.sqrt(np.mean(angle**2))), float(np.median(angle[motion_deg <= low])), float(np.median(angle[motion_deg >= high])))
+            float(np.sqrt(np.mean(angle**2))), least, most)
 
 
 def module_truth(data: Path, k: int):
