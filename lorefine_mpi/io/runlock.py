@@ -26,6 +26,7 @@ import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -103,6 +104,8 @@ class RunLock:
             "command": command,
         }
         self._own = self.folder / f"{NAME}.{self.token}"
+        self._mutex = threading.Lock()  # `refresh` runs on the watchdog thread, `release` on the main thread
+        self._released = False
 
     @classmethod
     def acquire(cls, folder, stale_after_s: float, command: str = "", poll_s: float = 1.0) -> "RunLock":
@@ -176,15 +179,22 @@ class RunLock:
             raise InputError(f"{self.path}: {who} took over this output folder (this run was silent for too long); this run stops without writing more")
 
     def refresh(self) -> None:
-        """Show life: increase the counter (InputError if the lock was lost)."""
-        self.verify()
-        self.record["count"] += 1
-        self._write(self.path)
+        """Show life: increase the counter (InputError if the lock was lost); nothing once released."""
+        with self._mutex:
+            if self._released:
+                return
+            self.verify()
+            self.record["count"] += 1
+            self._write(self.path)
 
     def release(self) -> None:
-        holder = _read(self.path)
-        if holder and holder.get("token") == self.token:
-            self.path.unlink(missing_ok=True)
+        """Remove the lock if this process holds it. A refresh on another thread cannot interleave: neither
+        lose the lock to a refresh that saw it gone (and ended the job), nor rewrite it after its removal."""
+        with self._mutex:
+            self._released = True
+            holder = _read(self.path)
+            if holder and holder.get("token") == self.token:
+                self.path.unlink(missing_ok=True)
 
 
 RECENT_S = 60.0  # a holder refreshes its lock every 10 s at most: older than this, `current` does not call it live

@@ -121,19 +121,21 @@ class Driver:
         self.lock.verify()
 
     def run(self) -> int:
-        with Watchdog(self.ctx, self.timeout_s, self.stalled_line) as self.watchdog:
-            try:
-                code = self._run()
-                self.ctx.barrier()  # every rank is done before the watchdogs stop
-                return code
-            finally:
-                if self.results is not None:
-                    self.results.close()
-                if self.lock is not None:
-                    self.lock.release()
-                if self.log_file is not None:
-                    logging.getLogger().removeHandler(self.log_file)
-                    self.log_file.close()
+        try:
+            with Watchdog(self.ctx, self.timeout_s, self.stalled_line) as self.watchdog:
+                try:
+                    code = self._run()
+                    self.ctx.barrier()  # every rank is done before the watchdogs stop
+                    return code
+                finally:
+                    if self.results is not None:
+                        self.results.close()
+                    if self.log_file is not None:
+                        logging.getLogger().removeHandler(self.log_file)
+                        self.log_file.close()
+        finally:  # the watchdog thread, which refreshes the lock, has stopped
+            if self.lock is not None:
+                self.lock.release()
 
     def _run(self) -> int:
         ctx, cfg = self.ctx, self.cfg

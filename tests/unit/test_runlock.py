@@ -83,3 +83,26 @@ def test_a_holder_that_lost_its_lock_stops_before_writing(tmp_path):
     with pytest.raises(InputError, match="took over this output folder"):
         first.refresh()
     second.verify()
+
+
+def test_a_refresh_racing_the_release_neither_fails_nor_leaves_the_lock_behind(tmp_path):
+    # the watchdog thread refreshes while the main thread releases at the end of a run: a refresh that found
+    # the lock gone ended a finished job with "another run took over"; one that rewrote it left it behind
+    for _ in range(50):
+        lock = RunLock.acquire(tmp_path, stale_after_s=60)
+        errors, go = [], threading.Event()
+
+        def refresh():
+            go.wait()
+            for _ in range(200):
+                try:
+                    lock.refresh()
+                except InputError as error:
+                    errors.append(error)
+
+        thread = threading.Thread(target=refresh)
+        thread.start()
+        go.set()
+        lock.release()
+        thread.join()
+        assert errors == [] and not (tmp_path / runlock.NAME).exists()
