@@ -1,0 +1,129 @@
+"""What the score cube says about a module's angle: posterior-mean estimates from a finished run, against the truth.
+
+    python benchmarks/posterior_study.py DATASET_DIR RUN_DIR --iteration 2 --module 1
+                                         [--betas 1,0.7,0.5,0.35] [--gammas 0] [--sigmas-deg 1]
+
+DATASET_DIR is a simulated set (`benchmarks/accuracy.py`'s: particles.star, gt_module_k.star); RUN_DIR a finished
+`lorefine refine` of it with at least ``--iteration`` iterations (accuracy.py's WORK/run). The stage (iteration,
+module k, 1-based) is set up as the run set it up (its reference, band, rest), then every particle is scored
+over its whole candidate set (every rotation × every shift) with a flat prior, as the learned prior's pilot does.
+From those cubes, for each likelihood scale β (the log-likelihood multiplied by β), prior shape γ and width σ:
+
+    prior on the rotation vector ω away from the consensus:  p(ω) ∝ |ω|^−γ · exp(−|ω|² / 2σ²)
+    (γ = 0: the Gaussian lorefine uses; γ → 2: a normally distributed angle about a random axis, the paper's motion;
+    |ω| is floored at the grid's smallest non-zero distance), and the shift prior of σ 1 px about the consensus,
+
+the log marginal likelihood over the particles (comparable between γ and σ at one β), and the posterior mean
+rotation's RMS and median angular error against the true module poses. An experiment outside the program, for the
+README's measurements of issue 13 (the estimate of a module's angle); it needs the memory of every cube (≈ 1 GB
+for flex_dev) and takes a few minutes.
+"""
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+from scipy.special import logsumexp
+
+from lorefine_mpi.config.schema import load_config
+from lorefine_mpi.geometry import rotations
+from lorefine_mpi.io import mrc
+from lorefine_mpi.io.star import read_star
+from lorefine_mpi.refine import engine as eng
+from lorefine_mpi.search import local, score
+
+
+def stage_search(run: Path, iteration: int, k: int):
+    """The StageSearch of (iteration, module k, 0-based) as the run set it up, and the engine."""
+    cfg = load_config(run / "config.yaml")
+    e = eng.RefineEngine(cfg)
+    names = [m.name for m in cfg.modules]
+    last = max((int(p.name.split("_")[1]) for p in run.glob("iteration_*")), default=0) + 1  # the final iteration's maps sit in RUN/NAME
+    with h5py.File(run / "results.h5", "r") as f:
+        def poses(it, name):
+            group = f[f"iteration_{it:02d}/{name}"]
+            return eng.Poses(group["matrix"][...], group["origin_px"][...])
+
+        def module_map(it, name):
+            return mrc.read_map(run / name / "map.mrc" if it == last else run / f"iteration_{it:02d}" / name / "map.mrc")[0]
+
+        model = e.consensus if iteration == 1 else mrc.read_map(run / f"iteration_{iteration - 1:02d}" / "combined.mrc")[0]
+        before = [e.consensus_poses if iteration == 1 else poses(iteration - 1, n) for n in names]
+        maps = [module_map(iteration, n) if j < k else model for j, n in enumerate(names)]
+        now = [poses(iteration, n) if j < k else before[j] for j, n in enumerate(names)]
+    stage = [s for s in eng.stages(cfg) if s.iteration == iteration][k]
+    state = e.begin_stage(stage, model, maps, now)
+    consensus_halves = tuple(mrc.read_map(run / "consensus" / f"half{h}.mrc")[0] for h in (1, 2)) if iteration == 1 else None
+    band_px, weights, _ = e.search_band(state, e.reference_halves(state, consensus_halves))
+    print(f"iteration {iteration}, module {names[k]}: band {band_px:.1f} px", flush=True)
+    return e.stage_search(state, band_px, weights), e
+
+
+def flat_cubes(ss, e):
+    """Every particle's flat-prior scores (`local.ParticleScores`), the effective pixels, ψ step, and the shift prior's centres."""
+    s0 = ss.searcher
+    flat = dataclasses.replace(s0.settings, strategy="simultaneous", prior_sigma_rad=None, prior_sigma_px=None,
+                               angle_refinement="none", estimate="map")
+    search = local.UnitSearch(s0.fvol, s0.directions, flat, s0.box, s0.cache)
+    units = e.work_units(ss.state.prelim)
+    cubes = [None] * e.n
+    for u in range(units.max() + 1):
+        ids = np.flatnonzero(units == u)
+        for j, scores in zip(ids, search.run(ss._unit(ids)).scores):
+            cubes[j] = scores
+    everyone = ss._unit(np.arange(e.n))
+    return cubes, search.work.effective_pixels, flat.psi_step_rad, everyone.prior_origin_px - everyone.origin_px
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("data", type=Path)
+    p.add_argument("run", type=Path)
+    p.add_argument("--iteration", type=int, default=2)
+    p.add_argument("--module", type=int, default=1, help="1-based")
+    p.add_argument("--betas", default="1,0.7,0.5,0.35")
+    p.add_argument("--gammas", default="0")
+    p.add_argument("--sigmas-deg", default="1")
+    args = p.parse_args(argv)
+    numbers = lambda text: [float(v) for v in text.split(",")]
+    betas, gammas, sigmas = numbers(args.betas), numbers(args.gammas), np.deg2rad(numbers(args.sigmas_deg))
+    k = args.module - 1
+    ss, e = stage_search(args.run, args.iteration, k)
+    cubes, pixels, psi_step, prior_offset = flat_cubes(ss, e)
+    consensus = read_star(args.data / "particles.star").matrices
+    truth = rotations.rotation_vector(np.swapaxes(consensus, -1, -2) @ read_star(args.data / f"gt_module_{k + 1}.star").matrices)
+    error0 = np.linalg.norm(truth, axis=1)
+    print(f"consensus: rms {np.rad2deg(np.sqrt(np.mean(error0**2))):.3f}°, median {np.rad2deg(np.median(error0)):.3f}°")
+    # per particle: ω of every (angle, direction), and per β the cube summed over the shifts with their prior
+    omega, reduced = [], {b: [] for b in betas}
+    for i, s in enumerate(cubes):
+        poses = local.candidate_pose(s.frames[None], s.ms[:, None], psi_step)
+        omega.append(np.where(s.valid[..., None], rotations.rotation_vector(np.swapaxes(consensus[i], -1, -2) @ poses), 0.0))
+        finite = s.valid[:, :, None] & np.isfinite(s.rho)
+        shift_prior = -np.sum((s.shifts_px - prior_offset[i]) ** 2, axis=-1) / 2.0
+        for b in betas:
+            cube = np.where(finite, score.log_likelihood(np.where(finite, s.rho, 0.0), pixels * b) + shift_prior, -np.inf)
+            reduced[b].append(logsumexp(cube, axis=2))
+    distance = [np.linalg.norm(w, axis=-1) for w in omega]
+    floor = min(d[(d > 1e-6) & c.valid].min() for d, c in zip(distance, cubes))
+    for b in betas:
+        for gamma in gammas:
+            for sigma in sigmas:
+                evidence, mean = 0.0, np.empty((len(cubes), 3))
+                for i, c in enumerate(cubes):
+                    log_prior = np.where(c.valid, -distance[i] ** 2 / (2 * sigma**2) - gamma * np.log(np.maximum(distance[i], floor)), -np.inf)
+                    log_post = reduced[b][i] + log_prior
+                    total = logsumexp(log_post)
+                    evidence += total - logsumexp(log_prior)
+                    mean[i] = np.sum(np.exp(log_post - total)[..., None] * omega[i], axis=(0, 1))
+                error = np.linalg.norm(mean - truth, axis=1)
+                print(f"beta {b:.2f} gamma {gamma:.1f} sigma {np.rad2deg(sigma):.2f}°: log evidence {evidence:11.1f}, "
+                      f"posterior mean rms {np.rad2deg(np.sqrt(np.mean(error**2))):.3f}°, median {np.rad2deg(np.median(error)):.3f}°", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
