@@ -1,7 +1,7 @@
 """What the score cube says about a module's angle: posterior-mean estimates from a finished run, against the truth.
 
     python benchmarks/posterior_study.py DATASET_DIR RUN_DIR --iteration 2 --module 1
-                                         [--betas 1,0.7,0.5,0.35] [--gammas 0] [--sigmas-deg 1]
+                                         [--betas 1,0.7,0.5,0.35] [--gammas 0] [--sigmas-deg 1] [--upsampling 1.75]
 
 DATASET_DIR is a simulated set (`benchmarks/accuracy.py`'s: particles.star, gt_module_k.star); RUN_DIR a finished
 `lorefine refine` of it with at least ``--iteration`` iterations (accuracy.py's WORK/run). The stage (iteration,
@@ -87,7 +87,10 @@ def main(argv=None):
     p.add_argument("--betas", default="1,0.7,0.5,0.35")
     p.add_argument("--gammas", default="0")
     p.add_argument("--sigmas-deg", default="1")
+    p.add_argument("--upsampling", type=float, default=local.UPSAMPLING,
+                   help="fine pixels per working pixel the patches are resampled from (the program's: %(default)s)")
     args = p.parse_args(argv)
+    local.UPSAMPLING = args.upsampling
     numbers = lambda text: [float(v) for v in text.split(",")]
     betas, gammas, sigmas = numbers(args.betas), numbers(args.gammas), np.deg2rad(numbers(args.sigmas_deg))
     k = args.module - 1
