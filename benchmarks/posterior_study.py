@@ -2,6 +2,7 @@
 
     python benchmarks/posterior_study.py DATASET_DIR RUN_DIR --iteration 2 --module 1
                                          [--betas 1,0.7,0.5,0.35] [--gammas 0] [--sigmas-deg 1] [--upsampling 1.75]
+                                         [--true-reference] [--true-rest-poses]
 
 DATASET_DIR is a simulated set (`benchmarks/accuracy.py`'s: particles.star, gt_module_k.star); RUN_DIR a finished
 `lorefine refine` of it with at least ``--iteration`` iterations (accuracy.py's WORK/run). The stage (iteration,
@@ -36,8 +37,11 @@ from lorefine_mpi.refine import engine as eng
 from lorefine_mpi.search import local, score
 
 
-def stage_search(run: Path, iteration: int, k: int):
-    """The StageSearch of (iteration, module k, 0-based) as the run set it up, and the engine."""
+def stage_search(run: Path, iteration: int, k: int, truth_map=None, rest_poses=None):
+    """The StageSearch of (iteration, module k, 0-based) as the run set it up, and the engine. truth_map: a map
+    (the simulation's true complex at the consensus pose) to use instead of the run's maps, for the module's
+    reference and the rest alike; the band stays the run's. rest_poses: {module index: Poses} to put the other
+    modules at instead of the run's (the true module poses)."""
     cfg = load_config(run / "config.yaml")
     e = eng.RefineEngine(cfg)
     names = [m.name for m in cfg.modules]
@@ -54,6 +58,10 @@ def stage_search(run: Path, iteration: int, k: int):
         before = [e.consensus_poses if iteration == 1 else poses(iteration - 1, n) for n in names]
         maps = [module_map(iteration, n) if j < k else model for j, n in enumerate(names)]
         now = [poses(iteration, n) if j < k else before[j] for j, n in enumerate(names)]
+    if truth_map is not None:
+        model, maps = truth_map, [truth_map] * len(names)
+    for j, given in (rest_poses or {}).items():
+        now[j] = given
     stage = [s for s in eng.stages(cfg) if s.iteration == iteration][k]
     state = e.begin_stage(stage, model, maps, now)
     consensus_halves = tuple(mrc.read_map(run / "consensus" / f"half{h}.mrc")[0] for h in (1, 2)) if iteration == 1 else None
@@ -89,12 +97,22 @@ def main(argv=None):
     p.add_argument("--sigmas-deg", default="1")
     p.add_argument("--upsampling", type=float, default=local.UPSAMPLING,
                    help="fine pixels per working pixel the patches are resampled from (the program's: %(default)s)")
+    p.add_argument("--true-reference", action="store_true",
+                   help="search against the simulation's true complex (DATASET_DIR/gt_whole.mrc) instead of the run's maps")
+    p.add_argument("--true-rest-poses", action="store_true",
+                   help="the other modules at their true poses (DATASET_DIR/gt_module_j.star) instead of the run's")
     args = p.parse_args(argv)
     local.UPSAMPLING = args.upsampling
     numbers = lambda text: [float(v) for v in text.split(",")]
     betas, gammas, sigmas = numbers(args.betas), numbers(args.gammas), np.deg2rad(numbers(args.sigmas_deg))
     k = args.module - 1
-    ss, e = stage_search(args.run, args.iteration, k)
+    truth_map = mrc.read_map(args.data / "gt_whole.mrc")[0] if args.true_reference else None
+    rest_poses = None
+    if args.true_rest_poses:
+        n_modules = len(load_config(args.run / "config.yaml").modules)
+        rest_poses = {j: eng.Poses(t.matrices, t.origin_px.copy()) for j in range(n_modules) if j != k
+                      for t in [read_star(args.data / f"gt_module_{j + 1}.star")]}
+    ss, e = stage_search(args.run, args.iteration, k, truth_map, rest_poses)
     cubes, pixels, psi_step, prior_offset = flat_cubes(ss, e)
     consensus = read_star(args.data / "particles.star").matrices
     truth = rotations.rotation_vector(np.swapaxes(consensus, -1, -2) @ read_star(args.data / f"gt_module_{k + 1}.star").matrices)
