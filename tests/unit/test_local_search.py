@@ -155,3 +155,21 @@ def test_the_cubes_log_likelihood_in_single_precision_is_the_double_precision_on
     below = finite & (rho < 0.999)
     np.testing.assert_allclose(got[below], want[below], rtol=2e-6, atol=1e-6)
     assert np.isfinite(got[0, 0, 0]) and got[0, 0, 0] == got.max() and (got[finite & (rho <= 0)] == 0).all()
+
+
+@pytest.mark.parametrize("band_px", [18.0, 31.0])
+def test_the_effective_pixels_are_the_degrees_of_freedom_of_white_noise_through_the_working_grid(band_px):
+    # the likelihood counts WorkGrid.effective_pixels independent samples: for white noise images cropped to the band,
+    # resampled and turned as the search does, ρ against a fixed template has variance 1 / effective_pixels
+    rng = np.random.default_rng(3)
+    box = 64
+    yy, xx = np.mgrid[:box, :box] - box // 2
+    work = local.WorkGrid(box, np.hypot(xx, yy) <= 18, band_px)
+    blob = np.exp(-((xx - 5) ** 2 + (yy + 3) ** 2) / 30.0) - 0.7 * np.exp(-((xx + 7) ** 2 + (yy - 6) ** 2) / 50.0)
+    template = score.normalise_rows(work.patches(work.upsampled(work.crop(np.fft.rfft2(blob))), np.zeros(1), np.zeros((1, 2))))[0]
+    rho = []
+    for _ in range(600):
+        image = work.upsampled(work.crop(np.fft.rfft2(rng.standard_normal((box, box)))))
+        rho.append(score.normalise_rows(work.patches(image, rng.uniform(-0.2, 0.2, 1), rng.uniform(-2, 2, (1, 2))))[0] @ template)
+    ratio = np.var(rho) * work.effective_pixels
+    assert 0.75 < ratio < 1.25, ratio
