@@ -1,6 +1,7 @@
 """ms per particle per module of the local search at 128² with the paper's ranges (one core).
 
     python benchmarks/bench_search.py [--box 128] [--particles 64] [--strategy separate|simultaneous] [--ctf] [--prior auto|none] [--repeats 5]
+                                      [--whole-run-particles 2000]
 
 A unit of P particles from one projection class (directions within 3° of each other, random ψ), the
 paper's search: cone 10°, 2° steps, ψ ±6° in 2° steps, shifts ±4 px in 1 px steps, round mask of 40 px
@@ -9,6 +10,10 @@ or none (the paper). Prints the time of the unit's shared reference projections 
 --repeats runs), and what one particle's search computes: the working box and mask pixels J, the patches
 sampled (turned and shifted images over the mask: bilinear, ~20 flops per sample) and the score's matrix
 products (2 flops per multiply-add), counted at the kernel seam.
+
+One unit of many particles sharing their references is the best case: beside it, what a user's whole
+`lorefine refine` costs at the same box, strategy and CTF (`bench_refine.py` on ``--whole-run-particles``
+simulated particles, every stage and output; 0 to skip).
 """
 
 import os
@@ -40,6 +45,7 @@ def main():
     p.add_argument("--ctf", action="store_true")
     p.add_argument("--prior", default="auto", choices=("auto", "none"))
     p.add_argument("--repeats", type=int, default=5, help="time the search this many times; print the best and the median")
+    p.add_argument("--whole-run-particles", type=int, default=2000, help="then a whole run of this many particles (bench_refine.py); 0: none")
     args = p.parse_args()
     n, box = args.particles, args.box
     rng = np.random.default_rng(0)
@@ -87,6 +93,15 @@ def main():
     print(f"  per particle: working box {searcher.work.size}², J = {searcher.work.n_pixels} mask pixels; "
           f"{counts['samples'] / n / 1e6:.2f} M patch samples, {counts['product_flops'] / n / 1e6:.1f} M flops of matrix products; "
           f"≈ {flops / n / 1e6:.0f} Mflop in all = {flops / total / 1e9:.2f} Gflop/s at the time above")
+    if args.whole_run_particles:
+        import sys
+
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import bench_refine
+
+        print(f"beside it, a whole `lorefine refine` (bench_refine.py, {args.whole_run_particles} particles):", flush=True)
+        bench_refine.main(["--particles", str(args.whole_run_particles), "--box", str(box), "--strategies", args.strategy]
+                          + (["--ctf"] if args.ctf else []))
 
 
 def count_work(searcher, unit) -> dict:
