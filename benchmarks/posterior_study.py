@@ -99,10 +99,10 @@ def main(argv=None):
                    help="fine pixels per working pixel the patches are resampled from (the program's: %(default)s)")
     p.add_argument("--true-reference", action="store_true",
                    help="search against the simulation's true complex (DATASET_DIR/gt_whole.mrc) instead of the run's maps")
-    p.add_argument("--likelihood", choices=("profile", "linear"), default="profile",
+    p.add_argument("--likelihood", choices=("profile", "linear", "particle"), default="profile",
                    help="profile: the program's −(J/2)·log(1 − ρ²), the amplitude and noise fitted per candidate; linear: "
                         "J·ρ_s·ρ / (1 − ρ_s²), one amplitude and noise level for all (ρ_s, the signal's correlation, "
-                        "estimated over the particles)")
+                        "estimated over the particles); particle: the same with each particle's own ρ at the prior's centre")
     p.add_argument("--true-rest-poses", action="store_true",
                    help="the other modules at their true poses (DATASET_DIR/gt_module_j.star) instead of the run's")
     args = p.parse_args(argv)
@@ -127,23 +127,24 @@ def main(argv=None):
     for i, s in enumerate(cubes):
         poses = local.candidate_pose(s.frames[None], s.ms[:, None], psi_step)
         omega.append(np.where(s.valid[..., None], rotations.rotation_vector(np.swapaxes(consensus[i], -1, -2) @ poses), 0.0))
-    if args.likelihood == "linear":
+    centre = []
+    if args.likelihood in ("linear", "particle"):
         # the signal's correlation ρ_s: the mean over the particles of ρ at the candidate nearest the prior's centre
-        # (the noise's part of ρ has mean 0 there)
-        centre = []
+        # (the noise's part of ρ has mean 0 there); "particle": each particle's own ρ there
         for i, s in enumerate(cubes):
             d = np.where(s.valid, np.linalg.norm(omega[i], axis=-1), np.inf)
             t, kk = np.unravel_index(np.argmin(d), d.shape)
             centre.append(s.rho[t, kk, np.argmin(np.sum((s.shifts_px - prior_offset[i]) ** 2, axis=-1))])
         rho_signal = max(float(np.mean(centre)), 0.0)
-        print(f"linear likelihood: signal correlation {rho_signal:.4f} (noise sd of rho {1 / np.sqrt(pixels):.4f})")
+        print(f"{args.likelihood} likelihood: mean signal correlation {rho_signal:.4f} (noise sd of rho {1 / np.sqrt(pixels):.4f})")
     for i, s in enumerate(cubes):
         finite = s.valid[:, :, None] & np.isfinite(s.rho)
         shift_prior = -np.sum((s.shifts_px - prior_offset[i]) ** 2, axis=-1) / 2.0
         rho = np.where(finite, s.rho, 0.0)
         for b in betas:
-            if args.likelihood == "linear":  # a·<h, g>/σ² with a = ρ_s·|h| and σ² = |h|²·(1 − ρ_s²)/J
-                ll = pixels * b * rho_signal / (1.0 - rho_signal**2) * rho
+            if args.likelihood != "profile":  # a·<h, g>/σ² with a = ρ_s·|h| and σ² = |h|²·(1 − ρ_s²)/J
+                rs = rho_signal if args.likelihood == "linear" else float(np.clip(centre[i], 0.0, 0.99))
+                ll = pixels * b * rs / (1.0 - rs**2) * rho
             else:
                 ll = score.log_likelihood(rho, pixels * b)
             reduced[b].append(logsumexp(np.where(finite, ll + shift_prior, -np.inf), axis=2))
