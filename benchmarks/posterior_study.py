@@ -127,12 +127,13 @@ def main(argv=None):
     for i, s in enumerate(cubes):
         poses = local.candidate_pose(s.frames[None], s.ms[:, None], psi_step)
         omega.append(np.where(s.valid[..., None], rotations.rotation_vector(np.swapaxes(consensus[i], -1, -2) @ poses), 0.0))
+    distance = [np.linalg.norm(w, axis=-1) for w in omega]
     centre = []
     if args.likelihood in ("linear", "particle"):
         # the signal's correlation ρ_s: the mean over the particles of ρ at the candidate nearest the prior's centre
         # (the noise's part of ρ has mean 0 there); "particle": each particle's own ρ there
         for i, s in enumerate(cubes):
-            d = np.where(s.valid, np.linalg.norm(omega[i], axis=-1), np.inf)
+            d = np.where(s.valid, distance[i], np.inf)
             t, kk = np.unravel_index(np.argmin(d), d.shape)
             centre.append(s.rho[t, kk, np.argmin(np.sum((s.shifts_px - prior_offset[i]) ** 2, axis=-1))])
         rho_signal = max(float(np.mean(centre)), 0.0)
@@ -148,7 +149,6 @@ def main(argv=None):
             else:
                 ll = score.log_likelihood(rho, pixels * b)
             reduced[b].append(logsumexp(np.where(finite, ll + shift_prior, -np.inf), axis=2))
-    distance = [np.linalg.norm(w, axis=-1) for w in omega]
     floor = min(d[(d > 1e-6) & c.valid].min() for d, c in zip(distance, cubes))
     for b in betas:
         for gamma in gammas:
