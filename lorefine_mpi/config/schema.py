@@ -65,6 +65,7 @@ class SearchConfig:
     prior_sigma_px: float | str | None = "auto"
     max_resolution_angstrom: float | str = "auto"
     estimate: str = "map"
+    likelihood: str = "fixed_amplitude"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +148,7 @@ _RULES: dict[str, tuple[str, Any, str]] = {
     "search.prior_sigma_deg": ("prior", lambda v: 0 < v <= 90, "must be auto, null or a number in (0, 90]"),
     "search.prior_sigma_px": ("prior", lambda v: 0 < v <= 32, "must be auto, null or a number in (0, 32]"),
     "search.estimate": ("choice", ("map", "mean"), "one of map, mean"),
+    "search.likelihood": ("choice", ("profile", "fixed_amplitude"), "one of profile, fixed_amplitude"),
     "search.max_resolution_angstrom": ("auto_float", lambda v: v > 0, "must be auto or a resolution in Å (> 0)"),
     "score.mode": ("choice", ("subtract", "composite"), "one of subtract, composite"),
     "score.ctf": ("choice", ("auto", True, False), "one of auto, true, false"),

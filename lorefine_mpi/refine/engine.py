@@ -99,6 +99,7 @@ def search_settings(cfg, module_mask, centre_px, box, band_radius_px=None, modul
         band_radius_px=band_radius_px,
         spectral_weight=spectral_weight,
         estimate=s.estimate,
+        likelihood=s.likelihood,
     )
 
 
@@ -541,7 +542,8 @@ class PriorPilot:
             unit = st._unit(self.ids[members])
             found = self._search.run(unit)
             for j, scores in enumerate(found.scores):
-                out[members[j]] = prior.log_evidence(scores, self.flat.psi_step_rad, self._search.work.effective_pixels, unit.prior_matrices[j],
+                out[members[j]] = prior.log_evidence(scores, self.flat.psi_step_rad, scores.likelihood(self.flat, self._search.work.effective_pixels),
+                                                     unit.prior_matrices[j],
                                                      unit.prior_origin_px[j] - unit.origin_px[j], self.grid_rot, self.grid_px)
                 self._keep(int(self.ids[members[j]]), scores)
         return out

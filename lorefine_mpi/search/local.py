@@ -53,8 +53,10 @@ Angles between grid points (``search.angle_refinement: quadratic``, the default)
 
 Prior (``search.prior_sigma_deg`` / ``prior_sigma_px``, not in the paper; RELION multi-body has the same
     Gaussian priors on a body's rotation and translation): candidates are chosen by the log-posterior
-    ``score.log_likelihood(ρ, J) − ½ (θ / σ_rot)² − ½ (|o − o_prior| / σ_px)²`` instead of ρ, θ the geodesic
-    angle from the prior pose. Its centre is the consensus pose (the module moves relative to the
+    ``ℓ(ρ) − ½ (θ / σ_rot)² − ½ (|o − o_prior| / σ_px)²`` instead of ρ, θ the geodesic angle from the prior
+    pose and ℓ the log-likelihood (``search.likelihood``, `score.Likelihood`: the profile over each candidate's
+    amplitude and noise, or one amplitude for all the particle's candidates, estimated from ρ at the prior's
+    centre). Its centre is the consensus pose (the module moves relative to the
     consensus), so later iterations do not wander. The sub-grid fits (parabola, quadratic) use ρ plus the
     prior's pull linearised at the chosen candidate (`score.prior_weight`).
 
@@ -106,6 +108,7 @@ class SearchSettings:
     band_radius_px: float | None = None  # the Fourier band the score uses, image px of the box (None: to Nyquist)
     spectral_weight: np.ndarray | None = None  # (N//2+1,) factor per frequency radius on image and references
     estimate: str = "map"  # "map": the best candidate, refined between grid points; "mean": the posterior mean rotation
+    likelihood: str = "profile"  # `score.Likelihood`: "profile" or "fixed_amplitude"
 
     @property
     def has_prior(self) -> bool:
@@ -193,7 +196,8 @@ class ParticleScores:
     (pose ``Rz(ms[t]·d1) · frames[c]``); valid: (T, k) bool, which (ψ, direction) pairs are candidates;
     shifts_px: (S, 2) image-frame shifts u (origin o0 + u) of ``rho``'s last axis; rho: (T, k, S) float32,
     the CCC (−inf where not a candidate) — with the separate strategy S = 1, the shift it chose;
-    shift_px: (2,) the sub-pixel shift chosen; at_shift: (T, k) float32, every angle's CCC at that shift.
+    shift_px: (2,) the sub-pixel shift chosen; at_shift: (T, k) float32, every angle's CCC at that shift;
+    rho_centre: the CCC at the prior's centre (`score.Likelihood`; NaN with the profile likelihood).
     """
 
     frames: np.ndarray
@@ -203,6 +207,11 @@ class ParticleScores:
     rho: np.ndarray
     shift_px: np.ndarray
     at_shift: np.ndarray
+    rho_centre: float = float("nan")
+
+    def likelihood(self, settings: "SearchSettings", n_pixels) -> score.Likelihood:
+        """The log-likelihood its search ranked the candidates by."""
+        return score.Likelihood(n_pixels, settings.likelihood, self.rho_centre)
 
 
 @dataclasses.dataclass
@@ -416,16 +425,13 @@ class UnitSearch:
                 ctf = unit.ctf(np.array([i]), np.array([cands.beta_centre_rad]))[0].reshape(-1)[work.image_index]
                 templates = work.templates(references[cands.direction_ids] * ctf, normalise)
             image_w, rest_w, out.rest_scale[i] = self._working_image(unit, i)
-            prior = None
-            if s.has_prior:
-                centre = unit.matrices[i] if unit.prior_matrices is None else unit.prior_matrices[i]
-                offset = np.zeros(2) if unit.prior_origin_px is None else unit.prior_origin_px[i] - unit.origin_px[i]
-                prior = ParticlePrior(centre, offset)
+            centre = ParticlePrior(unit.matrices[i] if unit.prior_matrices is None else unit.prior_matrices[i],
+                                   np.zeros(2) if unit.prior_origin_px is None else unit.prior_origin_px[i] - unit.origin_px[i])
             upsampled = work.upsampled(image_w)
             rest_up = None if rest_w is None else work.upsampled(rest_w)
             earlier = None if known is None else known[i]
             pose, shift_px, best, scores = self._search_particle(upsampled, rest_up, cands, frames[cands.direction_ids], templates,
-                                                                 unit.seeds[i], prior, earlier)
+                                                                 unit.seeds[i], centre, earlier)
             out.matrix[i], out.origin_px[i], out.score[i] = pose, unit.origin_px[i] + shift_px, best
             out.scores.append(scores)
         return out
@@ -493,18 +499,24 @@ class UnitSearch:
             cube[t, order[lo:hi]] = rho.T
         return cube
 
-    def _search_particle(self, upsampled, rest_up, cands: ParticleCandidates, frames, templates, seed, prior=None, earlier=None):
+    def _search_particle(self, upsampled, rest_up, cands: ParticleCandidates, frames, templates, seed, centre: ParticlePrior, earlier=None):
         """Best (pose, image-frame shift px, CCC, `ParticleScores`) of one particle; see the module docstring.
 
         frames: (k, 3, 3) the canonical frames of its k directions; templates: (k, J) their references.
-        prior: the particle's `ParticlePrior` (with ``settings.prior_sigma_*``), or None.
+        centre: the centre of the particle's prior (used with ``settings.prior_sigma_*``, and by the fixed-amplitude
+        likelihood).
         """
         s, shifts = self.settings, self.shifts_px
         ms = np.unique(cands.m)
         angles = ms * s.psi_step_rad
         # valid[t, k]: in-plane lattice index ms[t] belongs to direction k's ψ range
         valid = (cands.m[None, :, :] == ms[:, None, None]).any(axis=2)
-        posterior = Posterior(s, self.work.effective_pixels, prior, frames, ms, shifts)
+        posterior = Posterior(s, self.work.effective_pixels, centre, frames, ms, shifts)
+        rho_centre = float("nan")
+        if s.likelihood == "fixed_amplitude":  # ρ of the candidate angle nearest the prior's centre, at its shift
+            t, k = np.unravel_index(np.argmin(np.where(valid, posterior.angle_from_centre, np.inf)), valid.shape)
+            rho_centre = float(self._scores(upsampled, rest_up, templates[k : k + 1], angles[t : t + 1], centre.offset_px[None])[0, 0])
+            posterior.likelihood = score.Likelihood(self.work.effective_pixels, s.likelihood, rho_centre)
         n_t = len(ms)
         if s.strategy == "simultaneous":
             if earlier is not None and np.array_equal(earlier.ms, ms) and np.array_equal(earlier.frames, frames) and \
@@ -519,7 +531,7 @@ class UnitSearch:
             t, k = np.unravel_index(np.argmax(posterior.of_angles(at_shift)), at_shift.shape)
             pose = self._estimate(at_shift, t, k, frames, ms, posterior)
             return pose, shift, at_shift[t, k], ParticleScores(frames, ms, valid, shifts, cube.astype(np.float32, copy=False), shift,
-                                                               at_shift.astype(np.float32))
+                                                               at_shift.astype(np.float32), rho_centre)
         pairs = np.argwhere(valid)
         rng = np.random.default_rng(seed)
         picked = pairs[rng.choice(len(pairs), size=min(s.n_random_angles, len(pairs)), replace=False)]
@@ -531,7 +543,7 @@ class UnitSearch:
         t, k = np.unravel_index(np.argmax(posterior.of_angles(cube)), cube.shape)
         pose = self._estimate(cube, t, k, frames, ms, posterior)
         return pose, shift, cube[t, k], ParticleScores(frames, ms, valid, shift[None], cube[:, :, None].astype(np.float32), shift,
-                                                       cube.astype(np.float32))
+                                                       cube.astype(np.float32), rho_centre)
 
     def _estimate(self, scores, t, k, frames, ms, posterior) -> np.ndarray:
         """The particle's rotation from the scores (T, k) of every angle at its shift: the best candidate
@@ -577,24 +589,30 @@ class ParticlePrior:
 
 
 class Posterior:
-    """The scores by which one particle's candidates are chosen (``search.prior_sigma_*``).
+    """The scores by which one particle's candidates are chosen (``search.prior_sigma_*``, ``search.likelihood``).
 
     Without a prior, the CCC itself (the paper). With one, the log-posterior in nats:
-    ``score.log_likelihood(ρ, J) − ½ (θ / σ_rot)² − ½ (|u − u_prior| / σ_px)²``, θ the geodesic angle of
+    ``ℓ(ρ) − ½ (θ / σ_rot)² − ½ (|u − u_prior| / σ_px)²``, ℓ the `score.Likelihood`, θ the geodesic angle of
     the candidate's pose from the prior pose and u its image-frame shift. Sub-grid refinements fit ρ and
     add the prior's pull, linearised at the chosen candidate (`score.prior_weight`).
 
+    centre: the particle's `ParticlePrior` (its centre; a prior only with ``settings.prior_sigma_*``);
     frames: (K, 3, 3) the canonical frames of the particle's directions; ms (T,): its in-plane lattice
-    indices; shifts_px (S, 2) the image-frame shift grid.
+    indices; shifts_px (S, 2) the image-frame shift grid. ``likelihood`` is the profile's until the
+    fixed-amplitude one is set with the particle's ρ at the centre.
     """
 
-    def __init__(self, settings: SearchSettings, n_pixels, prior: ParticlePrior | None, frames, ms, shifts_px):
-        self.settings, self.n_pixels, self.prior = settings, n_pixels, prior
+    def __init__(self, settings: SearchSettings, n_pixels, centre: ParticlePrior, frames, ms, shifts_px):
+        self.settings, self.prior = settings, centre if settings.has_prior else None
+        self.centre = centre
         self.shifts_px = shifts_px
-        self.angle_cost = None
-        if prior is not None and settings.prior_sigma_rad is not None:
+        self.likelihood = score.Likelihood(n_pixels)
+        self.angle_from_centre = self.angle_cost = None
+        if settings.prior_sigma_rad is not None or settings.likelihood == "fixed_amplitude":
             poses = candidate_pose(frames[None], ms[:, None], settings.psi_step_rad)  # (T, K, 3, 3)
-            self.angle_cost = 0.5 * (rotations.geodesic_angle(poses, prior.pose) / settings.prior_sigma_rad) ** 2
+            self.angle_from_centre = rotations.geodesic_angle(poses, centre.pose)
+        if settings.prior_sigma_rad is not None:
+            self.angle_cost = 0.5 * (self.angle_from_centre / settings.prior_sigma_rad) ** 2
 
     @property
     def active(self) -> bool:
@@ -608,18 +626,17 @@ class Posterior:
 
     def _log_likelihood_minus_angle_cost(self, rho):
         """rho (T, K, ...) → log-likelihood less the rotation prior's cost of each (T, K); −inf where ρ is −inf (not a
-        candidate: `score.log_likelihood` alone would count it as ρ = 0, above a candidate of negative ρ)."""
-        out = score.log_likelihood(rho, self.n_pixels)
-        out[np.isneginf(rho)] = -np.inf
+        candidate: the profile log-likelihood alone would count it as ρ = 0, above a candidate of negative ρ)."""
+        out = self.likelihood(rho)
         if self.angle_cost is None:
             return out
         return out - self.angle_cost.reshape(self.angle_cost.shape + (1,) * (out.ndim - 2))
 
     def of_cube(self, cube):
-        """cube (T, K, S) of ρ → the scores to maximise (single precision, `score.log_likelihood_of_cube`)."""
+        """cube (T, K, S) of ρ → the scores to maximise (single precision, `score.Likelihood.of_cube`)."""
         if not self.active:
             return cube
-        out = score.log_likelihood_of_cube(cube, self.n_pixels)
+        out = self.likelihood.of_cube(cube)
         if self.angle_cost is not None:
             out -= self.angle_cost.astype(np.float32)[:, :, None]
         out -= self._shift_cost().astype(np.float32)[None, None, :]
@@ -639,15 +656,14 @@ class Posterior:
         along a row, so only the shift's prior counts here)."""
         if not self.active or self.settings.prior_sigma_px is None:
             return score.subpixel_peak(rho, self.shifts_px)
-        best = np.argmax(score.log_likelihood(rho, self.n_pixels) - self._shift_cost()[None, :], axis=1)
+        best = np.argmax(self.likelihood(rho) - self._shift_cost()[None, :], axis=1)
         rows = np.arange(len(rho))
-        step = self.settings.shift_step_px
-        weight = score.prior_weight(rho[rows, best], self.n_pixels, self.settings.prior_sigma_px, step)
+        weight = score.prior_weight(self.likelihood.slope(rho[rows, best]), self.settings.prior_sigma_px, self.settings.shift_step_px)
         centre = np.broadcast_to(self.prior.offset_px, (len(rho), 2))
         return score.subpixel_peak(rho, self.shifts_px, best=best, prior_weight=weight, prior_centre_px=centre)
 
     def rotation_pull(self, rho_best, step_rad):
         """(λ, prior pose) for `score.quadratic_peak_rotation`, or (0, None) without a rotation prior."""
-        if self.angle_cost is None:
+        if self.angle_cost is None or self.prior is None:
             return 0.0, None
-        return float(score.prior_weight(rho_best, self.n_pixels, self.settings.prior_sigma_rad, step_rad)), self.prior.pose
+        return float(score.prior_weight(self.likelihood.slope(rho_best), self.settings.prior_sigma_rad, step_rad)), self.prior.pose

@@ -2,7 +2,7 @@
 
 The module moves relative to the consensus by a small rotation and shift. The search scores each
 candidate (rotation ``R_c = A0ᵀ A_c`` away from the consensus pose A0, shift ``u_s`` away from the consensus
-origin) by its log-likelihood ``ℓ_cs`` (`score.log_likelihood`). A Gaussian prior of widths (σ_rot, σ_px)
+origin) by its log-likelihood ``ℓ_cs`` (`score.Likelihood`). A Gaussian prior of widths (σ_rot, σ_px)
 on the candidate grid, normalised over the candidates searched, gives each particle the evidence
 
     log Z(σ_rot, σ_px) = log Σ_cs exp(ℓ_cs) π(c, s) ,   π ∝ exp(−θ_c² / 2σ_rot² − |u_s|² / 2σ_px²)
@@ -26,18 +26,19 @@ SIGMA_ROT_GRID_DEG = 0.125 * RATIO ** np.arange(13)  # 0.125° … 8°
 SIGMA_PX_GRID = 0.0625 * RATIO ** np.arange(13)  # 0.0625 … 4 px
 
 
-def log_evidence(scores: local.ParticleScores, psi_step_rad, n_pixels, prior_pose, prior_offset_px,
+def log_evidence(scores: local.ParticleScores, psi_step_rad, likelihood: score.Likelihood, prior_pose, prior_offset_px,
                  sigma_rot_rad, sigma_px) -> np.ndarray:
     """log Z (len(sigma_rot_rad), len(sigma_px)) of one particle's scores (a flat-prior search over every
-    rotation and shift: ``scores.rho`` (T, K, S)), the prior centred on ``prior_pose`` (3, 3) and the shift
-    ``prior_offset_px`` (2,) (consensus origin less the preliminary one, image frame).
+    rotation and shift: ``scores.rho`` (T, K, S)) under ``likelihood`` (the search's, `ParticleScores.likelihood`),
+    the prior centred on ``prior_pose`` (3, 3) and the shift ``prior_offset_px`` (2,) (consensus origin less the
+    preliminary one, image frame).
 
     Rotation and shift are learned together over the search's own grid. (Learning the rotation's width from
     the angles re-scored at each particle's sub-pixel shift instead, `ParticleScores.at_shift`, recovered a
     synthetic motion more closely but learned wider widths on the flex_dev set, whose small module's angles
     and maps then came out worse: measured with benchmarks/accuracy.py.)"""
     valid = scores.valid[:, :, None] & np.isfinite(scores.rho)
-    ll = np.where(valid, score.log_likelihood(np.where(valid, scores.rho, 0.0), n_pixels), -np.inf)
+    ll = np.where(valid, likelihood(np.where(valid, scores.rho, 0.0)), -np.inf)
     poses = local.candidate_pose(scores.frames[None], scores.ms[:, None], psi_step_rad)  # (T, K, 3, 3)
     theta2 = rotations.geodesic_angle(poses, prior_pose) ** 2  # (T, K)
     u2 = ((scores.shifts_px - prior_offset_px) ** 2).sum(-1)  # (S,)

@@ -16,6 +16,8 @@ like h; its sums expand into two matrix products (`composite_ccc`).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from lorefine_mpi.geometry import rotations
@@ -125,15 +127,70 @@ def log_likelihood_slope(rho, n_pixels):
     return n_pixels * r / (1.0 - r * r)
 
 
-def prior_weight(rho, n_pixels, sigma, step) -> np.ndarray:
+def prior_weight(slope, sigma, step) -> np.ndarray:
     """λ of a Gaussian prior of width ``sigma`` in the sub-grid fits, in units of ρ per step².
 
-    Near a candidate of score ρ the log-posterior is ``log_likelihood(ρ(x)) − |x − μ|² / (2σ²)``
-    ≈ ``slope · (ρ(x) − ½ λ |u − μ_u|²)`` with u = x / step and ``λ = step² / (σ² · slope)``: the fits of
-    ρ (`subpixel_peak`, `quadratic_peak_rotation`) add that term. Capped at 1e12 (ρ ≤ 0: the prior decides).
+    Near a candidate of score ρ the log-posterior is ``ℓ(ρ(x)) − |x − μ|² / (2σ²)``
+    ≈ ``slope · (ρ(x) − ½ λ |u − μ_u|²)`` with u = x / step, ``slope = dℓ/dρ`` there (`Likelihood.slope`) and
+    ``λ = step² / (σ² · slope)``: the fits of ρ (`subpixel_peak`, `quadratic_peak_rotation`) add that term.
+    Capped at 1e12 (slope 0, e.g. ρ ≤ 0: the prior decides).
     """
-    slope = log_likelihood_slope(rho, n_pixels)
-    return np.minimum(step * step / (sigma * sigma * np.maximum(slope, 1e-300)), 1e12)
+    return np.minimum(step * step / (sigma * sigma * np.maximum(np.asarray(slope, dtype=np.float64), 1e-300)), 1e12)
+
+
+LIKELIHOODS = ("profile", "fixed_amplitude")
+
+
+@dataclasses.dataclass(frozen=True)
+class Likelihood:
+    """The log-likelihood ℓ(ρ) of one particle's candidates, in nats up to a constant shared by them all.
+
+    ``profile``: `log_likelihood`, the amplitude and noise level fitted to each candidate on its own.
+    ``fixed_amplitude``: the image modelled as ``a·g + noise`` with one amplitude a and noise variance σ²
+    for all the particle's candidates; with f and g centred over the J pixels and g of unit variance,
+    ``−|f − a·g|² / 2σ²`` varies between candidates only through ``a·⟨f, g⟩ / σ² = ρ·a·|f|·√J / σ²``, and
+    with ``|f|² = J·(a² + σ²)`` that is ``J·ρ_s / (1 − ρ_s²) · ρ``, ρ_s = a / √(a² + σ²) the correlation
+    of the image with its true reference. ρ_s is estimated by ρ at the centre of the particle's prior (its
+    consensus pose and origin; `rho_centre`), which noise does not bias upward as it biases the best
+    candidate's ρ: the profile's slope at the best candidate, ``J·ρ/(1 − ρ²)``, exceeds the true one by
+    that bias, and its posterior is too narrow (benchmarks/posterior_study.py).
+    """
+
+    n_pixels: float
+    kind: str = "profile"
+    rho_centre: float = 0.0  # fixed_amplitude: ρ at the prior's centre (ρ_s; clipped to [0, RHO_MAX))
+
+    @property
+    def fixed_slope(self) -> float:
+        """``J·ρ_s / (1 − ρ_s²)`` (fixed_amplitude)."""
+        r = min(max(float(self.rho_centre), 0.0), RHO_MAX) if np.isfinite(self.rho_centre) else 0.0
+        return self.n_pixels * r / (1.0 - r * r)
+
+    def __call__(self, rho) -> np.ndarray:
+        """ℓ of ρ (any shape), float64, −inf where ρ is −inf (not a candidate)."""
+        if self.kind == "profile":
+            out = np.asarray(log_likelihood(rho, self.n_pixels))
+        else:
+            rho = np.asarray(rho, dtype=np.float64)
+            out = self.fixed_slope * np.where(np.isneginf(rho), 0.0, rho)
+        return np.where(np.isneginf(rho), -np.inf, out)
+
+    def of_cube(self, rho) -> np.ndarray:
+        """ℓ of a whole score cube in single precision (for ranking its entries), −inf kept."""
+        if self.kind == "profile":
+            return log_likelihood_of_cube(rho, self.n_pixels)
+        rho = np.asarray(rho, dtype=np.float32)
+        outside = np.isneginf(rho)
+        out = np.where(outside, np.float32(0.0), rho)
+        out *= np.float32(self.fixed_slope)
+        out[outside] = -np.inf
+        return out
+
+    def slope(self, rho) -> np.ndarray:
+        """dℓ/dρ at ρ (`prior_weight`)."""
+        if self.kind == "profile":
+            return log_likelihood_slope(rho, self.n_pixels)
+        return np.full(np.shape(rho), self.fixed_slope)
 
 
 def subpixel_peak(scores, shifts_px, best=None, prior_weight=None, prior_centre_px=None) -> np.ndarray:

@@ -1,6 +1,7 @@
 """The Gaussian prior on the module's pose (``search.prior_sigma_*``): the likelihood it is added to, the
 sub-grid fits with its pull, and the search's choice, each against a direct computation."""
 
+import dataclasses
 from pathlib import Path
 
 import mrcfile
@@ -109,20 +110,23 @@ def test_a_very_wide_prior_changes_nothing(module_map, strategy):
     np.testing.assert_array_equal(wide.score, flat.score)
 
 
-def test_the_chosen_candidate_maximises_the_log_posterior_computed_by_hand(module_map):
+@pytest.mark.parametrize("likelihood", score.LIKELIHOODS)
+def test_the_chosen_candidate_maximises_the_log_posterior_computed_by_hand(module_map, likelihood):
     """Simultaneous search, grid poses: for every candidate (in-plane index m, direction d, image-frame shift
     u) the CCC by hand over the mask between the reference P_{B_d} and the centred image sampled at
     R2(β) z − u (β = m·d1; bilinear from the image upsampled ×2, by scipy), the pose Rz(β)·B_d, the origin
     o0 + u, and the prior's terms by hand, centred away from the preliminary pose (as in a later iteration,
     where the prior stays on the consensus). The search then re-scores the angles at its sub-pixel shift,
-    so the grid's winner is checked on the grid, the final origin against the parabola through it."""
+    so the grid's winner is checked on the grid, the final origin against the parabola through it.
+    The log-likelihood by hand: the profile −(J/2)·log(1 − ρ²), or J·ρ_s·ρ / (1 − ρ_s²) with ρ_s the CCC by hand
+    of the candidate angle nearest the prior's pose at the prior's (sub-pixel) origin."""
     rng = np.random.default_rng(4)
     n, box = 4, 48
     fvol, unit, _, _ = noisy_unit(module_map, n, rng, noise_sd=5.0)
     prior_pose = unit.matrices @ rotations.from_rotation_vector(rng.normal(0, np.deg2rad(3), (n, 3)))
     prior_origin = unit.origin_px + rng.normal(0, 1.5, (n, 2))
     unit = local.UnitInput(unit.images_ft, unit.matrices, unit.origin_px, None, None, unit.seeds, prior_pose, prior_origin)
-    s = settings("simultaneous", 1.0, 0.5, refinement="none")
+    s = dataclasses.replace(settings("simultaneous", 1.0, 0.5, refinement="none"), likelihood=likelihood)
     grid = candidates.direction_grid(np.deg2rad(2))
     found = local.UnitSearch(fvol, grid, s, box).run(unit)
     shifts = score.shift_grid(3, 1)
@@ -154,12 +158,22 @@ def test_the_chosen_candidate_maximises_the_log_posterior_computed_by_hand(modul
                     a, b = patch - patch.mean(), refs[k] - refs[k].mean()
                     rho = (a @ b) / np.sqrt((a @ a) * (b @ b))
                     pose = rotations.inplane_rotation(beta) @ frames[cands.direction_ids[k]]
-                    value = (score.log_likelihood(rho, effective)
+                    value = (log_likelihood(rho)
                              - 0.5 * (rotations.geodesic_angle(pose, prior_pose[i]) / s.prior_sigma_rad) ** 2
                              - 0.5 * (np.linalg.norm(unit.origin_px[i] + u - prior_origin[i]) / s.prior_sigma_px) ** 2)
                     out[(m, k)] = (value, rho, pose)
             return out
 
+        if likelihood == "profile":
+            log_likelihood = lambda rho: score.log_likelihood(rho, effective)
+            slope = lambda rho: score.log_likelihood_slope(rho, effective)
+        else:
+            log_likelihood = lambda rho: 0.0
+            at_centre = by_hand(prior_origin[i] - unit.origin_px[i])
+            rho_s = min(at_centre.values(), key=lambda v: rotations.geodesic_angle(v[2], prior_pose[i]))[1]
+            assert found.scores[i].rho_centre == pytest.approx(rho_s, abs=2e-4)
+            log_likelihood = lambda rho: effective * rho_s * rho / (1 - rho_s**2)
+            slope = lambda rho: effective * rho_s / (1 - rho_s**2)
         tables = [by_hand(u) for u in shifts]
         kept = found.scores[i]
         for j, table in enumerate(tables):  # the cube the search kept is the landscape by hand
@@ -168,7 +182,7 @@ def test_the_chosen_candidate_maximises_the_log_posterior_computed_by_hand(modul
         j, (m, k) = max(((j, key) for j, table in enumerate(tables) for key in table), key=lambda jk: tables[jk[0]][jk[1]][0])
         # its shift: the parabola through the winner's row of scores, with the prior's pull
         row = np.array([table[(m, k)][1] for table in tables])
-        weight = score.prior_weight(row[j], effective, s.prior_sigma_px, 1)
+        weight = score.prior_weight(slope(row[j]), s.prior_sigma_px, 1)
         shift = score.subpixel_peak(row[None], shifts, best=np.array([j]), prior_weight=weight,
                                     prior_centre_px=(prior_origin[i] - unit.origin_px[i])[None])[0]
         np.testing.assert_allclose(found.origin_px[i], unit.origin_px[i] + shift, atol=2e-3)

@@ -20,9 +20,9 @@ def module_map():
         return np.array(m.data, dtype=np.float32)
 
 
-def flat_settings(step_deg=2.0):
+def flat_settings(step_deg=2.0, likelihood="profile"):
     return local.SearchSettings("simultaneous", "subtract", np.deg2rad(3 * step_deg), np.deg2rad(step_deg), np.deg2rad(step_deg), 3, 2, 1,
-                                8, modules.circular_mask(48, 30), "none")
+                                8, modules.circular_mask(48, 30), "none", likelihood=likelihood)
 
 
 def unit(module_map, n, motion_deg, rng, noise_sd=2.0):
@@ -36,13 +36,19 @@ def unit(module_map, n, motion_deg, rng, noise_sd=2.0):
     return fvol, local.UnitInput(images, a0, o0, None, None, np.arange(n), a0, o0)
 
 
-def test_log_evidence_matches_the_sum_by_hand(module_map):
+@pytest.mark.parametrize("likelihood", score.LIKELIHOODS)
+def test_log_evidence_matches_the_sum_by_hand(module_map, likelihood):
     fvol, u = unit(module_map, 1, 1.0, np.random.default_rng(0))
-    search = local.UnitSearch(fvol, candidates.direction_grid(np.deg2rad(2)), flat_settings(), 48)
+    search = local.UnitSearch(fvol, candidates.direction_grid(np.deg2rad(2)), flat_settings(likelihood=likelihood), 48)
     scores = search.run(u).scores[0]
     j = search.work.effective_pixels
     sigma_rot, sigma_px = np.deg2rad([0.7, 2.0]), np.array([0.5, 1.5])
-    got = prior.log_evidence(scores, np.deg2rad(2), j, u.prior_matrices[0], np.zeros(2), sigma_rot, sigma_px)
+    got = prior.log_evidence(scores, np.deg2rad(2), scores.likelihood(search.settings, j), u.prior_matrices[0], np.zeros(2), sigma_rot, sigma_px)
+    if likelihood == "profile":
+        by_hand = lambda rho: score.log_likelihood(rho, j)
+    else:  # J·ρ_s·ρ / (1 − ρ_s²), ρ_s the particle's ρ at the prior's centre
+        assert 0.05 < scores.rho_centre < 0.9
+        by_hand = lambda rho: j * scores.rho_centre * float(rho) / (1 - scores.rho_centre**2)
     for a, sr in enumerate(sigma_rot):
         for b, sp in enumerate(sigma_px):
             terms, priors = [], []
@@ -54,7 +60,7 @@ def test_log_evidence_matches_the_sum_by_hand(module_map):
                     for s, shift in enumerate(scores.shifts_px):
                         log_prior = -theta**2 / (2 * sr * sr) - (shift**2).sum() / (2 * sp * sp)
                         priors.append(log_prior)
-                        terms.append(score.log_likelihood(scores.rho[t, k, s], j) + log_prior)
+                        terms.append(by_hand(scores.rho[t, k, s]) + log_prior)
             assert got[a, b] == pytest.approx(logsumexp(terms) - logsumexp(priors), abs=1e-6)
 
 
@@ -68,7 +74,7 @@ def test_the_learned_rotation_width_follows_the_motion(module_map, step_deg=2.0)
     for motion in (0.5, 1.5, 3.0):
         fvol, u = unit(module_map, 24, motion, np.random.default_rng(7))
         search = local.UnitSearch(fvol, candidates.direction_grid(np.deg2rad(step_deg)), flat_settings(step_deg), 48)
-        total = sum(prior.log_evidence(s, np.deg2rad(step_deg), search.work.effective_pixels, u.prior_matrices[i], np.zeros(2), grid_rot,
+        total = sum(prior.log_evidence(s, np.deg2rad(step_deg), s.likelihood(search.settings, search.work.effective_pixels), u.prior_matrices[i], np.zeros(2), grid_rot,
                                        grid_px) for i, s in enumerate(search.run(u).scores))
         learned.append(np.rad2deg(prior.learn_widths(total, grid_rot, grid_px)[0]))
     print(step_deg, learned)
