@@ -604,7 +604,6 @@ class Posterior:
 
     def __init__(self, settings: SearchSettings, n_pixels, centre: ParticlePrior, frames, ms, shifts_px):
         self.settings, self.prior = settings, centre if settings.has_prior else None
-        self.centre = centre
         self.shifts_px = shifts_px
         self.likelihood = score.Likelihood(n_pixels)
         self.angle_from_centre = self.angle_cost = None

@@ -38,6 +38,29 @@ def test_log_likelihood_differences_are_those_of_the_gaussian_profile_likelihood
     assert score.log_likelihood_slope(0.4, j) == pytest.approx((score.log_likelihood(0.4 + h, j) - score.log_likelihood(0.4 - h, j)) / (2 * h), rel=1e-6)
 
 
+def test_fixed_amplitude_log_likelihood_differences_are_those_of_the_gaussian_model_with_the_true_amplitude():
+    """f = a·g_true + white noise of variance σ², every candidate g of unit variance: log N(f | a·g, σ²) differs between
+    candidates by a·⟨f, g⟩ / σ²; `score.Likelihood` ('fixed_amplitude') gives J·ρ_s·ρ / (1 − ρ_s²) from ρ alone, with
+    ρ_s = a / √(a² + σ²). The two agree to the spread of |f|² about J·(a² + σ²) (about 1/√J)."""
+    rng = np.random.default_rng(5)
+    j, a, sigma = 4000, 0.3, 1.0
+    truth = rng.normal(size=j)
+    candidates_ = truth[None] + rng.normal(0, 0.4, (6, j))  # references near the true one
+    candidates_ = (candidates_ - candidates_.mean(1, keepdims=True)) / candidates_.std(1, keepdims=True)
+    truth = (truth - truth.mean()) / truth.std()
+    f = a * truth + rng.normal(0, sigma, j)
+    f = f - f.mean()
+    exact = np.array([-((f - a * g) ** 2).sum() / (2 * sigma**2) for g in candidates_])
+    rho = candidates_ @ f / (np.linalg.norm(candidates_, axis=1) * np.linalg.norm(f))
+    rho_s = a / np.sqrt(a * a + sigma * sigma)
+    ours = score.Likelihood(j, "fixed_amplitude", rho_s)(rho)
+    np.testing.assert_allclose(ours - ours[0], exact - exact[0], rtol=0.03)
+    assert np.ptp(exact) > 5  # the candidates differ by several nats: the comparison is not trivial
+    assert score.Likelihood(j, "fixed_amplitude", rho_s).slope(0.1) == pytest.approx(j * rho_s / (1 - rho_s**2))
+    assert np.isneginf(score.Likelihood(j, "fixed_amplitude", rho_s)(-np.inf))
+    assert np.all(score.Likelihood(j, "fixed_amplitude", -0.2)(rho) == 0.0)  # no signal at the centre: the prior decides
+
+
 @pytest.mark.parametrize("peak,centre,weight", [((0.3, -0.2), (-2.0, 1.0), 0.5), ((-0.1, 0.4), (0.5, 0.5), 3.0), ((0.2, 0.1), (0.0, 0.0), 0.0)])
 def test_subpixel_peak_with_a_prior_is_the_top_of_parabola_minus_prior(peak, centre, weight):
     shifts = score.shift_grid(2, 1)
