@@ -73,7 +73,7 @@ def main():
           f"({', '.join(f'{v:.3f}' for v in axis)}) by N(0, {args.sigma_deg:g}°), shift N(0, 0.5 px)")
     report("true poses", motion.analyse(["large", "small"], centres, a0, table.origin_px, truth, voxel), axis)
     config = yaml.safe_load((data / "lorefine.yaml").read_text())
-    config |= {"output": str(work / "refined"), "postprocess": {"local_resolution": False, "motion_components": 1}}
+    config |= {"output": str(work / "refined"), "iterations": 1, "postprocess": {"local_resolution": False, "motion_components": 1}}
     (data / "motion_axis.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     if (work / "refined").exists():
         shutil.rmtree(work / "refined")

@@ -9,9 +9,10 @@ N(0, 1.67°) about a random axis and shifted by N(0, 1 px) per axis): Gaussian n
 0.06 (box 64, 4 Å/px, as the paper's), and a CTF + camera set at 2 Å/px (9 defocus groups 1–3 µm, 200 kV,
 Cs 2 mm, a CCD-like MTF; box 96, what these 2-core machines can run at this size), SNR 0.25 of the
 detected images. Runs (`mpiexec -n RANKS lorefine refine`, lorefine's defaults otherwise):
-    conventional      modules: whole, one iteration (the paper's baseline: the same local search of the whole map)
+    conventional      modules: whole (the paper's baseline: the same local search of the whole map)
     separate_subtract three iterations (every iteration reported)
-    simultaneous_subtract, separate_composite, simultaneous_composite: one iteration
+    simultaneous_subtract, separate_composite, simultaneous_composite
+each with lorefine's default number of iterations unless said (`ITERATIONS`); the summary table reports that one.
 ``--runs`` chooses which of these to run (default: all); a run finished earlier in DIR is reported too.
 For each module: FSC 0.5 against the true module map inside the module's mask (the paper's measure), the
 masked correlation and the fraction of the room closed between the consensus map and the map rebuilt
@@ -32,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from accuracy import ceiling_map, map_figures, module_truth, pose_errors  # noqa: E402
 
+from lorefine_mpi.config.schema import Config  # noqa: E402
 from lorefine_mpi.io import mrc  # noqa: E402
 from lorefine_mpi.io.star import read_star  # noqa: E402
 from lorefine_mpi.validation import fsc  # noqa: E402
@@ -52,13 +54,23 @@ PAPER = {
     ("snr011", "small"): (15.5, 12.8, 12.2), ("snr011", "large"): (13.1, 11.7, 11.6),
     ("ctf_camera", "small"): (9.7, 9.1, 8.9), ("ctf_camera", "large"): (9.1, 8.9, 8.7),
 }
+ITERATIONS = Config.__dataclass_fields__["iterations"].default  # lorefine's default
 RUNS = {
-    "conventional": ({"modules": "whole"}, 1),
-    "separate_subtract": ({"search": {"strategy": "separate"}, "score": {"mode": "subtract"}}, 3),
-    "simultaneous_subtract": ({"search": {"strategy": "simultaneous"}, "score": {"mode": "subtract"}}, 1),
-    "separate_composite": ({"search": {"strategy": "separate"}, "score": {"mode": "composite"}}, 1),
-    "simultaneous_composite": ({"search": {"strategy": "simultaneous"}, "score": {"mode": "composite"}}, 1),
+    "conventional": ({"modules": "whole"}, ITERATIONS),
+    "separate_subtract": ({"search": {"strategy": "separate"}, "score": {"mode": "subtract"}}, max(3, ITERATIONS)),
+    "simultaneous_subtract": ({"search": {"strategy": "simultaneous"}, "score": {"mode": "subtract"}}, ITERATIONS),
+    "separate_composite": ({"search": {"strategy": "separate"}, "score": {"mode": "composite"}}, ITERATIONS),
+    "simultaneous_composite": ({"search": {"strategy": "simultaneous"}, "score": {"mode": "composite"}}, ITERATIONS),
 }
+
+
+def run_key(label: str, iteration: int, iterations: int) -> str:
+    """The name of a run's iteration in the tables ("label" alone for a run of one iteration)."""
+    return label if iterations == 1 else f"{label} it. {iteration}"
+
+
+SEPARATE, SIMULTANEOUS = run_key("separate_subtract", ITERATIONS, RUNS["separate_subtract"][1]), \
+    run_key("simultaneous_subtract", ITERATIONS, RUNS["simultaneous_subtract"][1])  # the summary table's columns
 MODULES = (("large", 1), ("small", 2))
 
 
@@ -75,18 +87,20 @@ def simulate(work: Path, name: str, n: int) -> Path:
 
 
 def refine(data: Path, out: Path, overrides: dict, iterations: int, ranks: int) -> float:
-    """Runs lorefine (skipped when its output is there); its wall time in seconds (from the last run's marker)."""
+    """Runs lorefine (skipped when its output is there from the same config); its wall time in seconds (from the
+    last run's marker)."""
     marker = out / "seconds.txt"
-    if marker.exists():
-        return float(marker.read_text())
     config = {"particles": str(data / "particles.star"), "consensus_map": str(data / "consensus.mrc"),
               "modules": [{"name": name, "mask": str(data / f"mask_module_{k}.mrc")} for name, k in MODULES],
               "iterations": iterations, "output": str(out / "run"), "seed": 1, "postprocess": {"enabled": False}}
     for key, value in overrides.items():
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+    text = yaml.safe_dump(config, sort_keys=False)
+    if marker.exists() and (out / "lorefine.yaml").read_text() == text:
+        return float(marker.read_text())
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    (out / "lorefine.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (out / "lorefine.yaml").write_text(text)
     bin_dir = Path(sys.executable).parent
     started = time.time()
     subprocess.run([str(bin_dir / "mpiexec"), "-n", str(ranks), str(bin_dir / "lorefine"), "refine", str(out / "lorefine.yaml")],
@@ -125,12 +139,12 @@ def evaluate(work: Path, name: str, ranks: int, runs) -> dict:
                 angles[label] = pose_errors(read_star(run / "whole" / "particles.star"), true_poses, centre)[0]
                 continue
             for it in range(1, iterations + 1):
-                key = label if iterations == 1 else f"{label} it. {it}"
+                key = run_key(label, it, iterations)
                 path = module_map(run, module, it, iterations)
                 figures[key] = map_figures(mrc.read_map(path)[0], truth, mask, voxel)
                 angles[key] = pose_errors(read_star(path.parent / "particles.star"), true_poses, centre)[0]
         rows[module] = {key: (corr, res, (corr - low[0]) / (high[0] - low[0]), angles[key]) for key, (corr, res, _, _) in figures.items()}
-        curves = {key: figures[key][3] for key in ("consensus", "conventional", "separate_subtract it. 1", "simultaneous_subtract",
+        curves = {key: figures[key][3] for key in ("consensus", "conventional", SEPARATE, SIMULTANEOUS,
                                                     "true poses")}
         fsc.plot_fsc_png(HERE / f"fsc_{name}_{module}.png", curves, f"{name}, {module}: FSC against the true module map")
     return {"rows": rows, "times": times}
@@ -142,7 +156,8 @@ def write_results(results: dict, command: str, particles: int, ranks: int, path:
              "FSC = 0.5 against the true module map inside the module's mask (Å); the paper's figures (50,000 particles of a "
              "ribosome) in brackets. Room: the fraction of the way from the consensus map to the map rebuilt from the true "
              "module poses, in masked correlation. Angle: the median angular error of the module's poses against its true poses "
-             "(consensus → LO separate).", "",
+             f"(consensus → LO separate). Every run with lorefine's defaults ({ITERATIONS} iteration{'s' if ITERATIONS > 1 else ''}; "
+             "the paper's runs: one).", "",
              "| dataset | module | consensus | conventional | LO simultaneous | LO separate | room (separate) | angle |",
              "|---|---|---|---|---|---|---|---|"]
     for name, result in results.items():
@@ -150,9 +165,8 @@ def write_results(results: dict, command: str, particles: int, ranks: int, path:
             paper = PAPER.get((name, module))
             bracket = (lambda i: f" ({paper[i]})") if paper else (lambda i: "")
             lines.append(f"| {name} | {module} | {row['consensus'][1]:.2f} | {row['conventional'][1]:.2f}{bracket(0)} | "
-                         f"{row['simultaneous_subtract'][1]:.2f}{bracket(1)} | {row['separate_subtract it. 1'][1]:.2f}{bracket(2)} | "
-                         f"{100 * row['separate_subtract it. 1'][2]:.1f} % | {row['consensus'][3]:.2f}° → "
-                         f"{row['separate_subtract it. 1'][3]:.2f}° |")
+                         f"{row[SIMULTANEOUS][1]:.2f}{bracket(1)} | {row[SEPARATE][1]:.2f}{bracket(2)} | "
+                         f"{100 * row[SEPARATE][2]:.1f} % | {row['consensus'][3]:.2f}° → {row[SEPARATE][3]:.2f}° |")
     lines += ["", "Every run and iteration (FSC 0.5 Å / masked correlation / room / median angular error):", ""]
     for name, result in results.items():
         keys = list(next(iter(result["rows"].values())))

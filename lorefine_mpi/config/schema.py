@@ -121,7 +121,7 @@ class Config:
     reconstruction: ReconstructionConfig = ReconstructionConfig()
     parallel: ParallelConfig = ParallelConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
-    iterations: int = 1
+    iterations: int = 2
     seed: int = 0
     project_dir: str = ""  # RELION's project directory: relative image and mask names in STAR files resolve here
     subtracted: SubtractedConfig = SubtractedConfig()

@@ -322,7 +322,7 @@ def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:
         "modules": [{"name": name, "mask": f"mask_module_{k + 1}.mrc"} for k, name in enumerate(module_names(k_mod))],
         "search": {"strategy": "separate", "cone_half_angle_deg": 10, "angular_step_deg": 2, "psi_half_range_deg": 6,
                    "psi_step_deg": 2, "max_shift_px": 4, "shift_step_px": 1, "n_random_angles": 10},
-        "score": {"mode": "subtract"}, "iterations": 1, "output": "refined/", "seed": cfg.seed,
+        "score": {"mode": "subtract"}, "iterations": 2, "output": "refined/", "seed": cfg.seed,
     }
     atomic_write_text(out / "lorefine.yaml", "# LO-refinement of this dataset: lorefine refine lorefine.yaml\n" + yaml.safe_dump(refine, sort_keys=False))
     return stats

@@ -37,7 +37,7 @@ def make_run(folder: Path, n_particles=24, source="proj_noctf", **overrides) -> 
         "modules": [{"name": "large", "mask": "phantom_mask_module_1.mrc"}, {"name": "small", "mask": "phantom_mask_module_2.mrc"}],
         "search": dict(SMALL_SEARCH), "score": {"mode": "subtract", "ctf": False}, "parallel": {"unit_size": 4, "class_spacing_deg": 15},
         "reconstruction": {"padding": 1, "gridding_iterations": 2},  # fast: these runs are about behaviour, not accuracy
-        "postprocess": {"enabled": False}, "output": "out", "project_dir": ".", "seed": 3,
+        "postprocess": {"enabled": False}, "output": "out", "project_dir": ".", "seed": 3, "iterations": 1,
     } | overrides
     (folder / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return folder / "config.yaml"

@@ -35,7 +35,7 @@ def dataset(tmp_path_factory):
 def refine(data, ctf: bool):
     cfg = yaml.safe_load((data / "lorefine.yaml").read_text())
     cfg["search"].update(cone_half_angle_deg=4, psi_half_range_deg=4, max_shift_px=3)
-    cfg.update(modules=cfg["modules"][:1], consensus_map="gt_whole.mrc", output=f"out_ctf_{ctf}", reconstruction={"gridding_iterations": 0},
+    cfg.update(modules=cfg["modules"][:1], consensus_map="gt_whole.mrc", output=f"out_ctf_{ctf}", reconstruction={"gridding_iterations": 0}, iterations=1,
                postprocess={"enabled": False})
     cfg["score"]["ctf"] = ctf
     config = data / f"ctf_{ctf}.yaml"

@@ -64,7 +64,7 @@ def make_project(root: Path, source: str, star_version: str) -> Path:
                    "n_random_angles": 2},
         "score": {"ctf": source == "recon_ctf"},  # RELION made recon_noctf without a CTF, but its STAR has defocus values
         "subtracted": {"modules": "all", "box_px": 32},
-        "output": "LoRefine/job030/", "seed": 2,
+        "output": "LoRefine/job030/", "seed": 2, "iterations": 1,
     }
     (root / "lorefine.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return root / "lorefine.yaml"

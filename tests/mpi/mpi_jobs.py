@@ -59,7 +59,7 @@ def make_run(folder: Path, n_particles=120, unit_size=4, postprocess=None, **sea
         "search": {"strategy": "separate", "cone_half_angle_deg": 4, "angular_step_deg": 2, "psi_half_range_deg": 2,
                    "psi_step_deg": 2, "max_shift_px": 2, "shift_step_px": 1, "n_random_angles": 4, **search},
         "score": {"mode": "subtract", "ctf": False}, "parallel": {"unit_size": unit_size, "class_spacing_deg": 15},
-        "postprocess": postprocess or {"enabled": False}, "output": "out", "project_dir": ".", "seed": 3,
+        "postprocess": postprocess or {"enabled": False}, "output": "out", "project_dir": ".", "seed": 3, "iterations": 1,
     }
     (folder / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return folder
