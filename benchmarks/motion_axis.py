@@ -73,7 +73,7 @@ def main():
           f"({', '.join(f'{v:.3f}' for v in axis)}) by N(0, {args.sigma_deg:g}°), shift N(0, 0.5 px)")
     report("true poses", motion.analyse(["large", "small"], centres, a0, table.origin_px, truth, voxel), axis)
     config = yaml.safe_load((data / "lorefine.yaml").read_text())
-    config |= {"output": str(work / "refined"), "iterations": 1, "postprocess": {"local_resolution": False, "motion_components": 1}}
+    config |= {"output": str(work / "refined"), "postprocess": {"local_resolution": False, "motion_components": 1}}
     (data / "motion_axis.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     if (work / "refined").exists():
         shutil.rmtree(work / "refined")
@@ -87,7 +87,8 @@ def main():
     import h5py
 
     with h5py.File(work / "refined" / "results.h5", "r") as f:
-        refined = [(f[f"iteration_01/{name}/matrix"][...], f[f"iteration_01/{name}/origin_px"][...]) for name in ("large", "small")]
+        last = max(key for key in f if key.startswith("iteration_"))  # the poses of the last iteration, as motion.json's
+        refined = [(f[f"{last}/{name}/matrix"][...], f[f"{last}/{name}/origin_px"][...]) for name in ("large", "small")]
     analysis = motion.analyse(["large", "small"], centres, a0, table.origin_px, refined, voxel)
     assert np.allclose(analysis.variance_explained, summary["pca"]["variance_explained"])  # what lorefine refine wrote
     report(f"lorefine refine ({args.ranks} ranks)", analysis, axis)
