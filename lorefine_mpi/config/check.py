@@ -96,7 +96,7 @@ def _window(search) -> str:
         return "flat" if value is None else ("auto" if value == "auto" else f"{value:g}{unit}")
 
     return (f"cone {search.cone_half_angle_deg:g}°, ψ ±{search.psi_half_range_deg:g}°, shifts ±{search.max_shift_px:g} px, "
-            f"prior σ {prior(search.prior_sigma_deg, '°')} / {prior(search.prior_sigma_px, ' px')}; "
+            f"prior σ {prior(search.prior_sigma_deg, '°')} / {prior(search.prior_sigma_px, ' px')}, {search.likelihood} likelihood; "
             f"{k['evaluations_per_particle']:.0f} CCC evaluations per particle")
 
 
