@@ -34,6 +34,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from compare_groundtruth import masked_correlation  # noqa: E402
 
+from lorefine_mpi.config.schema import Config  # noqa: E402
 from lorefine_mpi.geometry import rotations  # noqa: E402
 from lorefine_mpi.io import mrc  # noqa: E402
 from lorefine_mpi.io.star import read_star  # noqa: E402
@@ -118,7 +119,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dataset")
     p.add_argument("--run", help="a finished lorefine output folder (default: run lorefine)")
-    p.add_argument("--iterations", type=int, default=1)
+    p.add_argument("--iterations", type=int, default=Config.__dataclass_fields__["iterations"].default, help="default: lorefine's")
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
     p.add_argument("--work", help="folder for the run and the ceiling maps (default DATASET/accuracy)")
