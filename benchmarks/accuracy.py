@@ -45,6 +45,8 @@ from lorefine_mpi.validation import fsc  # noqa: E402
 MODULES = (("large", 1), ("small", 2))
 
 
+DEFAULT_ITERATIONS = Config.__dataclass_fields__["iterations"].default  # lorefine's own
+
 def consensus_map_path(data: Path) -> Path:
     return next(p for p in (data / "consensus.mrc", data / "consensus_relion.mrc") if p.exists())
 
@@ -119,7 +121,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dataset")
     p.add_argument("--run", help="a finished lorefine output folder (default: run lorefine)")
-    p.add_argument("--iterations", type=int, default=Config.__dataclass_fields__["iterations"].default, help="default: lorefine's")
+    p.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS, help="default: lorefine's")
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
     p.add_argument("--work", help="folder for the run and the ceiling maps (default DATASET/accuracy)")

@@ -12,7 +12,7 @@ detected images. Runs (`mpiexec -n RANKS lorefine refine`, lorefine's defaults o
     conventional      modules: whole (the paper's baseline: the same local search of the whole map)
     separate_subtract three iterations (every iteration reported)
     simultaneous_subtract, separate_composite, simultaneous_composite
-each with lorefine's default number of iterations unless said (`ITERATIONS`); the summary table reports that one.
+each with lorefine's default number of iterations unless said (`DEFAULT_ITERATIONS`); the summary table reports that one.
 ``--runs`` chooses which of these to run (default: all); a run finished earlier in DIR is reported too.
 For each module: FSC 0.5 against the true module map inside the module's mask (the paper's measure), the
 masked correlation and the fraction of the room closed between the consensus map and the map rebuilt
@@ -31,9 +31,8 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from accuracy import ceiling_map, map_figures, module_truth, pose_errors  # noqa: E402
+from accuracy import DEFAULT_ITERATIONS, ceiling_map, map_figures, module_truth, pose_errors  # noqa: E402
 
-from lorefine_mpi.config.schema import Config  # noqa: E402
 from lorefine_mpi.io import mrc  # noqa: E402
 from lorefine_mpi.io.star import read_star  # noqa: E402
 from lorefine_mpi.validation import fsc  # noqa: E402
@@ -54,13 +53,12 @@ PAPER = {
     ("snr011", "small"): (15.5, 12.8, 12.2), ("snr011", "large"): (13.1, 11.7, 11.6),
     ("ctf_camera", "small"): (9.7, 9.1, 8.9), ("ctf_camera", "large"): (9.1, 8.9, 8.7),
 }
-ITERATIONS = Config.__dataclass_fields__["iterations"].default  # lorefine's default
 RUNS = {
-    "conventional": ({"modules": "whole"}, ITERATIONS),
-    "separate_subtract": ({"search": {"strategy": "separate"}, "score": {"mode": "subtract"}}, max(3, ITERATIONS)),
-    "simultaneous_subtract": ({"search": {"strategy": "simultaneous"}, "score": {"mode": "subtract"}}, ITERATIONS),
-    "separate_composite": ({"search": {"strategy": "separate"}, "score": {"mode": "composite"}}, ITERATIONS),
-    "simultaneous_composite": ({"search": {"strategy": "simultaneous"}, "score": {"mode": "composite"}}, ITERATIONS),
+    "conventional": ({"modules": "whole"}, DEFAULT_ITERATIONS),
+    "separate_subtract": ({"search": {"strategy": "separate"}, "score": {"mode": "subtract"}}, max(3, DEFAULT_ITERATIONS)),
+    "simultaneous_subtract": ({"search": {"strategy": "simultaneous"}, "score": {"mode": "subtract"}}, DEFAULT_ITERATIONS),
+    "separate_composite": ({"search": {"strategy": "separate"}, "score": {"mode": "composite"}}, DEFAULT_ITERATIONS),
+    "simultaneous_composite": ({"search": {"strategy": "simultaneous"}, "score": {"mode": "composite"}}, DEFAULT_ITERATIONS),
 }
 
 
@@ -69,8 +67,8 @@ def run_key(label: str, iteration: int, iterations: int) -> str:
     return label if iterations == 1 else f"{label} it. {iteration}"
 
 
-SEPARATE, SIMULTANEOUS = run_key("separate_subtract", ITERATIONS, RUNS["separate_subtract"][1]), \
-    run_key("simultaneous_subtract", ITERATIONS, RUNS["simultaneous_subtract"][1])  # the summary table's columns
+SEPARATE, SIMULTANEOUS = run_key("separate_subtract", DEFAULT_ITERATIONS, RUNS["separate_subtract"][1]), \
+    run_key("simultaneous_subtract", DEFAULT_ITERATIONS, RUNS["simultaneous_subtract"][1])  # the summary table's columns
 MODULES = (("large", 1), ("small", 2))
 
 
@@ -156,7 +154,7 @@ def write_results(results: dict, command: str, particles: int, ranks: int, path:
              "FSC = 0.5 against the true module map inside the module's mask (Å); the paper's figures (50,000 particles of a "
              "ribosome) in brackets. Room: the fraction of the way from the consensus map to the map rebuilt from the true "
              "module poses, in masked correlation. Angle: the median angular error of the module's poses against its true poses "
-             f"(consensus → LO separate). Every run with lorefine's defaults ({ITERATIONS} iteration{'s' if ITERATIONS > 1 else ''}; "
+             f"(consensus → LO separate). Every run with lorefine's defaults ({DEFAULT_ITERATIONS} iteration{'s' if DEFAULT_ITERATIONS > 1 else ''}; "
              "the paper's runs: one).", "",
              "| dataset | module | consensus | conventional | LO simultaneous | LO separate | room (separate) | angle |",
              "|---|---|---|---|---|---|---|---|"]
