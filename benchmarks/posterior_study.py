@@ -143,11 +143,11 @@ def main(argv=None):
         shift_prior = -np.sum((s.shifts_px - prior_offset[i]) ** 2, axis=-1) / 2.0
         rho = np.where(finite, s.rho, 0.0)
         for b in betas:
-            if args.likelihood != "profile":  # a·<h, g>/σ² with a = ρ_s·|h| and σ² = |h|²·(1 − ρ_s²)/J
+            if args.likelihood != "profile":  # the program's fixed_amplitude, with ρ_s shared ("linear") or the particle's own
                 rs = rho_signal if args.likelihood == "linear" else float(np.clip(centre[i], 0.0, 0.99))
-                ll = pixels * b * rs / (1.0 - rs**2) * rho
+                ll = score.Likelihood(pixels * b, "fixed_amplitude", rs)(rho)
             else:
-                ll = score.log_likelihood(rho, pixels * b)
+                ll = score.Likelihood(pixels * b)(rho)
             reduced[b].append(logsumexp(np.where(finite, ll + shift_prior, -np.inf), axis=2))
     floor = min(d[(d > 1e-6) & c.valid].min() for d, c in zip(distance, cubes))
     for b in betas:
