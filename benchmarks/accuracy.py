@@ -38,8 +38,9 @@ from lorefine_mpi.config.schema import Config  # noqa: E402
 from lorefine_mpi.geometry import rotations  # noqa: E402
 from lorefine_mpi.io import mrc  # noqa: E402
 from lorefine_mpi.io.star import read_star  # noqa: E402
+from lorefine_mpi.projection.source import ParticleSource  # noqa: E402
 from lorefine_mpi.reconstruction.reconstruct import backproject_halves, maps_from_halves  # noqa: E402
-from lorefine_mpi.search import modules  # noqa: E402
+from lorefine_mpi.geometry import volumes  # noqa: E402
 from lorefine_mpi.validation import fsc  # noqa: E402
 
 MODULES = (("large", 1), ("small", 2))
@@ -77,7 +78,7 @@ def ceiling_map(data: Path, k: int, work: Path, box: int) -> np.ndarray:
         return mrc.read_map(path)[0]
     table = read_star(data / f"gt_module_{k}.star")
     work.mkdir(parents=True, exist_ok=True)
-    full = maps_from_halves(backproject_halves(table, np.arange(len(table)), box, use_ctf=table.has_ctf))["full"]
+    full = maps_from_halves(backproject_halves(ParticleSource(table, box, table.has_ctf), np.arange(len(table))))["full"]
     mrc.write_map(path, full, float(table.pixel_size_angstrom()[0]))
     return full
 
@@ -103,7 +104,7 @@ def module_truth(data: Path, k: int):
     """Module k's true map, mask, true poses (STAR table) and centre of mass (xyz px from the box centre)."""
     truth_map, _ = mrc.read_map(data / f"gt_module_{k}.mrc")
     mask, _ = mrc.read_map(data / f"mask_module_{k}.mrc")
-    return truth_map, mask, read_star(data / f"gt_module_{k}.star"), modules.centre_of_mass_px(truth_map, mask)
+    return truth_map, mask, read_star(data / f"gt_module_{k}.star"), volumes.centre_of_mass_px(truth_map, mask)
 
 
 def map_figures(volume, truth, mask, voxel):

@@ -19,7 +19,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from lorefine_mpi.parallel.context import ParallelContext  # noqa: E402
+from lorefine_mpi.refine.distributor import Distributor  # noqa: E402
 from lorefine_mpi.simulate.phantoms import make_phantom  # noqa: E402
 from lorefine_mpi.validation import fsc as fsc_mod  # noqa: E402
 from lorefine_mpi.validation import locres  # noqa: E402
@@ -47,7 +47,7 @@ def main():
     settings = locres.LocresSettings(args.radius, args.edge, args.step)
     support = np.clip(sum(phantom.masks), 0, 1)
     wall, cpu = time.time(), time.process_time()
-    result = locres.local_resolution(ParallelContext(None), h1, h2, voxel, settings, support=support, seed=args.seed)
+    result = locres.local_resolution(Distributor(), h1, h2, voxel, settings, support=support, seed=args.seed)
     cpu, wall = time.process_time() - cpu, time.time() - wall
     print(f"{n}³ map at {voxel:g} Å/voxel, module B-factors {args.bfactors[0]:g} and {args.bfactors[1]:g} Å², noise {args.noise:g}")
     print(f"window: flat {settings.radius_angstrom:g} Å, edge {settings.edge_angstrom:g} Å, step {settings.step_angstrom:g} Å "

@@ -33,7 +33,8 @@ from lorefine_mpi.kernels import backend  # noqa: E402
 from lorefine_mpi.projection import ctf as ctf_model  # noqa: E402
 from lorefine_mpi.projection import fourier  # noqa: E402
 from lorefine_mpi.refine.engine import search_settings  # noqa: E402
-from lorefine_mpi.search import local, modules  # noqa: E402
+from lorefine_mpi.search import local# noqa: E402
+from lorefine_mpi.geometry import volumes  # noqa: E402
 from lorefine_mpi.simulate.phantoms import make_phantom  # noqa: E402
 
 
@@ -50,7 +51,7 @@ def main():
     n, box = args.particles, args.box
     rng = np.random.default_rng(0)
     phantom = make_phantom(box, 11, n_atoms_large=1500)
-    fvol = fourier.prepare_volume(modules.recentre(phantom.module_maps[1], phantom.centres_px[1]), 2)
+    fvol = fourier.prepare_volume(volumes.recentre(phantom.module_maps[1], phantom.centres_px[1]), 2)
     centre_dir = np.array([0.3, 0.5, np.sqrt(1 - 0.34)])
     jitter = rotations.rotation_about_axis(rng.normal(size=(n, 3)), np.deg2rad(rng.uniform(0, 3, n)))
     dirs = np.einsum("nij,j->ni", jitter, centre_dir)

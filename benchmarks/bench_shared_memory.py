@@ -25,11 +25,11 @@ def measure():
     import numpy as np
     from mpi4py import MPI
 
-    from lorefine_mpi.parallel.context import ParallelContext
+    from lorefine_mpi.parallel.mpi import MPIDistributor
     from lorefine_mpi.parallel.shared import SharedArray
     from lorefine_mpi.projection import fourier
 
-    ctx = ParallelContext(MPI.COMM_WORLD)
+    ctx = MPIDistributor(MPI.COMM_WORLD)
     box = 128
     base_anon = status_kb("RssAnon")
     volume = np.random.default_rng(0).normal(size=(box, box, box)).astype(np.float32) if ctx.is_node_leader else None

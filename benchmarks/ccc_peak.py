@@ -32,7 +32,8 @@ from lorefine_mpi.io import mrc
 from lorefine_mpi.io.star import read_star
 from lorefine_mpi.projection import fourier
 from lorefine_mpi.refine.engine import search_settings
-from lorefine_mpi.search import local, modules, score
+from lorefine_mpi.search import local, score
+from lorefine_mpi.geometry import volumes
 
 
 def poses(table):
@@ -77,11 +78,11 @@ def main(argv=None):
     print(f"{args.particles} particles of {data.name}; the peak of Eq. 1 nearest the true pose, within one step ({step_deg:g}°, {step_px:g} px)")
     for index, module in enumerate(cfg.modules):
         other = 1 - index
-        centre = modules.centre_of_mass_px(consensus, masks[index])
+        centre = volumes.centre_of_mass_px(consensus, masks[index])
         mask2d = search_settings(cfg, masks[index], centre, box).mask
         a_true, o_true = truth[index][0][ids], truth[index][1][ids]
-        o_true_c = modules.recentre_origins(a_true, o_true, centre)
-        o_cons_c = modules.recentre_origins(a_cons, o_cons, centre)
+        o_true_c = volumes.recentre_origins(a_true, o_true, centre)
+        o_cons_c = volumes.recentre_origins(a_cons, o_cons, centre)
         exact_rest = fourier.project(fourier.prepare_volume(truth_maps[other], 2), truth[other][0][ids], truth[other][1][ids])
         consensus_rest = fourier.project(fourier.prepare_volume(consensus * (1 - masks[index]), 2), a_cons, o_cons)
         cases = [
@@ -90,7 +91,7 @@ def main(argv=None):
             ("consensus, rest subtract", consensus * masks[index], consensus_rest, True),
         ]
         for name, reference, rest, fit_k in cases:
-            fvol = fourier.prepare_volume(modules.recentre(reference, centre), 2)
+            fvol = fourier.prepare_volume(volumes.recentre(reference, centre), 2)
             angles, shifts = [], []
             for i in range(len(ids)):
                 k = 1.0

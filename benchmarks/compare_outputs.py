@@ -8,7 +8,7 @@
 Python), so that an older checkout's venv can make the reference folders.
 
 ``compare`` walks both folders and compares every output that does not record time or the command line:
-each MRC file's header and data, each STAR / CSV / JSON file's text (JSON: every key but timings), and
+each MRC file's header (less its text labels, where mrcfile writes the time) and data, each STAR / CSV / JSON file's text (JSON: every key but the ones that hold seconds), and
 every dataset and attribute of ``results.h5`` (attributes that hold CPU seconds or the command are left
 out). It prints one line per difference, then ``identical: N files`` or ``DIFFERENT: M of N files`` and
 exits 1 when anything differs.
@@ -29,6 +29,7 @@ import numpy as np
 
 SKIP_FILES = {"lorefine.log", "timings.json", "report.html", "config.yaml", ".lorefine.lock", "note.txt"}
 SKIP_SUFFIXES = {".png", ".html", ".log"}
+MRC_LABELS, MRC_HEADER = 224, 1024  # the ten 80-byte text labels sit at bytes 224-1023 of an MRC header
 SKIP_ATTRIBUTES = {"cpu_seconds", "command_line", "config_yaml", "search_fingerprint", "lorefine_version"}
 
 
@@ -73,6 +74,15 @@ def _same_array(a, b) -> bool:
     return bool(np.array_equal(a, b))
 
 
+def _without_times(value):
+    """A JSON value without the keys that hold seconds (``seconds``, ``*_s``)."""
+    if isinstance(value, dict):
+        return {k: _without_times(v) for k, v in value.items() if not (k == "seconds" or k.endswith("_s"))}
+    if isinstance(value, list):
+        return [_without_times(v) for v in value]
+    return value
+
+
 def compare_file(a: Path, b: Path) -> list[str]:
     if not b.exists():
         return [f"{b}: missing"]
@@ -81,8 +91,12 @@ def compare_file(a: Path, b: Path) -> list[str]:
         out = [f"{b.name}:{k}: only in one" for k in sorted(x.keys() ^ y.keys())]
         out += [f"{b.name}:{k}: differs" for k in sorted(x.keys() & y.keys()) if not _same_array(x[k], y[k])]
         return out
+    if a.suffix in (".mrc", ".mrcs"):  # the header less its labels (mrcfile writes the time there), then the data
+        x, y = a.read_bytes(), b.read_bytes()
+        same = x[:MRC_LABELS] == y[:MRC_LABELS] and x[MRC_HEADER:] == y[MRC_HEADER:]
+        return [] if same else [f"{b}: differs"]
     if a.suffix == ".json":
-        x, y = json.loads(a.read_text()), json.loads(b.read_text())
+        x, y = (_without_times(json.loads(path.read_text())) for path in (a, b))
         return [] if x == y else [f"{b}: differs"]
     return [] if a.read_bytes() == b.read_bytes() else [f"{b}: differs"]
 

@@ -25,7 +25,6 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 from scipy.special import logsumexp
 
@@ -34,6 +33,8 @@ from lorefine_mpi.geometry import rotations
 from lorefine_mpi.io import mrc
 from lorefine_mpi.io.star import read_star
 from lorefine_mpi.refine import engine as eng
+from lorefine_mpi.refine import layout
+from lorefine_mpi.refine.run import replay_stage
 from lorefine_mpi.search import local, score
 
 
@@ -42,31 +43,19 @@ def stage_search(run: Path, iteration: int, k: int, truth_map=None, rest_poses=N
     (the simulation's true complex at the consensus pose) to use instead of the run's maps, for the module's
     reference and the rest alike; the band stays the run's. rest_poses: {module index: Poses} to put the other
     modules at instead of the run's (the true module poses)."""
-    cfg = load_config(run / "config.yaml")
+    cfg = load_config(run / layout.CONFIG)
     e = eng.RefineEngine(cfg)
-    names = [m.name for m in cfg.modules]
-    last = max((int(p.name.split("_")[1]) for p in run.glob("iteration_*")), default=0) + 1  # the final iteration's maps sit in RUN/NAME
-    with h5py.File(run / "results.h5", "r") as f:
-        def poses(it, name):
-            group = f[f"iteration_{it:02d}/{name}"]
-            return eng.Poses(group["matrix"][...], group["origin_px"][...])
-
-        def module_map(it, name):
-            return mrc.read_map(run / name / "map.mrc" if it == last else run / f"iteration_{it:02d}" / name / "map.mrc")[0]
-
-        model = e.consensus if iteration == 1 else mrc.read_map(run / f"iteration_{iteration - 1:02d}" / "combined.mrc")[0]
-        before = [e.consensus_poses if iteration == 1 else poses(iteration - 1, n) for n in names]
-        maps = [module_map(iteration, n) if j < k else model for j, n in enumerate(names)]
-        now = [poses(iteration, n) if j < k else before[j] for j, n in enumerate(names)]
+    state = replay_stage(cfg, e, iteration, k, folder=run)
+    model, maps, now = state.model, state.module_maps, state.poses
     if truth_map is not None:
-        model, maps = truth_map, [truth_map] * len(names)
+        model, maps = truth_map, [truth_map] * len(cfg.modules)
     for j, given in (rest_poses or {}).items():
         now[j] = given
-    stage = [s for s in eng.stages(cfg) if s.iteration == iteration][k]
-    state = e.begin_stage(stage, model, maps, now)
-    consensus_halves = tuple(mrc.read_map(run / "consensus" / f"half{h}.mrc")[0] for h in (1, 2)) if iteration == 1 else None
+    state = e.begin_stage(state.stage, model, maps, now)
+    folder = layout.RunFolder(run, cfg.iterations)
+    consensus_halves = tuple(mrc.read_map(folder.consensus_half(h))[0] for h in (1, 2)) if iteration == 1 else None
     band_px, weights, _ = e.search_band(state, e.reference_halves(state, consensus_halves))
-    print(f"iteration {iteration}, module {names[k]}: band {band_px:.1f} px", flush=True)
+    print(f"iteration {iteration}, module {state.stage.module_name}: band {band_px:.1f} px", flush=True)
     return e.stage_search(state, band_px, weights), e
 
 
@@ -113,7 +102,7 @@ def main(argv=None):
     truth_map = mrc.read_map(args.data / "gt_whole.mrc")[0] if args.true_reference else None
     rest_poses = None
     if args.true_rest_poses:
-        n_modules = len(load_config(args.run / "config.yaml").modules)
+        n_modules = len(load_config(args.run / layout.CONFIG).modules)
         rest_poses = {j: eng.Poses(t.matrices, t.origin_px.copy()) for j in range(n_modules) if j != k
                       for t in [read_star(args.data / f"gt_module_{j + 1}.star")]}
     ss, e = stage_search(args.run, args.iteration, k, truth_map, rest_poses)

@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 
 from lorefine_mpi.io import mrc  # noqa: E402
 from lorefine_mpi.io.star import read_star  # noqa: E402
+from lorefine_mpi.projection.source import ParticleSource  # noqa: E402
 from lorefine_mpi.reconstruction.reconstruct import backproject_halves, maps_from_halves  # noqa: E402
 from lorefine_mpi.simulate.dataset import simulate, simulate_config_from_dict  # noqa: E402
 from lorefine_mpi.validation import postprocess as pp  # noqa: E402
@@ -44,7 +45,7 @@ def halves_of(star, folder, name):
     table = read_star(star)
     box = mrc.stack_shape(table.stack_path[0])[-1]
     voxel = float(table.pixel_size_angstrom()[0])
-    maps = maps_from_halves(backproject_halves(table, np.arange(len(table)), box, use_ctf=table.has_ctf))
+    maps = maps_from_halves(backproject_halves(ParticleSource(table, box, table.has_ctf), np.arange(len(table))))
     paths = []
     for h in ("half1", "half2"):
         paths.append(folder / f"{name}_{h}.mrc")

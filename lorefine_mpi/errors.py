@@ -18,7 +18,7 @@ class InputError(Exception):
 
     quiet: another process (MPI rank 0) reports the same error, so this one exits without printing it.
     collective: every rank raises it at the same point (rank 0's verdict, broadcast), so the ranks can end
-    normally together; any other InputError on one rank of many ends the job (`parallel.context`).
+    normally together; any other InputError on one rank of many ends the job (`parallel.mpi`).
     """
 
     def __init__(self, message: str, *, quiet: bool = False, collective: bool = False):

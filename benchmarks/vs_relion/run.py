@@ -37,7 +37,7 @@ from compare_groundtruth import masked_correlation  # noqa: E402
 from lorefine_mpi.geometry import rotations  # noqa: E402
 from lorefine_mpi.io import mrc  # noqa: E402
 from lorefine_mpi.io.star import parse_star, read_star, write_star  # noqa: E402
-from lorefine_mpi.search import modules  # noqa: E402
+from lorefine_mpi.geometry import volumes  # noqa: E402
 from lorefine_mpi.validation import fsc  # noqa: E402
 
 MPIRUN = ["/usr/bin/mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "3"]
@@ -152,7 +152,7 @@ def body_poses(work, data):
     consensus = read_star(data / "particles.star")
     voxel = consensus.pixel_size_angstrom()[0]
     masks = [mrc.read_map(data / f"mask_module_{k}.mrc")[0] for k in (1, 2)]
-    coms = [np.rint(modules.centre_of_mass_px(m)) for m in masks]  # RELION: the mask's centre of mass, whole px
+    coms = [np.rint(volumes.centre_of_mass_px(m)) for m in masks]  # RELION: the mask's centre of mass, whole px
     def pose_columns(block):
         columns, rows = blocks[block]
         get = lambda name: np.array([float(r[columns.index(name)]) for r in rows])  # noqa: E731

@@ -1,8 +1,8 @@
 """`lorefine check CONFIG.yaml [--continue]`: validate the config, its inputs and its output folder, without
-computing: the validation `lorefine refine` does first (`config.check.check_run`)."""
+computing: the validation `lorefine refine` does first (`refine.preflight.check_run`)."""
 
 from lorefine_mpi.config import load_config
-from lorefine_mpi.config.check import check_run
+from lorefine_mpi.refine.preflight import check_run
 
 NAME = "check"
 HELP = "validate a config, its input files (STAR, stacks, map, masks) and its output folder before a run"

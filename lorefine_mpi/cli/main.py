@@ -23,7 +23,6 @@ if any(int(os.environ.get(v, "1") or 1) > 1 for v in ("PMI_SIZE", "OMPI_COMM_WOR
 from lorefine_mpi import __version__
 from lorefine_mpi.errors import EXIT_INPUT_ERROR, EXIT_STOPPED, InputError, describe_os_error
 
-
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 

@@ -102,10 +102,10 @@ def run(args) -> int:
     paths = pp.write_outputs(out, result, f"{Path(args.half1).name}: resolution {result.resolution_angstrom:.2f} Å")
     print(describe(result))
     if args.locres:
-        from lorefine_mpi.parallel.context import ParallelContext
+        from lorefine_mpi.refine.distributor import Distributor
 
         settings = locres_mod.LocresSettings(args.locres_radius, args.locres_edge, args.locres_step)
-        local = locres_mod.local_resolution(ParallelContext(None), a, b, voxel, settings, support=mask, seed=args.seed)
+        local = locres_mod.local_resolution(Distributor(), a, b, voxel, settings, support=mask, seed=args.seed)
         paths |= {f"locres_{k}": v for k, v in locres_mod.write_outputs(out, local, result.sharpened, voxel, mask, "local resolution").items()}
         stats = locres_mod.summary(local, mask)
         if "median_angstrom" in stats:

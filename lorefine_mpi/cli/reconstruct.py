@@ -8,6 +8,7 @@ from lorefine_mpi.errors import InputError
 from lorefine_mpi.io import mrc
 from lorefine_mpi.io.files import check_new_output
 from lorefine_mpi.io.star import read_star
+from lorefine_mpi.projection.source import ParticleSource
 from lorefine_mpi.reconstruction.reconstruct import backproject_all, backproject_halves, maps_from_halves
 from lorefine_mpi.refine.progress import ProgressLog
 
@@ -39,14 +40,14 @@ def run(args) -> int:
     started = time.time()
     tracker = ProgressLog("reconstruct: back-projection", len(table))
     progress = lambda done, total: tracker.add(done - tracker.done)  # noqa: E731
-    use_ctf = table.has_ctf and not args.no_ctf
+    source = ParticleSource(table, box, use_ctf=table.has_ctf and not args.no_ctf)
     if args.half_maps:  # the two halves (rlnRandomSubset), each reconstructed once; the full map is their mean
-        maps = maps_from_halves(backproject_halves(table, np.arange(len(table)), box, use_ctf=use_ctf, padding=args.padding, progress=progress))
+        maps = maps_from_halves(backproject_halves(source, np.arange(len(table)), padding=args.padding, progress=progress))
         for h, path in halves.items():
             mrc.write_map(path, maps[h], float(pixel[0]))
         full = maps["full"]
     else:  # one reconstruction from all particles, as relion_reconstruct
-        full = backproject_all(table, np.arange(len(table)), box, use_ctf=use_ctf, padding=args.padding, progress=progress).reconstruct()
+        full = backproject_all(source, np.arange(len(table)), padding=args.padding, progress=progress).reconstruct()
     mrc.write_map(out, full, float(pixel[0]))
     print(f"lorefine reconstruct: wrote {out} from {len(table)} particles ({time.time() - started:.1f} s)")
     return 0

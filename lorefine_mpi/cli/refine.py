@@ -3,10 +3,10 @@
 import logging
 import shlex
 import sys
-from pathlib import Path
 
 from lorefine_mpi.config import load_config
 from lorefine_mpi.errors import InputError
+from lorefine_mpi.refine import layout
 
 NAME = "refine"
 HELP = "LO-refinement of the modules in CONFIG (run it under mpiexec/srun for many ranks)"
@@ -22,26 +22,30 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from lorefine_mpi.parallel.context import ParallelContext, world_communicator
-    from lorefine_mpi.parallel.driver import Driver
+    from lorefine_mpi.parallel.mpi import distributor
+    from lorefine_mpi.refine.recorder import Recorder
+    from lorefine_mpi.refine.run import refine
+    from lorefine_mpi.report.html import write_report
 
-    ctx = ParallelContext(world_communicator())
-    ctx.check_slurm()
+    dist = distributor()  # one process without an MPI launcher (mpi4py is then never imported), MPI's under one
+    dist.check_slurm()
     root_logger = logging.getLogger()
-    if not ctx.is_root:
+    if not dist.is_root:
         root_logger.setLevel(logging.WARNING)
     for handler in root_logger.handlers:
-        handler.setFormatter(ctx.log_formatter())
+        handler.setFormatter(dist.log_formatter())
     resume = f"lorefine refine {args.config} --continue"
     stopped = f"lorefine: stopped at once; finished work is saved. Resume with: {resume}"
-    with ctx.signal_handlers(), ctx.guard(stopped, f"; finished work is saved, once this is fixed resume with: {resume}"):
+    with dist.signal_handlers(), dist.guard(stopped, f"; finished work is saved, once this is fixed resume with: {resume}"):
         cfg, error = None, None
         try:
             cfg = load_config(args.config)
         except InputError as e:
             error = e
-        if cfg is not None and args.resume == "yes" and not (Path(cfg.output) / "results.h5").exists():
-            error = InputError(f"--continue: no checkpoint {Path(cfg.output) / 'results.h5'} to resume "
+        checkpoint = None if cfg is None else layout.RunFolder.of(cfg).results
+        if cfg is not None and args.resume == "yes" and not checkpoint.exists():
+            error = InputError(f"--continue: no checkpoint {checkpoint} to resume "
                                "(start without --continue, or use --continue auto)")
-        ctx.agree_on_error(error)  # every rank reads the config; the message is printed once
-        return Driver(cfg, ctx, command_line=shlex.join(sys.argv), resume=args.resume != "no").run()
+        dist.agree_on_error(error)  # every rank reads the config; the message is printed once
+        recorder = Recorder(cfg, dist, command_line=shlex.join(sys.argv), resume=args.resume != "no")
+        return refine(cfg, dist, recorder, write_report)

@@ -18,7 +18,6 @@ import yaml
 
 from lorefine_mpi.errors import InputError
 
-
 # the `search` keys a module may set for itself (None: the global value)
 MODULE_SEARCH_KEYS = ("cone_half_angle_deg", "psi_half_range_deg", "max_shift_px", "prior_sigma_deg", "prior_sigma_px")
 
@@ -98,7 +97,7 @@ class SubtractedConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PostprocessConfig:
-    """What `lorefine refine` does after its last iteration (`report.finish`); not in the checkpoint's
+    """What `lorefine refine` does after its last iteration (`refine.finish`); not in the checkpoint's
     fingerprint: a resume may change it."""
 
     enabled: bool = True

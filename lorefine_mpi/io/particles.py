@@ -13,7 +13,6 @@ import dataclasses
 import numpy as np
 
 
-
 @dataclasses.dataclass
 class OpticsGroup:
     """One row of RELION's data_optics table, in internal units."""

@@ -25,7 +25,7 @@ Schema (h5py; written by rank 0 only)
                          search's pose with the stage's mean motion taken out; written when the stage
                          completes (recomputed from the search's poses on every run, so a kill while it is
                          written loses nothing)
-    /motion/                         written once after the last iteration (`report.finish`; replaced by a rerun):
+    /motion/                         written once after the last iteration (`refine.finish`; replaced by a rerun):
         the modules' motion per particle (`validation.motion`), complex frame, STAR order
         attrs: module_names, pairs, feature_names (JSON), centres_px (K, 3) xyz px from the box centre
         rotation_deg (K, n, 3) float64     each module's rotation vector (deg) away from its consensus pose
@@ -64,6 +64,11 @@ POSE_FIELDS = {"matrix": ((3, 3), np.float64), "origin_px": ((2,), np.float64)}
 # 2: search_matrix/search_origin_px plus the final matrix/origin_px (mean motion); files without the
 # attribute are format 1 (matrix/origin_px were the search's own poses)
 CHECKPOINT_FORMAT = 2
+
+
+def stage_name(iteration: int, module: str) -> str:
+    """The group of a stage (one iteration's search of one module): ``iteration_01/large``."""
+    return f"iteration_{iteration:02d}/{module}"
 
 
 def _write_rows(dataset, rows, values) -> None:
@@ -265,14 +270,57 @@ class ResultsFile:
         self.file[name].attrs[attr] = 1
         self.file.flush()
 
-    def is_marked(self, name: str, attr: str) -> bool:
-        return name in self.file and bool(self.file[name].attrs.get(attr, 0))
-
     def close(self) -> None:
         if self.file:
             self._open_stage, self._datasets = None, {}
             self.file.close()
             self.file = None
+
+
+def run_record(path) -> dict:
+    """The root record of a finished or running ``results.h5``: {'lorefine_version', 'command_line'} ({} when it
+    cannot be read)."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return {key: str(f.attrs.get(key, "?")) for key in ("lorefine_version", "command_line")}
+    except OSError:
+        return {}
+
+
+def stage_cpu_seconds(path) -> dict:
+    """{stage: {part: CPU seconds summed over ranks}} from the ``cpu_seconds`` attribute of every stage ({} when the
+    file cannot be read)."""
+    found = {}
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            for iteration in sorted(k for k in f if k.startswith("iteration_")):
+                for module, group in f[iteration].items():
+                    if isinstance(group, h5py.Group) and "cpu_seconds" in group.attrs:
+                        found[f"{iteration}/{module}"] = json.loads(group.attrs["cpu_seconds"])
+    except (OSError, ValueError):
+        return {}
+    return found
+
+
+def has_root_flag(path, attr: str) -> bool:
+    """Whether the root flag ``attr`` of ``results.h5`` is set (False when the file cannot be read)."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return bool(f.attrs.get(attr, 0))
+    except OSError:
+        return False
+
+
+def read_final_stage(path, stage: str) -> dict:
+    """A reconstructed stage's final poses and fitted rest scale: {'matrix', 'origin_px', 'rest_scale'}; InputError
+    when the file is missing or the stage is not finished."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path.parent}: no {path.name}; expected the output folder of a lorefine refine run")
+    with h5py.File(path, "r", locking=False) as f:
+        if stage not in f or not f[stage].attrs.get("reconstructed", 0):
+            raise InputError(f"{path}: {stage} is not finished; finish the run with lorefine refine --continue")
+        return {k: f[stage][k][...] for k in ("matrix", "origin_px", "rest_scale")}
 
 
 def write_motion(path, analysis) -> None:

@@ -197,6 +197,58 @@ class RunLock:
                 self.path.unlink(missing_ok=True)
 
 
+class LockRefresher:
+    """A daemon thread that refreshes a `RunLock` (``.lock``, set once taken) every ``min(10 s, timeout_s / 5)``
+    while the run goes on; use as a context manager around the run. When the lock was lost (another run took the
+    folder over) it calls ``on_lost(error)`` (default: stop refreshing; the next `RunLock.verify` before a write
+    stops the run). A passing file-system error is logged and tried again. Subclasses add their own work to each
+    turn of the thread (`tick`; `parallel.watchdog.Watchdog`)."""
+
+    def __init__(self, timeout_s: float, on_lost=None):
+        self.timeout_s = float(timeout_s)
+        self.interval_s = min(10.0, self.timeout_s / 5.0)
+        self.on_lost = on_lost
+        self.lock = None
+        self._stop = threading.Event()
+        self._thread = None
+        self._next_refresh = None
+
+    def __enter__(self):
+        self._next_refresh = time.monotonic() + self.interval_s
+        self._thread = threading.Thread(target=self._loop, name="lorefine-watchdog", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        return False
+
+    def _loop(self) -> None:
+        while not self._stop.wait(min(0.5, self.interval_s / 4.0)):
+            self.tick(time.monotonic())
+        self.finish()
+
+    def tick(self, now: float) -> None:
+        """One turn of the thread: refresh the lock when it is set and due."""
+        lock = self.lock
+        if lock is None or now < self._next_refresh:
+            return
+        self._next_refresh = now + self.interval_s
+        try:
+            lock.refresh()
+        except InputError as error:  # another run took the folder over
+            self.lock = None
+            if self.on_lost is not None:
+                self.on_lost(error)
+        except OSError as error:  # a passing file-system hiccup: try again next time
+            log.warning("could not refresh %s: %s", lock.path, error)
+
+    def finish(self) -> None:
+        """The thread's last act (nothing here)."""
+
+
 RECENT_S = 60.0  # a holder refreshes its lock every 10 s at most: older than this, `current` does not call it live
 
 

@@ -4,7 +4,7 @@ Rank 0 (the master) also computes: between units it answers requests (``Iprobe``
 keeps one unit queued ahead (it asks twice at the start, and each result it returns asks for one
 more), so the master's own work never leaves a worker idle. Only unit numbers go out and small result
 arrays come back; workers read their images themselves. The master records every finished unit
-(``record``) as it arrives. With one rank the master works through the units alone.
+(``record``) as it arrives. (One process works through the units alone: `refine.distributor.Distributor`.)
 
 A stop request (SIGTERM/SIGUSR1/SIGINT on any rank) ends the hand-out: units in flight finish and are
 recorded, then every rank returns ``False`` (not all units done).
@@ -26,27 +26,15 @@ _STOP = -1
 
 
 def run_units(ctx, pending, process, record, log=None) -> bool:
-    """Process every unit in ``pending`` (ascending unit numbers) with ``process(unit) -> result``;
-    ``record(unit, result)`` runs on rank 0 for each. Returns True when all were done (on every rank)."""
+    """Process every unit in ``pending`` (ascending unit numbers) with ``process(unit) -> result`` on two ranks or
+    more (ctx: the `parallel.mpi.MPIDistributor`); ``record(unit, result)`` runs on rank 0 for each. Returns True
+    when all were done (on every rank)."""
     pending = list(pending)
-    if ctx.size == 1:
-        return _serial(ctx, pending, process, record, log)
     if ctx.is_root:
         finished = _master(ctx, pending, process, record, log)
     else:
         finished = _worker(ctx, process)
     return bool(ctx.bcast(finished))
-
-
-def _serial(ctx, pending, process, record, log):
-    total = len(pending)
-    for count, unit in enumerate(pending, 1):
-        if ctx.stop_requested:
-            return False
-        record(unit, process(unit))
-        if log:
-            log(count, total)
-    return True
 
 
 def _master(ctx, pending, process, record, log):

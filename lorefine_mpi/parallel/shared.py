@@ -36,23 +36,3 @@ class SharedArray:
             self.window.Free()
             self.window = None
         self.array = None
-
-
-class SharedArena:
-    """The allocator of `refine.engine`: ``allocate(shape, dtype, fill) -> array`` gives a node-shared,
-    read-only array (a plain one in one process); `free_all` releases every array allocated so far.
-    Every rank of a node must allocate the same arrays in the same order (the windows are collective)."""
-
-    def __init__(self, ctx):
-        self.ctx = ctx
-        self.held = []
-
-    def allocate(self, shape, dtype, fill) -> np.ndarray:
-        shared = SharedArray(self.ctx, shape, dtype, fill)
-        self.held.append(shared)
-        return shared.array
-
-    def free_all(self) -> None:
-        for shared in self.held:
-            shared.free()
-        self.held = []

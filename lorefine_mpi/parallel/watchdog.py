@@ -13,17 +13,17 @@ MPI call (numpy, BLAS, FFTs and mpi4py release the GIL). A process that was itse
 SIGCONT) forgives the silence of the others over that time. The thread needs MPI_THREAD_MULTIPLE; with a
 lower thread level (some MPI builds) stall detection is off and a warning says so.
 
-The watchdog of rank 0 (or of the one process) also refreshes the output folder's lock (`io.runlock`),
-so that another run can tell a live holder from a dead one.
+The watchdog of rank 0 also refreshes the output folder's lock (`io.runlock.LockRefresher`, what one process
+runs alone), so that another run can tell a live holder from a dead one; a lost lock ends the job.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
-from lorefine_mpi.errors import EXIT_INPUT_ERROR, EXIT_STOPPED, InputError
+from lorefine_mpi.errors import EXIT_INPUT_ERROR, EXIT_STOPPED
+from lorefine_mpi.io.runlock import LockRefresher
 
 log = logging.getLogger(__name__)
 
@@ -31,82 +31,65 @@ _TAG = 1
 REPORT_DELAY_PER_RANK_S = 1.0  # rank r > 0 waits (r − 1) × this (at most 10 ×) longer for rank 0 to speak
 
 
-class Watchdog:
+class Watchdog(LockRefresher):
     """A daemon thread per rank; use as a context manager around the run.
 
-    ctx: the `ParallelContext`. timeout_s: silence that ends the job. stalled_line(rank, seconds) -> str:
-    the line to print. lock: an `io.runlock.RunLock` to refresh (rank 0), or None; may be set later.
+    dist: the `parallel.mpi.MPIDistributor`. timeout_s: silence that ends the job. stalled_line(rank, seconds) -> str:
+    the line to print. ``lock``: an `io.runlock.RunLock` to refresh (rank 0), set once taken; losing it ends the job.
     """
 
-    def __init__(self, ctx, timeout_s: float, stalled_line, lock=None):
-        self.ctx, self.timeout_s, self.stalled_line, self.lock = ctx, float(timeout_s), stalled_line, lock
-        self.interval_s = min(10.0, self.timeout_s / 5.0)
-        self._stop = threading.Event()
-        self._thread = None
+    def __init__(self, dist, timeout_s: float, stalled_line):
+        lost = None if dist.size == 1 else (lambda error: dist.end_job(EXIT_INPUT_ERROR, f"lorefine: error: {error}"))
+        super().__init__(timeout_s, on_lost=lost)  # one process: its next write checks the lock and stops
+        self.dist, self.stalled_line = dist, stalled_line
         self.comm = None
         self.peers = []
-        if ctx.comm is not None and ctx.size > 1:
+        if dist.size > 1:
             from mpi4py import MPI
 
             if MPI.Query_thread() >= MPI.THREAD_MULTIPLE:
-                self.comm = ctx.comm.Dup()  # collective: every rank builds its watchdog at the same point
-                self.peers = list(range(1, ctx.size)) if ctx.is_root else [0]
-            elif ctx.is_root:
+                self.comm = dist.comm.Dup()  # collective: every rank builds its watchdog at the same point
+                self.peers = list(range(1, dist.size)) if dist.is_root else [0]
+            elif dist.is_root:
                 log.warning("stall detection is off: the MPI library gives thread level %d, not MPI_THREAD_MULTIPLE", MPI.Query_thread())
+        self._last_loop = None
+        self._last_seen = {}
+        self._next_beat = None
+        self._sends = {}  # peer -> its last heartbeat's request
 
     def __enter__(self):
-        self._thread = threading.Thread(target=self._loop, name="lorefine-watchdog", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        return False
+        now = time.monotonic()
+        self._last_loop, self._next_beat = now, now
+        self._last_seen = {p: now for p in self.peers}
+        return super().__enter__()
 
     def _allowed_silence(self, peer: int) -> float:
-        if self.ctx.is_root:
+        if self.dist.is_root:
             return self.timeout_s
-        return self.timeout_s + min(self.ctx.rank - 1, 10) * REPORT_DELAY_PER_RANK_S
+        return self.timeout_s + min(self.dist.rank - 1, 10) * REPORT_DELAY_PER_RANK_S
 
-    def _loop(self) -> None:
-        poll = min(0.5, self.interval_s / 4.0)
-        now = time.monotonic()
-        last_seen = {p: now for p in self.peers}
-        last_loop, next_beat, next_refresh = now, now, now + self.interval_s
-        sends = {}  # peer -> its last heartbeat's request
-        while not self._stop.wait(poll):
-            now = time.monotonic()
-            if now - last_loop > min(self.timeout_s / 2.0, 5 * self.interval_s):
-                last_seen = {p: now for p in self.peers}  # this process was suspended: it cannot judge the others
-            last_loop = now
-            if self.comm is not None:
-                if now >= next_beat:
-                    for peer in self.peers:  # a peer that does not take its heartbeats gets no more queued
-                        if peer not in sends or sends[peer].Test():
-                            sends[peer] = self.comm.isend(None, dest=peer, tag=_TAG)
-                    next_beat = now + self.interval_s
-                for peer in self._received():
-                    last_seen[peer] = time.monotonic()
-                for peer, seen in last_seen.items():
-                    silent = time.monotonic() - seen
-                    if silent > self._allowed_silence(peer):
-                        self.ctx.end_job(EXIT_STOPPED, self.stalled_line(peer, self.timeout_s))
-            lock = self.lock
-            if lock is not None and now >= next_refresh:
-                next_refresh = now + self.interval_s
-                try:
-                    lock.refresh()
-                except InputError as error:  # another run took the folder over
-                    if self.comm is None and self.ctx.size == 1:
-                        self.lock = None  # one process: its next write checks the lock and stops with this error
-                        continue
-                    self.ctx.end_job(EXIT_INPUT_ERROR, f"lorefine: error: {error}")
-                except OSError as error:  # a passing file-system hiccup: try again next time
-                    log.warning("could not refresh %s: %s", lock.path, error)
+    def tick(self, now: float) -> None:
+        """Heartbeats out, heartbeats in, a silent peer ends the job; then the lock's refresh."""
+        if now - self._last_loop > min(self.timeout_s / 2.0, 5 * self.interval_s):
+            self._last_seen = {p: now for p in self.peers}  # this process was suspended: it cannot judge the others
+        self._last_loop = now
+        if self.comm is not None:
+            if now >= self._next_beat:
+                for peer in self.peers:  # a peer that does not take its heartbeats gets no more queued
+                    if peer not in self._sends or self._sends[peer].Test():
+                        self._sends[peer] = self.comm.isend(None, dest=peer, tag=_TAG)
+                self._next_beat = now + self.interval_s
+            for peer in self._received():
+                self._last_seen[peer] = time.monotonic()
+            for peer, seen in self._last_seen.items():
+                silent = time.monotonic() - seen
+                if silent > self._allowed_silence(peer):
+                    self.dist.end_job(EXIT_STOPPED, self.stalled_line(peer, self.timeout_s))
+        super().tick(now)
+
+    def finish(self) -> None:
         deadline = time.monotonic() + 1.0  # let the last heartbeats complete (they are small: sent at once)
-        for request in sends.values():
+        for request in self._sends.values():
             while not request.Test() and time.monotonic() < deadline:
                 time.sleep(0.01)
 

@@ -6,9 +6,6 @@ import logging
 
 import numpy as np
 
-from lorefine_mpi.io import mrc
-from lorefine_mpi.projection import ctf as ctf_model
-from lorefine_mpi.projection import fourier
 from lorefine_mpi.reconstruction.backproject import BackProjector
 
 log = logging.getLogger(__name__)
@@ -23,41 +20,37 @@ def half_subsets(table, seed: int = 0) -> np.ndarray:
     return subset
 
 
-def backproject_halves(table, indices, box, *, use_ctf: bool, padding: int = 2, subset=None, matrices=None,
-                       origin_px=None, reader=None, batch: int = 256, progress=None, into=None):
-    """Two BackProjectors (half 1, half 2) holding the particles ``indices`` (poses from the table unless
-    given), added to the pair ``into`` when given."""
-    subset = half_subsets(table) if subset is None else subset
-    return _backproject(table, indices, box, subset - 1, 2, use_ctf, padding, matrices, origin_px, reader, batch, progress, into)
+def backproject_halves(source, indices, *, padding: int = 2, subset=None, matrices=None, origin_px=None, batch: int = 256,
+                       progress=None, into=None):
+    """Two BackProjectors (half 1, half 2) holding the particles ``indices`` of a `projection.source.ParticleSource`
+    (poses from its table unless given), added to the pair ``into`` when given."""
+    subset = half_subsets(source.table) if subset is None else subset
+    return _backproject(source, indices, subset - 1, 2, padding, matrices, origin_px, batch, progress, into)
 
 
-def backproject_all(table, indices, box, *, use_ctf: bool, padding: int = 2, matrices=None, origin_px=None, reader=None,
-                    batch: int = 256, progress=None) -> BackProjector:
-    """One BackProjector holding the particles ``indices`` (poses from the table unless given)."""
-    group = np.zeros(len(table), dtype=np.int64)
-    return _backproject(table, indices, box, group, 1, use_ctf, padding, matrices, origin_px, reader, batch, progress, None)[0]
+def backproject_all(source, indices, *, padding: int = 2, matrices=None, origin_px=None, batch: int = 256, progress=None) -> BackProjector:
+    """One BackProjector holding the particles ``indices`` of a source (poses from its table unless given)."""
+    group = np.zeros(len(source), dtype=np.int64)
+    return _backproject(source, indices, group, 1, padding, matrices, origin_px, batch, progress, None)[0]
 
 
-def _backproject(table, indices, box, group, n_groups, use_ctf, padding, matrices, origin_px, reader, batch, progress, into):
+def _backproject(source, indices, group, n_groups, padding, matrices, origin_px, batch, progress, into):
     """``n_groups`` BackProjectors (``into``, or new ones); particle i goes into accumulator ``group[i]``."""
+    table = source.table
     matrices = table.matrices if matrices is None else matrices
     origin_px = table.origin_px if origin_px is None else origin_px
-    accumulators = list(into) if into is not None else [BackProjector(box, padding) for _ in range(n_groups)]
-    own = reader is None
-    reader = reader or mrc.StackReader()
+    accumulators = list(into) if into is not None else [BackProjector(source.box, padding) for _ in range(n_groups)]
     indices = np.asarray(indices)
     for start in range(0, len(indices), batch):
         ids = indices[start : start + batch]
-        images_ft = fourier.to_fourier(mrc.read_images(table, ids, reader))
-        ctf = ctf_model.ctf_for_table(table, ids, box) if use_ctf else None
+        images_ft = source.spectra(ids)
+        ctf = source.ctf(ids)
         for g, bp in enumerate(accumulators):
             rows = np.nonzero(group[ids] == g)[0]
             if len(rows):
                 bp.insert(images_ft[rows], matrices[ids[rows]], None if ctf is None else ctf[rows], origin_px[ids[rows]])
         if progress:
             progress(min(start + batch, len(indices)), len(indices))
-    if own:
-        reader.close()
     return accumulators
 
 
@@ -75,7 +68,7 @@ def with_full(half1, half2) -> dict:
 
 def summed_half_maps(ctx, halves, weight_floor: float = 1e-3, gridding_iterations: int = 10):
     """The half maps of accumulators (half 1, half 2) that every rank filled with its own particles, summed over
-    the ranks (collective; ctx a `parallel.context.ParallelContext`): half h is summed onto rank h − 1 (modulo the ranks),
+    the ranks (collective; ctx the run's `refine.distributor.Distributor`): half h is summed onto rank h − 1 (modulo the ranks),
     which reconstructs it, so with two ranks or more the two halves are reconstructed at once (as relion_refine_mpi
     does); (half1, half2) on rank 0, None elsewhere. The same maps on any number of ranks when the accumulators'
     sums are exact (`refine.engine.ExactSum`)."""

@@ -1,5 +1,5 @@
 """The stages of a LO-refinement run, computed with no communicator: the same code serves one process
-and every MPI rank (`parallel.driver` decides who computes what and gathers the results).
+and every MPI rank (`refine.run` decides who computes what, through its distributor, and gathers the results).
 
 A run is a sequence of *stages*, one per (iteration, module):
     1. split (`begin_stage`): module map ``V·M``, recentred so its centre of mass is at the box centre;
@@ -35,16 +35,15 @@ from pathlib import Path
 
 import numpy as np
 
-from lorefine_mpi.geometry import candidates, rotations
+from lorefine_mpi.geometry import candidates, rotations, volumes
 from lorefine_mpi.io import mrc
 from lorefine_mpi.io.star import read_star, relative_image_names, write_star
-from lorefine_mpi.parallel import partition
-from lorefine_mpi.projection import ctf as ctf_model
 from lorefine_mpi.projection import fourier
+from lorefine_mpi.projection.source import ParticleSource
 from lorefine_mpi.reconstruction.backproject import BackProjector
 from lorefine_mpi.reconstruction.reconstruct import backproject_halves, half_subsets, with_full
-from lorefine_mpi.refine import layout
-from lorefine_mpi.search import band, local, modules, prior
+from lorefine_mpi.refine import layout, partition
+from lorefine_mpi.search import band, local, prior
 from lorefine_mpi.validation import fsc as fsc_mod
 
 log = logging.getLogger(__name__)
@@ -70,6 +69,11 @@ def learned_prior(search) -> tuple[bool, bool]:
     return search.prior_sigma_deg == "auto", search.prior_sigma_px == "auto"
 
 
+def uses_ctf(cfg, table) -> bool:
+    """Whether the run's scores and maps use the particles' CTFs (``score.ctf``: auto = when the STAR file has them)."""
+    return table.has_ctf if cfg.score.ctf == "auto" else bool(cfg.score.ctf)
+
+
 PRIOR_SAMPLE = 300  # particles whose flat-prior scores teach each stage the prior's widths
 PRIOR_CLASS_SPACING_DEG = 7.5
 PILOT_KEEP_BYTES = 256 * 2**20  # the pilot's score cubes kept for the stage's own (simultaneous) search
@@ -79,7 +83,7 @@ def search_settings(cfg, module_mask, centre_px, box, band_radius_px=None, modul
     """The search of a module: ``cfg.search`` with the module's own values (`ModuleConfig.search`) in place
     (a learned prior's widths are set once learned, `StageSearch.use_prior`)."""
     s = cfg.search if module is None else module.search(cfg.search)
-    diameter = s.mask_diameter_px or modules.auto_mask_diameter_px(module_mask, centre_px, box, s.max_shift_px)
+    diameter = s.mask_diameter_px or volumes.auto_mask_diameter_px(module_mask, centre_px, box, s.max_shift_px)
     step = int(s.shift_step_px)
     prior_rad, prior_px = prior_sigmas(s)
     return local.SearchSettings(
@@ -92,7 +96,7 @@ def search_settings(cfg, module_mask, centre_px, box, band_radius_px=None, modul
         max_shift_steps=int(np.floor(s.max_shift_px / step + 1e-9)),
         shift_step_px=step,
         n_random_angles=s.n_random_angles,
-        mask=modules.circular_mask(box, diameter),
+        mask=volumes.circular_mask(box, diameter),
         angle_refinement=s.angle_refinement,
         prior_sigma_rad=prior_rad,
         prior_sigma_px=prior_px,
@@ -170,23 +174,12 @@ class ExactSum:
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    """One (iteration, module) of the run. name: its group in results.h5 (``iteration_01/large``);
-    folder: where its outputs go, relative to the output folder (``large`` or ``iteration_01/large``)."""
+    """One (iteration, module) of the run. name: its group in results.h5 (``iteration_01/large``)."""
 
     name: str
     iteration: int
     index: int
     module_name: str
-    folder: str
-
-
-def stages(cfg) -> list[Stage]:
-    """The run's stages in order."""
-    return [
-        Stage(f"iteration_{it:02d}/{m.name}", it, index, m.name, layout.module_folder(cfg, it, m.name))
-        for it in range(1, cfg.iterations + 1)
-        for index, m in enumerate(cfg.modules)
-    ]
 
 
 @dataclasses.dataclass
@@ -213,14 +206,14 @@ class RefineEngine:
         self.cfg = cfg
         self.allocate = allocate
         self._accumulators = None  # the half-map accumulators, reused by every stage (`accumulators`)
-        self.out = Path(cfg.output)
+        self.folder = layout.RunFolder.of(cfg)
         self.table = read_star(cfg.particles, cfg.project_dir)
         self.consensus, self.voxel = mrc.read_map(cfg.consensus_map)
         self.box = self.consensus.shape[0]
         self.masks = [np.ones_like(self.consensus) if m.mask is None else np.clip(mrc.read_map(m.mask)[0], 0, 1) for m in cfg.modules]
-        self.use_ctf = self.table.has_ctf if cfg.score.ctf == "auto" else bool(cfg.score.ctf)
+        self.use_ctf = uses_ctf(cfg, self.table)
         self.directions = candidates.direction_grid(np.deg2rad(cfg.search.angular_step_deg))
-        self.reader = mrc.StackReader()
+        self.source = ParticleSource(self.table, self.box, self.use_ctf)
         self.consensus_poses = Poses(self.table.matrices, self.table.origin_px.copy())
         self.subset = half_subsets(self.table, cfg.seed)
         self.n = len(self.table)
@@ -228,7 +221,7 @@ class RefineEngine:
     # -- split ----------------------------------------------------------------------------------
     def begin_stage(self, stage: Stage, model, module_maps, poses) -> StageState:
         own = self.cfg.modules[stage.index].centre_px  # the module's rotation centre: its centre of mass unless set
-        centre = modules.centre_of_mass_px(model, self.masks[stage.index]) if own is None else np.asarray(own, dtype=np.float64)
+        centre = volumes.centre_of_mass_px(model, self.masks[stage.index]) if own is None else np.asarray(own, dtype=np.float64)
         return StageState(stage, centre, poses[stage.index], model, list(module_maps), list(poses))
 
     def work_units(self, prelim: Poses) -> np.ndarray:
@@ -241,7 +234,7 @@ class RefineEngine:
         """[(volume, Poses)] of what is not the target module, for the scores that need it: every other
         module j as ``module_maps[j] · M_j`` at ``poses[j]``, and the model outside all masks at the consensus poses."""
         index = state.stage.index
-        if self.cfg.score.mode not in ("subtract", "composite") or self.cfg.modules[index].mask is None:
+        if self.cfg.modules[index].mask is None:
             return []
         if all(p is self.consensus_poses for p in state.poses):
             return [(state.model * (1.0 - self.masks[index]), self.consensus_poses)]
@@ -270,15 +263,15 @@ class RefineEngine:
         cfg, box, index = self.cfg, self.box, state.stage.index
         prelim, centre = state.prelim, state.centre_px
         ids = sample_particles(self.n, cfg.seed)
-        images = fourier.to_fourier(mrc.read_images(self.table, ids, self.reader))
-        origin = modules.recentre_origins(prelim.matrices[ids], prelim.origin_px[ids], centre)
-        ctf = ctf_model.ctf_for_table(self.table, ids, box) if self.use_ctf else None
+        images = self.source.spectra(ids)
+        origin = volumes.recentre_origins(prelim.matrices[ids], prelim.origin_px[ids], centre)
+        ctf = self.source.ctf(ids)
         references = np.zeros_like(images)
         # each half's images against the other half's map; without half maps (a band given), the stage's reference
         pairs = zip((1, 2), reference_halves[::-1]) if reference_halves is not None else [(None, state.model)]
         for half, other in pairs:
             rows = np.arange(len(ids)) if half is None else np.nonzero(self.subset[ids] == half)[0]
-            fvol = fourier.prepare_volume(modules.recentre(other * self.masks[index], centre), cfg.reconstruction.padding)
+            fvol = fourier.prepare_volume(volumes.recentre(other * self.masks[index], centre), cfg.reconstruction.padding)
             references[rows] = fourier.project(fvol, prelim.matrices[ids[rows]], origin[rows], ctf=None if ctf is None else ctf[rows])
         frc, samples = band.fourier_ring_correlation(images, references, box)
         weights = band.whitening_weights(images, references, box)
@@ -292,14 +285,14 @@ class RefineEngine:
         iteration = state.stage.iteration
         if iteration == 1:
             return consensus_halves
-        folder = self.out / layout.module_folder(self.cfg, iteration - 1, state.stage.module_name)
-        return tuple(mrc.read_map(folder / f"half{h}.mrc")[0] for h in (1, 2))
+        folder = self.folder.module_folder(state.stage.module_name, iteration - 1)
+        return tuple(mrc.read_map(folder.half(h))[0] for h in (1, 2))
 
     def stage_search(self, state: StageState, band_radius_px=None, spectral_weight=None) -> "StageSearch":
         """The stage's searcher: its reference volumes (up to the band) allocated (collectively under MPI)
         and its settings."""
         index = state.stage.index
-        module_fvol = self._fourier_volume(modules.recentre(state.model * self.masks[index], state.centre_px), band_radius_px)
+        module_fvol = self._fourier_volume(volumes.recentre(state.model * self.masks[index], state.centre_px), band_radius_px)
         rest = [(self._fourier_volume(volume, band_radius_px), rest_poses) for volume, rest_poses in self.rest_components(state)]
         settings = search_settings(self.cfg, self.masks[index], state.centre_px, self.box, band_radius_px, self.cfg.modules[index],
                                    spectral_weight)
@@ -314,22 +307,13 @@ class RefineEngine:
         rotation_deg, shift_px = np.zeros(3), np.zeros(3)
         if self.cfg.search.mean_motion == "remove":
             reference = self.consensus_poses
-            matrices, origin_px, motion = modules.remove_mean_motion(
+            matrices, origin_px, motion = volumes.remove_mean_motion(
                 matrices, origin_px, reference.matrices, reference.origin_px, state.centre_px
             )
             rotation_deg, shift_px = np.rad2deg(rotations.rotation_vector(motion.rotation)), motion.shift_px
             log.info("%s: mean motion relative to the consensus taken out: %.3f° rotation, %.3f px shift",
                      state.stage.name, np.rad2deg(motion.angle_rad), np.linalg.norm(shift_px))
         return Poses(matrices, origin_px), rotation_deg, shift_px
-
-    def _ctf(self, ids):
-        if not self.use_ctf:
-            return None
-        return lambda rows, extra: ctf_model.ctf_for_table(self.table, ids[rows], self.box, extra)
-
-    def read_images_ft(self, ids) -> np.ndarray:
-        """The particles' images (p, N, N//2+1) complex64 (NaN/Inf refused with the image named)."""
-        return fourier.to_fourier(mrc.read_images(self.table, ids, self.reader))
 
     # -- reconstruction -------------------------------------------------------------------------
     def exact_sum(self, image_bound: float, ctf_bound: float) -> ExactSum:
@@ -339,28 +323,12 @@ class RefineEngine:
 
     def image_bounds(self, ids) -> tuple[float, float]:
         """(max L1 norm of the images, max |CTF|) over the particles ``ids`` (0, 0 for none)."""
-        l1 = 0.0
-        for start in range(0, len(ids), BLOCK_MAX):
-            images = mrc.read_images(self.table, ids[start : start + BLOCK_MAX], self.reader)
-            l1 = max(l1, float(np.abs(images, dtype=np.float64).sum(axis=(1, 2)).max()))
-        return l1, self.ctf_bound(ids)
-
-    def ctf_bound(self, ids) -> float:
-        """An upper bound of |CTF| over the particles ``ids``: |scale| · the B-factor envelope's largest value."""
-        if not len(ids):
-            return 0.0
-        if not self.use_ctf:
-            return 1.0
-        t = self.table
-        apix = t.pixel_size_angstrom()[ids]
-        k2_max = 0.5 / apix**2  # the corner of the image, (√2 / (2 · pixel))²
-        envelope = np.exp(np.maximum(-t.ctf_bfactor_angstrom2[ids] * k2_max / 4.0, 0.0))
-        return float((np.abs(t.ctf_scale[ids]) * envelope).max() * (1 + 1e-6))
+        return self.source.l1_bound(ids, BLOCK_MAX), self.source.ctf_bound(ids)
 
     def reconstruction_poses(self, state: StageState, poses: Poses) -> Poses:
         """The refined poses in the module's recentred frame, where it is rebuilt (sharper: the centre
         tolerates angular error best; `write_module` moves the maps back to overlay the consensus map)."""
-        return Poses(poses.matrices, modules.recentre_origins(poses.matrices, poses.origin_px, state.centre_px))
+        return Poses(poses.matrices, volumes.recentre_origins(poses.matrices, poses.origin_px, state.centre_px))
 
     def accumulators(self, exact: ExactSum) -> list:
         """An empty pair of half-map accumulators (half 1, half 2) on ``exact``'s grid: the same arrays for
@@ -378,36 +346,34 @@ class RefineEngine:
     def backproject(self, centred: Poses, ids, halves) -> None:
         """Add the particles ``ids`` (any batch: the terms are on the exact-sum grid, so the grouping does not
         matter) at the poses ``centred`` (`reconstruction_poses`) to the pair ``halves`` (`accumulators`)."""
-        backproject_halves(
-            self.table, ids, self.box, use_ctf=self.use_ctf, padding=self.cfg.reconstruction.padding, subset=self.subset,
-            matrices=centred.matrices, origin_px=centred.origin_px, reader=self.reader, batch=BLOCK_MAX, into=halves,
-        )
+        backproject_halves(self.source, ids, padding=self.cfg.reconstruction.padding, subset=self.subset, matrices=centred.matrices,
+                           origin_px=centred.origin_px, batch=BLOCK_MAX, into=halves)
 
     def rebuild(self, state: StageState, half_maps) -> dict:
         """The module's maps {'half1', 'half2', 'full'} (N, N, N) float32 from its half maps (recentred frame,
         `reconstruction.reconstruct.summed_half_maps`), moved back to overlay the consensus map."""
-        return {k: modules.shift_volume(v, state.centre_px) for k, v in with_full(*half_maps).items()}
+        return {k: volumes.shift_volume(v, state.centre_px) for k, v in with_full(*half_maps).items()}
 
     def write_module(self, state: StageState, maps, poses: Poses, scores) -> None:
         """The module's maps (`rebuild`), FSC and STAR file in its output folder."""
         cfg, stage = self.cfg, state.stage
         module_mask = self.masks[stage.index]
         half_maps, full = [maps["half1"], maps["half2"]], maps["full"]
-        folder = self.out / stage.folder
-        folder.mkdir(parents=True, exist_ok=True)
-        mrc.write_map(folder / "half1.mrc", half_maps[0], self.voxel)
-        mrc.write_map(folder / "half2.mrc", half_maps[1], self.voxel)
-        mrc.write_map(folder / "map.mrc", full * module_mask, self.voxel)
-        mrc.write_map(folder / "mask.mrc", module_mask, self.voxel)
+        folder = self.folder.module_folder(stage.module_name, stage.iteration)
+        folder.path.mkdir(parents=True, exist_ok=True)
+        mrc.write_map(folder.half(1), half_maps[0], self.voxel)
+        mrc.write_map(folder.half(2), half_maps[1], self.voxel)
+        mrc.write_map(folder.map, full * module_mask, self.voxel)
+        mrc.write_map(folder.mask, module_mask, self.voxel)
         curve = fsc_mod.fsc(half_maps[0], half_maps[1], self.voxel, mask=module_mask, seed=cfg.seed)
         fsc_mod.write_fsc_json(folder / "fsc.json", {"half_maps_masked": curve})
         fsc_mod.plot_fsc_png(folder / "fsc.png", {f"{stage.module_name} half maps (masked)": curve}, f"{stage.name}: gold-standard FSC")
         rot, tilt, psi = rotations.matrix_to_euler(poses.matrices)
         write_star(
-            folder / "particles.star", self.table, rot_rad=rot, tilt_rad=tilt, psi_rad=psi, origin_px=poses.origin_px,
+            folder.star, self.table, rot_rad=rot, tilt_rad=tilt, psi_rad=psi, origin_px=poses.origin_px,
             image_name=relative_image_names(self.table, cfg.project_dir), extra_columns={"rlnLorefineScore": scores},
         )
-        log.info("%s: map %s, half-map FSC 0.143 at %.2f Å (masked)", stage.name, folder / "map.mrc", fsc_mod.resolution_at(curve, 0.143))
+        log.info("%s: map %s, half-map FSC 0.143 at %.2f Å (masked)", stage.name, folder.map, fsc_mod.resolution_at(curve, 0.143))
 
     def write_consensus_halves(self, half_maps) -> tuple:
         """The half maps (half1, half2) of the consensus poses, written to ``OUT/consensus/`` (the band of the
@@ -426,18 +392,16 @@ class RefineEngine:
 
     def _store_consensus_halves(self, maps) -> Path:
         """Write (half1, half2) as ``OUT/consensus/half1.mrc`` and ``half2.mrc``; returns the folder."""
-        folder = self.out / layout.CONSENSUS_FOLDER
-        folder.mkdir(parents=True, exist_ok=True)
+        self.folder.consensus_folder.mkdir(parents=True, exist_ok=True)
         for h, volume in zip((1, 2), maps):
-            mrc.write_map(folder / f"half{h}.mrc", volume, self.voxel)
-        return folder
+            mrc.write_map(self.folder.consensus_half(h), volume, self.voxel)
+        return self.folder.consensus_folder
 
     def read_consensus_halves(self) -> tuple | None:
         """The consensus half maps a resumed run wrote already, or None."""
-        folder = self.out / layout.CONSENSUS_FOLDER
-        if not (folder / "half2.mrc").exists():
+        if not self.folder.consensus_half(2).exists():
             return None
-        return tuple(mrc.read_map(folder / f"half{h}.mrc")[0] for h in (1, 2))
+        return tuple(mrc.read_map(self.folder.consensus_half(h))[0] for h in (1, 2))
 
     # -- combine --------------------------------------------------------------------------------
     def combine(self, model, maps) -> np.ndarray:
@@ -447,7 +411,7 @@ class RefineEngine:
         return combined.astype(np.float32)
 
     def write_combined(self, iteration: int, combined) -> None:
-        path = self.out / layout.combined_path(self.cfg, iteration)
+        path = self.folder.combined(iteration)
         path.parent.mkdir(parents=True, exist_ok=True)
         mrc.write_map(path, combined, self.voxel)
 
@@ -462,16 +426,16 @@ class StageSearch:
     def _unit(self, ids) -> local.UnitInput:
         """The search's input for the particles ``ids`` (ascending)."""
         e, prelim, centre = self.engine, self.state.prelim, self.state.centre_px
-        images_ft = e.read_images_ft(ids)
-        ctf = e._ctf(ids)
+        images_ft = e.source.spectra(ids)
+        ctf = None if not e.use_ctf else lambda rows, extra: e.source.ctf(ids[rows], extra)
         rest_ft = None
         if self.rest:
             ctf_all = None if ctf is None else ctf(np.arange(len(ids)), 0.0)
             rest_ft = sum(fourier.project(fvol, p.matrices[ids], p.origin_px[ids], ctf=ctf_all) for fvol, p in self.rest)
-        origin_centred = modules.recentre_origins(prelim.matrices[ids], prelim.origin_px[ids], centre)
+        origin_centred = volumes.recentre_origins(prelim.matrices[ids], prelim.origin_px[ids], centre)
         consensus = e.consensus_poses  # the centre of the prior: the module's motion is relative to the consensus
         return local.UnitInput(images_ft, prelim.matrices[ids], origin_centred, ctf, rest_ft, self.seeds[ids], consensus.matrices[ids],
-                               modules.recentre_origins(consensus.matrices[ids], consensus.origin_px[ids], centre))
+                               volumes.recentre_origins(consensus.matrices[ids], consensus.origin_px[ids], centre))
 
     def search_unit(self, ids) -> dict:
         """The search of the particles ``ids`` (ascending): a dict of per-particle arrays keyed by the
@@ -480,7 +444,7 @@ class StageSearch:
         found = self.searcher.run(self._unit(ids), known)
         return {
             "search_matrix": found.matrix,
-            "search_origin_px": modules.consensus_origins(found.matrix, found.origin_px, self.state.centre_px),
+            "search_origin_px": volumes.consensus_origins(found.matrix, found.origin_px, self.state.centre_px),
             "score": found.score,
             "rest_scale": found.rest_scale,
         }

@@ -1,5 +1,5 @@
-"""What a `lorefine refine` run writes in its output folder, so the folder checks know every place the run
-would write (`config.check.check_output`).
+"""What a `lorefine refine` run writes in its output folder, and where: every path of a run folder is made here
+(`RunFolder`), so the folder checks know every place the run would write (`refine.preflight.check_output`).
 
     results.h5, config.yaml, lorefine.log, .lorefine.lock (while a run holds the folder)
     combined.mrc, summary.json, timings.json, report.html
@@ -19,32 +19,115 @@ CONFIG = "config.yaml"
 LOG = "lorefine.log"
 LOCK = ".lorefine.lock"
 CONSENSUS_FOLDER = "consensus"
-TOP_FILES = (RESULTS, CONFIG, LOG, "combined.mrc", "summary.json", "timings.json", "report.html")
+MOTION_FOLDER = "motion"
+COMBINED = "combined.mrc"
+SUMMARY = "summary.json"
+TIMINGS = "timings.json"
+REPORT = "report.html"
+TOP_FILES = (RESULTS, CONFIG, LOG, COMBINED, SUMMARY, TIMINGS, REPORT)
 
 
-def module_folder(cfg, iteration: int, module_name: str) -> str:
-    """A module's output folder relative to the output folder."""
-    return module_name if iteration == cfg.iterations else f"iteration_{iteration:02d}/{module_name}"
+class ModuleFolder:
+    """The files of one module's stage folder (``MODULE/`` or ``iteration_NN/MODULE/``)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def half(self, h: int) -> Path:
+        """Half map h (1 or 2), consensus frame."""
+        return self.path / f"half{h}.mrc"
+
+    @property
+    def map(self) -> Path:
+        return self.path / "map.mrc"
+
+    @property
+    def mask(self) -> Path:
+        return self.path / "mask.mrc"
+
+    @property
+    def star(self) -> Path:
+        return self.path / "particles.star"
+
+    def __truediv__(self, name: str) -> Path:
+        """Another file of the folder (post-processing, local resolution, plots)."""
+        return self.path / name
 
 
-def combined_path(cfg, iteration: int) -> str:
-    return "combined.mrc" if iteration == cfg.iterations else f"iteration_{iteration:02d}/combined.mrc"
+class RunFolder:
+    """The paths of a run folder. out: the output folder; iterations: the run's iteration count (the last
+    iteration's outputs sit at the top of the folder, the others in ``iteration_NN/``)."""
 
+    def __init__(self, out, iterations: int):
+        self.out, self.iterations = Path(out), int(iterations)
 
-def owned_folders(cfg) -> list[Path]:
-    """The folders (absolute) the run writes into and owns whole."""
-    out = Path(cfg.output)
-    return ([out / m.name for m in cfg.modules] + [out / CONSENSUS_FOLDER, out / "motion"]
-            + [out / f"iteration_{it:02d}" for it in range(1, cfg.iterations)])
+    @classmethod
+    def of(cls, cfg) -> "RunFolder":
+        return cls(cfg.output, cfg.iterations)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.out / name
+
+    @property
+    def results(self) -> Path:
+        return self.out / RESULTS
+
+    @property
+    def config(self) -> Path:
+        return self.out / CONFIG
+
+    @property
+    def log(self) -> Path:
+        return self.out / LOG
+
+    @property
+    def summary(self) -> Path:
+        return self.out / SUMMARY
+
+    @property
+    def timings(self) -> Path:
+        return self.out / TIMINGS
+
+    @property
+    def report(self) -> Path:
+        return self.out / REPORT
+
+    def _iteration_folder(self, iteration: int | None) -> Path:
+        return self.out if iteration is None or iteration == self.iterations else self.out / f"iteration_{iteration:02d}"
+
+    def module_folder(self, module_name: str, iteration: int | None = None) -> ModuleFolder:
+        """A module's stage folder (the last iteration's by default)."""
+        return ModuleFolder(self._iteration_folder(iteration) / module_name)
+
+    def combined(self, iteration: int | None = None) -> Path:
+        """The combined map of an iteration (the last one's by default)."""
+        return self._iteration_folder(iteration) / COMBINED
+
+    @property
+    def consensus_folder(self) -> Path:
+        return self.out / CONSENSUS_FOLDER
+
+    def consensus_half(self, h: int) -> Path:
+        """Half map h (1 or 2) of the consensus poses."""
+        return self.consensus_folder / f"half{h}.mrc"
+
+    @property
+    def motion_folder(self) -> Path:
+        return self.out / MOTION_FOLDER
+
+    def owned_folders(self, module_names) -> list[Path]:
+        """The folders (absolute) the run writes into and owns whole."""
+        return ([self.out / name for name in module_names] + [self.consensus_folder, self.motion_folder]
+                + [self.out / f"iteration_{it:02d}" for it in range(1, self.iterations)])
 
 
 def existing_outputs(cfg) -> list[Path]:
     """The files already where the run would write: its top-level files and everything in its folders."""
-    out = Path(cfg.output)
-    found = [out / name for name in TOP_FILES if (out / name).is_file()]
-    for folder in owned_folders(cfg):
-        if folder.is_dir():
-            found += sorted(p for p in folder.rglob("*") if p.is_file())
-        elif folder.exists():
-            found.append(folder)
+    folder = RunFolder.of(cfg)
+    found = [folder / name for name in TOP_FILES if (folder / name).is_file()]
+    for owned in folder.owned_folders(m.name for m in cfg.modules):
+        if owned.is_dir():
+            found += sorted(p for p in owned.rglob("*") if p.is_file())
+        elif owned.exists():
+            found.append(owned)
     return found

@@ -25,19 +25,20 @@ import logging
 import os
 from pathlib import Path
 
-import h5py
 import mrcfile
 import numpy as np
 
 from lorefine_mpi.config import load_config
 from lorefine_mpi.errors import InputError
-from lorefine_mpi.geometry import rotations
-from lorefine_mpi.io import mrc
+from lorefine_mpi.geometry import rotations, volumes
+from lorefine_mpi.io import mrc, results
 from lorefine_mpi.io.star import read_star, write_star
-from lorefine_mpi.projection import ctf as ctf_model
 from lorefine_mpi.projection import fourier
+from lorefine_mpi.projection.source import ParticleSource
+from lorefine_mpi.refine import layout
+from lorefine_mpi.refine.engine import uses_ctf
 from lorefine_mpi.refine.progress import ProgressLog
-from lorefine_mpi.search import local, modules
+from lorefine_mpi.search import local
 
 log = logging.getLogger(__name__)
 
@@ -60,22 +61,12 @@ def crop_volume(volume, box_px: int) -> np.ndarray:
     return volume[cut, cut, cut]
 
 
-def _final_stage(run_dir: Path, cfg, name: str) -> dict:
-    stage = f"iteration_{cfg.iterations:02d}/{name}"
-    path = run_dir / "results.h5"
-    if not path.exists():
-        raise InputError(f"{run_dir}: no results.h5; expected the output folder of a lorefine refine run")
-    with h5py.File(path, "r") as f:
-        if stage not in f or not f[stage].attrs.get("reconstructed", 0):
-            raise InputError(f"{path}: module {name} is not finished (stage {stage}); finish the run with lorefine refine --continue")
-        return {k: f[stage][k][...] for k in ("matrix", "origin_px", "rest_scale")}
-
-
 def write_subtracted(run_dir, name: str, *, box_px: int | None = None, batch: int = 256) -> Path:
     """Write ``RUN/NAME/subtracted.{mrcs,star}`` (and the recentred module map and mask) from a finished run;
     returns the STAR file's path. Image names are relative to the run's project directory (RELION's rule)."""
     run_dir = Path(run_dir).resolve()
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(run_dir / layout.CONFIG)
+    run = layout.RunFolder(run_dir, cfg.iterations)  # where the folder is now, whatever output its config names
     names = [m.name for m in cfg.modules]
     if name not in names:
         raise InputError(f"--module: expected one of {', '.join(names)}, got {name!r}")
@@ -85,12 +76,12 @@ def write_subtracted(run_dir, name: str, *, box_px: int | None = None, batch: in
     box_px = box if box_px is None else int(box_px)
     if box_px % 2 or not 16 <= box_px <= box:
         raise InputError(f"--box-px: expected an even number of pixels in [16, {box}] (the particles' box), got {box_px}")
-    maps = [mrc.read_map(run_dir / m / "map.mrc")[0] for m in names]
-    voxel = mrc.voxel_size_angstrom(run_dir / name / "map.mrc")
-    combined, _ = mrc.read_map(run_dir / "combined.mrc")
-    finals = [_final_stage(run_dir, cfg, m) for m in names]
+    maps = [mrc.read_map(run.module_folder(m).map)[0] for m in names]
+    voxel = mrc.voxel_size_angstrom(run.module_folder(name).map)
+    combined, _ = mrc.read_map(run.combined())
+    finals = [results.read_final_stage(run.results, results.stage_name(cfg.iterations, m)) for m in names]
     target = finals[index]
-    use_ctf = table.has_ctf if cfg.score.ctf == "auto" else bool(cfg.score.ctf)
+    source = ParticleSource(table, box, uses_ctf(cfg, table))
     pad = cfg.reconstruction.padding
     consensus = (table.matrices, table.origin_px)
     rest = [(fourier.prepare_volume(maps[j], pad), (finals[j]["matrix"], finals[j]["origin_px"])) for j in range(len(names)) if j != index]
@@ -98,25 +89,24 @@ def write_subtracted(run_dir, name: str, *, box_px: int | None = None, batch: in
     if cfg.modules[index].mask is not None and np.abs(remainder).max() > 1e-6 * np.abs(combined).max():
         rest.append((fourier.prepare_volume(remainder, pad), consensus))
     own = cfg.modules[index].centre_px
-    centre = modules.centre_of_mass_px(maps[index]) if own is None else np.asarray(own, dtype=np.float64)
+    centre = volumes.centre_of_mass_px(maps[index]) if own is None else np.asarray(own, dtype=np.float64)
     fit_k = cfg.score.mode != "subtract" and rest
     module_fvol = fourier.prepare_volume(maps[index], pad) if fit_k else None
     matrices, origin = target["matrix"], target["origin_px"]
     u = np.einsum("nij,j->ni", matrices, centre)[:, :2] - origin
     whole = np.round(u)
-    folder = run_dir / name
+    folder = run.module_folder(name).path
     stack = folder / "subtracted.mrcs"
     tmp = folder / ".subtracted.mrcs.tmp"
-    reader = mrc.StackReader()
     tracker = ProgressLog(f"subtract {name}", n)
     try:
         with mrcfile.new_mmap(tmp, shape=(n, box_px, box_px), mrc_mode=2, overwrite=True) as out:
             out.voxel_size = voxel
             for start in range(0, n, batch):
                 ids = np.arange(start, min(n, start + batch))
-                images_ft = fourier.to_fourier(mrc.read_images(table, ids, reader))
+                images_ft = source.spectra(ids)
                 if rest:
-                    ctf = ctf_model.ctf_for_table(table, ids, box) if use_ctf else None
+                    ctf = source.ctf(ids)
                     rest_ft = sum(fourier.project(fvol, p[0][ids], p[1][ids], ctf=ctf) for fvol, p in rest)
                     # NaN: the search could not fit k (module and rest alike) and left the rest in the image; so does this
                     k = np.nan_to_num(target["rest_scale"][ids].astype(np.float64), nan=0.0)
@@ -129,12 +119,12 @@ def write_subtracted(run_dir, name: str, *, box_px: int | None = None, batch: in
                 tracker.add(len(ids))
         os.replace(tmp, stack)
     finally:
-        reader.close()
+        source.close()
         if tmp.exists():
             tmp.unlink()
-    mask = mrc.read_map(run_dir / name / "mask.mrc")[0]
-    mrc.write_map(folder / "subtracted_map.mrc", crop_volume(modules.recentre(maps[index], centre), box_px), voxel)
-    mrc.write_map(folder / "subtracted_mask.mrc", crop_volume(modules.recentre(mask, centre), box_px), voxel)
+    mask = mrc.read_map(run.module_folder(name).mask)[0]
+    mrc.write_map(folder / "subtracted_map.mrc", crop_volume(volumes.recentre(maps[index], centre), box_px), voxel)
+    mrc.write_map(folder / "subtracted_mask.mrc", crop_volume(volumes.recentre(mask, centre), box_px), voxel)
     rot, tilt, psi = rotations.matrix_to_euler(matrices)
     relative = os.path.relpath(stack, cfg.project_dir)
     star = folder / "subtracted.star"

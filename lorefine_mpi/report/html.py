@@ -20,7 +20,9 @@ from pathlib import Path
 import yaml
 
 from lorefine_mpi.errors import InputError
+from lorefine_mpi.io import results
 from lorefine_mpi.io.star import atomic_write_text
+from lorefine_mpi.refine import layout
 
 STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -57,25 +59,6 @@ def _number(value, fmt: str, unit: str = "") -> str:
     return "–" if value is None else f"{value:{fmt}}{unit}"
 
 
-def stage_cpu_seconds(results_path: Path) -> dict:
-    """{stage: {part: CPU seconds summed over ranks}} from the ``cpu_seconds`` attribute the refinement keeps
-    on each stage of ``results.h5`` (search, reconstruction, writing)."""
-    found = {}
-    if not results_path.is_file():
-        return found
-    try:
-        import h5py
-
-        with h5py.File(results_path, "r") as f:
-            for iteration in sorted(k for k in f if k.startswith("iteration_")):
-                for module, group in f[iteration].items():
-                    if isinstance(group, h5py.Group) and "cpu_seconds" in group.attrs:
-                        found[f"{iteration}/{module}"] = json.loads(group.attrs["cpu_seconds"])
-    except (OSError, ValueError):
-        return {}
-    return found
-
-
 def module_names(config: dict) -> list[str]:
     """The module names of a resolved config (``whole`` for conventional refinement)."""
     modules = config.get("modules")
@@ -89,7 +72,7 @@ def module_names(config: dict) -> list[str]:
 def build_report(out) -> str:
     """The page's HTML for the output folder ``out``."""
     out = Path(out)
-    config_path = out / "config.yaml"
+    config_path = out / layout.CONFIG
     if not out.is_dir():
         raise InputError(f"{out}: not a folder; expected a lorefine refine output folder")
     if not config_path.is_file():
@@ -100,9 +83,10 @@ def build_report(out) -> str:
     except yaml.YAMLError:
         raise InputError(f"{config_path}: cannot read it as YAML") from None
     names = module_names(config)
-    summary = _json(out / "summary.json") or {"modules": {}}
-    timings = _json(out / "timings.json") or {}
-    motion = _json(out / "motion" / "motion.json")
+    folder = layout.RunFolder(out, config.get("iterations", 1) if isinstance(config, dict) else 1)
+    summary = _json(folder.summary) or {"modules": {}}
+    timings = _json(folder.timings) or {}
+    motion = _json(folder.motion_folder / "motion.json")
     meta = _run_metadata(out)
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>lorefine report: {html.escape(out.name)}</title>",
              f"<style>{STYLE}</style></head><body>",
@@ -110,7 +94,7 @@ def build_report(out) -> str:
              f"<p class=\"meta\">{html.escape(meta)}</p>"]
     parts.append(_summary_table(names, summary))
     for name in names:
-        parts.append(_module_section(out, name, summary["modules"].get(name, {})))
+        parts.append(_module_section(folder, name, summary["modules"].get(name, {})))
     parts.append(_motion_section(out, motion))
     parts.append(_timings_section(out, timings))
     parts.append(f"<h2>Config</h2><pre>{html.escape(config_text)}</pre>")
@@ -120,16 +104,9 @@ def build_report(out) -> str:
 
 def _run_metadata(out: Path) -> str:
     bits = [f"written {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}"]
-    results = out / "results.h5"
-    if results.is_file():
-        try:
-            import h5py
-
-            with h5py.File(results, "r") as f:
-                bits.append(f"lorefine {f.attrs.get('lorefine_version', '?')}")
-                bits.append(f"command: {f.attrs.get('command_line', '?')}")
-        except OSError:
-            pass
+    record = results.run_record(out / layout.RESULTS)
+    if record:
+        bits += [f"lorefine {record['lorefine_version']}", f"command: {record['command_line']}"]
     return "; ".join(bits)
 
 
@@ -149,8 +126,8 @@ def _summary_table(names, summary) -> str:
             "from the consensus poses; after: the module's refined half maps.</p>")
 
 
-def _module_section(out: Path, name: str, m: dict) -> str:
-    folder = out / name
+def _module_section(run: layout.RunFolder, name: str, m: dict) -> str:
+    folder = run.module_folder(name).path
     post = _json(folder / "postprocess.json") or {}
     locres = _json(folder / "locres.json") or {}
     lines = [f"<h2>Module {html.escape(name)}</h2>"]
@@ -195,13 +172,13 @@ def _motion_section(out: Path, motion) -> str:
                        for i, v in enumerate(explained))
         lines.append("<h3>Principal components of the relative motion</h3><table><tr><th>component</th><th>variance explained</th>"
                      "<th>cumulative</th></tr>" + rows + "</table>")
-        frames = sorted(p.name for p in (out / "motion").glob("pc*_frame*.mrc"))
+        frames = sorted(p.name for p in (out / layout.MOTION_FOLDER).glob("pc*_frame*.mrc"))
         if frames:
             lines.append(f"<p>Maps of the complex moved along the components (−2σ … +2σ): <code>motion/{html.escape(frames[0])}</code> … "
                          f"<code>{html.escape(frames[-1])}</code>; in ChimeraX, open one component's frames as a volume series "
                          "(<code>open motion/pc1_frame*.mrc vseries true</code>) and play it.</p>")
-    lines.append("<div class=\"figures\">" + _image(out / "motion" / "relative_motion.png", "relative motion of the modules", wide=True)
-                 + _image(out / "motion" / "pca.png", "variance explained, scores on the first two components, loadings of the first", wide=True)
+    lines.append("<div class=\"figures\">" + _image(out / layout.MOTION_FOLDER / "relative_motion.png", "relative motion of the modules", wide=True)
+                 + _image(out / layout.MOTION_FOLDER / "pca.png", "variance explained, scores on the first two components, loadings of the first", wide=True)
                  + "</div>")
     lines.append("<p class=\"meta\">Per particle values: <code>motion/motion.csv</code> (one row per particle, STAR order) and "
                  "<code>results.h5</code> (/motion).</p>")
@@ -210,7 +187,7 @@ def _motion_section(out: Path, motion) -> str:
 
 def _timings_section(out: Path, timings: dict) -> str:
     rows = [f"<tr><td class=\"name\">{html.escape(stage)}: {html.escape(part)}</td><td>{seconds:.1f} s CPU (all ranks)</td></tr>"
-            for stage, parts in stage_cpu_seconds(out / "results.h5").items() for part, seconds in parts.items()]
+            for stage, parts in results.stage_cpu_seconds(out / layout.RESULTS).items() for part, seconds in parts.items()]
     labels = {"refinement_s": "refinement (this run, to the last iteration)", "consensus_half_maps_s": "consensus half maps",
               "postprocess_s": "post-processing", "local_resolution_s": "local resolution", "motion_s": "motion analysis",
               "finish_total_s": "after the last iteration, total"}
@@ -224,6 +201,6 @@ def write_report(out) -> Path:
     """Write ``OUT/report.html`` (temporary name, then rename) and return its path."""
     out = Path(out)
     page = build_report(out)
-    path = out / "report.html"
+    path = out / layout.REPORT
     atomic_write_text(path, page)
     return path

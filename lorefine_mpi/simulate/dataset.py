@@ -40,6 +40,7 @@ from lorefine_mpi.io.particles import OpticsGroup
 from lorefine_mpi.io.star import atomic_write_text, table_from_columns, write_star
 from lorefine_mpi.projection import ctf as ctf_model
 from lorefine_mpi.projection import fourier
+from lorefine_mpi.projection.source import ParticleSource
 from lorefine_mpi.reconstruction.reconstruct import backproject_all
 from lorefine_mpi.simulate.phantoms import make_phantom
 
@@ -214,7 +215,7 @@ def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:
     rng = np.random.default_rng(cfg.seed)
     n, box, apix = cfg.n_particles, cfg.box, cfg.pixel_size_angstrom
     maps, masks = _module_maps(cfg)
-    from lorefine_mpi.search.modules import centre_of_mass_px
+    from lorefine_mpi.geometry.volumes import centre_of_mass_px
 
     centres = np.array([centre_of_mass_px(m) for m in maps])
     fvols = [fourier.prepare_volume(m, 2) for m in maps]
@@ -334,4 +335,4 @@ def module_names(k: int) -> list[str]:
 
 def reconstruct_consensus(table, box, use_ctf) -> np.ndarray:
     """The consensus map (all particles together) from the STAR poses."""
-    return backproject_all(table, np.arange(len(table)), box, use_ctf=use_ctf).reconstruct()
+    return backproject_all(ParticleSource(table, box, use_ctf), np.arange(len(table))).reconstruct()

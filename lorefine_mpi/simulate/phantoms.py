@@ -137,7 +137,7 @@ def make_phantom(box: int, seed: int, n_atoms_large: int | None = None) -> Phant
     small = _fill(rng, c_small, r_small, n_large // 2)
     maps = [atoms_to_map(large, box), atoms_to_map(small, box)]
     masks = soft_masks(maps)
-    from lorefine_mpi.search.modules import centre_of_mass_px
+    from lorefine_mpi.geometry.volumes import centre_of_mass_px
 
     centres = np.array([centre_of_mass_px(m) for m in maps])
     return Phantom(maps, masks, centres, [len(large), len(small)])

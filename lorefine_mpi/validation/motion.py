@@ -27,7 +27,7 @@ import numpy as np
 import scipy.ndimage
 
 from lorefine_mpi.geometry import rotations
-from lorefine_mpi.search.modules import recentre_origins
+from lorefine_mpi.geometry.volumes import recentre_origins
 
 FRAME_SIGMAS = (-2.0, -1.0, 0.0, 1.0, 2.0)  # maps along each component at these multiples of its σ
 

@@ -2,7 +2,6 @@
 
 import mrcfile
 import numpy as np
-
 from runs import edit_config, edit_star, make_run, run
 
 

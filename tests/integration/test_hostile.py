@@ -12,10 +12,10 @@ import time
 import h5py
 import numpy as np
 import pytest
+from runs import DATA, LOREFINE, drop_star_columns, edit_config, edit_star, make_run, messages, rewrite_map, run, tree, units_done
 
 from lorefine_mpi.cli.main import main
 from lorefine_mpi.io.mrc import read_map
-from runs import DATA, LOREFINE, drop_star_columns, edit_config, edit_star, make_run, messages, rewrite_map, run, tree, units_done
 
 
 def lorefine(capfd, *args):

@@ -12,6 +12,7 @@ import pytest
 
 from lorefine_mpi.io import mrc
 from lorefine_mpi.io.star import read_star
+from lorefine_mpi.projection.source import ParticleSource
 from lorefine_mpi.reconstruction.reconstruct import backproject_halves, maps_from_halves
 from lorefine_mpi.validation import fsc as fsc_mod
 from lorefine_mpi.validation import postprocess as pp
@@ -67,7 +68,7 @@ def test_noise_free_halves_of_the_relion_fixture_match(tmp_path):
     """recon_ctf split by rlnRandomSubset; noise-free, so the unmasked FSC never drops below 0.8 and both
     programs are told where to randomise the phases."""
     table = read_star(DATA / "recon_ctf.star")
-    maps = maps_from_halves(backproject_halves(table, np.arange(len(table)), 48, use_ctf=True))
+    maps = maps_from_halves(backproject_halves(ParticleSource(table, 48, True), np.arange(len(table))))
     mask, voxel = mrc.read_map(DATA / "phantom_mask_module_1.mrc")
     write_inputs(tmp_path, maps["half1"], maps["half2"], mask, voxel)
     ours, general = compare(tmp_path, voxel, randomise_from=20.0)

@@ -9,11 +9,11 @@ written, with a margin."""
 import numpy as np
 import pytest
 import yaml
+from runs import run
 
 from lorefine_mpi.geometry import rotations
 from lorefine_mpi.io.mrc import read_map
 from lorefine_mpi.io.star import read_star
-from runs import run
 
 SIMULATION = {
     "output": "data", "seed": 5, "n_particles": 60, "box": 48, "pixel_size_angstrom": 4.0, "origin_sigma_px": 1.0,

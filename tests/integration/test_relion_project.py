@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import yaml
 
+from lorefine_mpi.geometry import volumes
 from lorefine_mpi.io.mrc import read_map
 from lorefine_mpi.io.star import read_star, write_star
 from lorefine_mpi.refine.subtracted import crop_volume
-from lorefine_mpi.search import modules
 from lorefine_mpi.validation import fsc
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -127,8 +127,8 @@ def test_subtracted_particles_reconstruct_the_module(project):
         # the other module is gone: its region (its mask, moved and cut as this module's) holds little density
         # (0.05-0.08 of this module's; 0.90 for `large` and 1.07 for `small` with CTF when k is set to 0, nothing subtracted)
         other = "small" if module == "large" else "large"
-        centre = modules.centre_of_mass_px(read_map(out / module / "map.mrc")[0])
-        other_mask = crop_volume(modules.recentre(read_map(out / other / "mask.mrc")[0], centre), 32) * (1 - mask)
+        centre = volumes.centre_of_mass_px(read_map(out / module / "map.mrc")[0])
+        other_mask = crop_volume(volumes.recentre(read_map(out / other / "mask.mrc")[0], centre), 32) * (1 - mask)
         left = np.sqrt((rebuilt**2 * other_mask).sum() / other_mask.sum() / ((rebuilt**2 * mask).sum() / mask.sum()))
         print(f"{module} ({'CTF' if has_ctf else 'no CTF'}): FSC(subtracted stack rebuilt, module map) min {agreement.min():.4f} "
               f"to 0.8 Nyquist; rms density in the other module's region / in this one {left:.3f}")

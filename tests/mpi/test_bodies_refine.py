@@ -5,10 +5,10 @@ import mrcfile
 import numpy as np
 import pytest
 import yaml
+from mpi_jobs import make_run, run
 
 from lorefine_mpi.geometry import rotations
 from lorefine_mpi.io.star import read_star
-from mpi_jobs import make_run, run
 
 pytestmark = pytest.mark.mpi
 

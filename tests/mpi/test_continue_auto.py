@@ -7,7 +7,6 @@ import subprocess
 import time
 
 import pytest
-
 from mpi_jobs import assert_same, command, env, make_run, rank_pids, run, units_done
 
 pytestmark = pytest.mark.mpi

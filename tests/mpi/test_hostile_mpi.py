@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from mpi_jobs import assert_same, command, env, interrupt_and_resume, make_run, rank_pids, run, wait_for_units
 
 pytestmark = pytest.mark.mpi

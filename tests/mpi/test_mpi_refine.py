@@ -12,7 +12,6 @@ import mrcfile
 import numpy as np
 import pytest
 import yaml
-
 from mpi_jobs import STAGES, assert_same, command, env, interrupt_and_resume, make_run, rank_pids, run, units_done
 
 pytestmark = pytest.mark.mpi

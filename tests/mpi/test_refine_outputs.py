@@ -12,11 +12,11 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from mpi_jobs import make_run, run
 
 from lorefine_mpi.geometry import rotations
 from lorefine_mpi.io.mrc import read_map
 from lorefine_mpi.io.star import read_star
-from mpi_jobs import make_run, run
 
 MODULES = ("large", "small")
 PER_MODULE = ("map.mrc", "half1.mrc", "half2.mrc", "mask.mrc", "particles.star", "fsc.json", "fsc.png", "fsc_consensus.json",

@@ -6,10 +6,10 @@ import mrcfile
 import numpy as np
 import pytest
 
-from lorefine_mpi.geometry import candidates, rotations
+from lorefine_mpi.geometry import candidates, rotations, volumes
 from lorefine_mpi.projection import ctf as ctf_model
 from lorefine_mpi.projection import fourier
-from lorefine_mpi.search import local, modules, score
+from lorefine_mpi.search import local, score
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -28,22 +28,22 @@ def correlation(a, b):
 def test_recentred_model_with_new_parameters_makes_the_same_images(module_map):
     with mrcfile.open(DATA / "phantom_whole.mrc") as m:
         whole = np.array(m.data)
-    centre = modules.centre_of_mass_px(whole, np.ones_like(whole)) + np.array([3.0, -2.0, 4.0])  # off-centre on purpose
+    centre = volumes.centre_of_mass_px(whole, np.ones_like(whole)) + np.array([3.0, -2.0, 4.0])  # off-centre on purpose
     rng = np.random.default_rng(0)
     a = rotations.euler_to_matrix(*rng.uniform(-np.pi, np.pi, (3, 8)))
     o = rng.normal(0, 2, (8, 2))
     before = fourier.to_real(fourier.project(fourier.prepare_volume(whole), a, o), 48)
-    moved = modules.recentre(whole, centre)
-    np.testing.assert_allclose(modules.centre_of_mass_px(moved), modules.centre_of_mass_px(whole) - centre, atol=0.15)  # Fourier-shift ringing
-    after = fourier.to_real(fourier.project(fourier.prepare_volume(moved), a, modules.recentre_origins(a, o, centre)), 48)
+    moved = volumes.recentre(whole, centre)
+    np.testing.assert_allclose(volumes.centre_of_mass_px(moved), volumes.centre_of_mass_px(whole) - centre, atol=0.15)  # Fourier-shift ringing
+    after = fourier.to_real(fourier.project(fourier.prepare_volume(moved), a, volumes.recentre_origins(a, o, centre)), 48)
     assert min(correlation(x, y) for x, y in zip(before, after)) > 0.999
-    np.testing.assert_allclose(modules.consensus_origins(a, modules.recentre_origins(a, o, centre), centre), o, atol=1e-12)
+    np.testing.assert_allclose(volumes.consensus_origins(a, volumes.recentre_origins(a, o, centre), centre), o, atol=1e-12)
 
 
 def synthetic_unit(module_map, n, rng, ctf=False):
     box = module_map.shape[0]
-    centre = modules.centre_of_mass_px(module_map)
-    fvol = fourier.prepare_volume(modules.recentre(module_map, centre), 2)
+    centre = volumes.centre_of_mass_px(module_map)
+    fvol = fourier.prepare_volume(volumes.recentre(module_map, centre), 2)
     a0 = rotations.euler_to_matrix(rng.uniform(-np.pi, np.pi, n), np.arccos(rng.uniform(-1, 1, n)), rng.uniform(-np.pi, np.pi, n))
     truth = a0 @ rotations.rotation_about_axis(rng.normal(size=(n, 3)), np.deg2rad(rng.normal(0, 3, n)))
     o0 = rng.normal(0, 2, (n, 2))
@@ -68,7 +68,7 @@ def test_separate_search_recovers_known_poses_to_a_fraction_of_a_grid_step(modul
     rng = np.random.default_rng(1)
     fvol, unit, truth, o_true = synthetic_unit(module_map, 10, rng, ctf)
     settings = local.SearchSettings("separate", "subtract", np.deg2rad(10), np.deg2rad(2), np.deg2rad(2), 3, 4, 1, 10,
-                                    modules.circular_mask(48, 30))
+                                    volumes.circular_mask(48, 30))
     found = local.UnitSearch(fvol, candidates.direction_grid(np.deg2rad(2)), settings, 48).run(unit)
     angle = np.rad2deg(rotations.geodesic_angle(found.matrix, truth))
     shift = np.linalg.norm(found.origin_px - o_true, axis=1)
@@ -82,7 +82,7 @@ def test_results_do_not_depend_on_the_other_particles_of_the_unit(module_map):
     rng = np.random.default_rng(2)
     fvol, unit, _, _ = synthetic_unit(module_map, 6, rng)
     settings = local.SearchSettings("simultaneous", "subtract", np.deg2rad(6), np.deg2rad(2), np.deg2rad(2), 1, 2, 1, 4,
-                                    modules.circular_mask(48, 30))
+                                    volumes.circular_mask(48, 30))
     search = local.UnitSearch(fvol, candidates.direction_grid(np.deg2rad(2)), settings, 48)
     whole = search.run(unit)
     part = search.run(local.UnitInput(unit.images_ft[3:], unit.matrices[3:], unit.origin_px[3:], None, None, unit.seeds[3:]))
@@ -98,7 +98,7 @@ def test_patch_of_a_turned_and_shifted_image_is_the_reference(module_map, band):
     frame = local.canonical_frames(np.array([[0.3, 0.4, np.sqrt(0.75)]]))
     beta, shift = np.deg2rad(37.0), np.array([[1.7, -2.4]])
     image = fourier.project(fvol, rotations.inplane_rotation(beta) @ frame, shift)[0]  # P(x + u)
-    work = local.WorkGrid(48, modules.circular_mask(48, 36), band)
+    work = local.WorkGrid(48, volumes.circular_mask(48, 36), band)
     assert work.size == (48 if band is None else 24)
     patch = work.patches(work.upsampled(work.crop(image)), np.array([beta]), shift)[0]
     reference = work.templates(fourier.project_band(fvol, frame, work.grid), normalise=False)[0]
@@ -114,7 +114,7 @@ def test_quadratic_angle_refinement_lands_between_grid_points(module_map):
     errors = {}
     for refinement in ("none", "quadratic"):
         settings = local.SearchSettings("separate", "subtract", np.deg2rad(10), np.deg2rad(2), np.deg2rad(2), 3, 4, 1, 10,
-                                        modules.circular_mask(48, 30), refinement)
+                                        volumes.circular_mask(48, 30), refinement)
         found = local.UnitSearch(fvol, candidates.direction_grid(np.deg2rad(2)), settings, 48).run(unit)
         errors[refinement] = np.rad2deg(rotations.geodesic_angle(found.matrix, truth))
     print({k: np.round(np.median(v), 3) for k, v in errors.items()})

@@ -4,7 +4,7 @@ a map whose two halves are blurred differently, and the same answer when the cen
 import numpy as np
 import pytest
 
-from lorefine_mpi.parallel.context import ParallelContext
+from lorefine_mpi.refine.distributor import Distributor
 from lorefine_mpi.validation import fsc as fsc_mod
 from lorefine_mpi.validation import locres
 
@@ -71,7 +71,7 @@ def test_the_blurrier_half_has_the_lower_local_resolution(n):
     voxel = 2.0
     h1, h2, sharp, blurry = two_blurs(n, voxel, 0.0, 500.0, seed=n)
     settings = locres.LocresSettings(radius_angstrom=6.0, edge_angstrom=6.0, step_angstrom=6.0)
-    result = locres.local_resolution(ParallelContext(None), h1, h2, voxel, settings)
+    result = locres.local_resolution(Distributor(), h1, h2, voxel, settings)
     sharp_median = np.median(result.map_angstrom[sharp > 0])
     blurry_median = np.median(result.map_angstrom[blurry > 0])
     assert sharp_median < 0.8 * blurry_median, (sharp_median, blurry_median)
@@ -99,7 +99,7 @@ def test_split_over_ranks_gives_the_serial_answer():
     n, voxel = 32, 2.0
     h1, h2, sharp, blurry = two_blurs(n, voxel, 0.0, 300.0, seed=4)
     settings = locres.LocresSettings(radius_angstrom=4.0, edge_angstrom=6.0, step_angstrom=6.0)
-    serial = locres.local_resolution(ParallelContext(None), h1, h2, voxel, settings, support=sharp + blurry)
+    serial = locres.local_resolution(Distributor(), h1, h2, voxel, settings, support=sharp + blurry)
     shared = []
     for rank in (2, 1):
         assert locres.local_resolution(RankOf(rank, 3, shared), h1, h2, voxel, settings, support=sharp + blurry) is None

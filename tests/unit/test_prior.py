@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from lorefine_mpi.geometry import candidates, rotations
+from lorefine_mpi.geometry import candidates, rotations, volumes
 from lorefine_mpi.projection import fourier
-from lorefine_mpi.search import local, modules, score
+from lorefine_mpi.search import local, score
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -106,7 +106,7 @@ def module_map():
 def noisy_unit(module_map, n, rng, noise_sd, motion_deg=1.5, motion_px=0.7):
     """Images of the module at poses moved from the consensus by a small motion, plus white noise."""
     box = module_map.shape[0]
-    fvol = fourier.prepare_volume(modules.recentre(module_map, modules.centre_of_mass_px(module_map)), 2)
+    fvol = fourier.prepare_volume(volumes.recentre(module_map, volumes.centre_of_mass_px(module_map)), 2)
     a0 = rotations.euler_to_matrix(rng.uniform(-np.pi, np.pi, n), np.arccos(rng.uniform(-1, 1, n)), rng.uniform(-np.pi, np.pi, n))
     truth = a0 @ rotations.from_rotation_vector(rng.normal(0, np.deg2rad(motion_deg) / np.sqrt(3), (n, 3)))
     o0 = rng.normal(0, 2, (n, 2))
@@ -118,7 +118,7 @@ def noisy_unit(module_map, n, rng, noise_sd, motion_deg=1.5, motion_px=0.7):
 
 def settings(strategy, prior_deg, prior_px, refinement="quadratic"):
     return local.SearchSettings(strategy, "subtract", np.deg2rad(8), np.deg2rad(2), np.deg2rad(2), 2, 3, 1, 8,
-                                modules.circular_mask(48, 30), refinement,
+                                volumes.circular_mask(48, 30), refinement,
                                 None if prior_deg is None else np.deg2rad(prior_deg), prior_px)
 
 

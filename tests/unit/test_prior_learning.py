@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from lorefine_mpi.geometry import candidates, rotations
+from lorefine_mpi.geometry import candidates, rotations, volumes
 from lorefine_mpi.projection import fourier
-from lorefine_mpi.search import local, modules, prior, score
+from lorefine_mpi.search import local, prior, score
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -22,12 +22,12 @@ def module_map():
 
 def flat_settings(step_deg=2.0, likelihood="profile"):
     return local.SearchSettings("simultaneous", "subtract", np.deg2rad(3 * step_deg), np.deg2rad(step_deg), np.deg2rad(step_deg), 3, 2, 1,
-                                8, modules.circular_mask(48, 30), "none", likelihood=likelihood)
+                                8, volumes.circular_mask(48, 30), "none", likelihood=likelihood)
 
 
 def unit(module_map, n, motion_deg, rng, noise_sd=2.0):
     box = module_map.shape[0]
-    fvol = fourier.prepare_volume(modules.recentre(module_map, modules.centre_of_mass_px(module_map)), 2)
+    fvol = fourier.prepare_volume(volumes.recentre(module_map, volumes.centre_of_mass_px(module_map)), 2)
     a0 = rotations.euler_to_matrix(rng.uniform(-np.pi, np.pi, n), np.arccos(rng.uniform(-1, 1, n)), rng.uniform(-np.pi, np.pi, n))
     truth = a0 @ rotations.from_rotation_vector(rng.normal(0, np.deg2rad(motion_deg), (n, 3)))
     o0 = rng.normal(0, 2, (n, 2))

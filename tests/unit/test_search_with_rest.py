@@ -12,10 +12,10 @@ import mrcfile
 import numpy as np
 import pytest
 
-from lorefine_mpi.geometry import candidates, rotations
+from lorefine_mpi.geometry import candidates, rotations, volumes
 from lorefine_mpi.projection import ctf as ctf_model
 from lorefine_mpi.projection import fourier
-from lorefine_mpi.search import local, modules
+from lorefine_mpi.search import local
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 BOX = 48
@@ -31,8 +31,8 @@ def complex_particles():
     """16 particles: the target (small module) moved by 1–3° and ±1.5 px from the consensus pose, the rest
     (large module) at the consensus pose; an astigmatic CTF per particle (ΔV = 0.8–0.95 ΔU, any angle)."""
     target, rest = read("phantom_module_2.mrc"), read("phantom_module_1.mrc")
-    centre = modules.centre_of_mass_px(target)
-    target_fvol = fourier.prepare_volume(modules.recentre(target, centre), 2)
+    centre = volumes.centre_of_mass_px(target)
+    target_fvol = fourier.prepare_volume(volumes.recentre(target, centre), 2)
     rest_fvol = fourier.prepare_volume(rest, 2)
     rng = np.random.default_rng(11)
     n = 16
@@ -47,19 +47,19 @@ def complex_particles():
         return ctf_model.ctf_2d(BOX, 4.0, du[rows], dv[rows], angle[rows] + extra, 300, 2.7, 0.1)
 
     every = ctf(np.arange(n), 0.0)
-    target_ft = fourier.project(target_fvol, truth, modules.recentre_origins(truth, o_true, centre), ctf=every)
+    target_ft = fourier.project(target_fvol, truth, volumes.recentre_origins(truth, o_true, centre), ctf=every)
     rest_ft = fourier.project(rest_fvol, a0, o0, ctf=every)
-    diameter = modules.auto_mask_diameter_px((target > 0.05).astype(np.float32), centre, BOX, 3)
+    diameter = volumes.auto_mask_diameter_px((target > 0.05).astype(np.float32), centre, BOX, 3)
     return {"fvol": target_fvol, "centre": centre, "a0": a0, "o0": o0, "truth": truth, "o_true": o_true, "ctf": ctf,
-            "target_ft": target_ft, "rest_ft": rest_ft, "mask": modules.circular_mask(BOX, diameter), "rng": rng, "n": n}
+            "target_ft": target_ft, "rest_ft": rest_ft, "mask": volumes.circular_mask(BOX, diameter), "rng": rng, "n": n}
 
 
 def search(p, mode, images_ft, rest_ft):
     settings = local.SearchSettings("separate", mode, np.deg2rad(6), np.deg2rad(2), np.deg2rad(2), 2, 3, 1, 10, p["mask"])
-    unit = local.UnitInput(images_ft, p["a0"], modules.recentre_origins(p["a0"], p["o0"], p["centre"]), p["ctf"], rest_ft, np.arange(p["n"]))
+    unit = local.UnitInput(images_ft, p["a0"], volumes.recentre_origins(p["a0"], p["o0"], p["centre"]), p["ctf"], rest_ft, np.arange(p["n"]))
     found = local.UnitSearch(p["fvol"], candidates.direction_grid(np.deg2rad(2)), settings, BOX).run(unit)
     angle = np.rad2deg(rotations.geodesic_angle(found.matrix, p["truth"]))
-    shift = np.linalg.norm(found.origin_px - modules.recentre_origins(p["truth"], p["o_true"], p["centre"]), axis=1)
+    shift = np.linalg.norm(found.origin_px - volumes.recentre_origins(p["truth"], p["o_true"], p["centre"]), axis=1)
     return found, angle, shift
 
 

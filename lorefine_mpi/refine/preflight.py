@@ -21,13 +21,12 @@ import numpy as np
 
 from lorefine_mpi.config.schema import dump_config, search_fingerprint
 from lorefine_mpi.errors import InputError
-from lorefine_mpi.geometry import candidates
+from lorefine_mpi.geometry import candidates, volumes
 from lorefine_mpi.io import mrc, results, runlock
 from lorefine_mpi.io.files import same_file
 from lorefine_mpi.io.star import read_star
 from lorefine_mpi.reconstruction.reconstruct import half_subsets
 from lorefine_mpi.refine import layout
-from lorefine_mpi.search import modules as module_ops
 
 PIXEL_TOLERANCE = 1e-3  # relative
 MASK_TOLERANCE = 1e-3
@@ -146,7 +145,7 @@ def check_inputs(cfg, sample_size: int = 100) -> Summary:
     for module in cfg.modules:
         mask = _checked_mask(cfg, module, volume, voxel)
         masks.append((module, mask))
-        centre = module_ops.centre_of_mass_px(volume, mask) if module.centre_px is None else np.asarray(module.centre_px)
+        centre = volumes.centre_of_mass_px(volume, mask) if module.centre_px is None else np.asarray(module.centre_px)
         summaries.append(ModuleSummary(module.name, float(mask.sum() * voxel**3), centre * voxel, module.search(cfg.search),
                                        module.centre_px is not None))
     _check_overlaps(masks)

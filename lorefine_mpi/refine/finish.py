@@ -1,6 +1,6 @@
 """What `lorefine refine` does after its last iteration: what each module gained, and how the modules move.
 
-``finish_run`` (called once by `parallel.driver.Driver`, at the end of the run, on every rank):
+``finish_run`` (called once by `refine.run.refine`, at the end of the run, on every rank):
     1. consensus half maps: read from ``consensus/half1.mrc`` and ``half2.mrc`` when the refinement made them
        (for its search band); otherwise every rank back-projects its block of particles with the consensus
        poses, the accumulators are summed on rank 0 (as a refinement stage does), which writes them. The
@@ -13,7 +13,8 @@
     4. rank 0: the modules' motion (`validation.motion`) into ``results.h5`` (/motion), ``motion/motion.csv``,
        ``motion/motion.json``, plots, and maps of the complex moved along the first principal components
        (``motion/pcN_frameM.mrc``, −2σ … +2σ, a volume series for a movie);
-    5. rank 0: ``summary.json``, ``timings.json``, ``report.html`` (`report.html` module), and a table on stdout.
+    5. rank 0: ``summary.json``, ``timings.json``, the report (``write_report``, given by the caller: `report.html`
+       renders a run folder and sits above this package), and a table on stdout.
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 
-from lorefine_mpi.io import mrc
+from lorefine_mpi.geometry.volumes import centre_of_mass_px
+from lorefine_mpi.io import mrc, results
 from lorefine_mpi.io.results import write_motion
 from lorefine_mpi.io.star import atomic_write_text
 from lorefine_mpi.reconstruction.reconstruct import backproject_halves, summed_half_maps, with_full
-from lorefine_mpi.search.modules import centre_of_mass_px
+from lorefine_mpi.refine import layout
 from lorefine_mpi.validation import fsc as fsc_mod
 from lorefine_mpi.validation import locres as locres_mod
 from lorefine_mpi.validation import motion as motion_mod
@@ -38,27 +39,20 @@ from lorefine_mpi.validation import postprocess as pp
 log = logging.getLogger(__name__)
 
 
-def consensus_half_maps(ctx, table, matrices, origin_px, box, *, use_ctf, subset, reconstruction):
+def consensus_half_maps(ctx, source, matrices, origin_px, *, subset, reconstruction):
     """Half maps of the whole complex from the consensus poses (every rank back-projects a block; rank 0
     gets {'half1', 'half2', 'full'}, the others None)."""
-    block = np.array_split(np.arange(len(table)), ctx.size)[ctx.rank]
-    halves = backproject_halves(table, block, box, use_ctf=use_ctf, padding=reconstruction.padding, subset=subset,
-                                matrices=matrices, origin_px=origin_px)
+    block = np.array_split(np.arange(len(source)), ctx.size)[ctx.rank]
+    halves = backproject_halves(source, block, padding=reconstruction.padding, subset=subset, matrices=matrices, origin_px=origin_px)
     maps = summed_half_maps(ctx, halves, reconstruction.weight_floor, reconstruction.gridding_iterations)
     return None if maps is None else with_full(*maps)
 
 
-def consensus_halves_made(out: Path) -> bool:
+def consensus_halves_made(folder: layout.RunFolder) -> bool:
     """Whether the run wrote ``OUT/consensus/half1.mrc`` and ``half2.mrc`` (results.h5 root flag
     ``consensus_halves``, set by the refinement when it reconstructs them for the search band)."""
-    try:
-        import h5py
-
-        with h5py.File(out / "results.h5", "r") as f:
-            flagged = bool(f.attrs.get("consensus_halves", 0))
-    except OSError:
-        return False
-    return flagged and all((out / "consensus" / f"half{h}.mrc").exists() for h in (1, 2))
+    flagged = results.has_root_flag(folder.results, "consensus_halves")
+    return flagged and all(folder.consensus_half(h).exists() for h in (1, 2))
 
 
 def plot_before_after_png(path, before: fsc_mod.FSCResult, after: fsc_mod.FSCResult, name: str) -> None:
@@ -66,40 +60,39 @@ def plot_before_after_png(path, before: fsc_mod.FSCResult, after: fsc_mod.FSCRes
                          f"{name}: gold-standard FSC in the module's mask (corrected)")
 
 
-def finish_run(cfg, ctx, *, table, consensus_poses, poses, masks, voxel_size_angstrom: float, subset, use_ctf: bool,
-               started: float) -> None:
+def finish_run(cfg, ctx, *, source, consensus_poses, poses, masks, voxel_size_angstrom: float, subset, started: float,
+               write_report) -> None:
     """Steps 1–5 of the module docstring. cfg: the run's Config; consensus_poses, poses[k]: objects with
     ``matrices`` (n, 3, 3) and ``origin_px`` (n, 2) (consensus, and module k's final poses); masks: K
     (N, N, N) soft masks; subset: (n,) rlnRandomSubset; started: the run's start (time.time())."""
-    out = Path(cfg.output)
+    folder = layout.RunFolder.of(cfg)
     names = [m.name for m in cfg.modules]
-    box = masks[0].shape[0]
     post = cfg.postprocess
     timings = {"refinement_s": round(time.time() - started, 2)}
     clock = time.time()
-    if ctx.bcast(ctx.is_root and consensus_halves_made(out)):  # the run made them (search.max_resolution_angstrom: auto)
-        maps = {h: mrc.read_map(out / "consensus" / f"{h}.mrc")[0] for h in ("half1", "half2")} if ctx.is_root else None
+    if ctx.bcast(ctx.is_root and consensus_halves_made(folder)):  # the run made them (search.max_resolution_angstrom: auto)
+        maps = {f"half{h}": mrc.read_map(folder.consensus_half(h))[0] for h in (1, 2)} if ctx.is_root else None
     else:
-        maps = consensus_half_maps(ctx, table, consensus_poses.matrices, consensus_poses.origin_px, box, use_ctf=use_ctf,
+        maps = consensus_half_maps(ctx, source, consensus_poses.matrices, consensus_poses.origin_px,
                                    subset=subset, reconstruction=cfg.reconstruction)
         if ctx.is_root:
-            (out / "consensus").mkdir(exist_ok=True)
-            for h in ("half1", "half2"):
-                mrc.write_map(out / "consensus" / f"{h}.mrc", maps[h], voxel_size_angstrom)
+            folder.consensus_folder.mkdir(exist_ok=True)
+            for h in (1, 2):
+                mrc.write_map(folder.consensus_half(h), maps[f"half{h}"], voxel_size_angstrom)
     summary = {"modules": {}, "voxel_size_angstrom": voxel_size_angstrom}
     results = {}
     if ctx.is_root:
         timings["consensus_half_maps_s"] = round(time.time() - clock, 2)
         clock = time.time()
         for name, mask in zip(names, masks):
-            folder = out / name
-            h1, _ = mrc.read_map(folder / "half1.mrc")
-            h2, _ = mrc.read_map(folder / "half2.mrc")
+            module = folder.module_folder(name)
+            h1, _ = mrc.read_map(module.half(1))
+            h2, _ = mrc.read_map(module.half(2))
             before = fsc_mod.fsc(maps["half1"], maps["half2"], voxel_size_angstrom, mask=mask, seed=cfg.seed)
-            fsc_mod.write_fsc_json(folder / "fsc_consensus.json", {"consensus_half_maps_masked": before})
+            fsc_mod.write_fsc_json(module / "fsc_consensus.json", {"consensus_half_maps_masked": before})
             result = pp.postprocess(h1, h2, mask, voxel_size_angstrom, bfactor=post.bfactor, force_mask=True, seed=cfg.seed)
-            pp.write_outputs(folder, result, f"{name}: resolution {result.resolution_angstrom:.2f} Å")
-            plot_before_after_png(folder / "fsc_before_after.png", before, result.fsc, name)
+            pp.write_outputs(module.path, result, f"{name}: resolution {result.resolution_angstrom:.2f} Å")
+            plot_before_after_png(module / "fsc_before_after.png", before, result.fsc, name)
             results[name] = result
             summary["modules"][name] = {
                 "resolution_before_angstrom": fsc_mod.resolution_shell_at(before, 0.143)[1],
@@ -117,11 +110,12 @@ def finish_run(cfg, ctx, *, table, consensus_poses, poses, masks, voxel_size_ang
         settings = locres_mod.LocresSettings(post.locres_radius_angstrom, post.locres_edge_angstrom, post.locres_step_angstrom)
         for name, mask in zip(names, masks):
             # The module's half maps were written by rank 0 before the last stage's broadcast: every rank reads them.
-            h1, _ = mrc.read_map(out / name / "half1.mrc")
-            h2, _ = mrc.read_map(out / name / "half2.mrc")
+            module = folder.module_folder(name)
+            h1, _ = mrc.read_map(module.half(1))
+            h2, _ = mrc.read_map(module.half(2))
             local = locres_mod.local_resolution(ctx, h1, h2, voxel_size_angstrom, settings, support=mask, seed=cfg.seed)
             if ctx.is_root:
-                locres_mod.write_outputs(out / name, local, results[name].sharpened, voxel_size_angstrom, mask, f"{name}: local resolution")
+                locres_mod.write_outputs(module.path, local, results[name].sharpened, voxel_size_angstrom, mask, f"{name}: local resolution")
                 stats = locres_mod.summary(local, mask)
                 summary["modules"][name]["locres_median_angstrom"] = stats.get("median_angstrom")
                 log.info("%s: local resolution in the mask, median %s Å (%d windows)", name,
@@ -133,37 +127,35 @@ def finish_run(cfg, ctx, *, table, consensus_poses, poses, masks, voxel_size_ang
         centres = np.array([centre_of_mass_px(consensus_map, mask) for mask in masks])
         analysis = motion_mod.analyse(names, centres, consensus_poses.matrices, consensus_poses.origin_px,
                                       [(p.matrices, p.origin_px) for p in poses], voxel_size_angstrom)
-        write_motion_outputs(out, analysis, table.image_name, masks, voxel_size_angstrom, post.motion_components)
+        write_motion_outputs(folder, analysis, source.table.image_name, masks, voxel_size_angstrom, post.motion_components)
         motion_summary = motion_mod.summary(analysis)
         for name in names:
             summary["modules"][name] |= {"median_pose_change_deg": motion_summary["modules"][name]["median_angle_deg"],
                                          "median_pose_change_angstrom": motion_summary["modules"][name]["median_shift_angstrom"]}
         timings["motion_s"] = round(time.time() - clock, 2)
-        from lorefine_mpi.report import html
-
         timings["finish_total_s"] = round(sum(v for k, v in timings.items() if k != "refinement_s"), 2)
-        atomic_write_text(out / "timings.json", json.dumps(timings, indent=1))
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
-        report = html.write_report(out)
+        atomic_write_text(folder.timings, json.dumps(timings, indent=1))
+        atomic_write_text(folder.summary, json.dumps(summary, indent=1))
+        report = write_report(folder.out) if write_report is not None else "(not written)"
         print(results_table(summary, report), flush=True)
 
 
-def write_motion_outputs(out: Path, analysis, image_names, masks, voxel_size_angstrom: float, components: int) -> None:
+def write_motion_outputs(run: layout.RunFolder, analysis, image_names, masks, voxel_size_angstrom: float, components: int) -> None:
     """results.h5 /motion, motion/motion.csv and motion.json, the plots, and the maps along the components."""
-    folder = out / "motion"
+    folder = run.motion_folder
     folder.mkdir(exist_ok=True)
-    if (out / "results.h5").exists():
-        write_motion(out / "results.h5", analysis)
+    if run.results.exists():
+        write_motion(run.results, analysis)
     motion_mod.write_csv(folder / "motion.csv", analysis, image_names)
     atomic_write_text(folder / "motion.json", json.dumps(motion_mod.summary(analysis), indent=1))
     for k, name in enumerate(analysis.module_names):
-        motion_mod.plot_pose_change_png(out / name / "pose_change.png", analysis, k, f"{name}: pose change from the consensus")
+        motion_mod.plot_pose_change_png(run.module_folder(name) / "pose_change.png", analysis, k, f"{name}: pose change from the consensus")
     if not analysis.pairs:
         return
     motion_mod.plot_relative_png(folder / "relative_motion.png", analysis)
     motion_mod.plot_pca_png(folder / "pca.png", analysis)
-    module_maps = [mrc.read_map(out / name / "map.mrc")[0] for name in analysis.module_names]
-    combined, _ = mrc.read_map(out / "combined.mrc")
+    module_maps = [mrc.read_map(run.module_folder(name).map)[0] for name in analysis.module_names]
+    combined, _ = mrc.read_map(run.combined())
     rest = combined * (1.0 - np.clip(sum(masks), 0.0, 1.0))
     for c in range(min(components, len(analysis.eigenvalues))):
         frames = motion_mod.component_frames(analysis, module_maps, rest, c, voxel_size_angstrom)

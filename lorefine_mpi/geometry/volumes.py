@@ -1,4 +1,5 @@
-"""Split the consensus map into modules, and recentre a module on the box centre (SPEC §3.1–3.2).
+"""Volume geometry of the modules: centres of mass, moving a volume (recentring a module on the box centre,
+SPEC §3.2), the poses that go with a recentred module, a module's mean rigid motion, and the masks' extent.
 
 All volumes are ``(N, N, N)`` float arrays indexed ``[z, y, x]``, centre at index N//2; positions are
 ``(x, y, z)`` px from the box centre.
@@ -12,19 +13,6 @@ import numpy as np
 import scipy.fft
 
 from lorefine_mpi.geometry import rotations
-
-
-@dataclasses.dataclass(frozen=True)
-class Module:
-    """One rigid module of the complex, in the consensus frame.
-
-    name: the config's name. mask: (N, N, N) float32 soft mask in [0, 1] (all ones for `whole`).
-    centre_px: (3,) centre of mass of ``map · mask`` (positive part), xyz px from the box centre.
-    """
-
-    name: str
-    mask: np.ndarray
-    centre_px: np.ndarray
 
 
 def centre_of_mass_px(volume, weights=None) -> np.ndarray:
@@ -42,13 +30,6 @@ def centre_of_mass_px(volume, weights=None) -> np.ndarray:
     y = (v.sum(axis=(0, 2)) * axis).sum() / total
     x = (v.sum(axis=(0, 1)) * axis).sum() / total
     return np.array([x, y, z])
-
-
-def split(volume, mask):
-    """``(V · M, V · (1 − M))``: the module and the rest of the complex, float32."""
-    v = np.asarray(volume, dtype=np.float32)
-    m = np.asarray(mask, dtype=np.float32)
-    return v * m, v * (1.0 - m)
 
 
 def shift_volume(volume, shift_px) -> np.ndarray:

@@ -1,4 +1,8 @@
-"""One object owns the communicator (mpi4py only in `parallel/`); with none, the same code runs serially.
+"""The MPI distributor: the only code that touches the communicator (mpi4py is imported in `parallel/` only).
+
+`MPIDistributor` overrides the collective steps of `refine.distributor.Distributor` for many ranks: broadcasts,
+reductions in chunks, node-shared read-only arrays (`shared`), the leader/worker hand-out of work units
+(`scheduler`), stall detection (`watchdog`).
 
 Failure policy (`guard`): a user's mistake found by rank 0 before heavy work is broadcast, so every rank
 exits 2 with the same one-line message printed once (`agree_on_error`). Any other failure on one rank of
@@ -13,15 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import time
-import traceback
 
 import numpy as np
 
 from lorefine_mpi.errors import EXIT_BUG, EXIT_INPUT_ERROR, EXIT_STOPPED, InputError, describe_os_error
-
+from lorefine_mpi.parallel import scheduler
+from lorefine_mpi.parallel.shared import SharedArray
+from lorefine_mpi.parallel.watchdog import Watchdog
+from lorefine_mpi.refine.distributor import Distributor
 
 MOVE_TAG = 13  # `move_to_root`'s messages (the scheduler's are 11 and 12)
 _LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "PMI_FD", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE")
@@ -29,7 +34,8 @@ _LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "PMI_FD", "PMIX_RANK", "OMPI_COMM
 
 def launched_by_mpi() -> bool:
     """Whether an MPI launcher (mpiexec, mpirun, srun with an MPI plugin) started this process; also
-    srun with several tasks and no plugin, so that `ParallelContext.check_slurm` can refuse it."""
+    srun with several tasks and no plugin, so that `MPIDistributor.check_slurm` can refuse it. (mpi4py is not
+    imported.)"""
     env = os.environ
     if any(name in env for name in _LAUNCHER_VARIABLES):
         return True
@@ -37,10 +43,7 @@ def launched_by_mpi() -> bool:
 
 
 def world_communicator():
-    """COMM_WORLD when an MPI launcher started this process, else None: one process, and MPI is never
-    started (so `lorefine refine` runs where mpi4py or an MPI library is missing or cannot start)."""
-    if not launched_by_mpi():
-        return None
+    """COMM_WORLD (an MPI launcher started this process)."""
     try:
         from mpi4py import MPI
     except (ImportError, RuntimeError) as error:  # every rank says so: there is no communicator to agree on one
@@ -49,16 +52,22 @@ def world_communicator():
     return MPI.COMM_WORLD
 
 
-class ParallelContext:
-    """rank/size/node facts, collectives on numpy arrays, the stop flag set by SIGTERM/SIGUSR1."""
+def distributor() -> Distributor:
+    """The distributor of this process: MPI's when a launcher started it, else the one-process one (and mpi4py is
+    never imported, so `lorefine refine` runs where mpi4py or an MPI library is missing or cannot start)."""
+    return MPIDistributor(world_communicator()) if launched_by_mpi() else Distributor()
 
-    def __init__(self, comm=None):
+
+class MPIDistributor(Distributor):
+    """rank/size/node facts, collectives on numpy arrays, node-shared arrays, the work-unit hand-out."""
+
+    def __init__(self, comm):
+        super().__init__()
         self.comm = comm
-        self.rank = comm.Get_rank() if comm is not None else 0
-        self.size = comm.Get_size() if comm is not None else 1
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
         self.is_root = self.rank == 0
-        self.stop_requested = False
-        if comm is not None and self.size > 1:
+        if self.size > 1:
             from mpi4py import MPI
 
             self.node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
@@ -66,13 +75,14 @@ class ParallelContext:
             self.node = None
         self.node_rank = self.node.Get_rank() if self.node is not None else 0
         self.is_node_leader = self.node_rank == 0
+        self._held = []
 
     # -- collectives -------------------------------------------------------------------------
     def bcast(self, obj, root: int = 0):
-        return obj if self.comm is None or self.size == 1 else self.comm.bcast(obj, root=root)
+        return obj if self.size == 1 else self.comm.bcast(obj, root=root)
 
     def barrier(self) -> None:
-        if self.comm is not None and self.size > 1:
+        if self.size > 1:
             self.comm.Barrier()
 
     def node_barrier(self) -> None:
@@ -80,9 +90,8 @@ class ParallelContext:
             self.node.Barrier()
 
     def allreduce_max(self, array) -> np.ndarray:
-        """The element-wise maximum over ranks of a small float64 array, on every rank."""
         array = np.asarray(array, dtype=np.float64)
-        if self.comm is None or self.size == 1:
+        if self.size == 1:
             return array
         from mpi4py import MPI
 
@@ -90,10 +99,11 @@ class ParallelContext:
         self.comm.Allreduce(array, out, op=MPI.MAX)
         return out
 
+    def any_stop_requested(self) -> bool:
+        return self.allreduce_max([float(self.stop_requested)])[0] > 0
+
     def move_to_root(self, obj, source: int):
-        """``obj`` of rank ``source``, returned on rank 0 (None on the other ranks); collective in the sense that
-        ranks 0 and ``source`` must both call it."""
-        if self.comm is None or self.size == 1 or source == 0:
+        if self.size == 1 or source == 0:
             return obj if self.is_root else None
         if self.rank == source:
             self.comm.send(obj, dest=0, tag=MOVE_TAG)
@@ -103,7 +113,7 @@ class ParallelContext:
 
     def reduce_sum(self, array: np.ndarray, root: int = 0) -> None:
         """Sum ``array`` over ranks into the root's copy, in place, in chunks of at most 256 MiB."""
-        if self.comm is None or self.size == 1:
+        if self.size == 1:
             return
         from mpi4py import MPI
 
@@ -118,13 +128,33 @@ class ParallelContext:
             else:
                 self.comm.Reduce(part, None, op=MPI.SUM, root=root)
 
-    def log_formatter(self):
-        """Log lines carry the time and ``rank/size``."""
-        import logging
+    # -- node-shared memory ------------------------------------------------------------------
+    def allocate(self, shape, dtype, fill) -> np.ndarray:
+        if self.node is None:
+            return super().allocate(shape, dtype, fill)
+        shared = SharedArray(self, shape, dtype, fill)
+        self._held.append(shared)
+        return shared.array
 
-        return logging.Formatter(f"%(asctime)s [{self.rank}/{self.size}] %(message)s", "%H:%M:%S")
+    def free_all(self) -> None:
+        for shared in self._held:
+            shared.free()
+        self._held = []
 
-    # -- failure and signals ------------------------------------------------------------------
+    # -- work units --------------------------------------------------------------------------
+    def run_units(self, pending, process, record) -> bool:
+        if self.size == 1:
+            return super().run_units(pending, process, record)
+        return scheduler.run_units(self, list(pending), process, record if self.is_root else None)
+
+    # -- the run's life ----------------------------------------------------------------------
+    def watching(self, timeout_s: float, stalled_line):
+        return Watchdog(self, timeout_s, stalled_line)
+
+    def lock_lost(self, error: InputError) -> None:
+        if self.size > 1:
+            self.end_job(EXIT_INPUT_ERROR, f"lorefine: error: {error}")
+
     def check_slurm(self) -> None:
         """Refuse the trap of srun starting N one-rank jobs (wrong --mpi plugin for the MPI build)."""
         ntasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
@@ -134,33 +164,14 @@ class ParallelContext:
                 "use 'srun --mpi=pmi2' (MPICH) or the plugin your MPI was built for"
             )
 
-    @contextlib.contextmanager
-    def signal_handlers(self):
-        """While inside: SIGTERM / SIGUSR1 (Slurm's warnings before a time limit or preemption) and SIGINT
-        (Ctrl-C) set ``stop_requested``; a second SIGINT raises KeyboardInterrupt. The previous handlers
-        are restored after."""
-
-        def handler(signum, frame):
-            if signum == signal.SIGINT and self.stop_requested:
-                raise KeyboardInterrupt
-            self.stop_requested = True
-
-        signals = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-        previous = {sig: signal.signal(sig, handler) for sig in signals}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
     def end_job(self, code: int, line: str | None = None) -> None:
-        """Print ``line`` (one line, this rank) and end every rank with exit status ``code``. Under MPI the
-        abort's own message is not printed (this rank's stdout and stderr are closed first)."""
+        """Print ``line`` (one line, this rank) and end every rank with exit status ``code``. The abort's own
+        message is not printed (this rank's stdout and stderr are closed first)."""
         if line:
             sys.stderr.write(line.rstrip("\n") + "\n")
         sys.stderr.flush()
         sys.stdout.flush()
-        if self.comm is not None and self.size > 1:
+        if self.size > 1:
             time.sleep(0.5 if line else 0.0)  # let the launcher forward the line before the abort ends its forwarding
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
@@ -188,8 +199,7 @@ class ParallelContext:
         except SystemExit:
             raise
         except BaseException as error:  # a bug: report it with its traceback and end the job
-            sys.stderr.write(f"lorefine: rank {self.rank}/{self.size} failed: {error.__class__.__name__}: {error}\n")
-            traceback.print_exc(file=sys.stderr)
+            self.report_bug(error)
             self.end_job(EXIT_BUG)
 
     def agree_on_error(self, error: InputError | None) -> None:

@@ -1,0 +1,278 @@
+"""`refine`: LO-refinement of every module of a complex, the whole algorithm in one place (SPEC §3).
+
+    for each iteration:
+        for each module m (Gauss–Seidel: the modules refined earlier in this iteration enter with their new maps):
+            split and recentre      module map V·M_m, its centre of mass at the box centre; the rest of the complex
+            band                    the Fourier band the score uses (where the data still match the module)
+            prior                   the width of the module's motion, learned from a sample of particles
+            search                  every particle's local search of the module's pose (work units)
+            mean motion             the module's mean rigid motion relative to the consensus taken out
+            reconstruct             the module's half maps from its refined poses, placed back in the consensus frame
+        combine                     the refined modules into the model of the next iteration
+    finish                          post-processing, local resolution, the modules' motion, the report
+
+Written once for one process and for many: the `refine.distributor.Distributor` it is handed does every step that
+involves other processes (broadcasts, sums, the hand-out of work units, shared memory), and the
+`refine.recorder.Recorder` keeps the checkpoint, the lock and the CPU time, so a resumed run picks up where the
+last one stopped. The computations themselves are `refine.engine.RefineEngine`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from lorefine_mpi.io.results import stage_name
+from lorefine_mpi.reconstruction.reconstruct import summed_half_maps
+from lorefine_mpi.refine import engine as eng
+from lorefine_mpi.refine import partition
+from lorefine_mpi.refine.progress import ProgressLog
+
+log = logging.getLogger(__name__)
+
+
+def refine(cfg, dist, recorder, write_report=None) -> int:
+    """LO-refinement of ``cfg`` (module docstring): 0, or `errors.EXIT_STOPPED` when a stop was asked (finished work
+    recorded). Collective: every process calls it. write_report(output folder) -> path: the report of the finished run
+    (`report.html.write_report`, given by the caller; the report sits above this package), written on rank 0 after the
+    post-processing."""
+    with recorder.running():
+        return _refine(cfg, dist, recorder, write_report)
+
+
+def _refine(cfg, dist, recorder, write_report) -> int:
+    started = time.time()
+    engine = eng.RefineEngine(cfg, allocate=dist.allocate)
+    run = _Run(cfg, dist, recorder, engine)
+    if (cfg.search.max_resolution_angstrom == "auto" or cfg.consensus_half_maps) and not run.consensus_halves():
+        return recorder.stopped()
+    model = engine.consensus
+    poses = [engine.consensus_poses for _ in cfg.modules]
+    for iteration in range(1, cfg.iterations + 1):
+        maps = []
+        for index, module in enumerate(cfg.modules):
+            stage = eng.Stage(stage_name(iteration, module.name), iteration, index, module.name)
+            state = engine.begin_stage(stage, model, gauss_seidel(model, maps, len(cfg.modules)), poses)
+            refined = run.search(state)
+            if refined is None:
+                return recorder.stopped()
+            poses[index] = refined
+            full = run.reconstruct(state, refined)
+            if full is None:
+                return recorder.stopped()
+            maps.append(full)
+        model = engine.combine(model, maps)
+        if dist.is_root:
+            recorder.writing()
+            engine.write_combined(iteration, model)
+    if dist.is_root:
+        log.info("done: outputs in %s", cfg.output)
+    recorder.close_results()  # the end-of-run analysis adds to it (`io.results.write_motion`)
+    recorder.writing()
+    if cfg.postprocess.enabled:  # post-processing, local resolution, motion, report, table
+        from lorefine_mpi.refine.finish import finish_run
+
+        finish_run(cfg, dist, source=engine.source, consensus_poses=engine.consensus_poses, poses=poses, masks=engine.masks,
+                   voxel_size_angstrom=engine.voxel, subset=engine.subset, started=started, write_report=write_report)
+    if dist.is_root and cfg.subtracted.modules:  # `subtracted:` in the config
+        from lorefine_mpi.refine.subtracted import write_subtracted
+
+        for name in cfg.subtracted.modules:
+            write_subtracted(cfg.output, name, box_px=cfg.subtracted.box_px)
+    return 0
+
+
+def gauss_seidel(model, refined_maps, n_modules: int) -> list:
+    """Each module's map for the rest of the complex in a stage: the modules refined already in this iteration with
+    their new maps, the others with the iteration's model (their poses: the latest, the caller's)."""
+    return list(refined_maps) + [model] * (n_modules - len(refined_maps))
+
+
+def replay_stage(cfg, engine, iteration: int, index: int, folder=None):
+    """The `engine.StageState` a run of ``cfg`` set up for module ``index`` (0-based) of ``iteration``, read back from
+    its output folder (``folder``, default ``cfg.output``): the previous iteration's combined map and poses, and the
+    maps and poses of the modules refined before it in this iteration (for studies of a finished run)."""
+    from lorefine_mpi.io import mrc, results
+    from lorefine_mpi.refine import layout
+
+    run = layout.RunFolder(cfg.output if folder is None else folder, cfg.iterations)
+    names = [m.name for m in cfg.modules]
+
+    def final(it, name):
+        stored = results.read_final_stage(run.results, stage_name(it, name))
+        return eng.Poses(stored["matrix"], stored["origin_px"])
+
+    model = engine.consensus if iteration == 1 else mrc.read_map(run.combined(iteration - 1))[0]
+    poses = [engine.consensus_poses if iteration == 1 else final(iteration - 1, n) for n in names]
+    def full(name):  # the module's full map as the run kept it: the mean of its half maps (unmasked)
+        folder = run.module_folder(name, iteration)
+        return 0.5 * (mrc.read_map(folder.half(1))[0] + mrc.read_map(folder.half(2))[0])
+
+    refined = [full(n) for n in names[:index]]
+    poses[:index] = [final(iteration, n) for n in names[:index]]
+    stage = eng.Stage(stage_name(iteration, names[index]), iteration, index, names[index])
+    return engine.begin_stage(stage, model, gauss_seidel(model, refined, len(names)), poses)
+
+
+class _Run:
+    """The steps of one run that involve the distributor and the recorder (`refine` reads as the algorithm)."""
+
+    def __init__(self, cfg, dist, recorder, engine):
+        self.cfg, self.dist, self.recorder, self.engine = cfg, dist, recorder, engine
+        self.exact = None
+        self.consensus_maps = None  # rank 0: the consensus poses' half maps, the first iteration's reference for the band
+
+    # -- the consensus poses' half maps -------------------------------------------------------
+    def consensus_halves(self) -> bool:
+        """Half maps of the consensus poses (``OUT/consensus/``), for the first iteration's search bands: the
+        ones given (``consensus_half_maps``) or reconstructed; read back when a resumed run made them already.
+        Rank 0 keeps them. False when a stop was asked."""
+        dist, engine, recorder = self.dist, self.engine, self.recorder
+        if dist.on_root(lambda: recorder.has_flag("consensus_halves") and engine.read_consensus_halves() is not None):
+            if dist.is_root:
+                self.consensus_maps = engine.read_consensus_halves()
+            return True
+        if self.cfg.consensus_half_maps:  # the consensus's own (RELION's Refine3D), nothing to reconstruct
+            if dist.is_root:
+                recorder.writing()
+                self.consensus_maps = engine.given_consensus_halves()
+            recorder.set_flag("consensus_halves")
+            return True
+        half_maps = self.half_maps(engine.consensus_poses, "consensus half maps")
+        if half_maps is False:
+            return False
+        if dist.is_root:
+            recorder.writing()
+            self.consensus_maps = engine.write_consensus_halves(half_maps)
+        recorder.set_flag("consensus_halves")
+        return True
+
+    # -- one stage: search --------------------------------------------------------------------
+    def search(self, state) -> eng.Poses | None:
+        """The stage's final poses (every rank), or None when a stop was asked: the work units the checkpoint does
+        not hold are searched (band, prior, then the units), then the mean motion is taken out."""
+        dist, engine, recorder, stage = self.dist, self.engine, self.recorder, state.stage
+        unit_of_particle, done = recorder.work_units(stage, lambda: engine.work_units(state.prelim))
+        members = partition.members_of(unit_of_particle)
+        pending = [u for u in range(len(members)) if not done[u]]
+        if dist.is_root:
+            log.info("%s: %d particles in %d units (%d to do), module centre (%.2f, %.2f, %.2f) px",
+                     stage.name, len(unit_of_particle), len(members), len(pending), *state.centre_px)
+        if pending:
+            band_px, weights = dist.on_root(lambda: self._band(state))
+            search = engine.stage_search(state, band_px, weights)
+            search.use_prior(*self.prior_widths(stage, search))
+            progress = ProgressLog(f"{stage.name}: search", sum(len(members[u]) for u in pending))
+            with recorder.cpu_clock(stage, "search"):
+                finished = dist.run_units(pending, lambda unit: search.search_unit(members[unit]), recorder.unit_writer(stage, members, progress))
+            dist.free_all()
+            if not finished:
+                return None
+        return dist.on_root(lambda: self._final_poses(state))
+
+    def _band(self, state):
+        """Rank 0: the stage's search band and whitening weights (`RefineEngine.search_band`), recorded."""
+        engine, stage = self.engine, state.stage
+        band_px, weights, how = engine.search_band(state, engine.reference_halves(state, self.consensus_maps))
+        self.recorder.set_stage_attribute(stage, "search_band_px", band_px)
+        log.info("%s: search band %.1f px = %.2f Å (Nyquist %.2f Å), %s", stage.name, band_px, engine.box * engine.voxel / band_px,
+                 2 * engine.voxel, how)
+        return band_px, weights
+
+    def prior_widths(self, stage, search):
+        """The stage's prior widths (σ_rot rad, σ_px), on every rank: learned once (`engine.PriorPilot`, its
+        units shared among the ranks; each particle's evidence is computed by one rank, so the sum over ranks
+        is exact and the widths the same on any rank count) and kept in results.h5, so a resumed stage uses
+        the same."""
+        dist, recorder = self.dist, self.recorder
+        kept = recorder.stage_attribute(stage, "prior_sigma")
+        if kept is not None:
+            return tuple(None if np.isnan(v) else float(v) for v in kept)
+        pilot = search.prior_pilot()
+        if pilot is None:
+            return search.configured_prior()
+        with recorder.cpu_clock(stage, "search"):
+            evidence = pilot.evidence(range(dist.rank, len(pilot.units), dist.size), pilot.empty())
+            dist.reduce_sum(evidence)
+        return dist.on_root(lambda: self._learned_widths(stage, pilot, evidence))
+
+    def _learned_widths(self, stage, pilot, evidence):
+        rot, px = widths = pilot.widths(evidence)
+        self.recorder.set_stage_attribute(stage, "prior_sigma", np.array([np.nan if rot is None else rot, np.nan if px is None else px]))
+        log.info("%s: prior on the module's motion: %s rotation, %s shift (learned from %d particles)", stage.name,
+                 "flat" if rot is None else f"σ {np.rad2deg(rot):.3g}°", "flat" if px is None else f"σ {px:.3g} px", len(pilot.ids))
+        return widths
+
+    def _final_poses(self, state) -> eng.Poses:
+        """Rank 0: the stage's poses from the search's recorded ones, the mean motion taken out; recorded."""
+        stage, recorder = state.stage, self.recorder
+        stored = recorder.read_stage(stage)
+        undetermined = int(np.isnan(stored["rest_scale"]).sum())
+        if undetermined:
+            log.warning("%s: the rest's scale k could not be fitted for %d particle(s) (their module and rest projections are "
+                        "alike): their rest was not subtracted (rest_scale NaN in results.h5)", stage.name, undetermined)
+        final, rotation_deg, shift_px = self.engine.final_poses(state, stored["search_matrix"], stored["search_origin_px"])
+        recorder.write_poses(stage, final, rotation_deg, shift_px)
+        return final
+
+    # -- one stage: reconstruction -------------------------------------------------------------
+    def reconstruct(self, state, refined):
+        """The module's full map (every rank) from its refined poses, its outputs written; None when a stop was asked."""
+        dist, engine, recorder, stage = self.dist, self.engine, self.recorder, state.stage
+        cpu_started = time.process_time()
+        half_maps = self.half_maps(engine.reconstruction_poses(state, refined), stage.name)
+        if half_maps is False:
+            return None
+        full = None
+        if dist.is_root:
+            maps = engine.rebuild(state, half_maps)
+            writing_started = time.process_time()
+            recorder.add_cpu(stage, "reconstruction", writing_started - cpu_started)
+            scores = recorder.read_stage(stage)["score"]
+            recorder.writing()
+            engine.write_module(state, maps, refined, scores)
+            recorder.mark_reconstructed(stage)
+            recorder.add_cpu(stage, "writing", time.process_time() - writing_started)
+            full = maps["full"]
+        else:
+            recorder.add_cpu(stage, "reconstruction", time.process_time() - cpu_started)
+        recorder.record_cpu(stage)
+        return dist.bcast(full)
+
+    def half_maps(self, poses: eng.Poses, what: str):
+        """The half maps (consensus frame of the poses) of every particle at ``poses``: each process back-projects
+        its share of the fixed particle blocks, the accumulators are summed exactly and each half reconstructed on
+        its own rank (`summed_half_maps`); (half1, half2) on rank 0, None on the others, or False on every rank when
+        a stop was asked."""
+        dist, engine = self.dist, self.engine
+        halves = engine.accumulators(self._exact_sum())
+        mine = self._my_particles()
+        progress = ProgressLog(f"{what}: back-projection (rank 0's blocks)", len(mine)) if dist.is_root else None
+        # the order of the additions does not matter (exact sums): batches as large as the reader's, for the
+        # scatter's locality (its tiles fill better with more images per call)
+        for ids in np.array_split(mine, max(1, -(-len(mine) // eng.BLOCK_MAX))):
+            if dist.stop_requested:
+                break
+            engine.backproject(poses, ids, halves)
+            if progress:
+                progress.add(len(ids))
+        if dist.any_stop_requested():  # a stop asked on any rank: every rank stops here
+            return False
+        reconstruction = self.cfg.reconstruction
+        return summed_half_maps(dist, halves, reconstruction.weight_floor, reconstruction.gridding_iterations)
+
+    def _exact_sum(self) -> eng.ExactSum:
+        """The rounding grid of the accumulators, from bounds over every particle (once per run)."""
+        if self.exact is None:
+            image_bound, ctf_bound = self.engine.image_bounds(self._my_particles())
+            image_bound, ctf_bound = self.dist.allreduce_max(np.array([image_bound, ctf_bound]))
+            self.exact = self.engine.exact_sum(image_bound, ctf_bound)
+        return self.exact
+
+    def _my_particles(self) -> np.ndarray:
+        """This process's consecutive share of the fixed particle blocks (`engine.reconstruction_blocks`), ascending."""
+        blocks = eng.reconstruction_blocks(self.engine.n)
+        mine = [blocks[b] for b in self.dist.share(len(blocks))]
+        return np.concatenate(mine or [np.zeros(0, np.int64)])
