@@ -134,9 +134,9 @@ def main(argv=None):
         for b in betas:
             if args.likelihood != "profile":  # the program's fixed_amplitude, with ρ_s shared ("linear") or the particle's own
                 rs = rho_signal if args.likelihood == "linear" else float(np.clip(centre[i], 0.0, 0.99))
-                ll = score.Likelihood(pixels * b, "fixed_amplitude", rs)(rho)
+                ll = score.FixedAmplitudeLikelihood(pixels * b, rs)(rho)
             else:
-                ll = score.Likelihood(pixels * b)(rho)
+                ll = score.ProfileLikelihood(pixels * b)(rho)
             reduced[b].append(logsumexp(np.where(finite, ll + shift_prior, -np.inf), axis=2))
     floor = min(d[(d > 1e-6) & c.valid].min() for d, c in zip(distance, cubes))
     for b in betas:

@@ -17,6 +17,9 @@ from typing import Any
 import yaml
 
 from lorefine_mpi.errors import InputError
+from lorefine_mpi.kernels import BACKENDS
+from lorefine_mpi.search import options
+from lorefine_mpi.search.score import LIKELIHOODS
 
 # the `search` keys a module may set for itself (None: the global value)
 MODULE_SEARCH_KEYS = ("cone_half_angle_deg", "psi_half_range_deg", "max_shift_px", "prior_sigma_deg", "prior_sigma_px")
@@ -81,6 +84,13 @@ class ReconstructionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ComputeConfig:
+    """The array back-end of the search and the reconstruction (`kernels`)."""
+
+    backend: str = "cpu"
+
+
+@dataclasses.dataclass(frozen=True)
 class ParallelConfig:
     class_spacing_deg: float = 7.5
     unit_size: int = 64
@@ -119,6 +129,7 @@ class Config:
     score: ScoreConfig = ScoreConfig()
     reconstruction: ReconstructionConfig = ReconstructionConfig()
     parallel: ParallelConfig = ParallelConfig()
+    compute: ComputeConfig = ComputeConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
     iterations: int = 2
     seed: int = 0
@@ -133,7 +144,7 @@ class Config:
 # key → (kind, check, message); kinds: "float", "int", "choice", "path", "optional_float", "prior" (auto, null or a float),
 # "auto_float" (auto or a float)
 _RULES: dict[str, tuple[str, Any, str]] = {
-    "search.strategy": ("choice", ("separate", "simultaneous"), "one of separate, simultaneous"),
+    "search.strategy": ("choice", options.STRATEGIES.names(), options.STRATEGIES.expected()),
     "search.cone_half_angle_deg": ("float", lambda v: 0 < v <= 90, "must be in (0, 90]"),
     "search.angular_step_deg": ("float", lambda v: 0 < v <= 30, "must be in (0, 30]"),
     "search.psi_half_range_deg": ("float", lambda v: 0 <= v <= 180, "must be in [0, 180]"),
@@ -142,18 +153,19 @@ _RULES: dict[str, tuple[str, Any, str]] = {
     "search.shift_step_px": ("int", lambda v: 1 <= v <= 8, "must be a whole number of pixels in [1, 8]"),
     "search.n_random_angles": ("int", lambda v: v >= 1, "must be >= 1"),
     "search.mask_diameter_px": ("optional_float", lambda v: v > 0, "must be > 0 (or null for automatic)"),
-    "search.angle_refinement": ("choice", ("quadratic", "none"), "one of quadratic, none"),
-    "search.mean_motion": ("choice", ("remove", "keep"), "one of remove, keep"),
+    "search.angle_refinement": ("choice", options.ANGLE_REFINEMENTS.names(), options.ANGLE_REFINEMENTS.expected()),
+    "search.mean_motion": ("choice", options.MEAN_MOTIONS.names(), options.MEAN_MOTIONS.expected()),
     "search.prior_sigma_deg": ("prior", lambda v: 0 < v <= 90, "must be auto, null or a number in (0, 90]"),
     "search.prior_sigma_px": ("prior", lambda v: 0 < v <= 32, "must be auto, null or a number in (0, 32]"),
-    "search.estimate": ("choice", ("map", "mean"), "one of map, mean"),
-    "search.likelihood": ("choice", ("profile", "fixed_amplitude"), "one of profile, fixed_amplitude"),
+    "search.estimate": ("choice", options.ESTIMATORS.names(), options.ESTIMATORS.expected()),
+    "search.likelihood": ("choice", LIKELIHOODS.names(), LIKELIHOODS.expected()),
     "search.max_resolution_angstrom": ("auto_float", lambda v: v > 0, "must be auto or a resolution in Å (> 0)"),
-    "score.mode": ("choice", ("subtract", "composite"), "one of subtract, composite"),
+    "score.mode": ("choice", options.SCORE_MODES.names(), options.SCORE_MODES.expected()),
     "score.ctf": ("choice", ("auto", True, False), "one of auto, true, false"),
     "reconstruction.padding": ("int", lambda v: v in (1, 2, 3, 4), "must be 1, 2, 3 or 4"),
     "reconstruction.weight_floor": ("float", lambda v: 0 < v <= 1, "must be in (0, 1]"),
     "reconstruction.gridding_iterations": ("int", lambda v: 0 <= v <= 50, "must be an integer in [0, 50]"),
+    "compute.backend": ("choice", tuple(BACKENDS), "one of " + ", ".join(BACKENDS)),
     "parallel.class_spacing_deg": ("float", lambda v: 0 < v <= 90, "must be in (0, 90]"),
     "parallel.unit_size": ("int", lambda v: v >= 1, "must be >= 1"),
     "subtracted.box_px": ("optional_float", lambda v: v >= 16 and v == int(v) and v % 2 == 0,
@@ -170,9 +182,9 @@ _RULES: dict[str, tuple[str, Any, str]] = {
     "seed": ("int", lambda v: v >= 0, "must be >= 0"),
 }
 _SECTIONS = {"search": SearchConfig, "score": ScoreConfig, "reconstruction": ReconstructionConfig, "parallel": ParallelConfig,
-             "postprocess": PostprocessConfig}
+             "compute": ComputeConfig, "postprocess": PostprocessConfig}
 _TOP = ("particles", "consensus_map", "consensus_half_maps", "modules", "output", "project_dir", "search", "score", "reconstruction", "parallel",
-        "subtracted", "postprocess", "iterations", "seed")
+        "compute", "subtracted", "postprocess", "iterations", "seed")
 _MODULE_KEYS = ("name", "mask") + MODULE_SEARCH_KEYS + ("centre_px", "rotate_relative_to")
 _REQUIRED = ("particles", "consensus_map", "modules", "output")
 
@@ -197,12 +209,12 @@ def checked_value(path: str, value, rules=None, where: str | None = None):
     if kind == "optional_float" and value is None:
         return None
     if kind == "auto_float":
-        if value == "auto":
+        if options.is_auto(value):
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"{path}: {expected}, got {value!r}")
     if kind == "prior":
-        if value is None or value == "auto":
+        if value is None or options.is_auto(value):
             return value
         if isinstance(value, str) or isinstance(value, bool) or not isinstance(value, (int, float)) or not check(value):
             raise InputError(f"{path}: {expected}, got {value!r}")
@@ -459,7 +471,7 @@ def search_fingerprint(cfg: Config) -> dict:
     are identified by the STAR file that names them (hashing them would read every image)."""
     d = config_to_dict(cfg)
     inputs = [cfg.particles, cfg.consensus_map, *cfg.consensus_half_maps] + [m.mask for m in cfg.modules if m.mask is not None]
-    keys = ("particles", "consensus_map", "consensus_half_maps", "modules", "search", "score", "reconstruction", "iterations", "seed")
+    keys = ("particles", "consensus_map", "consensus_half_maps", "modules", "search", "score", "reconstruction", "compute", "iterations", "seed")
     return {k: d[k] for k in keys} | {
         "input_sha256": {path: _sha256(path) for path in inputs}
     }

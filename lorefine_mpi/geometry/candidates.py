@@ -64,31 +64,3 @@ def psi_offsets_rad(psi_half_range_rad: float, psi_step_rad: float) -> np.ndarra
     """ψ offsets ``n · d1`` with ``|n| ≤ t1 = floor(range / d1)`` (paper Eq. 15)."""
     t1 = int(np.floor(psi_half_range_rad / psi_step_rad + 1e-9))
     return np.arange(-t1, t1 + 1) * psi_step_rad
-
-
-def candidate_counts(search) -> dict:
-    """How many candidates the search settings imply per particle (for `lorefine check`).
-
-    search: an object with strategy, cone_half_angle_deg, angular_step_deg, psi_half_range_deg,
-    psi_step_deg, max_shift_px, shift_step_px, n_random_angles. n_directions is the mean over 200
-    directions spread over the sphere (the cone content varies by ±1 or 2 with the direction).
-    """
-    grid = direction_grid(np.deg2rad(search.angular_step_deg))
-    probes = direction_grid(np.deg2rad(14.0))[:200]
-    cos_cone = np.cos(np.deg2rad(search.cone_half_angle_deg)) - 1e-12
-    n_dirs = float(((probes @ grid.T) >= cos_cone).sum(axis=1).mean())
-    n_psi = len(psi_offsets_rad(np.deg2rad(search.psi_half_range_deg), np.deg2rad(search.psi_step_deg)))
-    t2 = int(np.floor(search.max_shift_px / search.shift_step_px + 1e-9))
-    n_shifts = (2 * t2 + 1) ** 2
-    n_orient = n_dirs * n_psi
-    if search.strategy == "simultaneous":
-        evaluations = n_orient * n_shifts
-    else:
-        evaluations = search.n_random_angles * n_shifts + n_orient
-    return {
-        "n_directions": n_dirs,
-        "n_psi": n_psi,
-        "n_orientations": n_orient,
-        "n_shifts": n_shifts,
-        "evaluations_per_particle": evaluations,
-    }

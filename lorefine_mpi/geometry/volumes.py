@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import scipy.fft
 
 from lorefine_mpi.geometry import rotations
+from lorefine_mpi.kernels import backend
 
 
 def centre_of_mass_px(volume, weights=None) -> np.ndarray:
@@ -44,11 +44,11 @@ def shift_volume(volume, shift_px) -> np.ndarray:
     ramp_z = np.exp(-2j * np.pi * k * sz).astype(np.complex64)[:, None, None]
     ramp_y = np.exp(-2j * np.pi * k * sy).astype(np.complex64)[None, :, None]
     ramp_x = np.exp(-2j * np.pi * np.fft.rfftfreq(n) * sx).astype(np.complex64)[None, None, :]
-    spectrum = scipy.fft.rfftn(v, workers=1)
+    spectrum = backend().rfftn(v)
     spectrum *= ramp_z
     spectrum *= ramp_y
     spectrum *= ramp_x
-    return scipy.fft.irfftn(spectrum, s=v.shape, axes=(0, 1, 2), workers=1).astype(np.float32, copy=False)
+    return backend().irfftn(spectrum, v.shape).astype(np.float32, copy=False)
 
 
 def recentre(volume, centre_px) -> np.ndarray:

@@ -151,7 +151,10 @@ def check_resumable(path, fingerprint: dict) -> None:
                 f"{stored_format}; this lorefine reads format {CHECKPOINT_FORMAT} (finish the run with the "
                 "version that started it, or use a new output folder)"
             )
-        changed = fingerprint_changes(json.loads(f.attrs["search_fingerprint"]), json.loads(json.dumps(fingerprint, sort_keys=True)))
+        stored, current = json.loads(f.attrs["search_fingerprint"]), json.loads(json.dumps(fingerprint, sort_keys=True))
+        for value in (stored, current):  # a checkpoint from before compute.backend existed ran on the CPU back-end
+            value.setdefault("compute", {"backend": "cpu"})
+        changed = fingerprint_changes(stored, current)
         if changed:
             raise InputError(
                 f"{path}: --continue needs the checkpoint's settings and inputs, but {'; '.join(changed)} "

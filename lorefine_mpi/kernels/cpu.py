@@ -1,4 +1,6 @@
-"""The CPU back-end: the hot kernels compiled with numba (see `lorefine_mpi.kernels` for the interface).
+"""The CPU back-end (``compute.backend: cpu``, the default): the hot kernels compiled with numba, FFTs by pocketfft
+(scipy.fft), matrix products by BLAS, one thread each (MPI ranks are the parallelism). The interface and the shared
+formulas are `lorefine_mpi.kernels.Backend`'s.
 
 Band layout of a padded 3D half spectrum (shared by `gather_slices` and `scatter_slices`, so the two are
 exact adjoints): an array ``(2R+1, 2R+1, R+1)`` indexed ``[kz, ky, kx]`` in padded-grid units, kz and ky
@@ -18,6 +20,9 @@ import math
 
 import numba
 import numpy as np
+import scipy.fft
+
+from lorefine_mpi.kernels import Backend
 
 _JIT = dict(cache=True, nogil=True, boundscheck=False)
 
@@ -227,3 +232,55 @@ def sample_shift_grid(upsampled, factor, zx, zy, cos, sin, steps_x, steps_y, out
                 total += value
                 total2 += value * value
             sums[row], squares[row] = total, total2
+
+
+class CpuBackend(Backend):
+    """numba kernels, scipy.fft and BLAS, one thread each."""
+
+    name = "cpu"
+
+    def rfft2(self, images, overwrite: bool = False):
+        return scipy.fft.rfft2(images, workers=1, overwrite_x=overwrite)
+
+    def irfft2(self, spectra, shape):
+        return scipy.fft.irfft2(spectra, s=shape, workers=1)
+
+    def rfftn(self, volumes, axes=(0, 1, 2), overwrite: bool = False):
+        return scipy.fft.rfftn(volumes, axes=axes, workers=1, overwrite_x=overwrite)
+
+    def irfftn(self, spectra, shape, axes=(0, 1, 2)):
+        return scipy.fft.irfftn(spectra, s=shape, axes=axes, workers=1)
+
+    def fast_size(self, n: int) -> int:
+        return scipy.fft.next_fast_len(int(n), real=True)
+
+    def gather_slices(self, data, kx, ky, matrices, padding) -> np.ndarray:
+        matrices = np.ascontiguousarray(matrices, dtype=np.float64).reshape(-1, 3, 3)
+        out = np.empty((len(matrices), len(kx)), dtype=np.complex64)
+        gather_slices(data, np.ascontiguousarray(kx, np.float64), np.ascontiguousarray(ky, np.float64), matrices, float(padding), out)
+        return out
+
+    def scatter_slices(self, data, weight, kx, ky, matrices, padding, values, weights, steps=(0.0, 0.0)) -> None:
+        matrices = np.ascontiguousarray(matrices, dtype=np.float64).reshape(-1, 3, 3)
+        scatter_slices(data, weight, np.ascontiguousarray(kx, np.float64), np.ascontiguousarray(ky, np.float64), matrices,
+                       float(padding), np.ascontiguousarray(values), np.ascontiguousarray(weights), float(steps[0]), float(steps[1]))
+
+    def sample_patches(self, upsampled, zx, zy, angles_rad, shifts_px, factor=2) -> np.ndarray:
+        angles = np.asarray(angles_rad, dtype=np.float64).reshape(-1)
+        shifts = np.asarray(shifts_px, dtype=np.float64).reshape(-1, 2)
+        out = np.empty((len(angles), len(zx)), dtype=np.float32)
+        sample_patches(np.ascontiguousarray(upsampled, np.float32), float(factor), zx, zy, np.cos(angles), np.sin(angles),
+                       np.ascontiguousarray(shifts[:, 0]), np.ascontiguousarray(shifts[:, 1]), out)
+        return out
+
+    def sample_shift_grid(self, upsampled, zx, zy, angles_rad, steps, factor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        angles = np.asarray(angles_rad, dtype=np.float64).reshape(-1)
+        steps = np.asarray(steps, dtype=np.int64).reshape(-1, 2)
+        q = len(angles) * len(steps)
+        out, sums, squares = np.empty((q, len(zx)), dtype=np.float32), np.empty(q), np.empty(q)
+        sample_shift_grid(np.ascontiguousarray(upsampled, np.float32), float(factor), zx, zy, np.cos(angles), np.sin(angles),
+                          np.ascontiguousarray(steps[:, 0]), np.ascontiguousarray(steps[:, 1]), out, sums, squares)
+        return out, sums, squares
+
+
+BACKEND = CpuBackend()

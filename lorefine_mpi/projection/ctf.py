@@ -14,13 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lorefine_mpi.kernels import backend
 from lorefine_mpi.projection.fourier import image_frequencies
-
-
-def wavelength_angstrom(voltage_kv) -> np.ndarray:
-    """Relativistic electron wavelength (Å) for an acceleration voltage in kV."""
-    volts = np.asarray(voltage_kv, dtype=np.float64) * 1e3
-    return 12.2643247 / np.sqrt(volts * (1.0 + volts * 0.978466e-6))
 
 
 def ctf_2d(
@@ -36,7 +31,8 @@ def ctf_2d(
     bfactor_angstrom2=0.0,
     scale=1.0,
 ) -> np.ndarray:
-    """CTFs of n particles: (n, N, N//2+1) float32 in lorefine's rfft2 layout.
+    """CTFs of n particles: (n, N, N//2+1) float32 in lorefine's rfft2 layout (the formula above, computed by the
+    array back-end, `kernels.Backend.ctf`).
 
     Every parameter is a scalar or an (n,) array (per particle): pixel size Å, defocus U/V Å, astigmatism
     angle rad, voltage kV, Cs mm, amplitude contrast Q0 (fraction), phase shift rad, B-factor Å², scale.
@@ -58,18 +54,8 @@ def ctf_2d(
             )
         )
     )
-    apix, du, dv, angle, kv, cs, q0, phase, bfac, sc = (p[:, None, None] for p in params)
-    kx_px, ky_px = image_frequencies(int(box_px))
-    kx = kx_px[None] / (box_px * apix)
-    ky = ky_px[None] / (box_px * apix)
-    k2 = kx**2 + ky**2
-    azimuth = np.arctan2(ky, kx)
-    lam = wavelength_angstrom(kv)
-    defocus = 0.5 * (du + dv) + 0.5 * (du - dv) * np.cos(2.0 * (azimuth - angle))
-    chi = -np.pi * lam * defocus * k2 + 0.5 * np.pi * cs * 1e7 * lam**3 * k2**2 - phase - np.arctan(q0 / np.sqrt(1.0 - q0**2))
-    ctf = -np.sin(chi) * sc
-    ctf = np.where(bfac != 0, ctf * np.exp(-bfac * k2 / 4.0), ctf)
-    return ctf.astype(np.float32)
+    kx, ky = image_frequencies(int(box_px))
+    return backend().ctf(kx, ky, *(p[:, None, None] for p in params))
 
 
 def ctf_for_table(table, indices, box_px, extra_angle_rad=0.0) -> np.ndarray:

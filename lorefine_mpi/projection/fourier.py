@@ -29,7 +29,6 @@ import itertools
 import math
 
 import numpy as np
-import scipy.fft
 
 from lorefine_mpi.errors import InputError
 from lorefine_mpi.kernels import backend
@@ -84,7 +83,7 @@ def padded_spectrum(volume, padding: int) -> np.ndarray:
     corrected = v / (correction[:, None, None] * correction[None, :, None] * correction[None, None, :])
     for fft_order, centred in centred_blocks(n, p):
         padded[fft_order] = corrected[centred]
-    return scipy.fft.rfftn(padded, workers=1, overwrite_x=True).astype(np.complex64, copy=False)
+    return backend().rfftn(padded, overwrite=True).astype(np.complex64, copy=False)
 
 
 def centred_blocks(n: int, p: int) -> list:
@@ -221,7 +220,7 @@ def swap_quadrants(images) -> np.ndarray:
 def to_fourier(images) -> np.ndarray:
     """Real images (..., N, N) → lorefine's rfft2 layout (..., N, N//2+1) complex64."""
     images = np.asarray(images, dtype=np.float32)
-    return scipy.fft.rfft2(swap_quadrants(images), workers=1, overwrite_x=True).astype(np.complex64, copy=False)
+    return backend().rfft2(swap_quadrants(images), overwrite=True).astype(np.complex64, copy=False)
 
 
 def to_real(images_ft, box: int) -> np.ndarray:
@@ -229,7 +228,7 @@ def to_real(images_ft, box: int) -> np.ndarray:
     spectra = np.asarray(images_ft)
     if spectra.dtype != np.complex128:
         spectra = spectra.astype(np.complex64, copy=False)
-    return swap_quadrants(scipy.fft.irfft2(spectra, s=(box, box), workers=1)).astype(np.float32, copy=False)
+    return swap_quadrants(backend().irfft2(spectra, (box, box))).astype(np.float32, copy=False)
 
 
 def crop_spectrum(images_ft, box: int) -> np.ndarray:
@@ -244,10 +243,11 @@ def crop_spectrum(images_ft, box: int) -> np.ndarray:
 
 
 def upsampled_image(image_ft, box: int, size: int) -> np.ndarray:
-    """A real image sampled on a finer grid of ``size`` ≥ box pixels (even) from its rfft2 spectrum (box, box//2+1),
-    without the Nyquist row and column: (size, size) float32, centre at index size/2, values on the scale of `to_real`."""
+    """Real images sampled on a finer grid of ``size`` ≥ box pixels (even) from their rfft2 spectra (…, box, box//2+1),
+    without the Nyquist row and column: (…, size, size) float32, centre at index size/2, values on the scale of `to_real`."""
     half = box // 2
-    up = np.zeros((size, size // 2 + 1), dtype=np.complex64)
-    up[:half, :half] = image_ft[:half, :half]
-    up[-half + 1 :, :half] = image_ft[-half + 1 :, :half]
+    image_ft = np.asarray(image_ft)
+    up = np.zeros(image_ft.shape[:-2] + (size, size // 2 + 1), dtype=np.complex64)
+    up[..., :half, :half] = image_ft[..., :half, :half]
+    up[..., -half + 1 :, :half] = image_ft[..., -half + 1 :, :half]
     return to_real(up, size) * float((size / box) ** 2)

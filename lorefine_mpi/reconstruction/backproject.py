@@ -16,7 +16,7 @@ real space, tabulated as RELION does: `blob_multiplier`), then use
 frequency) it accounts for each sample's spread into its neighbours, which plain division does not.
 With 0 iterations the weighting is the plain ``data / max(weight, floor)``. The accumulators are float64
 plain arrays, so ranks can sum them (`add`, or an MPI reduction on ``data`` and ``weight``); the
-weighting and the inversion run in single precision (scipy.fft), which changes the maps by ~1e-6.
+weighting and the inversion run in single precision (the back-end's FFTs), which changes the maps by ~1e-6.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import scipy.fft
 from scipy.special import iv, jv
 
 from lorefine_mpi.kernels import backend
@@ -90,9 +89,9 @@ def lowpass_at_nyquist(volume) -> np.ndarray:
     n = v.shape[0]
     k = np.fft.fftfreq(n) * n
     k2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + np.arange(n // 2 + 1)[None, None, :] ** 2
-    spectrum = scipy.fft.rfftn(v, workers=1)
+    spectrum = backend().rfftn(v)
     spectrum[k2 > (n // 2) ** 2] = 0
-    return scipy.fft.irfftn(spectrum, s=v.shape, workers=1).astype(np.float32, copy=False)
+    return backend().irfftn(spectrum, v.shape).astype(np.float32, copy=False)
 
 
 @functools.lru_cache(maxsize=1)
@@ -172,7 +171,7 @@ class BackProjector:
         data = self._fft_layout(self.data, np.complex64)  # laid out after the weighting: one grid less at its peak
         data *= factors
         del factors
-        padded = scipy.fft.irfftn(data, s=(p, p, p), axes=(0, 1, 2), workers=1)  # FFT order: the centre at index 0
+        padded = backend().irfftn(data, (p, p, p))  # FFT order: the centre at index 0
         volume = np.empty((n, n, n), dtype=padded.dtype)
         for fft_order, centred in fourier.centred_blocks(n, p):
             volume[centred] = padded[fft_order]
@@ -196,9 +195,9 @@ class BackProjector:
         spread = np.empty_like(weight)
         for _ in range(iterations):
             np.multiply(weight, factors, out=product.real)
-            real = scipy.fft.irfftn(product, s=shape, axes=axes, workers=1)
+            real = backend().irfftn(product, shape, axes)
             real *= multiplier
-            np.abs(scipy.fft.rfftn(real, axes=axes, workers=1, overwrite_x=True), out=spread)
+            np.abs(backend().rfftn(real, axes, overwrite=True), out=spread)
             largest = float(spread.max())
             np.maximum(spread, np.float32(weight_floor * largest if largest > 0 else 1.0), out=spread)
             np.divide(factors, spread, out=factors, where=sampled)

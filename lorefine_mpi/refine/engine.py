@@ -43,7 +43,7 @@ from lorefine_mpi.projection.source import ParticleSource
 from lorefine_mpi.reconstruction.backproject import BackProjector
 from lorefine_mpi.reconstruction.reconstruct import backproject_halves, half_subsets, with_full
 from lorefine_mpi.refine import layout, partition
-from lorefine_mpi.search import band, local, prior
+from lorefine_mpi.search import band, local, options, prior
 from lorefine_mpi.validation import fsc as fsc_mod
 
 log = logging.getLogger(__name__)
@@ -57,21 +57,14 @@ class Poses:
     origin_px: np.ndarray
 
 
-def prior_sigmas(search) -> tuple[float | None, float | None]:
-    """(σ_rot rad, σ_shift px) of the Gaussian prior as configured: None for a flat one (null) or for one
-    learned from the data (auto, `learned_prior`)."""
-    rot, shift = (None if v == "auto" else v for v in (search.prior_sigma_deg, search.prior_sigma_px))
-    return (None if rot is None else float(np.deg2rad(rot))), (shift or None)
-
-
-def learned_prior(search) -> tuple[bool, bool]:
-    """Whether the prior's rotation and shift widths are learned from the data (``auto``) in each stage."""
-    return search.prior_sigma_deg == "auto", search.prior_sigma_px == "auto"
+def prior_widths(search) -> tuple[options.PriorWidth, options.PriorWidth]:
+    """The prior's rotation (rad) and shift (px) widths as configured (`options.PriorWidth`: learned, flat or given)."""
+    return options.PriorWidth.of(search.prior_sigma_deg, np.deg2rad), options.PriorWidth.of(search.prior_sigma_px)
 
 
 def uses_ctf(cfg, table) -> bool:
     """Whether the run's scores and maps use the particles' CTFs (``score.ctf``: auto = when the STAR file has them)."""
-    return table.has_ctf if cfg.score.ctf == "auto" else bool(cfg.score.ctf)
+    return options.uses_ctf(cfg.score.ctf, table.has_ctf)
 
 
 PRIOR_SAMPLE = 300  # particles whose flat-prior scores teach each stage the prior's widths
@@ -85,7 +78,7 @@ def search_settings(cfg, module_mask, centre_px, box, band_radius_px=None, modul
     s = cfg.search if module is None else module.search(cfg.search)
     diameter = s.mask_diameter_px or volumes.auto_mask_diameter_px(module_mask, centre_px, box, s.max_shift_px)
     step = int(s.shift_step_px)
-    prior_rad, prior_px = prior_sigmas(s)
+    rot, shift = prior_widths(s)
     return local.SearchSettings(
         strategy=s.strategy,
         mode=cfg.score.mode,
@@ -98,8 +91,8 @@ def search_settings(cfg, module_mask, centre_px, box, band_radius_px=None, modul
         n_random_angles=s.n_random_angles,
         mask=volumes.circular_mask(box, diameter),
         angle_refinement=s.angle_refinement,
-        prior_sigma_rad=prior_rad,
-        prior_sigma_px=prior_px,
+        prior_sigma_rad=rot.sigma,
+        prior_sigma_px=shift.sigma,
         band_radius_px=band_radius_px,
         spectral_weight=spectral_weight,
         estimate=s.estimate,
@@ -214,6 +207,7 @@ class RefineEngine:
         self.use_ctf = uses_ctf(cfg, self.table)
         self.directions = candidates.direction_grid(np.deg2rad(cfg.search.angular_step_deg))
         self.source = ParticleSource(self.table, self.box, self.use_ctf)
+        self.mean_motion = options.MEAN_MOTIONS[cfg.search.mean_motion]
         self.consensus_poses = Poses(self.table.matrices, self.table.origin_px.copy())
         self.subset = half_subsets(self.table, cfg.seed)
         self.n = len(self.table)
@@ -275,7 +269,7 @@ class RefineEngine:
             references[rows] = fourier.project(fvol, prelim.matrices[ids[rows]], origin[rows], ctf=None if ctf is None else ctf[rows])
         frc, samples = band.fourier_ring_correlation(images, references, box)
         weights = band.whitening_weights(images, references, box)
-        if cfg.search.max_resolution_angstrom != "auto":
+        if not options.is_auto(cfg.search.max_resolution_angstrom):
             return band.band_from_resolution(cfg.search.max_resolution_angstrom, self.voxel, box), weights, "as configured"
         return band.signal_band(frc, samples, box), weights, f"from the FRC of {len(ids)} images with the other half's projections of the module"
 
@@ -305,7 +299,7 @@ class RefineEngine:
         (Poses, rotation vector removed (3,) deg, shift removed (3,) px). Deterministic."""
         matrices, origin_px = search_matrix, search_origin_px
         rotation_deg, shift_px = np.zeros(3), np.zeros(3)
-        if self.cfg.search.mean_motion == "remove":
+        if self.mean_motion.removes:
             reference = self.consensus_poses
             matrices, origin_px, motion = volumes.remove_mean_motion(
                 matrices, origin_px, reference.matrices, reference.origin_px, state.centre_px
@@ -452,7 +446,8 @@ class StageSearch:
     def prior_pilot(self) -> "PriorPilot | None":
         """The pilot that learns the prior's widths configured as ``auto`` (`PriorPilot`), or None when
         neither is learned."""
-        learn_rot, learn_px = learned_prior(self.engine.cfg.modules[self.state.stage.index].search(self.engine.cfg.search))
+        rot, shift = prior_widths(self.engine.cfg.modules[self.state.stage.index].search(self.engine.cfg.search))
+        learn_rot, learn_px = rot.learned, shift.learned
         return PriorPilot(self, learn_rot, learn_px) if (learn_rot or learn_px) else None
 
     def configured_prior(self) -> tuple[float | None, float | None]:
@@ -479,8 +474,8 @@ class PriorPilot:
         self.stage_search, self.learn_rot, self.learn_px = stage_search, learn_rot, learn_px
         e, settings = stage_search.engine, stage_search.searcher.settings
         self.settings = settings
-        self.flat = dataclasses.replace(settings, strategy="simultaneous", prior_sigma_rad=None, prior_sigma_px=None, angle_refinement="none",
-                                        estimate="map")
+        self.flat = dataclasses.replace(settings, strategy=options.STRATEGIES["simultaneous"], prior_sigma_rad=None, prior_sigma_px=None,
+                                        angle_refinement=options.ANGLE_REFINEMENTS["none"], estimate=options.ESTIMATORS["map"])
         flat_width = 1e6  # a flat prior, for a width that is neither learned nor given
         self.grid_rot = np.deg2rad(prior.SIGMA_ROT_GRID_DEG) if learn_rot else np.array([settings.prior_sigma_rad or flat_width])
         self.grid_px = prior.SIGMA_PX_GRID if learn_px else np.array([settings.prior_sigma_px or flat_width])
@@ -516,7 +511,7 @@ class PriorPilot:
         """Keep a particle's scores for the stage's own search (`StageSearch.pilot_scores`): the simultaneous
         strategy then uses its Eq. 1 cube instead of computing it again; up to `PILOT_KEEP_BYTES`."""
         st = self.stage_search
-        if self.settings.strategy != "simultaneous":
+        if not self.settings.strategy.exhaustive:
             return
         if self._kept_bytes + scores.rho.nbytes > PILOT_KEEP_BYTES:
             return

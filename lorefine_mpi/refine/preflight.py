@@ -21,12 +21,13 @@ import numpy as np
 
 from lorefine_mpi.config.schema import dump_config, search_fingerprint
 from lorefine_mpi.errors import InputError
-from lorefine_mpi.geometry import candidates, volumes
+from lorefine_mpi.geometry import volumes
 from lorefine_mpi.io import mrc, results, runlock
 from lorefine_mpi.io.files import same_file
 from lorefine_mpi.io.star import read_star
 from lorefine_mpi.reconstruction.reconstruct import half_subsets
 from lorefine_mpi.refine import layout
+from lorefine_mpi.search import options
 
 PIXEL_TOLERANCE = 1e-3  # relative
 MASK_TOLERANCE = 1e-3
@@ -76,12 +77,12 @@ class Summary:
             out.append(f"  {m.name}: mask volume {m.volume_angstrom3:.4g} Å³, {what} ({c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f}) Å from the box centre")
             if m.search != cfg.search:
                 out.append(f"    own search: {_window(m.search)}")
-        k = candidates.candidate_counts(cfg.search)
+        k = options.candidate_counts(cfg.search)
         out.append(
             f"search           {cfg.search.strategy}: {k['n_directions']:.0f} directions × {k['n_psi']} ψ = "
             f"{k['n_orientations']:.0f} orientations × {k['n_shifts']} shifts; "
             f"{k['evaluations_per_particle']:.0f} CCC evaluations per particle and module; "
-            + ("angles refined between grid points (quadratic)" if cfg.search.angle_refinement == "quadratic" else "angles on the grid")
+            + ("angles refined between grid points (quadratic)" if options.ANGLE_REFINEMENTS[cfg.search.angle_refinement].refines else "angles on the grid")
         )
         out.append(f"                 {_window(cfg.search)}")
         return out
@@ -89,10 +90,10 @@ class Summary:
 
 def _window(search) -> str:
     """The search window and prior of a SearchConfig, and its candidates per particle."""
-    k = candidates.candidate_counts(search)
+    k = options.candidate_counts(search)
 
     def prior(value, unit):
-        return "flat" if value is None else ("auto" if value == "auto" else f"{value:g}{unit}")
+        return options.PriorWidth.of(value).describe(unit)
 
     return (f"cone {search.cone_half_angle_deg:g}°, ψ ±{search.psi_half_range_deg:g}°, shifts ±{search.max_shift_px:g} px, "
             f"prior σ {prior(search.prior_sigma_deg, '°')} / {prior(search.prior_sigma_px, ' px')}, {search.likelihood} likelihood; "

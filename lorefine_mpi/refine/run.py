@@ -25,10 +25,12 @@ import time
 import numpy as np
 
 from lorefine_mpi.io.results import stage_name
+from lorefine_mpi.kernels import use_backend
 from lorefine_mpi.reconstruction.reconstruct import summed_half_maps
 from lorefine_mpi.refine import engine as eng
 from lorefine_mpi.refine import partition
 from lorefine_mpi.refine.progress import ProgressLog
+from lorefine_mpi.search import options
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +46,10 @@ def refine(cfg, dist, recorder, write_report=None) -> int:
 
 def _refine(cfg, dist, recorder, write_report) -> int:
     started = time.time()
+    use_backend(cfg.compute.backend)
     engine = eng.RefineEngine(cfg, allocate=dist.allocate)
     run = _Run(cfg, dist, recorder, engine)
-    if (cfg.search.max_resolution_angstrom == "auto" or cfg.consensus_half_maps) and not run.consensus_halves():
+    if (options.is_auto(cfg.search.max_resolution_angstrom) or cfg.consensus_half_maps) and not run.consensus_halves():
         return recorder.stopped()
     model = engine.consensus
     poses = [engine.consensus_poses for _ in cfg.modules]

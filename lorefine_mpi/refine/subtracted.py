@@ -33,12 +33,13 @@ from lorefine_mpi.errors import InputError
 from lorefine_mpi.geometry import rotations, volumes
 from lorefine_mpi.io import mrc, results
 from lorefine_mpi.io.star import read_star, write_star
+from lorefine_mpi.kernels import use_backend
 from lorefine_mpi.projection import fourier
 from lorefine_mpi.projection.source import ParticleSource
 from lorefine_mpi.refine import layout
 from lorefine_mpi.refine.engine import uses_ctf
 from lorefine_mpi.refine.progress import ProgressLog
-from lorefine_mpi.search import local
+from lorefine_mpi.search import local, options
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ def write_subtracted(run_dir, name: str, *, box_px: int | None = None, batch: in
     returns the STAR file's path. Image names are relative to the run's project directory (RELION's rule)."""
     run_dir = Path(run_dir).resolve()
     cfg = load_config(run_dir / layout.CONFIG)
-    run = layout.RunFolder(run_dir, cfg.iterations)  # where the folder is now, whatever output its config names
+    run = layout.RunFolder(run_dir, cfg.iterations)
+    use_backend(cfg.compute.backend)  # where the folder is now, whatever output its config names
     names = [m.name for m in cfg.modules]
     if name not in names:
         raise InputError(f"--module: expected one of {', '.join(names)}, got {name!r}")
@@ -90,7 +92,7 @@ def write_subtracted(run_dir, name: str, *, box_px: int | None = None, batch: in
         rest.append((fourier.prepare_volume(remainder, pad), consensus))
     own = cfg.modules[index].centre_px
     centre = volumes.centre_of_mass_px(maps[index]) if own is None else np.asarray(own, dtype=np.float64)
-    fit_k = cfg.score.mode != "subtract" and rest
+    fit_k = not options.SCORE_MODES[cfg.score.mode].subtracts_rest and rest  # the search did not fit k
     module_fvol = fourier.prepare_volume(maps[index], pad) if fit_k else None
     matrices, origin = target["matrix"], target["origin_px"]
     u = np.einsum("nij,j->ni", matrices, centre)[:, :2] - origin

@@ -77,12 +77,11 @@ import dataclasses
 from collections import OrderedDict
 
 import numpy as np
-import scipy.fft
 
 from lorefine_mpi.geometry import candidates, rotations
 from lorefine_mpi.kernels import backend
 from lorefine_mpi.projection import fourier
-from lorefine_mpi.search import score
+from lorefine_mpi.search import options, score
 
 _SEAM_TILT_RAD = np.deg2rad(135.0)
 UPSAMPLING = 1.75  # the image is resampled bilinearly from a grid at least this many times finer than the working grid
@@ -90,10 +89,11 @@ UPSAMPLING = 1.75  # the image is resampled bilinearly from a grid at least this
 
 @dataclasses.dataclass(frozen=True)
 class SearchSettings:
-    """The search in internal units (built from the config's `search` and `score` sections)."""
+    """The search in internal units (built from the config's `search` and `score` sections). The options may be given
+    by their config names; they are held as the registries' objects (`search.options`)."""
 
-    strategy: str  # "separate" or "simultaneous"
-    mode: str  # "subtract" or "composite"
+    strategy: object  # options.STRATEGIES: separate or simultaneous
+    mode: object  # options.SCORE_MODES: subtract or composite
     cone_half_angle_rad: float
     angular_step_rad: float
     psi_step_rad: float
@@ -102,13 +102,20 @@ class SearchSettings:
     shift_step_px: int  # d2 (integer pixels)
     n_random_angles: int
     mask: np.ndarray  # (N, N) bool, the pixels of Eq. 1 in the original box, centred at N//2
-    angle_refinement: str = "quadratic"  # or "none": keep the best grid pose
+    angle_refinement: object = "quadratic"  # options.ANGLE_REFINEMENTS: quadratic, or none (the best grid pose)
     prior_sigma_rad: float | None = None  # Gaussian prior on the rotation from the prior pose (None: flat, the paper)
     prior_sigma_px: float | None = None  # Gaussian prior on the origin from the prior origin (None: flat)
     band_radius_px: float | None = None  # the Fourier band the score uses, image px of the box (None: to Nyquist)
     spectral_weight: np.ndarray | None = None  # (N//2+1,) factor per frequency radius on image and references
-    estimate: str = "map"  # "map": the best candidate, refined between grid points; "mean": the posterior mean rotation
-    likelihood: str = "profile"  # `score.Likelihood`: "profile" or "fixed_amplitude"
+    estimate: object = "map"  # options.ESTIMATORS: map (the best candidate, refined between grid points) or mean
+    likelihood: object = "profile"  # score.LIKELIHOODS: profile or fixed_amplitude (a `score.Likelihood` class)
+
+    def __post_init__(self):
+        for field, registry in (("strategy", options.STRATEGIES), ("mode", options.SCORE_MODES), ("angle_refinement", options.ANGLE_REFINEMENTS),
+                                ("estimate", options.ESTIMATORS), ("likelihood", score.LIKELIHOODS)):
+            value = getattr(self, field)
+            if isinstance(value, str):
+                object.__setattr__(self, field, registry[value])
 
     @property
     def has_prior(self) -> bool:
@@ -211,7 +218,7 @@ class ParticleScores:
 
     def likelihood(self, settings: "SearchSettings", n_pixels) -> score.Likelihood:
         """The log-likelihood its search ranked the candidates by."""
-        return score.Likelihood(n_pixels, settings.likelihood, self.rho_centre)
+        return settings.likelihood(n_pixels, self.rho_centre)
 
 
 @dataclasses.dataclass
@@ -254,7 +261,7 @@ def fit_rest_scale(image_ft, target_ft, rest_ft) -> tuple[float, float]:
 def working_box(box: int, band_radius_px: float) -> int:
     """The smallest even box ≥ 2·(band + 1) (at most the image box) whose FFTs are fast."""
     size = min(box, 2 * int(np.ceil(band_radius_px - 1e-9)) + 2)
-    while size < box and (size % 2 or scipy.fft.next_fast_len(size, real=True) != size):
+    while size < box and (size % 2 or backend().fast_size(size) != size):
         size += 1
     return size
 
@@ -320,9 +327,18 @@ class WorkGrid:
         rows = real.reshape(len(real), -1)[:, self.mask_index]
         return score.normalise_rows(rows) if normalise else rows
 
+    def templates_of(self, band_values, normalise=True) -> list:
+        """`templates` of several particles' band samples (a list of (r_i, M)) in one batch: a list of (r_i, J)."""
+        counts = np.cumsum([len(v) for v in band_values])[:-1]
+        return np.split(self.templates(np.concatenate(band_values), normalise), counts)
+
     def upsampled(self, spectrum) -> np.ndarray:
         """A working-grid spectrum (n, n//2+1) as a real image on the fine grid (``fine_size``², float32)."""
         return fourier.upsampled_image(spectrum, self.size, self.fine_size)
+
+    def upsampled_batch(self, spectra) -> np.ndarray:
+        """`upsampled` of several spectra (a list of (n, n//2+1)) in one batch: (p, fine_size, fine_size) float32."""
+        return fourier.upsampled_image(np.stack(spectra), self.size, self.fine_size)
 
     def patches(self, upsampled, angles_rad, shifts_px) -> np.ndarray:
         """Patches (Q, J) float32 ``f(R2(β) z − u)`` of an image on the fine grid (`upsampled`), for Q angles (rad)
@@ -330,14 +346,13 @@ class WorkGrid:
         return backend().sample_patches(upsampled, self.zx, self.zy, angles_rad, np.asarray(shifts_px) * self.scale,
                                         factor=self.fine_size / self.size)
 
-    def grid_patches(self, upsampled, angles_rad, shifts_px):
-        """Patches (T·S, J) float32 of every angle (T,) with every whole-pixel shift (S, 2) (row t·S + s), with
-        each row's sum and sum of squares (T·S,) float64 (`score.patch_ccc`)."""
+    def shift_steps(self, shifts_px) -> np.ndarray:
+        """Whole-pixel image shifts (S, 2) as whole pixels of the fine grid (S, 2) int64 (`kernels.Backend.grid_scores`)."""
         steps = np.asarray(shifts_px, dtype=np.float64) * self.fine_per_image_px
         whole = np.rint(steps)
         if not np.allclose(steps, whole, atol=1e-9):
             raise ValueError(f"shifts {shifts_px} are not whole pixels")
-        return backend().sample_shift_grid(upsampled, self.zx, self.zy, angles_rad, whole.astype(np.int64), self.fine_size / self.size)
+        return whole.astype(np.int64)
 
 
 class ReferenceCache:
@@ -376,9 +391,34 @@ class ReferenceCache:
         return np.concatenate(parts)
 
 
+@dataclasses.dataclass
+class Particle:
+    """One particle of a unit as its search sees it (`search.strategies`).
+
+    index: its row in the unit; cands: its `ParticleCandidates`; frames (k, 3, 3): the canonical frames of its
+    directions; templates (k, J): their references over the mask (with its CTF); image, rest: its working image and the
+    rest of the complex (composite score, else None) on the fine grid; seed; centre: its `ParticlePrior`; ms (T,): its
+    in-plane lattice indices and angles (T,) rad; valid (T, k): which (ψ, direction) pairs are candidates; posterior.
+    """
+
+    index: int
+    cands: ParticleCandidates
+    frames: np.ndarray
+    templates: np.ndarray
+    image: np.ndarray
+    rest: np.ndarray | None
+    seed: int
+    centre: "ParticlePrior"
+    ms: np.ndarray
+    angles: np.ndarray
+    valid: np.ndarray
+    posterior: "Posterior"
+    rho_centre: float = float("nan")
+
+
 class UnitSearch:
-    """The search of one unit: the unit's reference projections (from the stage's `ReferenceCache`), then
-    each particle.
+    """The search of one unit: the unit's reference projections (from the stage's `ReferenceCache`), then all of its
+    particles together (`search.strategies`), the back-end scoring a unit's particles × candidates per call.
 
     module_fvol: the recentred target module's padded Fourier volume (`fourier.FourierVolume`), holding
     at least the search's band. directions: (m, 3) the full direction set D. box: N. cache: a
@@ -401,40 +441,62 @@ class UnitSearch:
 
     def run(self, unit: UnitInput, known=None) -> UnitResult:
         """The search of the unit's particles. known: None, or per particle None or the `ParticleScores` of an
-        earlier search of it with the same reference, band and ranges (the prior's pilot): with the simultaneous
+        earlier search of it with the same reference, band and ranges (the prior's pilot): with an exhaustive
         strategy its Eq. 1 cube is used instead of computed again when its directions and in-plane indices are
         this search's (the same values: the cube of a particle does not depend on its unit)."""
+        p = len(unit.matrices)
+        out = UnitResult(np.empty((p, 3, 3)), np.empty((p, 2)), np.empty(p, np.float32), np.zeros(p, np.float32))
+        batch = self._particles(unit, out.rest_scale)
+        if self.settings.likelihood.needs_centre:
+            self._centre_scores(batch)
+        for i, (pose, shift_px, best, scores) in enumerate(self.settings.strategy.search(self, batch, known)):
+            out.matrix[i], out.origin_px[i], out.score[i] = pose, unit.origin_px[i] + shift_px, best
+            out.scores.append(scores)
+        return out
+
+    def _particles(self, unit: UnitInput, rest_scale) -> list:
+        """Every particle's `Particle` (its fitted rest scale k into ``rest_scale``)."""
         s, work = self.settings, self.work
         ids = unit_directions(self.directions, unit.matrices, s.cone_half_angle_rad)
         dirs = self.directions[ids]
         frames = canonical_frames(dirs)
-        normalise = not (s.mode == "composite" and unit.rest_ft is not None)  # the composite score needs their scale
+        normalise = not (s.mode.scores_with_rest and unit.rest_ft is not None)  # the composite score needs their scale
         n_dirs = len(self.directions)
+        p = len(unit.matrices)
+        cands = [particle_candidates(unit.matrices[i], dirs, frames, s) for i in range(p)]
         if unit.ctf is None:  # (r, J) templates shared by every particle of the unit
             shared = self.cache.rows(("templates", normalise), ids, n_dirs, lambda block: work.templates(self._references(block), normalise))
+            templates = [shared[c.direction_ids] for c in cands]
         else:  # (r, M) band samples, each particle's CTF applied to them
             references = self.cache.rows("references", ids, n_dirs, self._references)
-        p = len(unit.matrices)
-        out = UnitResult(np.empty((p, 3, 3)), np.empty((p, 2)), np.empty(p, np.float32), np.zeros(p, np.float32))
-        for i in range(p):
-            cands = particle_candidates(unit.matrices[i], dirs, frames, s)
-            ctf = None
-            if unit.ctf is None:
-                templates = shared[cands.direction_ids]
-            else:
-                ctf = unit.ctf(np.array([i]), np.array([cands.beta_centre_rad]))[0].reshape(-1)[work.image_index]
-                templates = work.templates(references[cands.direction_ids] * ctf, normalise)
-            image_w, rest_w, out.rest_scale[i] = self._working_image(unit, i)
+            ctfs = [unit.ctf(np.array([i]), np.array([c.beta_centre_rad]))[0].reshape(-1)[work.image_index] for i, c in enumerate(cands)]
+            templates = work.templates_of([references[c.direction_ids] * ctf for c, ctf in zip(cands, ctfs)], normalise)
+        working = [self._working_image(unit, i) for i in range(p)]
+        rest_scale[:] = [k for _, _, k in working]
+        images = work.upsampled_batch([image for image, _, _ in working])
+        rests = [None if rest is None else work.upsampled(rest) for _, rest, _ in working]
+        batch = []
+        for i, c in enumerate(cands):
             centre = ParticlePrior(unit.matrices[i] if unit.prior_matrices is None else unit.prior_matrices[i],
                                    np.zeros(2) if unit.prior_origin_px is None else unit.prior_origin_px[i] - unit.origin_px[i])
-            upsampled = work.upsampled(image_w)
-            rest_up = None if rest_w is None else work.upsampled(rest_w)
-            earlier = None if known is None else known[i]
-            pose, shift_px, best, scores = self._search_particle(upsampled, rest_up, cands, frames[cands.direction_ids], templates,
-                                                                 unit.seeds[i], centre, earlier)
-            out.matrix[i], out.origin_px[i], out.score[i] = pose, unit.origin_px[i] + shift_px, best
-            out.scores.append(scores)
-        return out
+            ms = np.unique(c.m)
+            # valid[t, k]: in-plane lattice index ms[t] belongs to direction k's ψ range
+            valid = (c.m[None, :, :] == ms[:, None, None]).any(axis=2)
+            particle_frames = frames[c.direction_ids]
+            posterior = Posterior(s, work.effective_pixels, centre, particle_frames, ms, self.shifts_px)
+            batch.append(Particle(i, c, particle_frames, templates[i], images[i], rests[i], unit.seeds[i], centre, ms,
+                                  ms * s.psi_step_rad, valid, posterior))
+        return batch
+
+    def _centre_scores(self, batch) -> None:
+        """ρ at the centre of each particle's prior (the candidate angle nearest its pose, at its origin), and the
+        likelihood that needs it (`score.FixedAmplitudeLikelihood`)."""
+        picks = [np.unravel_index(np.argmin(np.where(p.valid, p.posterior.angle_from_centre, np.inf)), p.valid.shape) for p in batch]
+        rho = self._point_scores(batch, [p.angles[t : t + 1] for p, (t, k) in zip(batch, picks)], [p.centre.offset_px[None] for p in batch],
+                                 [p.templates[k : k + 1] for p, (t, k) in zip(batch, picks)])
+        for p, r in zip(batch, rho):
+            p.rho_centre = float(r[0, 0])
+            p.posterior.likelihood = self.settings.likelihood(self.work.effective_pixels, p.rho_centre)
 
     def _working_image(self, unit: UnitInput, i: int):
         """The particle's image on the working grid, centred on the module (and the rest with it in composite
@@ -444,7 +506,7 @@ class UnitSearch:
         rest, k = None, 0.0
         if unit.rest_ft is not None:
             rest = work.crop(unit.rest_ft[i])
-            if self.settings.mode == "subtract":
+            if self.settings.mode.subtracts_rest:
                 ctf = 1.0 if unit.ctf is None else work.grid.unpack(unit.ctf(np.array([i]), np.zeros(1))[0].reshape(-1)[work.image_index])
                 target = work.grid.unpack(fourier.project_band(self.fvol, unit.matrices[i : i + 1], work.grid))[0]
                 target = fourier.shift_images_ft(target[None], unit.origin_px[i : i + 1] * work.scale)[0] * ctf * work.band_weight
@@ -458,107 +520,78 @@ class UnitSearch:
             rest = fourier.shift_images_ft(rest[None], centring)[0]
         return image, rest, k
 
-    def _scores(self, upsampled, rest_up, templates, angles_rad, shifts_px) -> np.ndarray:
-        """Eq. 1 of the image turned by each angle and moved by each shift (rows, Q) against the templates:
-        (Q, K) float32."""
-        patches = self.work.patches(upsampled, angles_rad, shifts_px)
-        if rest_up is None:
-            return score.patch_ccc(patches, templates)
-        return score.composite_ccc(patches, self.work.patches(rest_up, angles_rad, shifts_px), templates)
+    # -- the scores a strategy asks for, a whole unit per call --------------------------------------
+    def _point_scores(self, batch, angles, shifts_px, templates) -> list:
+        """Eq. 1 of each particle's image turned by each of its ``angles`` (Q_i,) and moved by the matching image-frame
+        shift (Q_i, 2) px, against its ``templates`` (K_i, J): a list of (Q_i, K_i) float32."""
+        work = self.work
+        return backend().point_scores([p.image for p in batch], [p.rest for p in batch], work.zx, work.zy, angles,
+                                      [np.asarray(s) * work.scale for s in shifts_px], work.fine_size / work.size, templates)
 
-    def _grid_scores(self, upsampled, rest_up, templates, angles_rad) -> np.ndarray:
-        """Eq. 1 of the image turned by each angle (T,) and moved by each shift of the grid (S) against the
-        templates (K): (T, S, K) float32."""
-        patches, sums, squares = self.work.grid_patches(upsampled, angles_rad, self.shifts_px)
-        n_t, n_s = len(angles_rad), len(self.shifts_px)
-        if rest_up is not None:
-            rest = self.work.grid_patches(rest_up, angles_rad, self.shifts_px)[0]
-            return score.composite_ccc(patches, rest, templates).reshape(n_t, n_s, -1)
-        return score.patch_ccc(patches, templates, moments=(sums, squares)).reshape(n_t, n_s, -1)
+    def point_scores(self, batch, shifts) -> list:
+        """Eq. 1 of every angle of each particle at its shift (2,) px, against each of its templates: a list of (T_i, K_i)."""
+        return self._point_scores(batch, [p.angles for p in batch], [np.broadcast_to(shift, (len(p.ms), 2)) for p, shift in zip(batch, shifts)],
+                                  [p.templates for p in batch])
 
-    def _candidate_scores(self, upsampled, rest_up, templates, angles_rad, cands: ParticleCandidates, ms, valid) -> np.ndarray:
-        """Eq. 1 of every (in-plane index ms[t], direction, shift) candidate: (T, K, S) float32, −inf where ms[t] is
-        not among the direction's indices (``valid`` (T, K) False). Each direction's indices are a run of 2·t1 + 1, so
-        with the directions ordered by their first index, the candidates of one angle are a contiguous run of
+    def grid_scores(self, batch, angle_ids, template_ids) -> list:
+        """Eq. 1 of each particle's angles ``angle_ids`` (T_i,) at every whole-pixel shift of the grid (S) against its
+        templates ``template_ids`` (K_i,): a list of (T_i, S, K_i) float32."""
+        work = self.work
+        return backend().grid_scores([p.image for p in batch], [p.rest for p in batch], work.zx, work.zy,
+                                     [p.angles[t] for p, t in zip(batch, angle_ids)], work.shift_steps(self.shifts_px),
+                                     work.fine_size / work.size, [p.templates[k] for p, k in zip(batch, template_ids)])
+
+    def candidate_cubes(self, batch) -> list:
+        """Eq. 1 of every (in-plane index ms[t], direction, shift) candidate of each particle: a list of (T, K, S)
+        float32, −inf where ms[t] is not among the direction's indices. Each direction's indices are a run of 2·t1 + 1,
+        so with the directions ordered by their first index, the candidates of one angle are a contiguous run of
         templates: only those products are computed (about half of the (angle, direction) pairs of a cone are
-        candidates), each written straight into its place in the cube."""
-        if rest_up is not None:  # the composite score: every product (its rest term is shared by the row)
-            return np.where(valid[:, :, None], self._grid_scores(upsampled, rest_up, templates, angles_rad).transpose(0, 2, 1), -np.inf)
-        order = np.argsort(cands.m[:, 0], kind="stable")
-        first = cands.m[order, 0]
-        columns = np.stack([np.searchsorted(first, ms - 2 * self.settings.psi_half_steps, "left"), np.searchsorted(first, ms, "right")], 1)
-        patches, sums, squares = self.work.grid_patches(upsampled, angles_rad, self.shifts_px)
-        scale = score.patch_scale(patches, (sums, squares))  # `score.patch_ccc`'s factors, every row at once
-        ordered = templates[order]
-        n_s = len(self.shifts_px)
-        cube = np.full((len(ms), len(order), n_s), -np.inf, dtype=np.float32)
-        for t, (lo, hi) in enumerate(columns):
-            rows = slice(t * n_s, (t + 1) * n_s)
-            rho = backend().correlate(patches[rows], ordered[lo:hi])
-            rho *= scale[rows, None]
-            cube[t, order[lo:hi]] = rho.T
-        return cube
+        candidates). The composite score computes every product (its rest term is shared by the row)."""
+        composite = [p for p in batch if p.rest is not None]
+        plain = [p for p in batch if p.rest is None]
+        cubes = {}
+        for p, grid in zip(composite, self.grid_scores(composite, [slice(None)] * len(composite), [slice(None)] * len(composite))):
+            cubes[p.index] = np.where(p.valid[:, :, None], grid.transpose(0, 2, 1), -np.inf)
+        orders, runs = [], []
+        for p in plain:
+            order = np.argsort(p.cands.m[:, 0], kind="stable")
+            first = p.cands.m[order, 0]
+            orders.append(order)
+            runs.append(np.stack([np.searchsorted(first, p.ms - 2 * self.settings.psi_half_steps, "left"), np.searchsorted(first, p.ms, "right")], 1))
+        work = self.work
+        in_run_order = backend().candidate_cubes([p.image for p in plain], work.zx, work.zy, [p.angles for p in plain],
+                                                 work.shift_steps(self.shifts_px), work.fine_size / work.size,
+                                                 [p.templates[order] for p, order in zip(plain, orders)], runs)
+        for p, order, cube in zip(plain, orders, in_run_order):
+            cubes[p.index] = np.empty_like(cube)
+            cubes[p.index][:, order] = cube
+        return [cubes[p.index] for p in batch]
 
-    def _search_particle(self, upsampled, rest_up, cands: ParticleCandidates, frames, templates, seed, centre: ParticlePrior, earlier=None):
-        """Best (pose, image-frame shift px, CCC, `ParticleScores`) of one particle; see the module docstring.
+    def reusable(self, particle: Particle, earlier) -> np.ndarray | None:
+        """The Eq. 1 cube of an earlier search of the particle when it holds this search's candidates, else None."""
+        if earlier is not None and np.array_equal(earlier.ms, particle.ms) and np.array_equal(earlier.frames, particle.frames) and \
+                np.array_equal(earlier.shifts_px, self.shifts_px):
+            return earlier.rho
+        return None
 
-        frames: (k, 3, 3) the canonical frames of its k directions; templates: (k, J) their references.
-        centre: the centre of the particle's prior (used with ``settings.prior_sigma_*``, and by the fixed-amplitude
-        likelihood).
-        """
-        s, shifts = self.settings, self.shifts_px
-        ms = np.unique(cands.m)
-        angles = ms * s.psi_step_rad
-        # valid[t, k]: in-plane lattice index ms[t] belongs to direction k's ψ range
-        valid = (cands.m[None, :, :] == ms[:, None, None]).any(axis=2)
-        posterior = Posterior(s, self.work.effective_pixels, centre, frames, ms, shifts)
-        rho_centre = float("nan")
-        if s.likelihood == "fixed_amplitude":  # ρ of the candidate angle nearest the prior's centre, at its shift
-            t, k = np.unravel_index(np.argmin(np.where(valid, posterior.angle_from_centre, np.inf)), valid.shape)
-            rho_centre = float(self._scores(upsampled, rest_up, templates[k : k + 1], angles[t : t + 1], centre.offset_px[None])[0, 0])
-            posterior.likelihood = score.Likelihood(self.work.effective_pixels, s.likelihood, rho_centre)
-        n_t = len(ms)
-        if s.strategy == "simultaneous":
-            if earlier is not None and np.array_equal(earlier.ms, ms) and np.array_equal(earlier.frames, frames) and \
-                    np.array_equal(earlier.shifts_px, shifts):
-                cube = earlier.rho
-            else:
-                cube = self._candidate_scores(upsampled, rest_up, templates, angles, cands, ms, valid)
-            t, k, _ = np.unravel_index(np.argmax(posterior.of_cube(cube)), cube.shape)
-            shift = posterior.subpixel_shifts(cube[t, k][None])[0]
-            # the angles again at the sub-pixel shift: on the integer grid the angle absorbs the shift's rounding
-            at_shift = np.where(valid, self._scores(upsampled, rest_up, templates, angles, np.broadcast_to(shift, (n_t, 2))), -np.inf)
-            t, k = np.unravel_index(np.argmax(posterior.of_angles(at_shift)), at_shift.shape)
-            pose = self._estimate(at_shift, t, k, frames, ms, posterior)
-            return pose, shift, at_shift[t, k], ParticleScores(frames, ms, valid, shifts, cube.astype(np.float32, copy=False), shift,
-                                                               at_shift.astype(np.float32), rho_centre)
-        pairs = np.argwhere(valid)
-        rng = np.random.default_rng(seed)
-        picked = pairs[rng.choice(len(pairs), size=min(s.n_random_angles, len(pairs)), replace=False)]
-        ut, it = np.unique(picked[:, 0], return_inverse=True)
-        uk, ik = np.unique(picked[:, 1], return_inverse=True)
-        sub = self._grid_scores(upsampled, rest_up, templates[uk], angles[ut])[it, :, ik]  # (n picked, S)
-        shift = posterior.subpixel_shifts(sub).mean(axis=0)
-        cube = np.where(valid, self._scores(upsampled, rest_up, templates, angles, np.broadcast_to(shift, (n_t, 2))), -np.inf)
-        t, k = np.unravel_index(np.argmax(posterior.of_angles(cube)), cube.shape)
-        pose = self._estimate(cube, t, k, frames, ms, posterior)
-        return pose, shift, cube[t, k], ParticleScores(frames, ms, valid, shift[None], cube[:, :, None].astype(np.float32), shift,
-                                                       cube.astype(np.float32), rho_centre)
+    def particle_scores(self, particle: Particle, rho, shift_px, at_shift, shifts_px=None) -> ParticleScores:
+        return ParticleScores(particle.frames, particle.ms, particle.valid, self.shifts_px if shifts_px is None else shifts_px, rho, shift_px,
+                              at_shift, particle.rho_centre)
 
-    def _estimate(self, scores, t, k, frames, ms, posterior) -> np.ndarray:
-        """The particle's rotation from the scores (T, k) of every angle at its shift: the best candidate
-        refined between grid points (``estimate: map``), or the posterior mean (``mean``): the mean, weighted
-        by the posterior, of the candidates' rotations about the best one (the best at its refined place)."""
+    # -- the estimate --------------------------------------------------------------------------------
+    def estimate(self, particle: Particle, scores, t, k) -> np.ndarray:
+        """The particle's rotation from the scores (T, k) of every angle at its shift (``search.estimate``): the best
+        candidate refined between grid points, or the posterior mean over the candidates."""
+        frames, ms, posterior = particle.frames, particle.ms, particle.posterior
         refined = self._refined_pose(scores, t, k, frames, ms, posterior)
-        if self.settings.estimate == "map":
-            return refined
+        estimator = self.settings.estimate
+        if not estimator.uses_posterior:
+            return estimator.rotation(refined, None, None, None, None)
         tt, kk = np.nonzero(np.isfinite(scores))
         best = candidate_pose(frames[k], ms[t], self.settings.psi_step_rad)
-        omega = rotations.rotation_vector(candidate_pose(frames[kk], ms[tt], self.settings.psi_step_rad) @ best.T)
-        omega[(tt == t) & (kk == k)] = rotations.rotation_vector(refined @ best.T)
+        poses = candidate_pose(frames[kk], ms[tt], self.settings.psi_step_rad)
         log_weight = posterior.log_posterior_of_angles(scores)[tt, kk]
-        weight = np.exp(log_weight - log_weight.max())
-        return rotations.from_rotation_vector((weight[:, None] * omega).sum(0) / weight.sum()) @ best
+        return estimator.rotation(refined, best, poses, log_weight, (tt == t) & (kk == k))
 
     def _refined_pose(self, scores, t, k, frames, ms, posterior) -> np.ndarray:
         """The best grid pose (in-plane index ms[t], direction k) or, with ``angle_refinement: quadratic``,
@@ -566,7 +599,7 @@ class UnitSearch:
         prior's pull when there is one."""
         s = self.settings
         best = candidate_pose(frames[k], ms[t], s.psi_step_rad)
-        if s.angle_refinement == "none":
+        if not s.angle_refinement.refines:
             return best
         step = max(s.angular_step_rad, s.psi_step_rad)
         # only directions within the fit's reach of the best one can hold a neighbour (a pose's angle from the best is
@@ -605,9 +638,9 @@ class Posterior:
     def __init__(self, settings: SearchSettings, n_pixels, centre: ParticlePrior, frames, ms, shifts_px):
         self.settings, self.prior = settings, centre if settings.has_prior else None
         self.shifts_px = shifts_px
-        self.likelihood = score.Likelihood(n_pixels)
+        self.likelihood = score.ProfileLikelihood(n_pixels)  # until `UnitSearch._centre_scores` sets the one that needs ρ_s
         self.angle_from_centre = self.angle_cost = None
-        if settings.prior_sigma_rad is not None or settings.likelihood == "fixed_amplitude":
+        if settings.prior_sigma_rad is not None or settings.likelihood.needs_centre:
             poses = candidate_pose(frames[None], ms[:, None], settings.psi_step_rad)  # (T, K, 3, 3)
             self.angle_from_centre = rotations.geodesic_angle(poses, centre.pose)
         if settings.prior_sigma_rad is not None:

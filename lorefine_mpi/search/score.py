@@ -16,12 +16,11 @@ like h; its sums expand into two matrix products (`composite_ccc`).
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from lorefine_mpi.geometry import rotations
 from lorefine_mpi.kernels import backend
+from lorefine_mpi.search.registry import Registry
 
 
 def shift_grid(max_shift_px: float, shift_step_px: float) -> np.ndarray:
@@ -34,20 +33,17 @@ def shift_grid(max_shift_px: float, shift_step_px: float) -> np.ndarray:
 
 def centre_rows(rows) -> tuple[np.ndarray, np.ndarray]:
     """Rows (Q, J) less their means, float32, and their squared norms (Q,) float64."""
-    x = np.asarray(rows, dtype=np.float32)
-    centred = x - x.mean(axis=1, dtype=np.float64).astype(np.float32)[:, None]
-    return centred, np.einsum("ij,ij->i", centred, centred, dtype=np.float64)
+    return backend().centre_rows(rows)
 
 
 def inverse_norms(norm2) -> np.ndarray:
     """1 / sqrt(norm2) per row (Q,) float32, 0 where the squared norm is 0 (a constant row)."""
-    return np.where(norm2 > 0, 1.0 / np.sqrt(np.where(norm2 > 0, norm2, 1.0)), 0.0).astype(np.float32)
+    return backend().inverse_norms(norm2)
 
 
 def normalise_rows(rows) -> np.ndarray:
     """Rows (Q, J) centred and scaled to unit norm (a constant row becomes 0): float32."""
-    centred, norm2 = centre_rows(rows)
-    return centred * inverse_norms(norm2)[:, None]
+    return backend().normalise_rows(rows)
 
 
 def masked_ccc(patches, templates) -> np.ndarray:
@@ -62,34 +58,20 @@ def patch_ccc(patches, templates, moments=None) -> np.ndarray:
     The templates are centred over the mask, so a patch's mean drops out of the products; each row of the
     product is scaled by the patch's norm about its mean, ``Σp² − (Σp)²/J``. moments: (Σp, Σp²) per row
     (Q,) float64 when the sampling already summed them, or None."""
-    out = backend().correlate(patches, templates)
-    out *= patch_scale(patches, moments)[:, None]
-    return out
+    return backend().patch_ccc(patches, templates, moments)
 
 
 def patch_scale(patches, moments=None) -> np.ndarray:
     """1 / the norm about its mean, ``sqrt(Σp² − (Σp)²/J)``, of each raw patch (Q, J): (Q,) float32, 0 for a
     constant patch; `patch_ccc`'s factor per row. moments: as in `patch_ccc`."""
-    if moments is None:
-        s1 = patches.sum(axis=1, dtype=np.float64)
-        s2 = np.einsum("ij,ij->i", patches, patches).astype(np.float64)
-    else:
-        s1, s2 = moments
-    return inverse_norms(s2 - s1 * s1 / patches.shape[1])
+    return backend().patch_scale(patches, moments)
 
 
 def composite_ccc(patches, rest, templates) -> np.ndarray:
     """Eq. 1 of each patch h (Q, J) against ``g + r`` for every template g (K, J) and the rest r (Q, J)
     sampled like h: (Q, K) float32. None of them normalised: numerator ``h̃·g̃ + h̃·r̃``, variance
     ``|g̃|² + 2 r̃·g̃ + |r̃|²`` (~ = less the mean over the mask)."""
-    h, h2 = centre_rows(patches)
-    r, r2 = centre_rows(rest)
-    g, g2 = centre_rows(templates)
-    numerator = backend().correlate(h, g) + np.einsum("ij,ij->i", h, r)[:, None]
-    variance = g2[None, :] + 2.0 * backend().correlate(r, g) + r2[:, None]
-    denominator = np.sqrt(h2[:, None] * np.maximum(variance, 0.0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), 0.0).astype(np.float32)
+    return backend().composite_ccc(patches, rest, templates)
 
 
 RHO_MAX = 1.0 - 1e-7  # keeps log(1 − ρ²) finite for a perfect match
@@ -111,14 +93,7 @@ def log_likelihood_of_cube(rho, n_pixels) -> np.ndarray:
     """`log_likelihood` of a whole score cube in single precision, −inf where ρ is −inf (not a candidate): for
     ranking its entries (an error of about 1e-7 of the value, 1e-5 nats at most here; six times faster than
     double precision on the (angle, direction, shift) cube of a particle)."""
-    rho = np.asarray(rho, dtype=np.float32)
-    out = np.clip(rho, np.float32(0.0), np.float32(RHO_MAX))
-    np.multiply(out, out, out=out)
-    np.negative(out, out=out)
-    np.log1p(out, out=out)
-    out *= np.float32(-0.5 * n_pixels)
-    out[np.isneginf(rho)] = -np.inf
-    return out
+    return backend().profile_log_likelihood(rho, n_pixels, RHO_MAX)
 
 
 def log_likelihood_slope(rho, n_pixels):
@@ -138,59 +113,79 @@ def prior_weight(slope, sigma, step) -> np.ndarray:
     return np.minimum(step * step / (sigma * sigma * np.maximum(np.asarray(slope, dtype=np.float64), 1e-300)), 1e12)
 
 
-LIKELIHOODS = ("profile", "fixed_amplitude")
-
-
-@dataclasses.dataclass(frozen=True)
 class Likelihood:
-    """The log-likelihood ℓ(ρ) of one particle's candidates, in nats up to a constant shared by them all.
+    """The log-likelihood ℓ(ρ) of one particle's candidates, in nats up to a constant shared by them all
+    (``search.likelihood``; `LIKELIHOODS`). n_pixels: J, the mask's degrees of freedom; rho_centre: ρ at the centre
+    of the particle's prior (ρ_s; used by the kinds that need it, `needs_centre`)."""
 
-    ``profile``: `log_likelihood`, the amplitude and noise level fitted to each candidate on its own.
-    ``fixed_amplitude``: the image modelled as ``a·g + noise`` with one amplitude a and noise variance σ²
+    name = ""
+    needs_centre = False
+
+    def __init__(self, n_pixels: float, rho_centre: float = float("nan")):
+        self.n_pixels, self.rho_centre = n_pixels, rho_centre
+
+    def __call__(self, rho) -> np.ndarray:
+        """ℓ of ρ (any shape), float64, −inf where ρ is −inf (not a candidate)."""
+        return np.where(np.isneginf(rho), -np.inf, self._values(rho))
+
+    def _values(self, rho) -> np.ndarray:
+        raise TypeError(self.name)
+
+    def of_cube(self, rho) -> np.ndarray:
+        """ℓ of a whole score cube in single precision (for ranking its entries), −inf kept."""
+        raise TypeError(self.name)
+
+    def slope(self, rho) -> np.ndarray:
+        """dℓ/dρ at ρ (`prior_weight`)."""
+        raise TypeError(self.name)
+
+
+class ProfileLikelihood(Likelihood):
+    """``profile``: `log_likelihood`, the amplitude and noise level fitted to each candidate on its own."""
+
+    name = "profile"
+
+    def _values(self, rho):
+        return np.asarray(log_likelihood(rho, self.n_pixels))
+
+    def of_cube(self, rho):
+        return log_likelihood_of_cube(rho, self.n_pixels)
+
+    def slope(self, rho):
+        return log_likelihood_slope(rho, self.n_pixels)
+
+
+class FixedAmplitudeLikelihood(Likelihood):
+    """``fixed_amplitude``: the image modelled as ``a·g + noise`` with one amplitude a and noise variance σ²
     for all the particle's candidates; with f and g centred over the J pixels and g of unit variance,
     ``−|f − a·g|² / 2σ²`` varies between candidates only through ``a·⟨f, g⟩ / σ² = ρ·a·|f|·√J / σ²``, and
     with ``|f|² = J·(a² + σ²)`` that is ``J·ρ_s / (1 − ρ_s²) · ρ``, ρ_s = a / √(a² + σ²) the correlation
     of the image with its true reference. ρ_s is estimated by ρ at the centre of the particle's prior (its
     consensus pose and origin; `rho_centre`), which noise does not bias upward as it biases the best
     candidate's ρ: the profile's slope at the best candidate, ``J·ρ/(1 − ρ²)``, exceeds the true one by
-    that bias, and its posterior is too narrow (benchmarks/posterior_study.py).
-    """
+    that bias, and its posterior is too narrow (benchmarks/posterior_study.py)."""
 
-    n_pixels: float
-    kind: str = "profile"
-    rho_centre: float = 0.0  # fixed_amplitude: ρ at the prior's centre (ρ_s; clipped to [0, RHO_MAX))
+    name = "fixed_amplitude"
+    needs_centre = True
 
     @property
     def fixed_slope(self) -> float:
-        """``J·ρ_s / (1 − ρ_s²)`` (fixed_amplitude)."""
+        """``J·ρ_s / (1 − ρ_s²)`` (ρ_s clipped to [0, RHO_MAX); 0 when not finite)."""
         r = min(max(float(self.rho_centre), 0.0), RHO_MAX) if np.isfinite(self.rho_centre) else 0.0
         return self.n_pixels * r / (1.0 - r * r)
 
-    def __call__(self, rho) -> np.ndarray:
-        """ℓ of ρ (any shape), float64, −inf where ρ is −inf (not a candidate)."""
-        if self.kind == "profile":
-            out = np.asarray(log_likelihood(rho, self.n_pixels))
-        else:
-            rho = np.asarray(rho, dtype=np.float64)
-            out = self.fixed_slope * np.where(np.isneginf(rho), 0.0, rho)
-        return np.where(np.isneginf(rho), -np.inf, out)
+    def _values(self, rho):
+        rho = np.asarray(rho, dtype=np.float64)
+        return self.fixed_slope * np.where(np.isneginf(rho), 0.0, rho)
 
-    def of_cube(self, rho) -> np.ndarray:
-        """ℓ of a whole score cube in single precision (for ranking its entries), −inf kept."""
-        if self.kind == "profile":
-            return log_likelihood_of_cube(rho, self.n_pixels)
-        rho = np.asarray(rho, dtype=np.float32)
-        outside = np.isneginf(rho)
-        out = np.where(outside, np.float32(0.0), rho)
-        out *= np.float32(self.fixed_slope)
-        out[outside] = -np.inf
-        return out
+    def of_cube(self, rho):
+        return backend().linear_log_likelihood(rho, self.fixed_slope)
 
-    def slope(self, rho) -> np.ndarray:
-        """dℓ/dρ at ρ (`prior_weight`)."""
-        if self.kind == "profile":
-            return log_likelihood_slope(rho, self.n_pixels)
+    def slope(self, rho):
         return np.full(np.shape(rho), self.fixed_slope)
+
+
+LIKELIHOODS = Registry("search.likelihood", ProfileLikelihood, FixedAmplitudeLikelihood)
 
 
 def subpixel_peak(scores, shifts_px, best=None, prior_weight=None, prior_centre_px=None) -> np.ndarray:

@@ -10,7 +10,7 @@ import yaml
 from lorefine_mpi.config import config_to_dict, load_config
 from lorefine_mpi.config.schema import config_from_dict
 from lorefine_mpi.errors import InputError
-from lorefine_mpi.refine.engine import learned_prior, prior_sigmas, search_settings
+from lorefine_mpi.refine.engine import prior_widths, search_settings
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -78,7 +78,8 @@ def test_module_values_override_the_global_search_and_feed_its_settings(project)
     assert a.search(cfg.search) == cfg.search
     own = b.search(cfg.search)
     assert (own.cone_half_angle_deg, own.psi_half_range_deg, own.max_shift_px) == (4.0, 4.0, 2.0)
-    assert prior_sigmas(own) == (pytest.approx(np.deg2rad(0.5)), 1.0)  # the module's angle σ, the global shift σ
+    rot, shift = prior_widths(own)
+    assert (rot.sigma, shift.sigma) == (pytest.approx(np.deg2rad(0.5)), 1.0)  # the module's angle σ, the global shift σ
     mask = np.zeros((48, 48, 48), np.float32)
     mask[20:28, 20:28, 20:28] = 1
     settings_a = search_settings(cfg, mask, np.zeros(3), 48, module=a)
@@ -86,8 +87,8 @@ def test_module_values_override_the_global_search_and_feed_its_settings(project)
     assert settings_a.cone_half_angle_rad == pytest.approx(np.deg2rad(10)) and settings_a.psi_half_steps == 3
     assert settings_b.cone_half_angle_rad == pytest.approx(np.deg2rad(4)) and settings_b.psi_half_steps == 2
     assert settings_b.max_shift_steps == 2 and settings_b.prior_sigma_rad == pytest.approx(np.deg2rad(0.5))
-    assert settings_a.prior_sigma_rad is None and learned_prior(a.search(cfg.search)) == (True, False)  # auto: learned per stage
-    assert learned_prior(own) == (False, False)
+    assert settings_a.prior_sigma_rad is None and [w.learned for w in prior_widths(a.search(cfg.search))] == [True, False]  # auto: learned per stage
+    assert [w.learned for w in prior_widths(own)] == [False, False]
     assert b.centre_px == (1.0, -2.0, 3.5)
 
 

@@ -53,12 +53,12 @@ def test_fixed_amplitude_log_likelihood_differences_are_those_of_the_gaussian_mo
     exact = np.array([-((f - a * g) ** 2).sum() / (2 * sigma**2) for g in candidates_])
     rho = candidates_ @ f / (np.linalg.norm(candidates_, axis=1) * np.linalg.norm(f))
     rho_s = a / np.sqrt(a * a + sigma * sigma)
-    ours = score.Likelihood(j, "fixed_amplitude", rho_s)(rho)
+    ours = score.FixedAmplitudeLikelihood(j, rho_s)(rho)
     np.testing.assert_allclose(ours - ours[0], exact - exact[0], rtol=0.03)
     assert np.ptp(exact) > 5  # the candidates differ by several nats: the comparison is not trivial
-    assert score.Likelihood(j, "fixed_amplitude", rho_s).slope(0.1) == pytest.approx(j * rho_s / (1 - rho_s**2))
-    assert np.isneginf(score.Likelihood(j, "fixed_amplitude", rho_s)(-np.inf))
-    assert np.all(score.Likelihood(j, "fixed_amplitude", -0.2)(rho) == 0.0)  # no signal at the centre: the prior decides
+    assert score.FixedAmplitudeLikelihood(j, rho_s).slope(0.1) == pytest.approx(j * rho_s / (1 - rho_s**2))
+    assert np.isneginf(score.FixedAmplitudeLikelihood(j, rho_s)(-np.inf))
+    assert np.all(score.FixedAmplitudeLikelihood(j, -0.2)(rho) == 0.0)  # no signal at the centre: the prior decides
 
 
 @pytest.mark.parametrize("peak,centre,weight", [((0.3, -0.2), (-2.0, 1.0), 0.5), ((-0.1, 0.4), (0.5, 0.5), 3.0), ((0.2, 0.1), (0.0, 0.0), 0.0)])

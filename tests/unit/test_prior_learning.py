@@ -99,7 +99,7 @@ def test_rotation_sum_by_matrix_product_matches_the_log_domain_sum_even_where_te
 def test_a_search_reusing_the_pilots_cubes_equals_one_that_computes_them(module_map, monkeypatch):
     """The simultaneous search with a prior, given the flat-prior pilot's scores of the same particles (one
     unit of two particles here, the pilot in units of one), gives the same poses and scores bit for bit, and
-    scores only the angles at its sub-pixel shift (one call per particle instead of two)."""
+    scores only the angles at its sub-pixel shift (no cube of its own)."""
     import dataclasses
 
     fvol, u = unit(module_map, 2, 1.0, np.random.default_rng(5))
@@ -113,11 +113,12 @@ def test_a_search_reusing_the_pilots_cubes_equals_one_that_computes_them(module_
     with_prior = dataclasses.replace(flat, prior_sigma_rad=np.deg2rad(1.0), prior_sigma_px=1.0)
     fresh = local.UnitSearch(fvol, directions, with_prior, 48).run(u)
     search = local.UnitSearch(fvol, directions, with_prior, 48)
-    calls = []
-    original = search._scores
-    monkeypatch.setattr(search, "_scores", lambda *a: calls.append(1) or original(*a))
+    cubes, points = [], []
+    original_cubes, original_points = search.candidate_cubes, search.point_scores
+    monkeypatch.setattr(search, "candidate_cubes", lambda batch: cubes.append(len(batch)) or original_cubes(batch))
+    monkeypatch.setattr(search, "point_scores", lambda batch, shifts: points.append(len(batch)) or original_points(batch, shifts))
     reused = search.run(u, known)
-    assert len(calls) == 2  # the angles at the sub-pixel shift only, for each particle
+    assert sum(cubes) == 0 and points == [2]  # no cube computed: the angles at the sub-pixel shift only, for both particles
     np.testing.assert_array_equal(reused.matrix, fresh.matrix)
     np.testing.assert_array_equal(reused.origin_px, fresh.origin_px)
     np.testing.assert_array_equal(reused.score, fresh.score)
