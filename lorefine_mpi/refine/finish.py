@@ -25,7 +25,6 @@ import time
 
 import numpy as np
 
-from lorefine_mpi.geometry.volumes import centre_of_mass_px
 from lorefine_mpi.io import mrc, results
 from lorefine_mpi.io.results import write_motion
 from lorefine_mpi.io.star import atomic_write_text
@@ -60,11 +59,12 @@ def plot_before_after_png(path, before: fsc_mod.FSCResult, after: fsc_mod.FSCRes
                          f"{name}: gold-standard FSC in the module's mask (corrected)")
 
 
-def finish_run(cfg, ctx, *, source, consensus_poses, poses, masks, voxel_size_angstrom: float, subset, started: float,
+def finish_run(cfg, ctx, *, source, consensus_poses, poses, centres_px, masks, voxel_size_angstrom: float, subset, started: float,
                write_report) -> None:
     """Steps 1–5 of the module docstring. cfg: the run's Config; consensus_poses, poses[k]: objects with
-    ``matrices`` (n, 3, 3) and ``origin_px`` (n, 2) (consensus, and module k's final poses); masks: K
-    (N, N, N) soft masks; subset: (n,) rlnRandomSubset; started: the run's start (time.time())."""
+    ``matrices`` (n, 3, 3) and ``origin_px`` (n, 2) (consensus, and module k's final poses); centres_px (K, 3): each
+    module's rotation centre in its last stage (xyz px from the box centre: its ``centre_px``, else the centre of mass of
+    the model in its mask), about which the motion analysis measures its rotation; masks: K (N, N, N) soft masks; subset: (n,) rlnRandomSubset; started: the run's start (time.time())."""
     folder = layout.RunFolder.of(cfg)
     names = [m.name for m in cfg.modules]
     post = cfg.postprocess
@@ -123,9 +123,7 @@ def finish_run(cfg, ctx, *, source, consensus_poses, poses, masks, voxel_size_an
         timings["local_resolution_s"] = round(time.time() - clock, 2)
     if ctx.is_root:
         clock = time.time()
-        consensus_map, _ = mrc.read_map(cfg.consensus_map)
-        centres = np.array([centre_of_mass_px(consensus_map, mask) for mask in masks])
-        analysis = motion_mod.analyse(names, centres, consensus_poses.matrices, consensus_poses.origin_px,
+        analysis = motion_mod.analyse(names, np.asarray(centres_px, dtype=np.float64), consensus_poses.matrices, consensus_poses.origin_px,
                                       [(p.matrices, p.origin_px) for p in poses], voxel_size_angstrom)
         write_motion_outputs(folder, analysis, source.table.image_name, masks, voxel_size_angstrom, post.motion_components)
         motion_summary = motion_mod.summary(analysis)

@@ -53,11 +53,13 @@ def _refine(cfg, dist, recorder, write_report) -> int:
         return recorder.stopped()
     model = engine.consensus
     poses = [engine.consensus_poses for _ in cfg.modules]
+    centres = [None for _ in cfg.modules]  # each module's rotation centre in its last stage (xyz px from the box centre)
     for iteration in range(1, cfg.iterations + 1):
         maps = []
         for index, module in enumerate(cfg.modules):
             stage = eng.Stage(stage_name(iteration, module.name), iteration, index, module.name)
             state = engine.begin_stage(stage, model, gauss_seidel(model, maps, len(cfg.modules)), poses)
+            centres[index] = state.centre_px
             refined = run.search(state)
             if refined is None:
                 return recorder.stopped()
@@ -77,7 +79,7 @@ def _refine(cfg, dist, recorder, write_report) -> int:
     if cfg.postprocess.enabled:  # post-processing, local resolution, motion, report, table
         from lorefine_mpi.refine.finish import finish_run
 
-        finish_run(cfg, dist, source=engine.source, consensus_poses=engine.consensus_poses, poses=poses, masks=engine.masks,
+        finish_run(cfg, dist, source=engine.source, consensus_poses=engine.consensus_poses, poses=poses, centres_px=centres, masks=engine.masks,
                    voxel_size_angstrom=engine.voxel, subset=engine.subset, started=started, write_report=write_report)
     if dist.is_root and cfg.subtracted.modules:  # `subtracted:` in the config
         from lorefine_mpi.refine.subtracted import write_subtracted
