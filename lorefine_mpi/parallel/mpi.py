@@ -43,13 +43,15 @@ def launched_by_mpi() -> bool:
 
 
 def world_communicator():
-    """COMM_WORLD (an MPI launcher started this process)."""
+    """COMM_WORLD (an MPI launcher started this process), once `launcher.start_world` has checked that this launcher can
+    start the MPI library mpi4py runs on (one line and exit status 2 otherwise, before MPI_Init)."""
+    from lorefine_mpi.parallel.launcher import start_world
+
     try:
-        from mpi4py import MPI
+        return start_world(os.environ)
     except (ImportError, RuntimeError) as error:  # every rank says so: there is no communicator to agree on one
         raise InputError(f"an MPI launcher started lorefine, but mpi4py cannot load MPI ({error}); install mpi4py for "
                          "this MPI, or run lorefine without mpiexec/srun") from None
-    return MPI.COMM_WORLD
 
 
 def distributor() -> Distributor:
