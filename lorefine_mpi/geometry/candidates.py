@@ -29,12 +29,22 @@ def direction_grid(step_rad: float) -> np.ndarray:
     return np.stack([r * np.cos(phi), r * np.sin(phi), z], -1)
 
 
+WORK_BYTES = 64 * 2**20  # the largest (rows × grid) float64 product made at once
+
+
+def rows_at_once(m: int) -> int:
+    """How many rows of a (rows, m) float64 product fit in `WORK_BYTES` (at least 1, at most 4096)."""
+    return int(max(1, min(4096, WORK_BYTES // (8 * max(int(m), 1)))))
+
+
 def nearest_direction(grid, directions) -> np.ndarray:
     """Index (n,) of the grid direction (m, 3) nearest to each direction (n, 3)."""
     directions = np.atleast_2d(directions)
+    grid_t = np.asarray(grid).T
+    step = rows_at_once(grid_t.shape[1])  # bounded memory for large particle sets and fine grids
     out = np.empty(len(directions), dtype=np.int64)
-    for start in range(0, len(directions), 4096):  # bounded memory for large particle sets
-        out[start : start + 4096] = np.argmax(directions[start : start + 4096] @ np.asarray(grid).T, axis=1)
+    for start in range(0, len(directions), step):
+        out[start : start + step] = np.argmax(directions[start : start + step] @ grid_t, axis=1)
     return out
 
 
@@ -76,7 +86,9 @@ def candidate_counts(search) -> dict:
     grid = direction_grid(np.deg2rad(search.angular_step_deg))
     probes = direction_grid(np.deg2rad(14.0))[:200]
     cos_cone = np.cos(np.deg2rad(search.cone_half_angle_deg)) - 1e-12
-    n_dirs = float(((probes @ grid.T) >= cos_cone).sum(axis=1).mean())
+    step = rows_at_once(len(grid))
+    counts = np.concatenate([((probes[i : i + step] @ grid.T) >= cos_cone).sum(axis=1) for i in range(0, len(probes), step)])
+    n_dirs = float(counts.mean())
     n_psi = len(psi_offsets_rad(np.deg2rad(search.psi_half_range_deg), np.deg2rad(search.psi_step_deg)))
     t2 = int(np.floor(search.max_shift_px / search.shift_step_px + 1e-9))
     n_shifts = (2 * t2 + 1) ** 2
