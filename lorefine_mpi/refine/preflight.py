@@ -53,6 +53,7 @@ MIN_SCORE_MASK_PX = 4.0  # the score's round mask is at least this wide (a few p
 VOLTAGE_KV = (10.0, 1000.0)
 CS_MM = (-1.0, 20.0)  # a corrector can leave a slightly negative Cs (a warning below 0)
 DEFOCUS_ANGSTROM = 200_000.0  # 20 µm of defocus, either way (overfocus, negative, is a warning)
+DEFOCUS_SMALL_ANGSTROM = 100.0  # closer to focus than this: a warning (µm given for Å?)
 CTF_BFACTOR_ANGSTROM2 = 1000.0  # RELION's per-particle CTF B-factors are tens of Å²
 CTF_BFACTOR_EXPONENT = 40.0  # nor may exp(−B k²/4) at Nyquist leave e^±40 (float32 holds e^±88)
 CTF_SCALE = (0.0, 100.0)  # refused outside (0, 100]; a warning outside [0.1, 10]
@@ -247,6 +248,11 @@ def check_particle_values(table, path, box: int, use_ctf: bool) -> list[str]:
             i, v = worst(values, values < 0)
             warnings.append(f"{path}: _{name} of particle {i} is {v:g} Å: overfocus (negative defocus; {int((values < 0).sum())} particles) "
                             "is unusual: check the sign convention (RELION: positive = underfocus)")
+        tiny = np.abs(values) < DEFOCUS_SMALL_ANGSTROM
+        if tiny.any():
+            i, v = worst(values, tiny)
+            warnings.append(f"{path}: _{name} of particle {i} is {v:g} Å ({int(tiny.sum())} particles below {DEFOCUS_SMALL_ANGSTROM:g} Å): "
+                            "even phase-plate data are taken a few hundred Å from focus: is it in µm? (RELION: Å)")
     b = table.ctf_bfactor_angstrom2
     exponent = np.abs(b) / (16.0 * apix**2)  # |B| k²/4 at Nyquist, k = 1 / (2 · pixel size)
     bad = (np.abs(b) > CTF_BFACTOR_ANGSTROM2) | (exponent > CTF_BFACTOR_EXPONENT)
