@@ -228,13 +228,24 @@ def check_output_file(option: str, path, inputs, owned: bool = False) -> Path:
     return path
 
 
-def _creatable(folder: Path) -> bool:
-    p = folder
+def creatable(folder) -> bool:
+    """The folder exists or can be created: its nearest existing ancestor is a writable directory."""
+    p = Path(folder)
     while not p.exists():
         if p.parent == p:
             return False
         p = p.parent
     return p.is_dir() and os.access(p, os.W_OK | os.X_OK)
+
+
+def identity(path) -> tuple | None:
+    """(device, inode) of an existing path (symlinks followed), None when there is none: tells a file or folder from
+    another one put at its name."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def check_output_folder(option: str, folder, outputs, inputs) -> Path:
@@ -244,7 +255,7 @@ def check_output_folder(option: str, folder, outputs, inputs) -> Path:
     st = _lstat(folder)
     if st is not None and not stat.S_ISDIR(os.stat(folder).st_mode):
         raise InputError(f"{option}: {folder} is {kind_of(os.stat(folder).st_mode)}; expected a folder")
-    if not _creatable(folder):
+    if not creatable(folder):
         raise InputError(f"{option}: {folder} cannot be created (no writable folder above it)")
     held = live_run_holding(folder)
     if held:

@@ -48,13 +48,13 @@ is written leaves the checkpoint as it was.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from lorefine_mpi.errors import InputError
+from lorefine_mpi.io.files import identity
 
 FIELDS = {
     "search_matrix": ((3, 3), np.float64),
@@ -221,7 +221,7 @@ class ResultsFile:
                 raise InputError(f"{self.path}: a results file exists already; use --continue to resume it or a new output folder")
             check_resumable(self.path, fingerprint, stacks)
             self.file = _open_checkpoint(self.path, "r+")
-            self.identity = _identity(self.path)
+            self.identity = identity(self.path)
             return
         fingerprint_json = json.dumps(fingerprint | ({STACKS: stacks} if stacks is not None else {}), sort_keys=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
@@ -234,12 +234,12 @@ class ResultsFile:
             f.create_dataset("particles/image_name", data=np.array(list(image_names), dtype=h5py.string_dtype()))
         tmp.replace(self.path)
         self.file = h5py.File(self.path, "r+", locking=False)
-        self.identity = _identity(self.path)
+        self.identity = identity(self.path)
 
     def check_present(self) -> None:
         """InputError when the file this object writes is no longer at its path (deleted, moved or replaced while the
         run was writing it: its writes would be lost)."""
-        now = _identity(self.path)
+        now = identity(self.path)
         if now != self.identity:
             what = "deleted or moved away" if now is None else "replaced by another file"
             raise InputError(f"{self.path}: the checkpoint was {what} while this run was writing it; this run stops "
@@ -325,14 +325,6 @@ class ResultsFile:
             self._open_stage, self._datasets = None, {}
             self.file.close()
             self.file = None
-
-
-def _identity(path) -> tuple | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 def run_record(path) -> dict:

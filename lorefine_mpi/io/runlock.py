@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from lorefine_mpi.errors import InputError
+from lorefine_mpi.io.files import identity
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +62,6 @@ def _read(path: Path) -> dict | None:
     except ValueError:
         return {}
     return record if isinstance(record, dict) else {}
-
-
-def _identity(path) -> tuple | None:
-    """(device, inode) of an existing path, None when there is none."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 def describe(record: dict) -> str:
@@ -113,7 +105,7 @@ class RunLock:
             "command": command,
         }
         self._own = self.folder / f"{NAME}.{self.token}"
-        self._folder_id = _identity(self.folder)  # the folder this run locks (`verify` tells a moved folder from a lost lock)
+        self._folder_id = identity(self.folder)  # the folder this run locks (`verify` tells a moved folder from a lost lock)
         self._mutex = threading.Lock()  # `refresh` runs on the watchdog thread, `release` on the main thread
         self._released = False
 
@@ -188,7 +180,7 @@ class RunLock:
         if holder is not None and holder.get("token") == self.token:
             return
         stop = "this run stops without writing more"
-        folder = _identity(self.folder)
+        folder = identity(self.folder)
         if folder is None:
             raise InputError(f"{self.folder}: the output folder was deleted or moved while this run was writing into it; {stop} "
                              "(a moved folder can be resumed where it is now: set output to it and use --continue)")

@@ -124,16 +124,6 @@ def _window(search) -> str:
             f"{k['evaluations_per_particle']:.0f} CCC evaluations per particle")
 
 
-def _writable(path: Path) -> bool:
-    """The output folder can be created: its nearest existing ancestor is a writable directory."""
-    p = path
-    while not p.exists():
-        if p.parent == p:
-            return False
-        p = p.parent
-    return p.is_dir() and os.access(p, os.W_OK | os.X_OK)
-
-
 def check_run(cfg, resume: bool, sample_size: int = 100, lock_in_use: bool = True) -> Summary:
     """Everything `lorefine check` and `lorefine refine` verify before heavy work; InputError on the first
     problem (lock_in_use: see `check_output`)."""
@@ -246,12 +236,12 @@ def check_particle_values(table, path, box: int, use_ctf: bool) -> list[str]:
                              "(positive = underfocus)")
         if (values < 0).any():
             i, v = worst(values, values < 0)
-            warnings.append(f"{path}: _{name} of particle {i} is {v:g} Å: overfocus (negative defocus; {int((values < 0).sum())} particles) "
+            warnings.append(f"{path}: _{name} of particle {i} is {v:g} Å: overfocus (negative defocus; {_particles(int((values < 0).sum()))}) "
                             "is unusual: check the sign convention (RELION: positive = underfocus)")
         tiny = np.abs(values) < DEFOCUS_SMALL_ANGSTROM
         if tiny.any():
             i, v = worst(values, tiny)
-            warnings.append(f"{path}: _{name} of particle {i} is {v:g} Å ({int(tiny.sum())} particles below {DEFOCUS_SMALL_ANGSTROM:g} Å): "
+            warnings.append(f"{path}: _{name} of particle {i} is {v:g} Å ({_particles(int(tiny.sum()))} below {DEFOCUS_SMALL_ANGSTROM:g} Å): "
                             "even phase-plate data are taken a few hundred Å from focus: is it in µm? (RELION: Å)")
     b = table.ctf_bfactor_angstrom2
     exponent = np.abs(b) / (16.0 * apix**2)  # |B| k²/4 at Nyquist, k = 1 / (2 · pixel size)
@@ -270,9 +260,13 @@ def check_particle_values(table, path, box: int, use_ctf: bool) -> list[str]:
     odd = (scale < CTF_SCALE_USUAL[0]) | (scale > CTF_SCALE_USUAL[1])
     if odd.any():
         i, v = worst(scale, odd)
-        warnings.append(f"{path}: _rlnCtfScalefactor of particle {i} is {v:g} ({int(odd.sum())} particles outside "
+        warnings.append(f"{path}: _rlnCtfScalefactor of particle {i} is {v:g} ({_particles(int(odd.sum()))} outside "
                         f"[{CTF_SCALE_USUAL[0]:g}, {CTF_SCALE_USUAL[1]:g}]): their images are weighted so in the maps")
     return warnings
+
+
+def _particles(n: int) -> str:
+    return f"{n} particle{'' if n == 1 else 's'}"
 
 
 def _check_search(cfg, box: int, voxel: float) -> list[str]:
@@ -450,7 +444,7 @@ def check_output(cfg, resume: bool, input_files, lock_in_use: bool = True, stack
     out = Path(cfg.output)
     if out.exists() and not out.is_dir():
         raise InputError(f"output: {out} is {files.kind_of(os.stat(out).st_mode)}; expected a folder")
-    if not _writable(out):
+    if not files.creatable(out):
         raise InputError(f"output: {out} cannot be created (no writable folder above it)")
     held = files.live_run_holding(out.parent)  # a run's own folder is judged by its lock below; a folder above it here
     if held:
