@@ -104,7 +104,7 @@ class Cost:
         return [f"memory           at least {size_text(self.memory_bytes)} per process ({parts}); {size_text(limit[0])} "
                 f"allowed here ({limit[1]})",
                 f"work             {self.multiple:.2g} × a sane run (defaults with the paper's exhaustive search on this data; "
-                f"refused beyond {MAX_WORK_MULTIPLE:g} ×); {self.evaluations:.4g} CCC evaluations per particle and module"]
+                f"refused beyond {MAX_WORK_MULTIPLE:g} ×); {self.evaluations:,.0f} CCC evaluations per particle and module"]
 
 
 def _module_searches(cfg) -> list[tuple[str, SearchConfig]]:
@@ -303,10 +303,18 @@ def _keys(cfg, part: str) -> str:
     where = part.split(" ")[0]
     if where in ("search",) or where.startswith("modules["):
         s = cfg.search if where == "search" else cfg.modules[int(where[8:-1])].search(cfg.search)
-        names = ("strategy", "cone_half_angle_deg", "angular_step_deg", "psi_half_range_deg", "psi_step_deg", "max_shift_px", "shift_step_px",
-                 "n_random_angles")
-        changed = [k for k in names if getattr(s, k) != getattr(SearchConfig(), k)] or list(names[:3])
-        return ", ".join(f"{where}.{k} {getattr(s, k)}" for k in changed)
+        paper = SearchConfig()
+        larger = {  # the keys whose values make the search larger than the paper's
+            "strategy": s.strategy == "simultaneous" and paper.strategy != "simultaneous",
+            "cone_half_angle_deg": s.cone_half_angle_deg > paper.cone_half_angle_deg,
+            "angular_step_deg": s.angular_step_deg < paper.angular_step_deg,
+            "psi_half_range_deg": s.psi_half_range_deg > paper.psi_half_range_deg,
+            "psi_step_deg": s.psi_step_deg < paper.psi_step_deg,
+            "max_shift_px": s.max_shift_px > paper.max_shift_px,
+            "n_random_angles": s.strategy == "separate" and s.n_random_angles > paper.n_random_angles,
+        }
+        names = [k for k, bigger in larger.items() if bigger] or ["cone_half_angle_deg", "angular_step_deg"]
+        return ", ".join(f"{where}.{k} {getattr(s, k):g}" if k != "strategy" else f"{where}.strategy {s.strategy}" for k in names)
     section, _, name = where.partition(".")
     return f"{where} {getattr(getattr(cfg, section), name)}"
 
