@@ -18,6 +18,8 @@ def run(args) -> int:
     cfg = load_config(args.config)
     summary = check_run(cfg, args.resume)
     print(f"lorefine check: {args.config} is ready to {'continue' if args.resume else 'run'}")
-    for line in summary.lines(cfg):
+    for line in summary.lines(cfg) + summary.cost.lines():
         print("  " + line)
+    for line in dict.fromkeys(summary.warnings):
+        print(f"  warning: {line}")
     return 0

@@ -1,8 +1,10 @@
 """`lorefine fsc MAP1 MAP2 [--mask M] [--json F] [--png F]`: Fourier shell correlation and resolution."""
 
+import os
+
 from lorefine_mpi.errors import InputError
 from lorefine_mpi.io import mrc
-from lorefine_mpi.io.files import check_new_output
+from lorefine_mpi.io.files import check_output_file
 from lorefine_mpi.validation import fsc
 
 NAME = "fsc"
@@ -19,20 +21,21 @@ def add_arguments(parser):
 
 def run(args) -> int:
     inputs = [args.map1, args.map2] + ([args.mask] if args.mask else [])
-    for option, path in (("--json", args.json), ("--png", args.png)):
-        if path:
-            check_new_output(option, path, inputs)
+    outputs = [(option, path) for option, path in (("--json", args.json), ("--png", args.png)) if path]
+    for option, path in outputs:
+        check_output_file(option, path, inputs)
+    if args.json and args.png and os.path.abspath(args.json) == os.path.abspath(args.png):
+        raise InputError(f"--png: {args.png} is also the --json output; expected two names")
     a, voxel = mrc.read_map(args.map1)
     b, voxel_b = mrc.read_map(args.map2)
+    mrc.require_distinct(args.map1, a, args.map2, b, "the two maps")
     if a.shape != b.shape:
         raise InputError(f"{args.map2}: box {b.shape} differs from {args.map1}'s {a.shape}; expected the same")
     if abs(voxel - voxel_b) > 1e-3 * voxel:
         raise InputError(f"{args.map2}: voxel size {voxel_b:g} Å differs from {args.map1}'s {voxel:g} Å")
     mask = None
     if args.mask:
-        mask, _ = mrc.read_map(args.mask)
-        if mask.shape != a.shape:
-            raise InputError(f"{args.mask}: mask box {mask.shape} differs from the maps' {a.shape}")
+        mask, _ = mrc.read_mask(args.mask, a.shape, "the maps'")
     result = fsc.fsc(a, b, voxel, mask=mask)
     for threshold in (0.5, 0.143):
         shell, resolution = fsc.resolution_shell_at(result, threshold)

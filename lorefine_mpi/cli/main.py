@@ -8,6 +8,7 @@ here and nowhere else.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -90,7 +91,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a terminal that cannot show lorefine's few non-ASCII characters gets instead (`ascii_fallback`)
+_ASCII = {"Å": "A", "²": "^2", "³": "^3", "°": " deg", "×": "x", "±": "+/-", "–": "-", "—": "-", "…": "...", "→": "->", "≤": "<=",
+          "≥": ">=", "≈": "~", "µ": "u", "·": "*", "ψ": "psi", "σ": "sigma", "ρ": "rho", "θ": "theta", "φ": "phi", "α": "alpha",
+          "−": "-", "’": "'", "‘": "'", "“": '"', "”": '"'}
+
+
+def _ascii_replacement(error):
+    text = error.object[error.start:error.end]
+    return "".join(_ASCII.get(c, "?") for c in text), error.end
+
+
+def ascii_fallback() -> None:
+    """stdout and stderr that cannot encode "Å" (a POSIX locale, PYTHONIOENCODING=ascii) write ASCII stand-ins instead
+    of failing with UnicodeEncodeError."""
+    import codecs
+
+    codecs.register_error("lorefine_ascii", _ascii_replacement)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            "Å°²×".encode(stream.encoding or "ascii")
+        except (UnicodeEncodeError, LookupError):
+            with contextlib.suppress(AttributeError, ValueError):
+                stream.reconfigure(errors="lorefine_ascii")
+
+
 def main(argv=None) -> int:
+    ascii_fallback()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
@@ -106,6 +133,10 @@ def main(argv=None) -> int:
         return EXIT_INPUT_ERROR
     except OSError as error:  # the file system failed: a full disk, a lost mount, a folder that cannot be written
         sys.stderr.write(f"lorefine: error: {describe_os_error(error)}\n")
+        return EXIT_INPUT_ERROR
+    except MemoryError:  # what `refine.cost` bounds from below still did not fit (other programs hold memory too)
+        sys.stderr.write("lorefine: error: out of memory: this command needs more than the machine gave it (lorefine check prints a lower "
+                         "bound of a run's needs); free memory, or use smaller settings\n")
         return EXIT_INPUT_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("lorefine: interrupted (Ctrl-C)\n")

@@ -9,6 +9,7 @@ import numpy as np
 
 from lorefine_mpi.errors import InputError
 from lorefine_mpi.io import mrc
+from lorefine_mpi.io.files import check_output_folder
 from lorefine_mpi.projection.fourier import require_even_box
 from lorefine_mpi.validation import locres as locres_mod
 from lorefine_mpi.validation import postprocess as pp
@@ -69,16 +70,8 @@ def read_inputs(half1, half2, mask_path):
     require_even_box(a.shape[0], half1)
     if abs(voxel - voxel_b) > 1e-3 * voxel:
         raise InputError(f"{half2}: voxel size {voxel_b:g} Å differs from {half1}'s {voxel:g} Å")
-    if not voxel > 0:
-        raise InputError(f"{half1}: the voxel size in its header is {voxel:g} Å; expected a positive value")
-    mask, _ = mrc.read_map(mask_path)
-    if mask.shape != a.shape:
-        raise InputError(f"{mask_path}: mask box {mask.shape} differs from the half maps' {a.shape}")
-    if mask.min() < -1e-6 or mask.max() > 1 + 1e-6:
-        raise InputError(f"{mask_path}: mask values must lie in [0, 1] (1 = protein), got {mask.min():g} … {mask.max():g}")
-    if not mask.max() > 0:
-        raise InputError(f"{mask_path}: the mask is empty (all zero)")
-    return a, b, np.clip(mask, 0, 1), voxel
+    mrc.require_distinct(half1, a, half2, b, "the two half maps")
+    return a, b, mrc.read_mask(mask_path, a.shape, "the half maps'")[0], voxel
 
 
 def run(args) -> int:
@@ -89,8 +82,9 @@ def run(args) -> int:
     _positive("--randomize-at-A", args.randomize_at)
     for name in ("locres_radius", "locres_edge", "locres_step"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
+    names = list(pp.output_names().values()) + (list(locres_mod.OUTPUT_NAMES.values()) if args.locres else [])
+    out = check_output_folder("--out", args.out, names, [args.half1, args.half2, args.mask])
     a, b, mask, voxel = read_inputs(args.half1, args.half2, args.mask)
-    out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -6,10 +6,12 @@ import numpy as np
 
 from lorefine_mpi.errors import InputError
 from lorefine_mpi.io import mrc
-from lorefine_mpi.io.files import check_new_output
+from lorefine_mpi.io.files import check_output_file
 from lorefine_mpi.io.star import read_star
 from lorefine_mpi.projection.source import ParticleSource
 from lorefine_mpi.reconstruction.reconstruct import backproject_all, backproject_halves, maps_from_halves
+from lorefine_mpi.refine.cost import check_memory, reconstruction_bytes
+from lorefine_mpi.refine.preflight import check_particle_values, check_stacks
 from lorefine_mpi.refine.progress import ProgressLog
 
 NAME = "reconstruct"
@@ -29,14 +31,16 @@ def add_arguments(parser):
 def run(args) -> int:
     table = read_star(args.particles, args.project_dir)
     inputs = [args.particles, *dict.fromkeys(table.stack_path.tolist())]
-    out = check_new_output("--out", args.out, inputs)
+    out = check_output_file("--out", args.out, inputs)
     halves = {h: out.with_name(f"{out.stem}_{h}{out.suffix}") for h in ("half1", "half2")} if args.half_maps else {}
     for path in halves.values():
-        check_new_output("--half-maps", path, inputs)
-    box = mrc.stack_shape(table.stack_path[0])[-1]
+        check_output_file("--half-maps", path, inputs)
     pixel = table.pixel_size_angstrom()
     if np.ptp(pixel) > 1e-3 * pixel[0]:
         raise InputError(f"{args.particles}: optics groups have different pixel sizes; expected one")
+    _, box = check_stacks(table, args.particles)
+    check_particle_values(table, args.particles, box, use_ctf=table.has_ctf and not args.no_ctf)
+    check_memory(reconstruction_bytes(box, args.padding, halves=2 if args.half_maps else 1), "--padding", args.padding)
     started = time.time()
     tracker = ProgressLog("reconstruct: back-projection", len(table))
     progress = lambda done, total: tracker.add(done - tracker.done)  # noqa: E731

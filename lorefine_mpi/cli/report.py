@@ -9,7 +9,10 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
+    from lorefine_mpi.refine import layout
+    from lorefine_mpi.refine.preflight import check_run_outputs
     from lorefine_mpi.report.html import write_report
 
+    check_run_outputs("output", args.output, [layout.RunFolder(args.output, 1).report])
     print(f"lorefine report: wrote {write_report(args.output)}")
     return 0

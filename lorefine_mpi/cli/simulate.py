@@ -3,7 +3,9 @@
 import logging
 from pathlib import Path
 
-from lorefine_mpi.simulate.dataset import load_simulate_config, simulate, simulate_config_from_dict
+from lorefine_mpi.io.files import check_output_folder
+from lorefine_mpi.refine.cost import check_memory
+from lorefine_mpi.simulate.dataset import input_files, load_simulate_config, memory_bytes, module_count, output_names, simulate, simulate_config_from_dict
 
 NAME = "simulate"
 HELP = "simulate a flexible two-module dataset (paper protocol) with ground truth; no CONFIG = the embedded default"
@@ -36,6 +38,9 @@ def run(args) -> int:
         if "n_particles" in overrides:
             checked_value("n_particles", overrides["n_particles"], _RULES)
         cfg = dataclasses.replace(cfg, **overrides)
+    inputs = input_files(cfg) + ([args.config] if args.config else [])
+    check_output_folder("--output" if args.output else "output", cfg.output, output_names(module_count(cfg)), inputs)
+    check_memory(memory_bytes(cfg), "box", cfg.box)
     log.info("simulate: %d particles, box %d, %.2f Å/px -> %s", cfg.n_particles, cfg.box, cfg.pixel_size_angstrom, cfg.output)
     stats = simulate(cfg)
     print(f"lorefine simulate: wrote {cfg.output} ({cfg.n_particles} particles, achieved SNR "

@@ -1,6 +1,9 @@
 """`lorefine subtract OUTPUT --module NAME [--box-px N]`: a module's particles with the rest subtracted."""
 
-from lorefine_mpi.refine.subtracted import write_subtracted
+from pathlib import Path
+
+from lorefine_mpi.refine.preflight import check_run_outputs
+from lorefine_mpi.refine.subtracted import FILES, write_subtracted
 
 NAME = "subtract"
 HELP = ("from a finished run: a module's particles with the other modules subtracted (CTF, fitted k), recentred on "
@@ -14,7 +17,9 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    for name in dict.fromkeys(args.module):
+    names = list(dict.fromkeys(args.module))
+    check_run_outputs("output", args.output, [Path(args.output) / name / f for name in names for f in FILES])
+    for name in names:
         star = write_subtracted(args.output, name, box_px=args.box_px)
         print(f"lorefine subtract: wrote {star} and {star.with_suffix('.mrcs').name}")
     return 0

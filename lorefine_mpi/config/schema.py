@@ -265,8 +265,9 @@ def _modules(value, folder: Path, project_dir: str, consensus_map: str) -> tuple
         name = item.get("name")
         if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_-" for c in name):
             raise InputError(f"{where}.name: expected a name of letters, digits, '_' or '-', got {name!r}")
-        if name in names:
-            raise InputError(f"{where}.name: duplicate module name {name!r}")
+        if name.lower() in (n.lower() for n in names):  # a file system that ignores case would give them one folder
+            same = next(n for n in names if n.lower() == name.lower())
+            raise InputError(f"{where}.name: duplicate module name {name!r}" + (f" (as {same!r} on a file system that ignores case)" if same != name else ""))
         names.add(name)
         if "mask" not in item:
             raise InputError(f"{where}.mask: required (a soft mask MRC of this module)")
@@ -410,13 +411,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_config(path) -> Config:
-    """Read and validate a YAML config file (paths resolved against its folder). UTF-8, or UTF-16 with a
-    byte-order mark, as YAML allows."""
+    """Read and validate a YAML config file (paths resolved against its folder)."""
     path = Path(path)
+    return config_from_dict(read_yaml(path), resolved_folder(path), str(path))
+
+
+def read_yaml(path):
+    """The parsed contents of a YAML config file (a regular file; UTF-8, or UTF-16 with a byte-order mark, as YAML
+    allows; a key given twice in one mapping is refused)."""
+    from lorefine_mpi.io.files import regular_input
+
+    path = regular_input(path, "config file")
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: config file not found") from None
     except OSError as error:
         raise InputError(f"{path}: cannot read the config ({error.strerror or error})") from None
     try:
@@ -429,7 +436,7 @@ def load_config(path) -> Config:
         problem = getattr(error, "problem", None) or getattr(error, "reason", None) or str(error).splitlines()[0]
         kind = "YAML syntax error" if mark else "not a YAML text file (UTF-8, or UTF-16 with a byte-order mark)"
         raise InputError(f"{path}: {kind}{where}: {problem}") from None
-    return config_from_dict(raw, resolved_folder(path), str(path))
+    return raw
 
 
 def resolved_folder(path: Path) -> Path:

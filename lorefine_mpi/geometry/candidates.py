@@ -29,12 +29,22 @@ def direction_grid(step_rad: float) -> np.ndarray:
     return np.stack([r * np.cos(phi), r * np.sin(phi), z], -1)
 
 
+WORK_BYTES = 64 * 2**20  # the largest (rows × grid) float64 product made at once
+
+
+def rows_at_once(m: int) -> int:
+    """How many rows of a (rows, m) float64 product fit in `WORK_BYTES` (at least 1, at most 4096)."""
+    return int(max(1, min(4096, WORK_BYTES // (8 * max(int(m), 1)))))
+
+
 def nearest_direction(grid, directions) -> np.ndarray:
     """Index (n,) of the grid direction (m, 3) nearest to each direction (n, 3)."""
     directions = np.atleast_2d(directions)
+    grid_t = np.asarray(grid).T
+    step = rows_at_once(grid_t.shape[1])  # bounded memory for large particle sets and fine grids
     out = np.empty(len(directions), dtype=np.int64)
-    for start in range(0, len(directions), 4096):  # bounded memory for large particle sets
-        out[start : start + 4096] = np.argmax(directions[start : start + 4096] @ np.asarray(grid).T, axis=1)
+    for start in range(0, len(directions), step):
+        out[start : start + step] = np.argmax(directions[start : start + step] @ grid_t, axis=1)
     return out
 
 

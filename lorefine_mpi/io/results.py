@@ -6,7 +6,10 @@ Schema (h5py; written by rank 0 only)
         checkpoint_format (int, CHECKPOINT_FORMAT; `--continue` refuses a file of another format),
         consensus_halves (0/1: OUT/consensus/half1.mrc and half2.mrc, the consensus poses' half maps, are written),
         search_fingerprint (JSON of the settings and input-file SHA-256 digests that change per-particle
-        results; `--continue` refuses a config whose fingerprint differs and names what changed).
+        results; `--continue` refuses a config whose fingerprint differs and names what changed; its key
+        ``stacks`` identifies the particle stacks, `io.mrc.stack_identity`: their sizes, modification times and
+        the bytes of a sample of images, so a stack replaced between a stop and ``--continue`` is refused,
+        `stack_changes`; checkpoints without it, of an earlier lorefine, resume with a warning).
     /particles/image_name            (n,) str, rlnImageName of each particle, in STAR order
     /<stage>/                        one group per (iteration, module), e.g. ``iteration_01/large``
         attrs: iteration, module, n_units, complete (0/1), reconstructed (0/1), search_band_px (the score's band),
@@ -51,6 +54,7 @@ import h5py
 import numpy as np
 
 from lorefine_mpi.errors import InputError
+from lorefine_mpi.io.files import identity
 
 FIELDS = {
     "search_matrix": ((3, 3), np.float64),
@@ -120,6 +124,7 @@ def fingerprint_changes(stored: dict, current: dict) -> list[str]:
 
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+STACKS = "stacks"  # the key of the fingerprint that identifies the particle stacks (`io.mrc.stack_identity`)
 
 
 def _open_checkpoint(path, mode: str) -> h5py.File:
@@ -141,8 +146,37 @@ def _open_checkpoint(path, mode: str) -> h5py.File:
     return f
 
 
-def check_resumable(path, fingerprint: dict) -> None:
-    """InputError unless ``path`` is a checkpoint this lorefine continues with these settings and inputs."""
+def stack_changes(stored: dict | None, current: dict | None) -> tuple[list[str], list[str]]:
+    """(changes that refuse a resume, warnings) between the particle stacks a checkpoint recorded (`io.mrc.stack_identity`)
+    and the stacks now. Changed sizes, a stack more or less, or other bytes in a sampled image are changes; new
+    modification times with the same sizes and sampled images (a copy) are a warning; a checkpoint of an earlier
+    lorefine that recorded nothing is a warning too."""
+    if current is None:
+        return [], []
+    if stored is None:
+        return [], ["the checkpoint does not record its particle stacks (an earlier lorefine wrote it): a stack changed since "
+                    "cannot be noticed"]
+    changes = []
+    if stored["count"] != current["count"]:
+        changes.append(f"the STAR file names {current['count']} particle stacks, the checkpoint's {stored['count']}")
+    elif stored["sizes"] != current["sizes"]:
+        changes.append(f"the particle stacks hold {current['bytes']:,} bytes, {stored['bytes']:,} when the checkpoint was made "
+                       "(a stack replaced, cut or extended)" if stored["bytes"] != current["bytes"]
+                       else "a particle stack's size changed since the checkpoint was made (a stack replaced)")
+    differing = [name for name, digest in stored["sample"].items() if current["sample"].get(name) != digest]
+    if differing:
+        changes.append(f"image {differing[0]} holds other data than when the checkpoint was made"
+                       + (f" (and {len(differing) - 1} more of {len(stored['sample'])} sampled)" if len(differing) > 1 else "")
+                       + " (a stack replaced or rewritten)")
+    if not changes and stored["mtimes"] != current["mtimes"]:
+        return [], [f"the particle stacks were modified (or copied) since the checkpoint was made; their sizes and "
+                    f"{len(stored['sample'])} sampled images are the same, so the run resumes"]
+    return changes, []
+
+
+def check_resumable(path, fingerprint: dict, stacks: dict | None = None) -> list[str]:
+    """InputError unless ``path`` is a checkpoint this lorefine continues with these settings and inputs (and, when
+    given, these particle stacks: `stack_changes`); returns the warnings."""
     with _open_checkpoint(path, "r") as f:
         stored_format = int(f.attrs.get("checkpoint_format", 1))
         if stored_format != CHECKPOINT_FORMAT:
@@ -154,12 +188,15 @@ def check_resumable(path, fingerprint: dict) -> None:
         stored, current = json.loads(f.attrs["search_fingerprint"]), json.loads(json.dumps(fingerprint, sort_keys=True))
         for value in (stored, current):  # a checkpoint from before compute.backend existed ran on the CPU back-end
             value.setdefault("compute", {"backend": "cpu"})
-        changed = fingerprint_changes(stored, current)
+        changed = fingerprint_changes({k: v for k, v in stored.items() if k != STACKS}, {k: v for k, v in current.items() if k != STACKS})
+        stack_changed, warnings = stack_changes(stored.get(STACKS), stacks)
+        changed += stack_changed
         if changed:
             raise InputError(
                 f"{path}: --continue needs the checkpoint's settings and inputs, but {'; '.join(changed)} "
                 "(restore them, or use a new output folder)"
             )
+    return warnings
 
 
 def stages_done(path) -> int:
@@ -177,16 +214,17 @@ class ResultsFile:
     """Open (or create) ``results.h5`` in an output folder. Only rank 0 makes one."""
 
     def __init__(self, path, *, image_names, config_yaml: str, fingerprint: dict, command_line: str,
-                 version: str, resume: bool):
+                 version: str, resume: bool, stacks: dict | None = None):
         self.path = Path(path)
         self._open_stage, self._datasets = None, {}  # `_unit_datasets`
-        fingerprint_json = json.dumps(fingerprint, sort_keys=True)
         if self.path.exists():
             if not resume:
                 raise InputError(f"{self.path}: a results file exists already; use --continue to resume it or a new output folder")
-            check_resumable(self.path, fingerprint)
+            check_resumable(self.path, fingerprint, stacks)
             self.file = _open_checkpoint(self.path, "r+")
+            self.identity = identity(self.path)
             return
+        fingerprint_json = json.dumps(fingerprint | ({STACKS: stacks} if stacks is not None else {}), sort_keys=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with h5py.File(tmp, "w", locking=False) as f:
             f.attrs["lorefine_version"] = version
@@ -197,6 +235,16 @@ class ResultsFile:
             f.create_dataset("particles/image_name", data=np.array(list(image_names), dtype=h5py.string_dtype()))
         tmp.replace(self.path)
         self.file = h5py.File(self.path, "r+", locking=False)
+        self.identity = identity(self.path)
+
+    def check_present(self) -> None:
+        """InputError when the file this object writes is no longer at its path (deleted, moved or replaced while the
+        run was writing it: its writes would be lost)."""
+        now = identity(self.path)
+        if now != self.identity:
+            what = "deleted or moved away" if now is None else "replaced by another file"
+            raise InputError(f"{self.path}: the checkpoint was {what} while this run was writing it; this run stops "
+                             "(what it wrote since is not in any results.h5 at that path)")
 
     def stage(self, name: str, *, iteration: int, module: str, unit_of_particle) -> h5py.Group:
         """The group of a stage, created at full size on first use."""

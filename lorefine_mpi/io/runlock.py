@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from lorefine_mpi.errors import InputError
+from lorefine_mpi.io.files import identity
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class RunLock:
             "command": command,
         }
         self._own = self.folder / f"{NAME}.{self.token}"
+        self._folder_id = identity(self.folder)  # the folder this run locks (`verify` tells a moved folder from a lost lock)
         self._mutex = threading.Lock()  # `refresh` runs on the watchdog thread, `release` on the main thread
         self._released = False
 
@@ -172,11 +174,24 @@ class RunLock:
         os.replace(tmp, path)
 
     def verify(self) -> None:
-        """InputError unless this process still holds the lock."""
+        """InputError unless this process still holds the lock, naming what happened: the folder deleted, moved or
+        replaced, the lock file deleted, or another run that took the folder over."""
         holder = _read(self.path)
-        if holder is None or holder.get("token") != self.token:
-            who = "another lorefine run" if not holder else f"another lorefine run ({describe(holder)})"
-            raise InputError(f"{self.path}: {who} took over this output folder (this run was silent for too long); this run stops without writing more")
+        if holder is not None and holder.get("token") == self.token:
+            return
+        stop = "this run stops without writing more"
+        folder = identity(self.folder)
+        if folder is None:
+            raise InputError(f"{self.folder}: the output folder was deleted or moved while this run was writing into it; {stop} "
+                             "(a moved folder can be resumed where it is now: set output to it and use --continue)")
+        if folder != self._folder_id:
+            raise InputError(f"{self.folder}: the output folder was replaced by another folder of that name while this run was "
+                             f"writing into it; {stop}")
+        if holder is None:
+            raise InputError(f"{self.path}: this run's lock file was deleted while the run held it (by hand?); {stop}, as another "
+                             "run could now take the folder")
+        who = "another lorefine run" if not holder else f"another lorefine run ({describe(holder)})"
+        raise InputError(f"{self.path}: {who} took over this output folder (this run was silent for too long); {stop}")
 
     def refresh(self) -> None:
         """Show life: increase the counter (InputError if the lock was lost); nothing once released."""

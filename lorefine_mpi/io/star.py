@@ -30,19 +30,18 @@ from pathlib import Path
 import numpy as np
 
 from lorefine_mpi.errors import InputError
-from lorefine_mpi.io.files import replacing
+from lorefine_mpi.io.files import regular_input, replacing
 from lorefine_mpi.io.particles import OpticsGroup, ParticleTable
 
 _REQUIRED = ("rlnImageName", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+MAX_INTEGER = 2**31 - 1  # an image number, optics group or half set beyond this is not a value any file holds
 
 
 def parse_star(path) -> dict[str, tuple[list[str], list[list[str]]]]:
     """All blocks of a STAR file: name → (column names without '_', rows of strings)."""
-    path = Path(path)
+    path = regular_input(path, "STAR file")
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"{path}: cannot read it as a STAR file ({error.__class__.__name__})") from None
     blocks: dict[str, tuple[list[str], list[list[str]]]] = {}
@@ -53,6 +52,8 @@ def parse_star(path) -> dict[str, tuple[list[str], list[list[str]]]]:
             continue
         if line.startswith("data_"):
             name, columns, rows, in_loop = line[5:], [], [], False
+            if name in blocks:
+                raise InputError(f"{path}: line {number}: block data_{name} appears twice; expected each block once")
             blocks[name] = (columns, rows)
             continue
         if name is None:
@@ -62,6 +63,8 @@ def parse_star(path) -> dict[str, tuple[list[str], list[list[str]]]]:
             continue
         if line.startswith("_"):
             parts = line[1:].split(None, 1)
+            if parts and parts[0] in columns:
+                raise InputError(f"{path}: line {number}: column _{parts[0]} appears twice in block data_{name}; expected each column once")
             if in_loop and not rows:
                 columns.append(parts[0])
             else:  # a key-value block
@@ -103,6 +106,9 @@ def _column(path, columns, rows, name, convert=float, default=None):
     except ValueError:
         bad = next(r[j] for r in rows if not _converts(convert, r[j]))
         raise InputError(f"{path}: column _{name}: expected numbers, got {bad!r}") from None
+    if convert is int and len(values) and values.dtype.kind not in "iu":  # beyond int64: numpy keeps Python ints as objects
+        bad = next(r[j] for r in rows if abs(int(r[j])) > MAX_INTEGER)
+        raise InputError(f"{path}: column _{name}: {bad} is not a plausible value (expected an integer below {MAX_INTEGER:,})")
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         row = int(np.argmin(np.isfinite(values)))
         raise InputError(f"{path}: column _{name}, particle {row + 1}: expected a finite number, got {rows[row][j]!r}")
@@ -231,6 +237,8 @@ def _optics(path, columns, rows, particle_columns, particle_rows):
     for row in rows:
         get = lambda name, default=None: _column(path, columns, [row], name, default=default)[0]  # noqa: E731
         number = int(get("rlnOpticsGroup"))
+        if number in groups:
+            raise InputError(f"{path}: data_optics has two rows with _rlnOpticsGroup {number}; expected one row per optics group")
         apix = get("rlnImagePixelSize", 0.0)
         if apix <= 0:
             raise InputError(f"{path}: data_optics group {number}: _rlnImagePixelSize must be > 0, got {apix}")
@@ -277,6 +285,8 @@ def _image_locations(path, names, project: Path):
         number, sep, stack = name.partition("@")
         if not sep or not number.isdigit() or int(number) < 1 or not stack:
             raise InputError(f"{path}: _rlnImageName {name!r}: expected 000123@stack.mrcs (1-based index)")
+        if int(number) > MAX_INTEGER:
+            raise InputError(f"{path}: _rlnImageName {name[:40]!r}: image number {number[:20]}… is beyond any stack (at most {MAX_INTEGER:,})")
         index[i] = int(number) - 1
         if stack not in known:
             known[stack] = resolve_relion_path(stack, project, folder)
@@ -422,7 +432,7 @@ def _quote(value: str) -> str:
 def atomic_write_text(path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path``, then rename it over ``path`` (`io.files.replacing`)."""
     with replacing(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def relative_image_names(table: ParticleTable, directory) -> np.ndarray:

@@ -12,6 +12,7 @@ The run owns these folders whole: a file in one of them is one the run may write
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 RESULTS = "results.h5"
@@ -25,6 +26,22 @@ SUMMARY = "summary.json"
 TIMINGS = "timings.json"
 REPORT = "report.html"
 TOP_FILES = (RESULTS, CONFIG, LOG, COMBINED, SUMMARY, TIMINGS, REPORT)
+_ITERATION_FOLDER = re.compile(r"iteration_\d+")
+
+
+def reserved_module_name(name: str) -> str | None:
+    """Why a module may not have this name (its folder would be one of the run's own, also on a file system that
+    ignores case), or None when it may."""
+    low = name.lower()
+    if low == CONSENSUS_FOLDER:
+        return f"{CONSENSUS_FOLDER}/ holds the consensus poses' half maps"
+    if low == MOTION_FOLDER:
+        return f"{MOTION_FOLDER}/ holds the modules' motion analysis"
+    if _ITERATION_FOLDER.fullmatch(low):
+        return "iteration_NN/ holds the outputs of every iteration but the last"
+    if low in (n.lower() for n in TOP_FILES):
+        return f"{name} is one of the run's files"
+    return None
 
 
 class ModuleFolder:

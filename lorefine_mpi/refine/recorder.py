@@ -107,7 +107,8 @@ class Recorder:
         folder.out.mkdir(parents=True, exist_ok=True)
         self.lock = RunLock.acquire(folder.out, self.timeout_s, command=self.command_line)
         watchdog.lock = self.lock
-        check_output(cfg, self.resume, summary.input_files, lock_in_use=False)  # again: the folder may have changed meanwhile
+        # again: the folder may have changed meanwhile
+        warnings = check_output(cfg, self.resume, summary.input_files, lock_in_use=False, stacks=summary.stacks)
         self.results = ResultsFile(
             folder.results,
             image_names=read_star(cfg.particles, cfg.project_dir).image_name,
@@ -116,12 +117,16 @@ class Recorder:
             command_line=self.command_line,
             version=__version__,
             resume=self.resume,
+            stacks=summary.stacks,
         )
-        if not (folder.config.exists() and folder.config.read_text() == dump_config(cfg)):
+        if not (folder.config.exists() and folder.config.read_text(encoding="utf-8") == dump_config(cfg)):
             atomic_write_text(folder.config, dump_config(cfg))
-        self.log_file = logging.FileHandler(folder.log)  # appends: a resumed run's log follows the first's
+        # appends (a resumed run's log follows the first's); UTF-8 whatever the locale (its lines hold Å and °)
+        self.log_file = logging.FileHandler(folder.log, encoding="utf-8")
         self.log_file.setFormatter(self.dist.log_formatter())
         logging.getLogger().addHandler(self.log_file)
+        for line in dict.fromkeys(summary.warnings + warnings):
+            log.warning("warning: %s", line)
 
     def close(self) -> None:
         """Close results.h5 and the log file (every file but the lock)."""
@@ -142,9 +147,12 @@ class Recorder:
             self.lock.release()
 
     def writing(self) -> None:
-        """Before rank 0 writes: this run must still hold the folder's lock."""
+        """Before rank 0 writes: this run must still hold the folder's lock, and its checkpoint must still be where it
+        writes it (a folder or results.h5 deleted or moved stops the run, saying so)."""
         if self.dist.is_root:
             self.lock.verify()
+            if self.results is not None:
+                self.results.check_present()
 
     def stopped(self) -> int:
         """A stop was asked and every rank has stopped: the resume line, printed once; `EXIT_STOPPED`."""

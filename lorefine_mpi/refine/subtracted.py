@@ -32,6 +32,7 @@ from lorefine_mpi.config import load_config
 from lorefine_mpi.errors import InputError
 from lorefine_mpi.geometry import rotations, volumes
 from lorefine_mpi.io import mrc, results
+from lorefine_mpi.io.files import replacing
 from lorefine_mpi.io.star import read_star, write_star
 from lorefine_mpi.kernels import use_backend
 from lorefine_mpi.projection import fourier
@@ -99,10 +100,9 @@ def write_subtracted(run_dir, name: str, *, box_px: int | None = None, batch: in
     whole = np.round(u)
     folder = run.module_folder(name).path
     stack = folder / "subtracted.mrcs"
-    tmp = folder / ".subtracted.mrcs.tmp"
     tracker = ProgressLog(f"subtract {name}", n)
     try:
-        with mrcfile.new_mmap(tmp, shape=(n, box_px, box_px), mrc_mode=2, overwrite=True) as out:
+        with replacing(stack, suffix=".mrcs") as tmp, mrcfile.new_mmap(tmp, shape=(n, box_px, box_px), mrc_mode=2, overwrite=True) as out:
             out.voxel_size = voxel
             for start in range(0, n, batch):
                 ids = np.arange(start, min(n, start + batch))
@@ -119,11 +119,8 @@ def write_subtracted(run_dir, name: str, *, box_px: int | None = None, batch: in
                 moved = fourier.to_real(fourier.shift_images_ft(images_ft, whole[ids]), box)
                 out.data[ids] = crop_images(moved, box_px)
                 tracker.add(len(ids))
-        os.replace(tmp, stack)
     finally:
         source.close()
-        if tmp.exists():
-            tmp.unlink()
     mask = mrc.read_map(run.module_folder(name).mask)[0]
     mrc.write_map(folder / "subtracted_map.mrc", crop_volume(volumes.recentre(maps[index], centre), box_px), voxel)
     mrc.write_map(folder / "subtracted_mask.mrc", crop_volume(volumes.recentre(mask, centre), box_px), voxel)

@@ -169,7 +169,9 @@ def candidate_counts(search) -> dict:
     grid = candidates.direction_grid(np.deg2rad(search.angular_step_deg))
     probes = candidates.direction_grid(np.deg2rad(14.0))[:200]
     cos_cone = np.cos(np.deg2rad(search.cone_half_angle_deg)) - 1e-12
-    n_dirs = float(((probes @ grid.T) >= cos_cone).sum(axis=1).mean())
+    step = candidates.rows_at_once(len(grid))
+    counts = np.concatenate([((probes[i : i + step] @ grid.T) >= cos_cone).sum(axis=1) for i in range(0, len(probes), step)])
+    n_dirs = float(counts.mean())
     n_psi = len(candidates.psi_offsets_rad(np.deg2rad(search.psi_half_range_deg), np.deg2rad(search.psi_step_deg)))
     t2 = int(np.floor(search.max_shift_px / search.shift_step_px + 1e-9))
     n_shifts = (2 * t2 + 1) ** 2

@@ -32,10 +32,11 @@ import mrcfile
 import numpy as np
 import yaml
 
-from lorefine_mpi.config.schema import checked_value, resolve_path, unknown_key
+from lorefine_mpi.config.schema import checked_value, read_yaml, resolve_path, resolved_folder, unknown_key
 from lorefine_mpi.errors import InputError
 from lorefine_mpi.geometry import rotations
 from lorefine_mpi.io import mrc
+from lorefine_mpi.io.files import replacing
 from lorefine_mpi.io.particles import OpticsGroup
 from lorefine_mpi.io.star import atomic_write_text, table_from_columns, write_star
 from lorefine_mpi.projection import ctf as ctf_model
@@ -95,15 +96,7 @@ class SimulateConfig:
 
 def load_simulate_config(path) -> SimulateConfig:
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise InputError(f"{path}: YAML syntax error{where}: {getattr(error, 'problem', error)}") from None
-    return simulate_config_from_dict(raw, path.resolve().parent)
+    return simulate_config_from_dict(read_yaml(path) or {}, resolved_folder(path))
 
 
 def simulate_config_from_dict(raw, folder: Path) -> SimulateConfig:
@@ -241,8 +234,8 @@ def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:
     mtf = camera_mtf(box, cfg.camera) if cfg.camera else None
     noise_seed = rng.integers(2**63)
     stack_path = out / "particles.mrcs"
-    tmp_stack = out / ".particles.mrcs.tmp"
-    with mrcfile.new_mmap(tmp_stack, shape=(n, box, box), mrc_mode=2, overwrite=True) as stack:
+    with replacing(stack_path, suffix=".mrcs") as tmp_stack, mrcfile.new_mmap(tmp_stack, shape=(n, box, box), mrc_mode=2,
+                                                                               overwrite=True) as stack:
         stack.voxel_size = apix
         variances = np.empty(n)
         for start in range(0, n, batch):
@@ -277,7 +270,6 @@ def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:
             stack.data[rows] = (clean * scale).astype(np.float32)
             if start and start % (10 * batch) == 0:
                 log.info("simulate: %d/%d images", start, n)
-    tmp_stack.replace(stack_path)
     optics = [OpticsGroup(1, "opticsGroup1", apix, box, cfg.ctf["voltage_kv"] if cfg.ctf else 300.0,
                           cfg.ctf["cs_mm"] if cfg.ctf else 2.7, cfg.ctf["amplitude_contrast"] if cfg.ctf else 0.1)]
     names = [f"{i + 1:06d}@particles.mrcs" for i in range(n)]
@@ -327,6 +319,37 @@ def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:
     }
     atomic_write_text(out / "lorefine.yaml", "# LO-refinement of this dataset: lorefine refine lorefine.yaml\n" + yaml.safe_dump(refine, sort_keys=False))
     return stats
+
+
+def module_count(cfg: SimulateConfig) -> int:
+    """How many modules the dataset's source holds (the phantom has two)."""
+    if cfg.source == "phantom":
+        return 2
+    return len(cfg.source["masks"] if "masks" in cfg.source else cfg.source["modules"])
+
+
+def output_names(n_modules: int) -> list[str]:
+    """The files `simulate` writes into its folder."""
+    per_module = [name for k in range(1, n_modules + 1) for name in (f"gt_module_{k}.star", f"gt_module_{k}.mrc", f"mask_module_{k}.mrc")]
+    return ["particles.mrcs", "particles.star", *per_module, "gt_whole.mrc", "mask_whole.mrc", "consensus.mrc", "dataset.yaml", "lorefine.yaml"]
+
+
+def input_files(cfg: SimulateConfig) -> list[str]:
+    """The files a simulation reads (none for the phantom)."""
+    if cfg.source == "phantom":
+        return []
+    return [cfg.source["map"], *cfg.source["masks"]] if "map" in cfg.source else list(cfg.source["modules"])
+
+
+def memory_bytes(cfg: SimulateConfig) -> dict:
+    """{part: bytes} a simulation certainly holds at once (a lower bound of its peak, `refine.cost`): the modules'
+    maps and padded spectra (padding 2), then the consensus map's reconstruction."""
+    from lorefine_mpi.refine.cost import reconstruction_bytes
+
+    k, box = module_count(cfg), cfg.box
+    spectra = k * float(np.prod(fourier.band_shape(box, 2))) * 8.0
+    maps = 2 * k * box**3 * 4.0
+    return {"module spectra": spectra, "maps": maps} | reconstruction_bytes(box, 2, halves=1)
 
 
 def module_names(k: int) -> list[str]:

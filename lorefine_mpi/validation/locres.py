@@ -289,6 +289,9 @@ def plot_slices_png(path, result: LocresResult, density, mask=None, title: str =
     plots.save_png(fig, path)
 
 
+OUTPUT_NAMES = {"map": "locres.mrc", "json": "locres.json", "histogram_png": "locres_histogram.png", "slices_png": "locres_slices.png"}
+
+
 def write_outputs(folder, result: LocresResult, density, voxel_size_angstrom: float, mask=None, title: str = "") -> dict:
     """locres.mrc, locres.json (`summary`), locres_histogram.png and locres_slices.png in ``folder``."""
     import json
@@ -299,8 +302,7 @@ def write_outputs(folder, result: LocresResult, density, voxel_size_angstrom: fl
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {"map": folder / "locres.mrc", "json": folder / "locres.json", "histogram_png": folder / "locres_histogram.png",
-             "slices_png": folder / "locres_slices.png"}
+    paths = {kind: folder / name for kind, name in OUTPUT_NAMES.items()}
     mrc.write_map(paths["map"], result.map_angstrom, voxel_size_angstrom)
     atomic_write_text(paths["json"], json.dumps(summary(result, mask), indent=1))
     plot_histogram_png(paths["histogram_png"], result, mask, title)

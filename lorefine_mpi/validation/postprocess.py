@@ -237,6 +237,12 @@ def plot_guinier_png(path, result: PostprocessResult, title: str = "") -> None:
     plots.save_png(fig, path)
 
 
+def output_names(prefix: str = "postprocess") -> dict:
+    """{kind: file name} of what `write_outputs` may write (the masked map only when the mask was used)."""
+    return {"map": f"{prefix}.mrc", "masked_map": f"{prefix}_masked.mrc", "json": f"{prefix}.json", "fsc_png": f"{prefix}_fsc.png",
+            "guinier_png": f"{prefix}_guinier.png"}
+
+
 def write_outputs(folder, result: PostprocessResult, title: str = "", prefix: str = "postprocess") -> dict:
     """Write PREFIX.mrc (sharpened), PREFIX_masked.mrc, PREFIX.json, PREFIX_fsc.png and PREFIX_guinier.png
     into ``folder`` (each written to a temporary name, then renamed). Returns {kind: path}."""
@@ -245,11 +251,11 @@ def write_outputs(folder, result: PostprocessResult, title: str = "", prefix: st
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {"map": folder / f"{prefix}.mrc", "json": folder / f"{prefix}.json", "fsc_png": folder / f"{prefix}_fsc.png",
-             "guinier_png": folder / f"{prefix}_guinier.png"}
+    names = output_names(prefix)
+    paths = {kind: folder / names[kind] for kind in ("map", "json", "fsc_png", "guinier_png")}
     mrc.write_map(paths["map"], result.sharpened, result.voxel_size_angstrom)
     if result.sharpened_masked is not None:
-        paths["masked_map"] = folder / f"{prefix}_masked.mrc"
+        paths["masked_map"] = folder / names["masked_map"]
         mrc.write_map(paths["masked_map"], result.sharpened_masked, result.voxel_size_angstrom)
     atomic_write_text(paths["json"], json.dumps(result.to_dict(), indent=1))
     fsc_mod.plot_fsc_png(paths["fsc_png"], {"corrected, masked": result.fsc}, title or f"resolution {result.resolution_angstrom:.2f} Å", details=True)
