@@ -31,6 +31,7 @@ from lorefine_mpi.io.runlock import RunLock
 from lorefine_mpi.io.star import atomic_write_text, read_star
 from lorefine_mpi.refine import layout
 from lorefine_mpi.refine.preflight import check_output, check_run
+from lorefine_mpi.refine.progress import RunProgress
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class Recorder:
         self.lock = None
         self.log_file = None
         self.cpu_seconds = {}  # stage -> part -> CPU seconds of this rank
+        self.progress = RunProgress(cfg.iterations * len(cfg.modules))  # the whole run's ETA, logged by rank 0
 
     # -- the run's life ---------------------------------------------------------------------
     @contextlib.contextmanager
@@ -159,6 +161,7 @@ class Recorder:
         """Collective: (unit_of_particle (n,), done (units,) bool) of a stage. The checkpoint fixes the work units of a
         stage it holds (whatever the parallel settings now); ``make_units()`` makes them for a new stage."""
         found = None
+        self.progress.stage_started(stage.name)
         if self.dist.is_root:
             group = self.results.stage(stage.name, iteration=stage.iteration, module=stage.module_name, unit_of_particle=make_units())
             found = group["unit_of_particle"][...], self.results.done_units(stage.name)
@@ -224,6 +227,7 @@ class Recorder:
         if self.dist.is_root:
             self.results.set_attribute(stage.name, "cpu_seconds", json.dumps(dict(zip(CPU_PARTS, total.tolist()))))
             log.info("%s: CPU time (all ranks) search %.1f s, reconstruction %.1f s, writing %.1f s", stage.name, *total)
+            self.progress.stage_done(stage.name)
 
 
 class _CpuClock:
