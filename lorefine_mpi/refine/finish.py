@@ -99,10 +99,12 @@ def finish_run(cfg, ctx, *, source, consensus_poses, poses, masks, voxel_size_an
                 "resolution_after_angstrom": result.resolution_angstrom,
                 "resolution_before_interpolated_angstrom": fsc_mod.resolution_at(before, 0.143),
                 "resolution_after_interpolated_angstrom": result.resolution_interpolated_angstrom,
-                "bfactor_angstrom2": result.bfactor_angstrom2, "warnings": result.warnings,
+                "bfactor_angstrom2": result.bfactor_angstrom2, "bfactor_source": result.bfactor_source, "warnings": result.warnings,
             }
-            log.info("%s: masked FSC 0.143 %.2f Å (consensus) -> %.2f Å (refined), B-factor %.1f Å²", name,
-                     summary["modules"][name]["resolution_before_angstrom"], result.resolution_angstrom, result.bfactor_angstrom2)
+            for warning in result.warnings:
+                log.warning("%s: post-processing: %s", name, warning)
+            log.info("%s: masked FSC 0.143 %.2f Å (consensus) -> %.2f Å (refined), B-factor %s", name,
+                     summary["modules"][name]["resolution_before_angstrom"], result.resolution_angstrom, bfactor_text(summary["modules"][name]))
         timings["postprocess_s"] = round(time.time() - clock, 2)
     del maps
     clock = time.time()
@@ -163,14 +165,21 @@ def write_motion_outputs(run: layout.RunFolder, analysis, image_names, masks, vo
             mrc.write_map(folder / f"pc{c + 1}_frame{f}.mrc", frame, voxel_size_angstrom)
 
 
+def bfactor_text(module_summary: dict) -> str:
+    """A module's B-factor as the table shows it: ``-596 Å²``, or ``not estimated`` when the Guinier fit had too few
+    shells (`validation.postprocess.MIN_FIT_SHELLS`; none was applied)."""
+    if module_summary.get("bfactor_source") == "not estimated":
+        return "not estimated"
+    return f"{module_summary['bfactor_angstrom2']:.0f} Å²"
+
+
 def results_table(summary: dict, report_path) -> str:
     """The table `lorefine refine` ends with: per module the masked FSC 0.143 resolution of the consensus
     and of the refined map, the B-factor, and the median pose change; then the report's path."""
     rows = [("module", "resolution (masked FSC 0.143)", "B-factor", "median pose change")]
     for name, m in summary["modules"].items():
         change = m.get("median_pose_change_deg")
-        rows.append((name, f"{m['resolution_before_angstrom']:.2f} Å → {m['resolution_after_angstrom']:.2f} Å",
-                     f"{m['bfactor_angstrom2']:.0f} Å²",
+        rows.append((name, f"{m['resolution_before_angstrom']:.2f} Å → {m['resolution_after_angstrom']:.2f} Å", bfactor_text(m),
                      f"{change:.2f}°, {m['median_pose_change_angstrom']:.2f} Å" if change is not None else "-"))
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
     lines = [f"{r[0]:<{widths[0]}}   {r[1]:>{widths[1]}}   {r[2]:>{widths[2]}}   {r[3]:>{widths[3]}}" for r in rows]
