@@ -6,7 +6,9 @@ Schema (h5py; written by rank 0 only)
         checkpoint_format (int, CHECKPOINT_FORMAT; `--continue` refuses a file of another format),
         consensus_halves (0/1: OUT/consensus/half1.mrc and half2.mrc, the consensus poses' half maps, are written),
         search_fingerprint (JSON of the settings and input-file SHA-256 digests that change per-particle
-        results; `--continue` refuses a config whose fingerprint differs and names what changed).
+        results; `--continue` refuses a config whose fingerprint differs and names what changed),
+        attempts (JSON list, one entry per start of the run, the first and every resume: {"started": ISO time,
+        "ranks": number of processes, "command_line"}).
     /particles/image_name            (n,) str, rlnImageName of each particle, in STAR order
     /<stage>/                        one group per (iteration, module), e.g. ``iteration_01/large``
         attrs: iteration, module, n_units, complete (0/1), reconstructed (0/1), search_band_px (the score's band),
@@ -174,7 +176,7 @@ class ResultsFile:
     """Open (or create) ``results.h5`` in an output folder. Only rank 0 makes one."""
 
     def __init__(self, path, *, image_names, config_yaml: str, fingerprint: dict, command_line: str,
-                 version: str, resume: bool):
+                 version: str, resume: bool, ranks: int | None = None):
         self.path = Path(path)
         self._open_stage, self._datasets = None, {}  # `_unit_datasets`
         fingerprint_json = json.dumps(fingerprint, sort_keys=True)
@@ -183,6 +185,7 @@ class ResultsFile:
                 raise InputError(f"{self.path}: a results file exists already; use --continue to resume it or a new output folder")
             check_resumable(self.path, fingerprint)
             self.file = _open_checkpoint(self.path, "r+")
+            self._add_attempt(ranks, command_line)
             return
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with h5py.File(tmp, "w", locking=False) as f:
@@ -194,6 +197,18 @@ class ResultsFile:
             f.create_dataset("particles/image_name", data=np.array(list(image_names), dtype=h5py.string_dtype()))
         tmp.replace(self.path)
         self.file = h5py.File(self.path, "r+", locking=False)
+        self._add_attempt(ranks, command_line)
+
+    def _add_attempt(self, ranks, command_line: str) -> None:
+        """One more entry in the root attribute ``attempts`` (this start of the run)."""
+        if ranks is None:
+            return
+        import datetime
+
+        attempts = json.loads(self.file.attrs.get("attempts", "[]"))
+        attempts.append({"started": datetime.datetime.now().isoformat(timespec="seconds"), "ranks": int(ranks), "command_line": command_line})
+        self.file.attrs["attempts"] = json.dumps(attempts)
+        self.file.flush()
 
     def stage(self, name: str, *, iteration: int, module: str, unit_of_particle) -> h5py.Group:
         """The group of a stage, created at full size on first use."""
@@ -278,13 +293,29 @@ class ResultsFile:
 
 
 def run_record(path) -> dict:
-    """The root record of a finished or running ``results.h5``: {'lorefine_version', 'command_line'} ({} when it
-    cannot be read)."""
+    """The root record of a finished or running ``results.h5``: {'lorefine_version', 'command_line', 'attempts' (list of
+    {'started', 'ranks', 'command_line'}; empty for a file written before they were recorded)} ({} when it cannot be
+    read)."""
     try:
         with h5py.File(path, "r", locking=False) as f:
-            return {key: str(f.attrs.get(key, "?")) for key in ("lorefine_version", "command_line")}
-    except OSError:
+            record = {key: str(f.attrs.get(key, "?")) for key in ("lorefine_version", "command_line")}
+            record["attempts"] = json.loads(f.attrs.get("attempts", "[]"))
+            return record
+    except (OSError, ValueError):
         return {}
+
+
+def stage_prior_sigma(path, stage: str):
+    """The prior widths a stage's search used, (σ_rot rad, σ_px), each None where the prior was flat; None when the
+    stage or its attribute is not in the file."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            if stage not in f or "prior_sigma" not in f[stage].attrs:
+                return None
+            rot, px = (float(v) for v in f[stage].attrs["prior_sigma"])
+    except OSError:
+        return None
+    return (None if np.isnan(rot) else rot), (None if np.isnan(px) else px)
 
 
 def stage_cpu_seconds(path) -> dict:

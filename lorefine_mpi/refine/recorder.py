@@ -26,6 +26,7 @@ import numpy as np
 from lorefine_mpi import __version__
 from lorefine_mpi.config import dump_config, search_fingerprint
 from lorefine_mpi.errors import EXIT_STOPPED, InputError
+from lorefine_mpi.io import relion_job
 from lorefine_mpi.io.results import ResultsFile
 from lorefine_mpi.io.runlock import RunLock
 from lorefine_mpi.io.star import atomic_write_text, read_star
@@ -118,7 +119,9 @@ class Recorder:
             command_line=self.command_line,
             version=__version__,
             resume=self.resume,
+            ranks=self.dist.size,
         )
+        relion_job.begin(folder.job, self.command_line)  # the folder as a RELION job: note.txt, no end marker yet
         if not (folder.config.exists() and folder.config.read_text() == dump_config(cfg)):
             atomic_write_text(folder.config, dump_config(cfg))
         self.log_file = logging.FileHandler(folder.log)  # appends: a resumed run's log follows the first's
@@ -137,6 +140,11 @@ class Recorder:
         if self.results is not None:
             self.results.close()
             self.results = None
+
+    @property
+    def holds_folder(self) -> bool:
+        """Rank 0: this run took the output folder (its lock), so the folder's RELION job record is this run's."""
+        return self.lock is not None
 
     def release(self) -> None:
         """Release the folder's lock (after the watchdog thread, which refreshes it, has stopped)."""

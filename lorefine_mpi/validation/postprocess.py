@@ -265,3 +265,37 @@ def write_outputs(folder, result: PostprocessResult, title: str = "", prefix: st
     fsc_mod.plot_fsc_png(paths["fsc_png"], {"corrected, masked": result.fsc}, title or f"resolution {result.resolution_angstrom:.2f} Å", details=True)
     plot_guinier_png(paths["guinier_png"], result, title)
     return paths
+
+
+def write_relion_star(path, result: PostprocessResult, *, half1: str, half2: str, mask: str, command: str = "") -> Path:
+    """``postprocess.star`` in relion_postprocess's layout (RELION 3.1: `io.relion_job.write_postprocess_star`), so that
+    RELION's programs that take a post-processing job (CTF refinement, polishing, relion_star_handler …) read this one.
+    half1, half2, mask: the file names as RELION should read them (relative to its project directory)."""
+    from lorefine_mpi.io import relion_job
+
+    f, g = result.fsc, result.guinier
+    shells = np.arange(len(f.fsc))
+    n = 2 * (len(f.fsc) - 1)
+    with np.errstate(divide="ignore"):
+        angstrom = np.where(shells > 0, n * result.voxel_size_angstrom / np.maximum(shells, 1), 999.0)
+    general = {"rlnFinalResolution": result.resolution_angstrom, "rlnBfactorUsedForSharpening": result.bfactor_angstrom2,
+               "rlnUnfilteredMapHalf1": half1, "rlnUnfilteredMapHalf2": half2}
+    fsc = {"rlnSpectralIndex": shells, "rlnResolution": 1.0 / angstrom, "rlnAngstromResolution": angstrom}
+    if result.mask_used and f.fsc_unmasked is not None:
+        general["rlnMaskName"] = mask
+        if f.randomise_from_shell is not None:
+            general["rlnRandomiseFrom"] = n * result.voxel_size_angstrom / f.randomise_from_shell
+        fsc |= {"rlnFourierShellCorrelationCorrected": f.fsc, "rlnFourierShellCorrelationUnmaskedMaps": f.fsc_unmasked,
+                "rlnFourierShellCorrelationMaskedMaps": f.fsc_masked,
+                "rlnCorrectedFourierShellCorrelationPhaseRandomizedMaskedMaps": f.fsc_phase_randomised}
+    else:
+        fsc["rlnFourierShellCorrelationUnmaskedMaps"] = f.fsc if f.fsc_unmasked is None else f.fsc_unmasked
+    if g.fit_slope is not None:
+        general |= {"rlnFittedSlopeGuinierPlot": g.fit_slope, "rlnFittedInterceptGuinierPlot": g.fit_intercept,
+                    "rlnCorrelationFitGuinierPlot": g.fit_correlation}
+    guinier = {"rlnResolutionSquared": g.s2_inv_angstrom2, "rlnLogAmplitudesOriginal": g.ln_amplitude,
+               "rlnLogAmplitudesWeighted": g.ln_amplitude_weighted, "rlnLogAmplitudesSharpened": g.ln_amplitude_sharpened}
+    if g.fit_intercept is not None:
+        guinier["rlnLogAmplitudesIntercept"] = np.full(len(g.s2_inv_angstrom2), g.fit_intercept)
+    comment = f"lorefine postprocess ({result.bfactor_source} B-factor); {command}".rstrip("; ")
+    return relion_job.write_postprocess_star(path, comment=comment, general=general, fsc=fsc, guinier=guinier)
