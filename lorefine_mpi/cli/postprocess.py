@@ -2,6 +2,8 @@
 gold-standard FSC (phase-randomisation corrected), B-factor, sharpened map, as relion_postprocess;
 optionally a local-resolution map (--locres)."""
 
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -102,6 +104,8 @@ def run(args) -> int:
                             fit_highres_angstrom=args.autob_highres, lowpass_angstrom=args.low_pass, force_mask=args.force_mask,
                             seed=args.seed, randomise_from_angstrom=args.randomize_at)
     paths = pp.write_outputs(out, result, f"{Path(args.half1).name}: resolution {result.resolution_angstrom:.2f} Å")
+    paths["star"] = pp.write_relion_star(out / "postprocess.star", result, half1=args.half1, half2=args.half2, mask=args.mask,
+                                         command=shlex.join(sys.argv))  # as relion_postprocess's, for RELION jobs that take one
     print(describe(result))
     if args.locres:
         from lorefine_mpi.refine.distributor import Distributor
