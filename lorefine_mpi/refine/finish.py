@@ -80,7 +80,7 @@ def finish_run(cfg, ctx, *, source, consensus_poses, poses, masks, voxel_size_an
             folder.consensus_folder.mkdir(exist_ok=True)
             for h in (1, 2):
                 mrc.write_map(folder.consensus_half(h), maps[f"half{h}"], voxel_size_angstrom)
-    summary = {"modules": {}, "voxel_size_angstrom": voxel_size_angstrom}
+    summary = {"modules": {}, "voxel_size_angstrom": voxel_size_angstrom, "dataset": dataset_facts(cfg, source, voxel_size_angstrom)}
     results = {}
     if ctx.is_root:
         timings["consensus_half_maps_s"] = round(time.time() - clock, 2)
@@ -145,6 +145,15 @@ def finish_run(cfg, ctx, *, source, consensus_poses, poses, masks, voxel_size_an
         atomic_write_text(folder.summary, json.dumps(summary, indent=1))
         report = write_report(folder.out) if write_report is not None else "(not written)"
         print(results_table(summary, report), flush=True)
+
+
+def dataset_facts(cfg, source, voxel_size_angstrom: float) -> dict:
+    """What the run ran on, for the report's header: particles, box, pixel size, optics groups, whether the CTF was used,
+    the iterations (all of the configured ones: lorefine has no convergence stop)."""
+    table = source.table
+    return {"particles": len(table), "box_px": int(source.box), "pixel_size_angstrom": float(voxel_size_angstrom),
+            "optics_groups": len(table.optics), "ctf": bool(source.use_ctf), "ctf_in_star": bool(table.has_ctf),
+            "iterations": int(cfg.iterations), "stopped_because": f"as configured (iterations: {cfg.iterations})"}
 
 
 def relion_path(path, cfg) -> str:
