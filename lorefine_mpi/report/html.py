@@ -66,6 +66,13 @@ def _number(value, fmt: str, unit: str = "") -> str:
     return "–" if value is None else f"{value:{fmt}}{unit}"
 
 
+def _bfactor(value, source, say_source: bool = False) -> str:
+    """A B-factor for the page: ``not estimated (none applied)`` when the Guinier fit had too few shells."""
+    if source == "not estimated":
+        return "not estimated (none applied)"
+    return _number(value, ".0f", " Å²") + (f" ({html.escape(source)})" if say_source and source else "")
+
+
 def module_names(config: dict) -> list[str]:
     """The module names of a resolved config (``whole`` for conventional refinement)."""
     modules = config.get("modules")
@@ -206,7 +213,7 @@ def _summary_table(names, summary) -> str:
         m = summary["modules"].get(name, {})
         rows.append(
             f"<tr><td class=\"name\">{html.escape(name)}</td><td>{_number(m.get('resolution_before_angstrom'), '.2f', ' Å')}</td>"
-            f"<td>{_number(m.get('resolution_after_angstrom'), '.2f', ' Å')}</td><td>{_number(m.get('bfactor_angstrom2'), '.0f', ' Å²')}</td>"
+            f"<td>{_number(m.get('resolution_after_angstrom'), '.2f', ' Å')}</td><td>{_bfactor(m.get('bfactor_angstrom2'), m.get('bfactor_source'))}</td>"
             f"<td>{_number(m.get('locres_median_angstrom'), '.2f', ' Å')}</td>"
             f"<td>{_number(m.get('median_pose_change_deg'), '.2f', '°')} / {_number(m.get('median_pose_change_angstrom'), '.2f', ' Å')}</td></tr>")
     return ("<h2>Summary</h2><table><tr><th>module</th><th>consensus (before)</th><th>refined (after)</th><th>B-factor</th>"
@@ -223,8 +230,8 @@ def _module_section(run: layout.RunFolder, name: str, m: dict) -> str:
     lines = [f"<h2>Module {html.escape(name)}</h2>"]
     if post:
         lines.append(f"<p>Post-processed: {post['resolution_angstrom']:.2f} Å (FSC 0.143; interpolated crossing "
-                     f"{post['resolution_interpolated_angstrom']:.2f} Å), B-factor {post['bfactor_angstrom2']:.1f} Å² "
-                     f"({html.escape(post['bfactor_source'])}), low-pass {post['lowpass_angstrom']:.2f} Å. "
+                     f"{post['resolution_interpolated_angstrom']:.2f} Å), B-factor {_bfactor(post['bfactor_angstrom2'], post['bfactor_source'], True)}, "
+                     f"low-pass {post['lowpass_angstrom']:.2f} Å. "
                      f"Maps: <code>{html.escape(name)}/postprocess.mrc</code>, <code>postprocess_masked.mrc</code>.</p>")
         lines += [f"<p class=\"warning\">warning: {html.escape(w)}</p>" for w in post.get("warnings", [])]
     maps = _maps_figure(run, name)

@@ -16,8 +16,8 @@ Steps (RELION 3.1's Postprocessing::run and sharpenMap; tests compare with its o
        --autob_lowres) and ``fit_highres_angstrom`` (RELION's --autob_highres): by default (None) the resolution,
        so that only shells with signal set the slope; 0 is relion_postprocess's own default, up to where the FSC
        weighting ends, where shells past the resolution with a small, noisy FSC (one random phase randomisation)
-       can set the slope (RELION 3.1.3's B moved by a factor of 2.9 between seeds on one pair of half maps,
-       docs/accuracy.md). With fewer than ``MIN_FIT_SHELLS`` shells in the range the B-factor is not estimated
+       can set the slope (RELION 3.1.3's B moved by a factor of 2 or more between seeds on one pair of half maps,
+       docs/relion.md). With fewer than ``MIN_FIT_SHELLS`` shells in the range the B-factor is not estimated
        from the data: none is applied (B = 0, source "not estimated") and a warning says so; or a given B
        (Å², negative sharpens).
     4. The weighted spectrum times ``exp(−B s² / 4)`` up to Nyquist (zero beyond), low-passed at the

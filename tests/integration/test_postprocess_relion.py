@@ -3,7 +3,7 @@ without it): the unmasked and masked FSC curves are RELION's to float precision;
 within one Fourier shell; the B-factor, fitted from 10 Å to the resolution, is RELION's with the same range
 (--autob_highres at that resolution) within 5 %, and with RELION's own default range (to where the FSC weighting
 ends) within 20 % (the phase-randomised curve is one random draw on each side, so those can differ by its noise).
-benchmarks/vs_relion_postprocess.py prints more cases (docs/accuracy.md)."""
+benchmarks/vs_relion_postprocess.py prints more cases (docs/relion.md)."""
 
 import shutil
 import subprocess
