@@ -1,19 +1,21 @@
-"""lorefine postprocess against relion_postprocess (RELION 3.1.3) on the same half maps and masks.
+"""lorefine postprocess against relion_postprocess (RELION 3.1.3) on the same half maps and masks: the resolution and
+the B-factor, on half-map pairs of different resolutions.
 
-    python benchmarks/vs_relion_postprocess.py [--work /tmp/vs_relion_pp] [--seeds 4] [--particles 2000]
+    python benchmarks/vs_relion_postprocess.py [--work /tmp/vs_relion_pp] [--seeds 0] [--particles 2000]
 
 Cases:
-  * RELION's fixture recon_ctf (600 noise-free CTF images, box 48, 4 Å/px) split by rlnRandomSubset,
+  * RELION's fixture recon_ctf (tests/data: 600 noise-free CTF images, box 48, 4 Å/px) split by rlnRandomSubset,
     reconstructed by lorefine; each module's mask. Noise-free: the unmasked FSC never drops below 0.8,
     so both programs randomise the phases from 20 Å (--randomize_at_A 20);
   * a noisy simulated set (`lorefine simulate`: 2,000 particles, box 64, 2 Å/px, SNR 0.05, the paper's
-    motion), half maps from the true poses of module 1 and from the consensus poses; each module's mask.
-Per case: the corrected masked FSC 0.143 resolution of both (Å and shell), the B-factor of lorefine's
-default fit (RELION's: 10 Å to where the FSC weighting ends, --autob-highres 0) and of a fit from 10 Å to
-the resolution only, against RELION's --auto_bfac, and the largest per-shell difference of the unmasked
-and masked curves; then, as the FSC weighting beyond the resolution depends on the phase-randomised curve
-(one random draw), both programs' B over 1 + --seeds phase randomisations (their defaults and seeds
-1 … --seeds) and the difference of the medians. Skipped (with a message) without relion_postprocess.
+    motion), half maps from the true poses of module 1 and from the consensus poses, and from the consensus poses
+    of the first 300 particles only (a low-resolution pair); each module's mask.
+Per case: the corrected masked FSC 0.143 resolution of both (Å and shell); lorefine's B-factor (its default: the
+Guinier fit from 10 Å to the resolution, no B-factor with fewer than MIN_FIT_SHELLS shells) with its shell count,
+RELION's B with the same range (--autob_highres at the resolution), RELION's B with its own default range (10 Å to
+where the FSC weighting ends, --autob_highres 0) and lorefine's with that range (--autob-highres 0); lorefine's
+warning. With --seeds N, both programs' B with RELION's default range over 1 + N phase randomisations (their
+defaults and seeds 1 … N). Skipped (with a message) without relion_postprocess.
 """
 
 import os
@@ -30,14 +32,14 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lorefine_mpi.io import mrc  # noqa: E402
-from lorefine_mpi.io.star import read_star  # noqa: E402
+from lorefine_mpi.io.star import read_star, write_star  # noqa: E402
 from lorefine_mpi.projection.source import ParticleSource  # noqa: E402
 from lorefine_mpi.reconstruction.reconstruct import backproject_halves, maps_from_halves  # noqa: E402
 from lorefine_mpi.simulate.dataset import simulate, simulate_config_from_dict  # noqa: E402
 from lorefine_mpi.validation import postprocess as pp  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "relion"
+FIXTURES = ROOT / "tests" / "data"  # RELION-made
 SIMULATION = {"seed": 5, "n_particles": 2000, "box": 64, "pixel_size_angstrom": 2.0, "noise": {"snr": 0.05}}
 
 
@@ -53,13 +55,14 @@ def halves_of(star, folder, name):
     return paths, voxel
 
 
-def relion(h1, h2, mask, voxel, out, seed=None, randomise=None):
+def relion(h1, h2, mask, voxel, out, seed=None, randomise=None, highres=None):
     """(resolution Å, B Å², {column: curve}) of relion_postprocess --auto_bfac."""
     out.parent.mkdir(parents=True, exist_ok=True)
     command = ["relion_postprocess", "--i", str(h1), "--i2", str(h2), "--mask", str(mask), "--angpix", str(voxel), "--auto_bfac",
                "--o", str(out)]
     command += ["--random_seed", str(seed)] if seed is not None else []
     command += ["--randomize_at_A", str(randomise)] if randomise else []
+    command += ["--autob_highres", f"{highres:.6f}"] if highres else []
     subprocess.run(command, capture_output=True, text=True)  # it exits 1 at the very end without ghostscript (PDF); the STAR is written
     general, columns, rows, block = {}, [], [], None
     for line in Path(f"{out}.star").read_text().splitlines():
@@ -76,37 +79,47 @@ def relion(h1, h2, mask, voxel, out, seed=None, randomise=None):
     return float(general["_rlnFinalResolution"]), float(general["_rlnBfactorUsedForSharpening"]), {c: table[:, i] for i, c in enumerate(columns)}
 
 
+HEADER = (f"{'case':<38} {'lorefine (shell)':>16} {'RELION (shell)':>15}  {'B lorefine (shells)':>19} {'B RELION same range':>19}  "
+          f"{'B RELION default':>16} {'B lorefine, that range':>22}")
+
+
 def compare(label, h1, h2, mask, voxel, work, seeds, randomise=None):
     a, b, m = (mrc.read_map(p)[0] for p in (h1, h2, mask))
     n = a.shape[0]
     ours = pp.postprocess(a, b, m, voxel, randomise_from_angstrom=randomise)
-    ours_to_resolution = pp.postprocess(a, b, m, voxel, randomise_from_angstrom=randomise, fit_highres_angstrom=None)
-    res, bfactor, curves = relion(h1, h2, mask, voxel, work / "relion" / label.replace(" ", "_").replace(",", ""), randomise=randomise)
+    ours_relion_range = pp.postprocess(a, b, m, voxel, randomise_from_angstrom=randomise, fit_highres_angstrom=0.0)
+    name = label.replace(" ", "_").replace(",", "")
+    res, bfactor, _ = relion(h1, h2, mask, voxel, work / "relion" / name, randomise=randomise)
+    _, same_range, _ = relion(h1, h2, mask, voxel, work / "relion_same_range" / name, randomise=randomise, highres=ours.resolution_angstrom)
     shell = round(n * voxel / res)
-    unmasked = np.abs(ours.fsc.fsc_unmasked - curves["_rlnFourierShellCorrelationUnmaskedMaps"]).max()
-    masked = np.abs(ours.fsc.fsc_masked - curves["_rlnFourierShellCorrelationMaskedMaps"]).max()
-
-    def pct(x, reference):
-        return f"{100 * (x - reference) / abs(reference):+.0f} %" if reference else "-"
-
-    print(f"{label:<42} {ours.resolution_angstrom:6.2f} Å ({ours.resolution_shell:2d})  {res:6.2f} Å ({shell:2d})  "
-          f"{ours.resolution_shell - shell:+3d}   {ours.bfactor_angstrom2:8.1f} ({pct(ours.bfactor_angstrom2, bfactor):>6}) "
-          f"{ours_to_resolution.bfactor_angstrom2:8.1f} ({pct(ours_to_resolution.bfactor_angstrom2, bfactor):>6})  {bfactor:8.1f}   "
-          f"{unmasked:.1e} {masked:.1e}")
+    b_ours = "not estimated" if ours.bfactor_source == "not estimated" else f"{ours.bfactor_angstrom2:.1f}"
+    print(f"{label:<38} {ours.resolution_angstrom:6.2f} Å ({ours.resolution_shell:2d}) {res:6.2f} Å ({shell:2d})  "
+          f"{b_ours:>14} ({ours.guinier.fit_points:2d}) {same_range:19.1f}  {bfactor:16.1f} {ours_relion_range.bfactor_angstrom2:22.1f}")
+    for warning in ours.warnings:
+        print(f"{'':<38} lorefine: warning: {warning}")
     if seeds:
-        theirs = [bfactor] + [relion(h1, h2, mask, voxel, work / "relion_seeds" / f"{label.replace(' ', '_').replace(',', '')}_{s}", seed=s,
-                                     randomise=randomise)[1] for s in range(1, seeds + 1)]
+        def spread(values):
+            return f"{min(values):.0f} to {max(values):.0f}"
+
+        others = range(1, seeds + 1)
         mine = [ours.bfactor_angstrom2] + [pp.postprocess(a, b, m, voxel, seed=s, randomise_from_angstrom=randomise).bfactor_angstrom2
-                                           for s in range(1, seeds + 1)]
-        print(f"{'':<42}   B over {seeds + 1} phase randomisations: lorefine {min(mine):.0f} to {max(mine):.0f}, median {np.median(mine):.1f}; "
-              f"RELION {min(theirs):.0f} to {max(theirs):.0f}, median {np.median(theirs):.1f} ({pct(np.median(mine), np.median(theirs))})")
+                                           for s in others]
+        theirs = [same_range] + [relion(h1, h2, mask, voxel, work / "relion_same_range_seeds" / f"{name}_{s}", seed=s, randomise=randomise,
+                                        highres=ours.resolution_angstrom)[1] for s in others]
+        mine_wide = [ours_relion_range.bfactor_angstrom2] + [
+            pp.postprocess(a, b, m, voxel, seed=s, randomise_from_angstrom=randomise, fit_highres_angstrom=0.0).bfactor_angstrom2 for s in others]
+        theirs_wide = [bfactor] + [relion(h1, h2, mask, voxel, work / "relion_seeds" / f"{name}_{s}", seed=s, randomise=randomise)[1]
+                                   for s in others]
+        lorefine_spread = spread(mine) if ours.bfactor_source == "auto" else "not estimated"
+        print(f"{'':<38} over {seeds + 1} phase randomisations: 10 Å to the resolution: lorefine {lorefine_spread}, "
+              f"RELION {spread(theirs)}; RELION's default range: lorefine {spread(mine_wide)}, RELION {spread(theirs_wide)}")
     return ours.resolution_shell - shell
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="/tmp/vs_relion_pp")
-    p.add_argument("--seeds", type=int, default=4, help="also run both programs with this many other random seeds (0: none)")
+    p.add_argument("--seeds", type=int, default=0, help="also run both programs with this many other random seeds (0: none)")
     p.add_argument("--particles", type=int, default=SIMULATION["n_particles"])
     args = p.parse_args()
     if shutil.which("relion_postprocess") is None:
@@ -114,15 +127,18 @@ def main():
         return 0
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    print(f"{'case':<42} {'lorefine (shell)':>16}  {'RELION (shell)':>15}  {'Δ':>3}   {'B lorefine':>17} "
-          f"{'B 10 Å-resolution':>18}  {'B RELION':>8}   max |Δ| unmasked, masked FSC")
+    print(HEADER)
     (h1, h2), voxel = halves_of(FIXTURES / "recon_ctf.star", work, "recon_ctf")
     for k in (1, 2):
         compare(f"recon_ctf halves, mask {k}", h1, h2, FIXTURES / f"phantom_mask_module_{k}.mrc", voxel, work, args.seeds, randomise=20.0)
     sim = work / "simulated"
     if not (sim / "particles.star").exists():
         simulate(simulate_config_from_dict(SIMULATION | {"n_particles": args.particles, "output": str(sim)}, work))
-    for poses, name in (("gt_module_1.star", "true poses of module 1"), ("particles.star", "consensus poses")):
+    few = sim / "particles_300.star"
+    if not few.exists():
+        write_star(few, read_star(sim / "particles.star").subset(slice(0, 300)))
+    for poses, name in (("gt_module_1.star", "true poses of module 1"), ("particles.star", "consensus poses"),
+                        ("particles_300.star", "300 particles")):
         (h1, h2), voxel = halves_of(sim / poses, work, poses.removesuffix(".star"))
         for k in (1, 2):
             compare(f"simulated, {name}, mask {k}", h1, h2, sim / f"mask_module_{k}.mrc", voxel, work, args.seeds)

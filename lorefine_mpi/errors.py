@@ -5,12 +5,14 @@ one-line message that names the file, key or value and says what was expected. T
 as a single line on stderr and exits with status 2; so does a failing file system (`describe_os_error`:
 a full disk, a lost mount). Every other exception is a bug and keeps its traceback (status 1).
 A run stopped by a signal (SIGTERM, SIGUSR1, Ctrl-C) or by a stalled rank exits with status 3, its
-finished work saved for ``--continue``.
+finished work saved for ``--continue``. A closed stdout (``lorefine check … | head -1``) ends the program quietly
+with status 141, as SIGPIPE ends a shell tool.
 """
 
 EXIT_BUG = 1
 EXIT_INPUT_ERROR = 2
 EXIT_STOPPED = 3
+EXIT_CLOSED_PIPE = 128 + 13  # 128 + SIGPIPE, what a shell reports for a tool its reader left
 
 
 class InputError(Exception):

@@ -15,14 +15,38 @@ import os
 import pkgutil
 import sys
 
-# Under MPI every rank is one core's worth of work: one BLAS/OpenMP thread per rank unless the user
-# says otherwise (several threaded ranks on one node oversubscribe the cores). Set before numpy loads.
-if any(int(os.environ.get(v, "1") or 1) > 1 for v in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS")):
-    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(_var, "1")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+MAX_THREADS = 1024
+
+
+def threads_option(argv) -> int | None:
+    """The value of ``--j N`` (or ``--j=N``) in a command line when it is a valid thread count, else None (a wrong
+    value is refused later, by the parser, with the usual one-line message)."""
+    for i, token in enumerate(argv):
+        text = argv[i + 1] if token == "--j" and i + 1 < len(argv) else token[4:] if token.startswith("--j=") else None
+        if text is not None:
+            return int(text) if text.isdigit() and 1 <= int(text) <= MAX_THREADS else None
+    return None
+
+
+def set_threads(argv, environ=os.environ) -> None:
+    """Threads per process for the BLAS (OpenBLAS, MKL), OpenMP and numba, set before numpy loads (they read these
+    once). ``--j N``: N threads, whatever the environment says. Without it, under MPI every rank is one core's worth
+    of work: one thread per rank unless the user's environment says otherwise (several threaded ranks on one node
+    oversubscribe its cores); in one process the libraries' own defaults (all cores)."""
+    threads = threads_option(argv)
+    if threads is not None:
+        for var in THREAD_VARIABLES:
+            environ[var] = str(threads)
+    elif any(int(environ.get(v, "1") or 1) > 1 for v in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS")):
+        for var in THREAD_VARIABLES:
+            environ.setdefault(var, "1")
+
+
+set_threads(sys.argv[1:])
 
 from lorefine_mpi import __version__
-from lorefine_mpi.errors import EXIT_INPUT_ERROR, EXIT_STOPPED, InputError, describe_os_error
+from lorefine_mpi.errors import EXIT_CLOSED_PIPE, EXIT_INPUT_ERROR, EXIT_STOPPED, InputError, describe_os_error
 
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
@@ -76,6 +100,12 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_INPUT_ERROR)
 
 
+def _thread_count(text: str) -> int:
+    if not (text.isdigit() and 1 <= int(text) <= MAX_THREADS):
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads in [1, {MAX_THREADS}], got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="lorefine",
@@ -87,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     for module in _subcommand_modules():
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
+        p.add_argument("--j", type=_thread_count, default=None, metavar="N",
+                       help="threads per process (per MPI rank) for the BLAS, OpenMP and numba (default: 1 per rank under "
+                            "MPI, the libraries' own in one process); ranks × N should not exceed a node's cores")
         p.set_defaults(_run=module.run)
     return parser
 
@@ -126,7 +159,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     keep_freed_memory()
     try:
-        return int(args._run(args) or 0)
+        status = int(args._run(args) or 0)
+        sys.stdout.flush()  # here, so that a reader that went away (`lorefine check … | head -1`) is seen below
+        return status
+    except BrokenPipeError:
+        return closed_pipe()
     except InputError as error:
         if not error.quiet:
             sys.stderr.write(f"lorefine: error: {error}\n")
@@ -141,6 +178,17 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("lorefine: interrupted (Ctrl-C)\n")
         return EXIT_STOPPED
+
+
+def closed_pipe() -> int:
+    """The reader of stdout went away (``lorefine check … | head -1``): stop quietly, as a program killed by SIGPIPE
+    does (status 128 + 13 = 141), with stdout pointed at /dev/null so that nothing complains at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return EXIT_CLOSED_PIPE
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 gold-standard FSC (phase-randomisation corrected), B-factor, sharpened map, as relion_postprocess;
 optionally a local-resolution map (--locres)."""
 
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -27,7 +29,9 @@ def add_arguments(parser):
     parser.add_argument("--bfactor", default="auto", help="auto (Guinier fit, default) or a B-factor in Å² (negative sharpens)")
     parser.add_argument("--autob-lowres", type=float, default=pp.FIT_LOWRES_ANGSTROM, help="low-resolution end of the B-factor fit, Å (default 10)")
     parser.add_argument("--autob-highres", type=float, default=pp.FIT_HIGHRES_ANGSTROM,
-                        help="high-resolution end of the B-factor fit, Å (default 0: to where the FSC weighting ends, as RELION)")
+                        help="high-resolution end of the B-factor fit, Å (default: the FSC 0.143 resolution; 0: to where the FSC "
+                             f"weighting ends, relion_postprocess's default); with fewer than {pp.MIN_FIT_SHELLS} shells in the fit no "
+                             "B-factor is estimated")
     parser.add_argument("--low-pass", type=float, default=None, help="low-pass filter the sharpened map here, Å (default: the resolution)")
     parser.add_argument("--randomize-at-A", dest="randomize_at", type=float, default=None,
                         help="randomise phases from this resolution, Å (default: where the unmasked FSC drops below 0.8)")
@@ -94,6 +98,8 @@ def run(args) -> int:
                             fit_highres_angstrom=args.autob_highres, lowpass_angstrom=args.low_pass, force_mask=args.force_mask,
                             seed=args.seed, randomise_from_angstrom=args.randomize_at)
     paths = pp.write_outputs(out, result, f"{Path(args.half1).name}: resolution {result.resolution_angstrom:.2f} Å")
+    paths["star"] = pp.write_relion_star(out / "postprocess.star", result, half1=args.half1, half2=args.half2, mask=args.mask,
+                                         command=shlex.join(sys.argv))  # as relion_postprocess's, for RELION jobs that take one
     print(describe(result))
     if args.locres:
         from lorefine_mpi.refine.distributor import Distributor
@@ -125,6 +131,8 @@ def describe(result: pp.PostprocessResult) -> str:
         first, last = (1 / np.sqrt(v) for v in g.fit_s2_range)
         lines.append(f"  B-factor: {result.bfactor_angstrom2:.1f} Å² (Guinier fit {first:.2f}–{last:.2f} Å, "
                      f"{g.fit_points} shells, r = {g.fit_correlation:.3f}); low-pass at {result.lowpass_angstrom:.2f} Å")
+    elif result.bfactor_source == "not estimated":
+        lines.append(f"  B-factor: not estimated ({g.fit_points} shells in the fit range), none applied; low-pass at {result.lowpass_angstrom:.2f} Å")
     else:
         lines.append(f"  B-factor: {result.bfactor_angstrom2:.1f} Å² ({result.bfactor_source}); low-pass at {result.lowpass_angstrom:.2f} Å")
     lines += [f"  warning: {w}" for w in result.warnings]

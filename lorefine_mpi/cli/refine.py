@@ -5,7 +5,8 @@ import shlex
 import sys
 
 from lorefine_mpi.config import load_config
-from lorefine_mpi.errors import InputError
+from lorefine_mpi.errors import EXIT_STOPPED, InputError
+from lorefine_mpi.io import relion_job
 from lorefine_mpi.refine import layout
 
 NAME = "refine"
@@ -48,4 +49,24 @@ def run(args) -> int:
                                "(start without --continue, or use --continue auto)")
         dist.agree_on_error(error)  # every rank reads the config; the message is printed once
         recorder = Recorder(cfg, dist, command_line=shlex.join(sys.argv), resume=args.resume != "no")
-        return refine(cfg, dist, recorder, write_report)
+        try:
+            status = refine(cfg, dist, recorder, write_report)
+        except KeyboardInterrupt:  # stopped at once (a second Ctrl-C): resumable, no end marker
+            raise
+        except BaseException:
+            _end_relion_job(dist, recorder, succeeded=False)
+            raise
+        if status != EXIT_STOPPED:  # a run stopped by a signal is resumable: no marker, as a RELION job killed by one
+            _end_relion_job(dist, recorder, succeeded=status == 0)
+        return status
+
+
+def _end_relion_job(dist, recorder, succeeded: bool) -> None:
+    """Rank 0, when this run held the output folder: RELION_JOB_EXIT_SUCCESS or _FAILURE in it (`io.relion_job`), which
+    RELION's GUI reads. (An error on another rank ends every rank through the MPI layer before this; the folder then
+    has no marker, as a RELION job whose process was killed.)"""
+    if dist.is_root and recorder.holds_folder:
+        try:
+            relion_job.end(layout.RunFolder.of(recorder.cfg).job, succeeded)
+        except OSError:
+            pass  # the file system failed: the run's own error says so

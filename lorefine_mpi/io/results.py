@@ -9,7 +9,9 @@ Schema (h5py; written by rank 0 only)
         results; `--continue` refuses a config whose fingerprint differs and names what changed; its key
         ``stacks`` identifies the particle stacks, `io.mrc.stack_identity`: their sizes, modification times and
         the bytes of a sample of images, so a stack replaced between a stop and ``--continue`` is refused,
-        `stack_changes`; checkpoints without it, of an earlier lorefine, resume with a warning).
+        `stack_changes`; checkpoints without it, of an earlier lorefine, resume with a warning),
+        attempts (JSON list, one entry per start of the run, the first and every resume: {"started": ISO time,
+        "ranks": number of processes, "command_line"}).
     /particles/image_name            (n,) str, rlnImageName of each particle, in STAR order
     /<stage>/                        one group per (iteration, module), e.g. ``iteration_01/large``
         attrs: iteration, module, n_units, complete (0/1), reconstructed (0/1), search_band_px (the score's band),
@@ -214,7 +216,7 @@ class ResultsFile:
     """Open (or create) ``results.h5`` in an output folder. Only rank 0 makes one."""
 
     def __init__(self, path, *, image_names, config_yaml: str, fingerprint: dict, command_line: str,
-                 version: str, resume: bool, stacks: dict | None = None):
+                 version: str, resume: bool, stacks: dict | None = None, ranks: int | None = None):
         self.path = Path(path)
         self._open_stage, self._datasets = None, {}  # `_unit_datasets`
         if self.path.exists():
@@ -223,6 +225,7 @@ class ResultsFile:
             check_resumable(self.path, fingerprint, stacks)
             self.file = _open_checkpoint(self.path, "r+")
             self.identity = identity(self.path)
+            self._add_attempt(ranks, command_line)
             return
         fingerprint_json = json.dumps(fingerprint | ({STACKS: stacks} if stacks is not None else {}), sort_keys=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
@@ -236,6 +239,7 @@ class ResultsFile:
         tmp.replace(self.path)
         self.file = h5py.File(self.path, "r+", locking=False)
         self.identity = identity(self.path)
+        self._add_attempt(ranks, command_line)
 
     def check_present(self) -> None:
         """InputError when the file this object writes is no longer at its path (deleted, moved or replaced while the
@@ -245,6 +249,17 @@ class ResultsFile:
             what = "deleted or moved away" if now is None else "replaced by another file"
             raise InputError(f"{self.path}: the checkpoint was {what} while this run was writing it; this run stops "
                              "(what it wrote since is not in any results.h5 at that path)")
+
+    def _add_attempt(self, ranks, command_line: str) -> None:
+        """One more entry in the root attribute ``attempts`` (this start of the run)."""
+        if ranks is None:
+            return
+        import datetime
+
+        attempts = json.loads(self.file.attrs.get("attempts", "[]"))
+        attempts.append({"started": datetime.datetime.now().isoformat(timespec="seconds"), "ranks": int(ranks), "command_line": command_line})
+        self.file.attrs["attempts"] = json.dumps(attempts)
+        self.file.flush()
 
     def stage(self, name: str, *, iteration: int, module: str, unit_of_particle) -> h5py.Group:
         """The group of a stage, created at full size on first use."""
@@ -329,13 +344,29 @@ class ResultsFile:
 
 
 def run_record(path) -> dict:
-    """The root record of a finished or running ``results.h5``: {'lorefine_version', 'command_line'} ({} when it
-    cannot be read)."""
+    """The root record of a finished or running ``results.h5``: {'lorefine_version', 'command_line', 'attempts' (list of
+    {'started', 'ranks', 'command_line'}; empty for a file written before they were recorded)} ({} when it cannot be
+    read)."""
     try:
         with h5py.File(path, "r", locking=False) as f:
-            return {key: str(f.attrs.get(key, "?")) for key in ("lorefine_version", "command_line")}
-    except OSError:
+            record = {key: str(f.attrs.get(key, "?")) for key in ("lorefine_version", "command_line")}
+            record["attempts"] = json.loads(f.attrs.get("attempts", "[]"))
+            return record
+    except (OSError, ValueError):
         return {}
+
+
+def stage_prior_sigma(path, stage: str):
+    """The prior widths a stage's search used, (σ_rot rad, σ_px), each None where the prior was flat; None when the
+    stage or its attribute is not in the file."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            if stage not in f or "prior_sigma" not in f[stage].attrs:
+                return None
+            rot, px = (float(v) for v in f[stage].attrs["prior_sigma"])
+    except OSError:
+        return None
+    return (None if np.isnan(rot) else rot), (None if np.isnan(px) else px)
 
 
 def stage_cpu_seconds(path) -> dict:

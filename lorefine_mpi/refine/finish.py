@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 import numpy as np
 
-from lorefine_mpi.io import mrc, results
+from lorefine_mpi.geometry.volumes import centre_of_mass_px
+from lorefine_mpi.io import mrc, relion_job, results
 from lorefine_mpi.io.results import write_motion
 from lorefine_mpi.io.star import atomic_write_text
 from lorefine_mpi.reconstruction.reconstruct import backproject_halves, summed_half_maps, with_full
@@ -79,7 +81,7 @@ def finish_run(cfg, ctx, *, source, consensus_poses, poses, centres_px, masks, v
             folder.consensus_folder.mkdir(exist_ok=True)
             for h in (1, 2):
                 mrc.write_map(folder.consensus_half(h), maps[f"half{h}"], voxel_size_angstrom)
-    summary = {"modules": {}, "voxel_size_angstrom": voxel_size_angstrom}
+    summary = {"modules": {}, "voxel_size_angstrom": voxel_size_angstrom, "dataset": dataset_facts(cfg, source, voxel_size_angstrom)}
     results = {}
     if ctx.is_root:
         timings["consensus_half_maps_s"] = round(time.time() - clock, 2)
@@ -92,6 +94,8 @@ def finish_run(cfg, ctx, *, source, consensus_poses, poses, centres_px, masks, v
             fsc_mod.write_fsc_json(module / "fsc_consensus.json", {"consensus_half_maps_masked": before})
             result = pp.postprocess(h1, h2, mask, voxel_size_angstrom, bfactor=post.bfactor, force_mask=True, seed=cfg.seed)
             pp.write_outputs(module.path, result, f"{name}: resolution {result.resolution_angstrom:.2f} Å")
+            pp.write_relion_star(module.postprocess_star, result, half1=relion_path(module.half(1), cfg), half2=relion_path(module.half(2), cfg),
+                                 mask=relion_path(module.mask, cfg), command=f"the module {name} of lorefine refine {cfg.source}")
             plot_before_after_png(module / "fsc_before_after.png", before, result.fsc, name)
             results[name] = result
             summary["modules"][name] = {
@@ -99,10 +103,12 @@ def finish_run(cfg, ctx, *, source, consensus_poses, poses, centres_px, masks, v
                 "resolution_after_angstrom": result.resolution_angstrom,
                 "resolution_before_interpolated_angstrom": fsc_mod.resolution_at(before, 0.143),
                 "resolution_after_interpolated_angstrom": result.resolution_interpolated_angstrom,
-                "bfactor_angstrom2": result.bfactor_angstrom2, "warnings": result.warnings,
+                "bfactor_angstrom2": result.bfactor_angstrom2, "bfactor_source": result.bfactor_source, "warnings": result.warnings,
             }
-            log.info("%s: masked FSC 0.143 %.2f Å (consensus) -> %.2f Å (refined), B-factor %.1f Å²", name,
-                     summary["modules"][name]["resolution_before_angstrom"], result.resolution_angstrom, result.bfactor_angstrom2)
+            for warning in result.warnings:
+                log.warning("%s: post-processing: %s", name, warning)
+            log.info("%s: masked FSC 0.143 %.2f Å (consensus) -> %.2f Å (refined), B-factor %s", name,
+                     summary["modules"][name]["resolution_before_angstrom"], result.resolution_angstrom, bfactor_text(summary["modules"][name]))
         timings["postprocess_s"] = round(time.time() - clock, 2)
     del maps
     clock = time.time()
@@ -131,11 +137,54 @@ def finish_run(cfg, ctx, *, source, consensus_poses, poses, centres_px, masks, v
             summary["modules"][name] |= {"median_pose_change_deg": motion_summary["modules"][name]["median_angle_deg"],
                                          "median_pose_change_angstrom": motion_summary["modules"][name]["median_shift_angstrom"]}
         timings["motion_s"] = round(time.time() - clock, 2)
+        if len(names) > 1:
+            write_bodies(cfg, folder, masks, voxel_size_angstrom)
         timings["finish_total_s"] = round(sum(v for k, v in timings.items() if k != "refinement_s"), 2)
         atomic_write_text(folder.timings, json.dumps(timings, indent=1))
         atomic_write_text(folder.summary, json.dumps(summary, indent=1))
         report = write_report(folder.out) if write_report is not None else "(not written)"
         print(results_table(summary, report), flush=True)
+
+
+def dataset_facts(cfg, source, voxel_size_angstrom: float) -> dict:
+    """What the run ran on, for the report's header: particles, box, pixel size, optics groups, whether the CTF was used,
+    the iterations (all of the configured ones: lorefine has no convergence stop)."""
+    table = source.table
+    return {"particles": len(table), "box_px": int(source.box), "pixel_size_angstrom": float(voxel_size_angstrom),
+            "optics_groups": len(table.optics), "ctf": bool(source.use_ctf), "ctf_in_star": bool(table.has_ctf),
+            "iterations": int(cfg.iterations), "stopped_because": f"as configured (iterations: {cfg.iterations})"}
+
+
+def relion_path(path, cfg) -> str:
+    """A path as RELION reads it: relative to the project directory (RELION's working directory)."""
+    return os.path.relpath(path, cfg.project_dir)
+
+
+def write_bodies(cfg, folder: layout.RunFolder, masks, voxel_size_angstrom: float) -> None:
+    """``OUT/bodies.star``: the modules as RELION multi-body bodies, to continue with ``relion_refine --multibody_masks``
+    or ``relion_flex_analyse``. Per module: its mask (``OUT/MODULE/mask.mrc``); the σ of its rotation and shift that
+    lorefine learned in the last iteration (results.h5 ``prior_sigma``), or, where its prior was flat, a third of its
+    search window (RELION searches ±3σ); the body it rotates relative to: the config's ``rotate_relative_to`` (a bodies
+    file given as ``modules:``), else the module whose mask's centre of mass is nearest."""
+    centres = np.array([centre_of_mass_px(mask) for mask in masks])
+    names = [m.name for m in cfg.modules]
+    bodies = []
+    for k, module in enumerate(cfg.modules):
+        search = module.search(cfg.search)
+        learned = results.stage_prior_sigma(folder.results, results.stage_name(cfg.iterations, module.name)) or (None, None)
+        sigma_deg = np.rad2deg(learned[0]) if learned[0] is not None else search.cone_half_angle_deg / 3.0
+        sigma_px = learned[1] if learned[1] is not None else search.max_shift_px / 3.0
+        if module.rotate_relative_to is not None:
+            other = names.index(module.rotate_relative_to)
+        else:
+            distance = np.linalg.norm(centres - centres[k], axis=1)
+            distance[k] = np.inf
+            other = int(np.argmin(distance))
+        bodies.append({"mask": relion_path(folder.module_folder(module.name).mask, cfg), "rotate_relative_to": other + 1,
+                       "sigma_angles_deg": sigma_deg, "sigma_offset_angstrom": sigma_px * voxel_size_angstrom})
+    relion_job.write_bodies_star(folder.bodies, bodies)
+    log.info("bodies for RELION multi-body refinement: %s (%s)", folder.bodies, "; ".join(
+        f"{n}: σ {b['sigma_angles_deg']:.2f}°, {b['sigma_offset_angstrom']:.2f} Å, relative to body {b['rotate_relative_to']}" for n, b in zip(names, bodies)))
 
 
 def write_motion_outputs(run: layout.RunFolder, analysis, image_names, masks, voxel_size_angstrom: float, components: int) -> None:
@@ -161,14 +210,21 @@ def write_motion_outputs(run: layout.RunFolder, analysis, image_names, masks, vo
             mrc.write_map(folder / f"pc{c + 1}_frame{f}.mrc", frame, voxel_size_angstrom)
 
 
+def bfactor_text(module_summary: dict) -> str:
+    """A module's B-factor as the table shows it: ``-596 Å²``, or ``not estimated`` when the Guinier fit had too few
+    shells (`validation.postprocess.MIN_FIT_SHELLS`; none was applied)."""
+    if module_summary.get("bfactor_source") == "not estimated":
+        return "not estimated"
+    return f"{module_summary['bfactor_angstrom2']:.0f} Å²"
+
+
 def results_table(summary: dict, report_path) -> str:
     """The table `lorefine refine` ends with: per module the masked FSC 0.143 resolution of the consensus
     and of the refined map, the B-factor, and the median pose change; then the report's path."""
     rows = [("module", "resolution (masked FSC 0.143)", "B-factor", "median pose change")]
     for name, m in summary["modules"].items():
         change = m.get("median_pose_change_deg")
-        rows.append((name, f"{m['resolution_before_angstrom']:.2f} Å → {m['resolution_after_angstrom']:.2f} Å",
-                     f"{m['bfactor_angstrom2']:.0f} Å²",
+        rows.append((name, f"{m['resolution_before_angstrom']:.2f} Å → {m['resolution_after_angstrom']:.2f} Å", bfactor_text(m),
                      f"{change:.2f}°, {m['median_pose_change_angstrom']:.2f} Å" if change is not None else "-"))
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
     lines = [f"{r[0]:<{widths[0]}}   {r[1]:>{widths[1]}}   {r[2]:>{widths[2]}}   {r[3]:>{widths[3]}}" for r in rows]

@@ -2,7 +2,9 @@
 (`RunFolder`), so the folder checks know every place the run would write (`refine.preflight.check_output`).
 
     results.h5, config.yaml, lorefine.log, .lorefine.lock (while a run holds the folder)
-    combined.mrc, summary.json, timings.json, report.html
+    combined.mrc, summary.json, timings.json, report.html, bodies.star (the modules as RELION multi-body bodies)
+    note.txt, RELION_JOB_EXIT_SUCCESS / _FAILURE   the folder as a RELION job (`io.relion_job`; not outputs: a RELION
+                            job folder made by RELION's GUI holds a note.txt before the run starts)
     MODULE/                 the module's maps, STAR file, FSC, post-processing, local resolution, subtracted particles
     consensus/              the consensus poses' half maps
     motion/                 the modules' motion (post-processing)
@@ -25,7 +27,8 @@ COMBINED = "combined.mrc"
 SUMMARY = "summary.json"
 TIMINGS = "timings.json"
 REPORT = "report.html"
-TOP_FILES = (RESULTS, CONFIG, LOG, COMBINED, SUMMARY, TIMINGS, REPORT)
+BODIES = "bodies.star"
+TOP_FILES = (RESULTS, CONFIG, LOG, COMBINED, SUMMARY, TIMINGS, REPORT, BODIES)
 _ITERATION_FOLDER = re.compile(r"iteration_\d+")
 
 
@@ -65,6 +68,11 @@ class ModuleFolder:
     @property
     def star(self) -> Path:
         return self.path / "particles.star"
+
+    @property
+    def postprocess_star(self) -> Path:
+        """The module's post-processing in relion_postprocess's layout."""
+        return self.path / "postprocess.star"
 
     def __truediv__(self, name: str) -> Path:
         """Another file of the folder (post-processing, local resolution, plots)."""
@@ -108,6 +116,16 @@ class RunFolder:
     @property
     def report(self) -> Path:
         return self.out / REPORT
+
+    @property
+    def bodies(self) -> Path:
+        """The modules as a RELION multi-body bodies file (`refine.finish`)."""
+        return self.out / BODIES
+
+    @property
+    def job(self) -> Path:
+        """The folder as a RELION job: note.txt and the exit markers (`io.relion_job`) live here."""
+        return self.out
 
     def _iteration_folder(self, iteration: int | None) -> Path:
         return self.out if iteration is None or iteration == self.iterations else self.out / f"iteration_{iteration:02d}"

@@ -101,28 +101,34 @@ class Summary:
             what = "rotation centre (centre_px)" if m.centre_given else "centre of mass"
             out.append(f"  {m.name}: mask volume {m.volume_angstrom3:.4g} Å³, {what} ({c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f}) Å from the box centre")
             if m.search != cfg.search:
-                out.append(f"    own search: {_window(m.search)}")
-        k = options.candidate_counts(cfg.search)
-        out.append(
-            f"search           {cfg.search.strategy}: {k['n_directions']:.0f} directions × {k['n_psi']} ψ = "
-            f"{k['n_orientations']:.0f} orientations × {k['n_shifts']} shifts; "
-            f"{k['evaluations_per_particle']:.0f} CCC evaluations per particle and module; "
-            + ("angles refined between grid points (quadratic)" if options.ANGLE_REFINEMENTS[cfg.search.angle_refinement].refines else "angles on the grid")
-        )
+                out.append(f"    own search: {_window(m.search)}; {_evaluations(m.search)}")
+        out.append(f"search           {_evaluations(cfg.search)}")
         out.append(f"                 {_window(cfg.search)}")
         return out
 
 
-def _window(search) -> str:
-    """The search window and prior of a SearchConfig, and its candidates per particle."""
+def _evaluations(search) -> str:
+    """How the strategy scores a particle, and its CCC evaluations per particle and module, said once."""
     k = options.candidate_counts(search)
+    orientations = f"{k['n_orientations']:.0f} orientations ({k['n_directions']:.0f} directions × {k['n_psi']} ψ)"
+    if options.STRATEGIES[search.strategy].exhaustive:
+        how = f"{search.strategy}: {orientations}, each at {k['n_shifts']} shifts"
+    else:
+        how = (f"{search.strategy}: {search.n_random_angles} random orientations, each at {k['n_shifts']} shifts, then "
+               f"{orientations} at their mean best shift")
+    return f"{how} = {k['evaluations_per_particle']:.0f} CCC evaluations per particle and module"
+
+
+def _window(search) -> str:
+    """The search window and prior of a SearchConfig."""
 
     def prior(value, unit):
         return options.PriorWidth.of(value).describe(unit)
 
-    return (f"cone {search.cone_half_angle_deg:g}°, ψ ±{search.psi_half_range_deg:g}°, shifts ±{search.max_shift_px:g} px, "
-            f"prior σ {prior(search.prior_sigma_deg, '°')} / {prior(search.prior_sigma_px, ' px')}, {search.likelihood} likelihood; "
-            f"{k['evaluations_per_particle']:.0f} CCC evaluations per particle")
+    angles = "angles refined between grid points (quadratic)" if options.ANGLE_REFINEMENTS[search.angle_refinement].refines else "angles on the grid"
+    return (f"cone {search.cone_half_angle_deg:g}° in {search.angular_step_deg:g}° steps, ψ ±{search.psi_half_range_deg:g}° in "
+            f"{search.psi_step_deg:g}° steps, shifts ±{search.max_shift_px:g} px in {search.shift_step_px:g} px steps; "
+            f"prior σ {prior(search.prior_sigma_deg, '°')} / {prior(search.prior_sigma_px, ' px')}, {search.likelihood} likelihood; {angles}")
 
 
 def check_run(cfg, resume: bool, sample_size: int = 100, lock_in_use: bool = True) -> Summary:

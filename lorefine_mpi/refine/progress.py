@@ -47,3 +47,39 @@ class ProgressLog:
             return f"{head}, done in {duration(elapsed)}"
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         return f"{head}, ETA {duration(eta) if eta != float('inf') else 'unknown'}"
+
+
+class RunProgress:
+    """The whole run's progress: after each module stage (one iteration's search and reconstruction of one module), a
+    line with the stages done, the time so far and an ETA for the rest of the refinement:
+    ``run: 2/4 module stages done in 1m10s (this attempt); ETA 1m10s for the other 2, then the end-of-run analysis``.
+
+    The ETA is the remaining stages times the mean time of the stages this process has done since its first stage
+    started (every stage searches all particles of one module and reconstructs it, so they cost about the same; in a
+    resumed run the stages the checkpoint held go faster, and the ETA is then pessimistic at first)."""
+
+    def __init__(self, total_stages: int, clock=time.monotonic, emit=None):
+        self.total = int(total_stages)
+        self.clock = clock
+        self.emit = emit or log.info
+        self.first_started = None
+        self.done = set()
+
+    def stage_started(self, name: str) -> None:
+        if self.first_started is None:
+            self.first_started = self.clock()
+
+    def stage_done(self, name: str) -> None:
+        if self.first_started is None:
+            self.first_started = self.clock()
+        self.done.add(name)
+        self.emit(self.line(self.clock()))
+
+    def line(self, now: float) -> str:
+        done, elapsed = len(self.done), max(now - self.first_started, 0.0)
+        head = f"run: {done}/{self.total} module stages done in {duration(elapsed)} (this attempt)"
+        left = self.total - done
+        if left <= 0:
+            return f"{head}; next: the end-of-run analysis"
+        eta = left * elapsed / max(done, 1)
+        return f"{head}; ETA {duration(eta)} for the other {left}, then the end-of-run analysis"

@@ -26,11 +26,13 @@ import numpy as np
 from lorefine_mpi import __version__
 from lorefine_mpi.config import dump_config, search_fingerprint
 from lorefine_mpi.errors import EXIT_STOPPED, InputError
+from lorefine_mpi.io import relion_job
 from lorefine_mpi.io.results import ResultsFile
 from lorefine_mpi.io.runlock import RunLock
 from lorefine_mpi.io.star import atomic_write_text, read_star
 from lorefine_mpi.refine import layout
 from lorefine_mpi.refine.preflight import check_output, check_run
+from lorefine_mpi.refine.progress import RunProgress
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class Recorder:
         self.lock = None
         self.log_file = None
         self.cpu_seconds = {}  # stage -> part -> CPU seconds of this rank
+        self.progress = RunProgress(cfg.iterations * len(cfg.modules))  # the whole run's ETA, logged by rank 0
 
     # -- the run's life ---------------------------------------------------------------------
     @contextlib.contextmanager
@@ -118,7 +121,9 @@ class Recorder:
             version=__version__,
             resume=self.resume,
             stacks=summary.stacks,
+            ranks=self.dist.size,
         )
+        relion_job.begin(folder.job, self.command_line)  # the folder as a RELION job: note.txt, no end marker yet
         if not (folder.config.exists() and folder.config.read_text(encoding="utf-8") == dump_config(cfg)):
             atomic_write_text(folder.config, dump_config(cfg))
         # appends (a resumed run's log follows the first's); UTF-8 whatever the locale (its lines hold Å and °)
@@ -140,6 +145,11 @@ class Recorder:
         if self.results is not None:
             self.results.close()
             self.results = None
+
+    @property
+    def holds_folder(self) -> bool:
+        """Rank 0: this run took the output folder (its lock), so the folder's RELION job record is this run's."""
+        return self.lock is not None
 
     def release(self) -> None:
         """Release the folder's lock (after the watchdog thread, which refreshes it, has stopped)."""
@@ -167,6 +177,7 @@ class Recorder:
         """Collective: (unit_of_particle (n,), done (units,) bool) of a stage. The checkpoint fixes the work units of a
         stage it holds (whatever the parallel settings now); ``make_units()`` makes them for a new stage."""
         found = None
+        self.progress.stage_started(stage.name)
         if self.dist.is_root:
             group = self.results.stage(stage.name, iteration=stage.iteration, module=stage.module_name, unit_of_particle=make_units())
             found = group["unit_of_particle"][...], self.results.done_units(stage.name)
@@ -232,6 +243,7 @@ class Recorder:
         if self.dist.is_root:
             self.results.set_attribute(stage.name, "cpu_seconds", json.dumps(dict(zip(CPU_PARTS, total.tolist()))))
             log.info("%s: CPU time (all ranks) search %.1f s, reconstruction %.1f s, writing %.1f s", stage.name, *total)
+            self.progress.stage_done(stage.name)
 
 
 class _CpuClock:

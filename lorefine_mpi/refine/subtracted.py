@@ -123,7 +123,9 @@ def write_subtracted(run_dir, name: str, *, box_px: int | None = None, batch: in
         source.close()
     mask = mrc.read_map(run.module_folder(name).mask)[0]
     mrc.write_map(folder / "subtracted_map.mrc", crop_volume(volumes.recentre(maps[index], centre), box_px), voxel)
-    mrc.write_map(folder / "subtracted_mask.mrc", crop_volume(volumes.recentre(mask, centre), box_px), voxel)
+    # the recentring is a Fourier shift, whose ringing takes a soft mask slightly outside [0, 1] (−0.007 … 1.009 seen):
+    # clipped, as RELION requires of a mask
+    mrc.write_map(folder / "subtracted_mask.mrc", np.clip(crop_volume(volumes.recentre(mask, centre), box_px), 0.0, 1.0), voxel)
     rot, tilt, psi = rotations.matrix_to_euler(matrices)
     relative = os.path.relpath(stack, cfg.project_dir)
     star = folder / "subtracted.star"

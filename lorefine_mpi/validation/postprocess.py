@@ -12,9 +12,14 @@ Steps (RELION 3.1's Postprocessing::run and sharpenMap; tests compare with its o
        1e-4 and zero beyond.
     3. Guinier plot: ``ln`` of the mean amplitude of each shell's stored coefficients against
        ``s² = (i / (N · voxel))²`` (1/Å²), up to Nyquist. ``bfactor = "auto"``: B = 4 × the slope of a
-       least-squares line through the FSC-weighted plot between ``fit_lowres_angstrom`` (10 Å) and
-       ``fit_highres_angstrom`` (RELION's --autob_highres; default 0, as RELION: up to where the FSC weighting
-       ends; None: up to the resolution); or a given B (Å², negative sharpens).
+       least-squares line through the FSC-weighted plot between ``fit_lowres_angstrom`` (10 Å, RELION's
+       --autob_lowres) and ``fit_highres_angstrom`` (RELION's --autob_highres): by default (None) the resolution,
+       so that only shells with signal set the slope; 0 is relion_postprocess's own default, up to where the FSC
+       weighting ends, where shells past the resolution with a small, noisy FSC (one random phase randomisation)
+       can set the slope (RELION 3.1.3's B moved by a factor of 2 or more between seeds on one pair of half maps,
+       docs/relion.md). With fewer than ``MIN_FIT_SHELLS`` shells in the range the B-factor is not estimated
+       from the data: none is applied (B = 0, source "not estimated") and a warning says so; or a given B
+       (Å², negative sharpens).
     4. The weighted spectrum times ``exp(−B s² / 4)`` up to Nyquist (zero beyond), low-passed at the
        resolution (or ``lowpass_angstrom``) with a raised-cosine edge one shell either side (RELION's
        --low_pass with --filter_edge_width 2), back to real space: the sharpened map; times the mask:
@@ -32,7 +37,8 @@ import numpy as np
 from lorefine_mpi.validation import fsc as fsc_mod
 
 FIT_LOWRES_ANGSTROM = 10.0  # RELION's --autob_lowres
-FIT_HIGHRES_ANGSTROM = 0.0  # RELION's --autob_highres: 0 fits up to where the FSC weighting ends
+FIT_HIGHRES_ANGSTROM = None  # the high end of the fit: the resolution (RELION's --autob_highres; its 0: where the weighting ends)
+MIN_FIT_SHELLS = 5  # fewer shells between 10 Å and the high end: the B-factor is not estimated from the data
 WEIGHT_FLOOR_FSC = 1e-4  # RELION: the FSC weighting stops where FSC_true first drops below this
 PHASE_RANDOMISED_WARNING = 0.1
 
@@ -61,7 +67,7 @@ class PostprocessResult:
     resolution_shell: int
     resolution_interpolated_angstrom: float  # the crossing of 0.143, interpolated between shells
     bfactor_angstrom2: float
-    bfactor_source: str  # "auto" (Guinier fit) or "given"
+    bfactor_source: str  # "auto" (Guinier fit), "given", or "not estimated" (too few shells for a fit: none applied)
     lowpass_angstrom: float
     guinier: GuinierPlot
     sharpened: np.ndarray  # (N, N, N) float32
@@ -154,8 +160,8 @@ def postprocess(half1, half2, mask, voxel_size_angstrom: float, *, bfactor="auto
     """Post-process two half maps (N, N, N) float with a soft mask (N, N, N) in [0, 1] (module docstring).
 
     bfactor: "auto" or a number (Å², negative sharpens). fit_highres_angstrom: the Guinier fit's
-    high-resolution end in Å (0, the default: where the FSC weighting ends, as RELION; None: the
-    resolution). lowpass_angstrom: default the resolution.
+    high-resolution end in Å (None, the default: the resolution; 0: where the FSC weighting ends, as
+    relion_postprocess by default). lowpass_angstrom: default the resolution.
     """
     h1 = np.asarray(half1, dtype=np.float64)
     h2 = np.asarray(half2, dtype=np.float64)
@@ -193,9 +199,13 @@ def postprocess(half1, half2, mask, voxel_size_angstrom: float, *, bfactor="auto
     if bfactor == "auto":
         b, slope, intercept, corr, points, s2_range = fit_bfactor(s2[1:], ln_weighted[1:], fit_lowres_angstrom, highres)
         fit = (slope, intercept, corr, points, s2_range)
-        if points < 2:
-            warnings.append(f"no B-factor: fewer than two Guinier points between {fit_lowres_angstrom:g} Å and {highres:.2f} Å")
         source = "auto"
+        if points < MIN_FIT_SHELLS:
+            up_to = f"{highres:.2f} Å" if highres > 0 else "where the FSC weighting ends"
+            warnings.append(f"B-factor not estimated from the data: {points} Fourier shell{'s' if points != 1 else ''} between "
+                            f"{fit_lowres_angstrom:g} Å and {up_to}, at least {MIN_FIT_SHELLS} needed for the Guinier fit; "
+                            "no B-factor applied (give one: postprocess.bfactor, or --bfactor)")
+            b, fit, source = 0.0, (None, None, None, points, None), "not estimated"
     else:
         b, source = float(bfactor), "given"
     s2_voxel = (radius / (n * voxel_size_angstrom)) ** 2
@@ -207,7 +217,7 @@ def postprocess(half1, half2, mask, voxel_size_angstrom: float, *, bfactor="auto
         ft = ft * lowpass_weights(n, voxel_size_angstrom, lowpass, radius)
     sharpened = np.fft.irfftn(ft, s=h1.shape, axes=(0, 1, 2)).astype(np.float32)
     guinier = GuinierPlot(s2[1:], ln_in[1:], ln_weighted[1:], ln_sharpened[1:], fit[0], fit[1], fit[2],
-                          (fit_lowres_angstrom, highres) if source == "auto" else None, fit[3], fit[4])
+                          (fit_lowres_angstrom, highres) if bfactor == "auto" else None, fit[3], fit[4])
     masked = None if mask is None else (sharpened * np.asarray(mask, dtype=np.float32))
     return PostprocessResult(curve, float(resolution), int(shell), float(interpolated), float(b), source, float(lowpass), guinier,
                              sharpened, masked, float(voxel_size_angstrom), mask_used, warnings)
@@ -261,3 +271,37 @@ def write_outputs(folder, result: PostprocessResult, title: str = "", prefix: st
     fsc_mod.plot_fsc_png(paths["fsc_png"], {"corrected, masked": result.fsc}, title or f"resolution {result.resolution_angstrom:.2f} Å", details=True)
     plot_guinier_png(paths["guinier_png"], result, title)
     return paths
+
+
+def write_relion_star(path, result: PostprocessResult, *, half1: str, half2: str, mask: str, command: str = "") -> Path:
+    """``postprocess.star`` in relion_postprocess's layout (RELION 3.1: `io.relion_job.write_postprocess_star`), so that
+    RELION's programs that take a post-processing job (CTF refinement, polishing, relion_star_handler …) read this one.
+    half1, half2, mask: the file names as RELION should read them (relative to its project directory)."""
+    from lorefine_mpi.io import relion_job
+
+    f, g = result.fsc, result.guinier
+    shells = np.arange(len(f.fsc))
+    n = 2 * (len(f.fsc) - 1)
+    with np.errstate(divide="ignore"):
+        angstrom = np.where(shells > 0, n * result.voxel_size_angstrom / np.maximum(shells, 1), 999.0)
+    general = {"rlnFinalResolution": result.resolution_angstrom, "rlnBfactorUsedForSharpening": result.bfactor_angstrom2,
+               "rlnUnfilteredMapHalf1": half1, "rlnUnfilteredMapHalf2": half2}
+    fsc = {"rlnSpectralIndex": shells, "rlnResolution": 1.0 / angstrom, "rlnAngstromResolution": angstrom}
+    if result.mask_used and f.fsc_unmasked is not None:
+        general["rlnMaskName"] = mask
+        if f.randomise_from_shell is not None:
+            general["rlnRandomiseFrom"] = n * result.voxel_size_angstrom / f.randomise_from_shell
+        fsc |= {"rlnFourierShellCorrelationCorrected": f.fsc, "rlnFourierShellCorrelationUnmaskedMaps": f.fsc_unmasked,
+                "rlnFourierShellCorrelationMaskedMaps": f.fsc_masked,
+                "rlnCorrectedFourierShellCorrelationPhaseRandomizedMaskedMaps": f.fsc_phase_randomised}
+    else:
+        fsc["rlnFourierShellCorrelationUnmaskedMaps"] = f.fsc if f.fsc_unmasked is None else f.fsc_unmasked
+    if g.fit_slope is not None:
+        general |= {"rlnFittedSlopeGuinierPlot": g.fit_slope, "rlnFittedInterceptGuinierPlot": g.fit_intercept,
+                    "rlnCorrelationFitGuinierPlot": g.fit_correlation}
+    guinier = {"rlnResolutionSquared": g.s2_inv_angstrom2, "rlnLogAmplitudesOriginal": g.ln_amplitude,
+               "rlnLogAmplitudesWeighted": g.ln_amplitude_weighted, "rlnLogAmplitudesSharpened": g.ln_amplitude_sharpened}
+    if g.fit_intercept is not None:
+        guinier["rlnLogAmplitudesIntercept"] = np.full(len(g.s2_inv_angstrom2), g.fit_intercept)
+    comment = f"lorefine postprocess ({result.bfactor_source} B-factor); {command}".rstrip("; ")
+    return relion_job.write_postprocess_star(path, comment=comment, general=general, fsc=fsc, guinier=guinier)

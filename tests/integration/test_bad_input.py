@@ -186,6 +186,7 @@ def test_valid_inputs_pass_check_with_a_summary(tmp_path):
     config = make_dataset(tmp_path)
     done = subprocess.run([sys.executable, "-m", "lorefine_mpi.cli.main", "check", str(config)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    for expected in ("particles        24", "box              48 px", "large: mask volume", "centre of mass", "orientations ×"):
+    for expected in ("particles        24", "box              48 px", "large: mask volume", "centre of mass", "orientations ("):
         assert expected in done.stdout
+    assert done.stdout.count("CCC evaluations") == 1 and "CCC evaluations per particle and module" in done.stdout  # said once
     assert not (tmp_path / "out").exists()

@@ -10,6 +10,7 @@ import pytest
 
 from lorefine_mpi.cli.main import main
 from lorefine_mpi.io import mrc
+from lorefine_mpi.io.star import parse_star
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -43,12 +44,16 @@ def test_postprocess_writes_maps_plots_json_and_local_resolution(halves, lorefin
                     "--locres-step", "8", cwd=halves)
     assert done.returncode == 0, done.stderr
     out = halves / "pp"
-    for name in ("postprocess.mrc", "postprocess_masked.mrc", "postprocess.json", "postprocess_fsc.png", "postprocess_guinier.png",
+    for name in ("postprocess.mrc", "postprocess_masked.mrc", "postprocess.json", "postprocess.star", "postprocess_fsc.png", "postprocess_guinier.png",
                  "locres.mrc", "locres.json", "locres_histogram.png", "locres_slices.png"):
         assert (out / name).stat().st_size > 0, name
     result = json.loads((out / "postprocess.json").read_text())
     assert f"{result['resolution_angstrom']:.2f} Å" in done.stdout.splitlines()[0]
     assert f"B-factor: {result['bfactor_angstrom2']:.1f} Å²" in done.stdout
+    star = parse_star(out / "postprocess.star")  # relion_postprocess's layout (test_relion_job: RELION reads it)
+    general = dict(zip(star["general"][0], star["general"][1][0]))
+    assert float(general["rlnFinalResolution"]) == pytest.approx(result["resolution_angstrom"], abs=1e-5)
+    assert general["rlnUnfilteredMapHalf1"] == "h1.mrc" and general["rlnMaskName"] == "mask.mrc" and "fsc" in star and "guinier" in star
     sharpened, voxel = mrc.read_map(out / "postprocess.mrc")
     masked, _ = mrc.read_map(out / "postprocess_masked.mrc")
     mask, _ = mrc.read_map(halves / "mask.mrc")

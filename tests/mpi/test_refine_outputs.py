@@ -20,7 +20,7 @@ from lorefine_mpi.io.star import read_star
 
 MODULES = ("large", "small")
 PER_MODULE = ("map.mrc", "half1.mrc", "half2.mrc", "mask.mrc", "particles.star", "fsc.json", "fsc.png", "fsc_consensus.json",
-              "fsc_before_after.png", "postprocess.mrc", "postprocess_masked.mrc", "postprocess.json", "postprocess_fsc.png",
+              "fsc_before_after.png", "postprocess.mrc", "postprocess_masked.mrc", "postprocess.json", "postprocess.star", "postprocess_fsc.png",
               "postprocess_guinier.png", "locres.mrc", "locres.json", "locres_histogram.png", "locres_slices.png", "pose_change.png")
 MOTION = ("motion.csv", "motion.json", "relative_motion.png", "pca.png", "pc1_frame1.mrc", "pc1_frame5.mrc", "pc2_frame3.mrc")
 
@@ -45,8 +45,9 @@ def test_output_folder_holds_every_documented_file(refined):
         for name in PER_MODULE:
             assert (refined / module / name).stat().st_size > 0, f"{module}/{name}"
     for name in ("combined.mrc", "results.h5", "config.yaml", "lorefine.log", "summary.json", "timings.json", "report.html",
-                 "consensus/half1.mrc", "consensus/half2.mrc"):
+                 "consensus/half1.mrc", "consensus/half2.mrc", "bodies.star", "note.txt"):
         assert (refined / name).stat().st_size > 0, name
+    assert (refined / "RELION_JOB_EXIT_SUCCESS").is_file() and not (refined / "RELION_JOB_EXIT_FAILURE").exists()
     for name in MOTION:
         assert (refined / "motion" / name).stat().st_size > 0, name
     assert not list(refined.rglob("*.tmp*")), "a temporary file was left behind"

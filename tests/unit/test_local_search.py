@@ -75,7 +75,7 @@ def test_separate_search_recovers_known_poses_to_a_fraction_of_a_grid_step(modul
     print(f"ctf {ctf}: angle median {np.median(angle):.3f} max {angle.max():.3f} deg, shift max {shift.max():.3f} px")
     assert angle.max() <= 0.8 and np.median(angle) <= 0.45, angle
     assert shift.max() <= 0.2, shift
-    assert np.all(found.score > 0.95)  # an astigmatic CTF is turned by the central in-plane angle only (README, Known limits)
+    assert np.all(found.score > 0.95)  # an astigmatic CTF is turned by the central in-plane angle only (docs/accuracy.md, Known limits)
 
 
 def test_results_do_not_depend_on_the_other_particles_of_the_unit(module_map):

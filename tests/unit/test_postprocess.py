@@ -43,6 +43,24 @@ def test_auto_bfactor_recovers_the_blur_and_sharpening_flattens_the_spectrum(n, 
     assert abs(flat) < 0.05 * abs(g.fit_slope)
 
 
+def test_too_short_a_fit_is_no_b_factor_and_a_warning():
+    """Signal to 8 Å at 3 Å/px, box 32: the shells between 10 Å and the resolution are fewer than
+    MIN_FIT_SHELLS, so no B-factor is estimated (none applied) and the result says why."""
+    n, voxel = 32, 3.0
+    structure = blurred(n, voxel, 800.0, seed=3)
+    rng = np.random.default_rng(2)
+    sd = structure.std()
+    h1, h2 = structure + rng.normal(size=structure.shape) * 0.5 * sd, structure + rng.normal(size=structure.shape) * 0.5 * sd
+    result = pp.postprocess(h1, h2, np.ones_like(h1), voxel)
+    shells = np.arange(1, n // 2 + 1)
+    in_range = np.sum((n * voxel / shells <= 10.0) & (n * voxel / shells >= result.resolution_angstrom - 1e-9))
+    assert in_range < pp.MIN_FIT_SHELLS
+    assert result.bfactor_source == "not estimated" and result.bfactor_angstrom2 == 0.0 and result.guinier.fit_slope is None
+    assert result.guinier.fit_points == in_range
+    assert any(w.startswith(f"B-factor not estimated from the data: {in_range} Fourier shell") for w in result.warnings)
+    assert result.to_dict()["bfactor_source"] == "not estimated"
+
+
 def test_sharpening_equals_a_per_coefficient_loop():
     """Weighting by sqrt(2F/(1+F)), B-factor, raised-cosine low-pass, one coefficient at a time (box 12)."""
     n, voxel, b = 12, 2.0, -80.0

@@ -68,7 +68,7 @@ def test_the_learned_rotation_width_follows_the_motion(module_map, step_deg=2.0)
     """Sets of 24 particles of the same module moving by 0.5°, 1.5° and 3° per axis: the learned width grows
     with the motion (printed here: 1.41°, 2.0°, 2.83° on a 2° grid; the widths of the grid are √2 apart). The
     smallest motion comes out wider than it is: on the integer grid of shifts, part of the angle's spread
-    makes up for the shift's rounding (the README's Known limits)."""
+    makes up for the shift's rounding (docs/accuracy.md, Known limits)."""
     grid_rot, grid_px = np.deg2rad(prior.SIGMA_ROT_GRID_DEG), prior.SIGMA_PX_GRID
     learned = []
     for motion in (0.5, 1.5, 3.0):

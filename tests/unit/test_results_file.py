@@ -72,3 +72,15 @@ def test_a_units_results_land_in_its_particles_rows(tmp_path):
             for field, v in want.items():
                 np.testing.assert_array_equal(f[stage][field][...], v, err_msg=f"{stage} {field}")
             np.testing.assert_array_equal(f[stage]["unit_done"][...], np.isin(np.arange(6), [1, 3, 4]).astype(np.int8))
+
+
+def test_every_start_of_a_run_is_recorded_with_its_ranks(tmp_path):
+    path = tmp_path / "results.h5"
+    results.ResultsFile(path, image_names=["1@a.mrcs"], config_yaml="seed: 1\n", fingerprint={"seed": 1}, command_line="lorefine refine c.yaml",
+                        version="9.9", resume=False, ranks=2).close()
+    results.ResultsFile(path, image_names=["1@a.mrcs"], config_yaml="seed: 1\n", fingerprint={"seed": 1},
+                        command_line="lorefine refine c.yaml --continue", version="9.9", resume=True, ranks=3).close()
+    attempts = results.run_record(path)["attempts"]
+    assert [a["ranks"] for a in attempts] == [2, 3]
+    assert [a["command_line"] for a in attempts] == ["lorefine refine c.yaml", "lorefine refine c.yaml --continue"]
+    assert all(len(a["started"]) == 19 for a in attempts)  # ISO time to the second
