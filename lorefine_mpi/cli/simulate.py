@@ -6,7 +6,7 @@ from pathlib import Path
 from lorefine_mpi.simulate.dataset import load_simulate_config, simulate, simulate_config_from_dict
 
 NAME = "simulate"
-HELP = "simulate a flexible two-module dataset (paper protocol) with ground truth; no CONFIG = the embedded default"
+HELP = "simulate a flexible multi-module dataset (paper protocol) with ground truth; no CONFIG = the embedded default"
 
 log = logging.getLogger(__name__)
 

@@ -125,15 +125,19 @@ def simulate_config_from_dict(raw, folder: Path) -> SimulateConfig:
             if not isinstance(given, dict):
                 raise InputError(f"{key}: expected a mapping, got {given!r}")
             merged = dict(base)
+            allowed = list(base) + (["modules"] if key == "phantom" else [])  # phantom.modules: only when given
             for sub, value in given.items():
-                if sub not in base:
-                    raise unknown_key(f"{key}.{sub}", sub, list(base))
-                merged[sub] = _axis(value) if f"{key}.{sub}" == "motion.axis" else checked_value(f"{key}.{sub}", value, _RULES)
+                if sub not in allowed:
+                    raise unknown_key(f"{key}.{sub}", sub, allowed)
+                special = {"motion.axis": _axis, "phantom.modules": _mass_fractions}.get(f"{key}.{sub}")
+                merged[sub] = special(value) if special else checked_value(f"{key}.{sub}", value, _RULES)
             values[key] = merged
         elif key == "source":
             values[key] = _source(given, folder)
         else:
             values[key] = checked_value(key, given, _RULES)
+    if values["phantom"] and values["phantom"].get("modules") is not None and values["source"] != "phantom":
+        raise InputError("phantom.modules: only used with source: phantom; remove it or set source: phantom")
     if values["ctf"] and values["ctf"]["defocus_min_um"] > values["ctf"]["defocus_max_um"]:
         raise InputError("ctf.defocus_min_um: must not exceed ctf.defocus_max_um")
     return SimulateConfig(output=resolve_path("output", raw["output"], folder), **values)
@@ -147,6 +151,18 @@ def _axis(value):
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
             or not any(value)):
         raise InputError(f"motion.axis: expected null or three numbers [x, y, z], not all zero, got {value!r}")
+    return [float(v) for v in value]
+
+
+def _mass_fractions(value):
+    """phantom.modules: null (the two-module default phantom) or K ≥ 2 mass fractions, each in (0, 1), summing to 1."""
+    numbers = isinstance(value, (list, tuple)) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
+    if value is None:
+        return None
+    if not numbers or not 2 <= len(value) <= 20 or not all(0 < v < 1 for v in value) or abs(sum(value) - 1.0) > 0.01:
+        raise InputError(f"phantom.modules: expected null or 2 to 20 mass fractions, each in (0, 1), summing to 1 "
+                         f"(within 0.01), e.g. [0.57, 0.28, 0.15]; got {value!r}")
     return [float(v) for v in value]
 
 
@@ -166,7 +182,7 @@ def _module_maps(cfg: SimulateConfig):
     from lorefine_mpi.simulate.phantoms import soft_masks
 
     if cfg.source == "phantom":
-        ph = make_phantom(cfg.box, cfg.phantom["seed"])
+        ph = make_phantom(cfg.box, cfg.phantom["seed"], mass_fractions=cfg.phantom.get("modules"))
         return ph.module_maps, ph.masks
     if "map" in cfg.source:
         volume, _ = mrc.read_map(cfg.source["map"])
