@@ -222,8 +222,9 @@ def full_spectrum_mean_square(half, box) -> float:
     return float((np.abs(half) ** 2 * fourier.half_axis_multiplicity(box)).sum() / box**2)
 
 
-def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:
-    """Write the dataset into ``cfg.output``; returns the realised statistics."""
+def simulate(cfg: SimulateConfig, batch: int | None = None) -> dict:
+    """Write the dataset into ``cfg.output``; returns the realised statistics. batch: images per step (default
+    `batch_size`); the images do not depend on it (every random draw is made up front or in image order)."""
     started = time.time()
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -233,7 +234,6 @@ def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:
     from lorefine_mpi.search.modules import centre_of_mass_px
 
     centres = np.array([centre_of_mass_px(m) for m in maps])
-    fvols = [fourier.prepare_volume(m, 2) for m in maps]
     # Every random draw up front (so results do not depend on the batch size).
     A = uniform_rotations(rng, n)
     origin = rng.normal(0, cfg.origin_sigma_px, (n, 2))
@@ -258,40 +258,56 @@ def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:
     stack_path = out / "particles.mrcs"
     tmp_stack = out / ".particles.mrcs.tmp"
     with mrcfile.new_mmap(tmp_stack, shape=(n, box, box), mrc_mode=2, overwrite=True) as stack:
-        stack.voxel_size = apix
+        stack.voxel_size = apix  # the header; the images are written below with plain file I/O
+        images = _Rows(tmp_stack, stack.data.offset, (box, box), stack.data.dtype)
+    batch = batch or batch_size(box)
+    batches = [np.arange(start, min(n, start + batch)) for start in range(0, n, batch)]
+
+    def ctf_of(rows):
+        if not ctf_params:
+            return None
+        return ctf_model.ctf_2d(box, apix, ctf_params[0][rows], ctf_params[1][rows], ctf_params[2][rows],
+                                cfg.ctf["voltage_kv"], cfg.ctf["cs_mm"], cfg.ctf["amplitude_contrast"])
+
+    # The noise-free spectra, one module at a time (one padded module spectrum in memory at once), summed in a
+    # scratch file in the same order as sum(module 1, module 2, ...) would: the same bits.
+    spectra = _Rows(out / ".spectra.tmp", 0, (box, box // 2 + 1), np.complex64, create=n)
+    try:
+        for k in range(k_mod):
+            fvol = fourier.prepare_volume(maps[k], 2)
+            for rows in batches:
+                projection = fourier.project(fvol, module_poses[k][0][rows], module_poses[k][1][rows], ctf=ctf_of(rows))
+                spectra.write(rows[0], 0 + projection if k == 0 else spectra.read(rows[0], len(rows)) + projection)
+            del fvol
         variances = np.empty(n)
-        for start in range(0, n, batch):
-            rows = np.arange(start, min(n, start + batch))
-            ctf = None
-            if ctf_params:
-                ctf = ctf_model.ctf_2d(box, apix, ctf_params[0][rows], ctf_params[1][rows], ctf_params[2][rows],
-                                       cfg.ctf["voltage_kv"], cfg.ctf["cs_mm"], cfg.ctf["amplitude_contrast"])
-            spectrum = sum(fourier.project(fv, pose[0][rows], pose[1][rows], ctf=ctf) for fv, pose in zip(fvols, module_poses))
+        for rows in batches:
+            spectrum = spectra.read(rows[0], len(rows))
             if mtf is not None:
                 spectrum = spectrum * mtf
             clean = fourier.to_real(spectrum, box)
             variances[rows] = clean.reshape(len(rows), -1).var(axis=1)
-            stack.data[rows] = clean
-        signal_var = float(variances.mean())
-        snr = cfg.noise["snr"] if cfg.noise else None
-        noise_sd = np.sqrt(signal_var / snr) if snr else 0.0  # of the noise as detected (after the MTF)
-        # White noise through the MTF keeps mean(MTF²) over the full spectrum of its variance (Parseval).
-        white_sd = noise_sd / np.sqrt(full_spectrum_mean_square(mtf, box)) if mtf is not None else noise_sd
-        scale = 1.0 / noise_sd if snr else 1.0 / np.sqrt(signal_var)
-        noise_rng = np.random.default_rng(noise_seed)
-        achieved = []
-        for start in range(0, n, batch):
-            rows = slice(start, min(n, start + batch))
-            clean = np.asarray(stack.data[rows], dtype=np.float64)
-            if snr:
-                noise = noise_rng.normal(0, white_sd, clean.shape)
-                if mtf is not None:
-                    noise = fourier.to_real(fourier.to_fourier(noise) * mtf, box)
-                achieved.append(clean.reshape(len(clean), -1).var(axis=1).mean() / noise.var())
-                clean = clean + noise
-            stack.data[rows] = (clean * scale).astype(np.float32)
-            if start and start % (10 * batch) == 0:
-                log.info("simulate: %d/%d images", start, n)
+            images.write(rows[0], clean)
+    finally:
+        spectra.remove()
+    signal_var = float(variances.mean())
+    snr = cfg.noise["snr"] if cfg.noise else None
+    noise_sd = np.sqrt(signal_var / snr) if snr else 0.0  # of the noise as detected (after the MTF)
+    # White noise through the MTF keeps mean(MTF²) over the full spectrum of its variance (Parseval).
+    white_sd = noise_sd / np.sqrt(full_spectrum_mean_square(mtf, box)) if mtf is not None else noise_sd
+    scale = 1.0 / noise_sd if snr else 1.0 / np.sqrt(signal_var)
+    noise_rng = np.random.default_rng(noise_seed)
+    achieved = []
+    for rows in batches:
+        clean = np.asarray(images.read(rows[0], len(rows)), dtype=np.float64)
+        if snr:
+            noise = noise_rng.normal(0, white_sd, clean.shape)
+            if mtf is not None:
+                noise = fourier.to_real(fourier.to_fourier(noise) * mtf, box)
+            achieved.append(clean.reshape(len(clean), -1).var(axis=1).mean() / noise.var())
+            clean = clean + noise
+        images.write(rows[0], (clean * scale).astype(np.float32))
+        if rows[0] and rows[0] % (10 * batch) == 0:
+            log.info("simulate: %d/%d images", rows[0], n)
     tmp_stack.replace(stack_path)
     optics = [OpticsGroup(1, "opticsGroup1", apix, box, cfg.ctf["voltage_kv"] if cfg.ctf else 300.0,
                           cfg.ctf["cs_mm"] if cfg.ctf else 2.7, cfg.ctf["amplitude_contrast"] if cfg.ctf else 0.1)]
@@ -321,6 +337,7 @@ def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:
         mrc.write_map(out / f"mask_module_{k}.mrc", mask, apix)
     mrc.write_map(out / "gt_whole.mrc", whole * scale, apix)
     mrc.write_map(out / "mask_whole.mrc", np.clip(sum(masks), 0, 1), apix)
+    del maps, masks, whole  # not needed by the consensus reconstruction
     consensus = reconstruct_consensus(table, box, use_ctf=bool(cfg.ctf))
     mrc.write_map(out / "consensus.mrc", consensus, apix)
     stats = {
@@ -342,6 +359,43 @@ def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:
     }
     atomic_write_text(out / "lorefine.yaml", "# LO-refinement of this dataset: lorefine refine lorefine.yaml\n" + yaml.safe_dump(refine, sort_keys=False))
     return stats
+
+
+def batch_size(box: int) -> int:
+    """Images per step: 500 up to box 64 (as every release made them), then fewer so that a step's arrays stay
+    at the size of box 64's (2^21 pixels per array: 16 MB of float64) at any box."""
+    return max(1, min(500, 2**21 // box**2))
+
+
+class _Rows:
+    """Rows of a C-ordered array of shape (n, *row_shape) in a binary file from byte ``offset``, read and written
+    with plain file I/O, not a memory map: the written pages go to the page cache and do not stay in this
+    process's resident memory (a memory-mapped stack of 10,000 images of 256² is 2.6 GB resident once written).
+    create=n: make (or truncate) the file to hold n rows."""
+
+    def __init__(self, path, offset: int, row_shape, dtype, create: int | None = None):
+        self.path, self.offset, self.row_shape, self.dtype = Path(path), int(offset), tuple(row_shape), np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
+        if create is not None:
+            with open(self.path, "wb") as f:
+                f.truncate(self.offset + create * self.row_bytes)
+
+    def write(self, start: int, rows) -> None:
+        data = np.ascontiguousarray(rows, dtype=self.dtype)
+        with open(self.path, "r+b") as f:
+            f.seek(self.offset + start * self.row_bytes)
+            f.write(memoryview(data).cast("B"))
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        out = np.empty((count, *self.row_shape), dtype=self.dtype)
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + start * self.row_bytes)
+            if f.readinto(memoryview(out).cast("B")) != out.nbytes:
+                raise OSError(f"{self.path}: short read")
+        return out
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def module_names(k: int) -> list[str]:

@@ -99,20 +99,41 @@ def atoms_to_map(atoms_px, box, sigma_px=ATOM_SIGMA_PX) -> np.ndarray:
 
 def soft_masks(module_maps, threshold_fraction=0.04, lowpass_px=1.5, dilate_px=2.0, soft_px=4.0):
     """One soft mask per module: low-pass, threshold at a fraction of the max, exclusive cores (a voxel
-    belongs to the module with the higher low-passed density), dilate, cosine edge. Values in [0, 1]."""
+    belongs to the module with the higher low-passed density), dilate, cosine edge. Values in [0, 1].
+
+    Memory: the owner of each voxel is found with a running maximum (not a stack of every module), and each
+    module's distance transform runs on the box around its core widened by the edge (dilate + soft edge): a voxel
+    further out is 0 whatever the exact distance, and one inside has all of the core within the crop, so the
+    distances, hence the masks, are those of the whole box."""
     from scipy import ndimage
 
     smooth = [ndimage.gaussian_filter(m.astype(np.float64), lowpass_px) for m in module_maps]
-    stack = np.stack(smooth)
-    owner = np.argmax(stack, axis=0)
+    owner = np.zeros(smooth[0].shape, dtype=np.int16)  # = argmax over the modules (the first of equal values)
+    best = smooth[0].copy()
+    for k, s in enumerate(smooth[1:], 1):
+        higher = s > best
+        owner[higher] = k
+        np.maximum(best, s, out=best)
+    del best
+    margin = int(np.ceil(dilate_px + soft_px)) + 1
     masks = []
     for k, s in enumerate(smooth):
         core = (s > threshold_fraction * s.max()) & (owner == k)
-        distance = ndimage.distance_transform_edt(~core)
+        crop = (slice(None),) * core.ndim
+        if core.any():
+            where = np.argwhere(core)
+            crop = tuple(slice(max(lo - margin, 0), min(hi + margin + 1, size))
+                         for lo, hi, size in zip(where.min(0), where.max(0), core.shape))
+        distance = ndimage.distance_transform_edt(~core[crop])
         edge = np.clip((distance - dilate_px) / soft_px, 0.0, 1.0)
-        masks.append((0.5 + 0.5 * np.cos(np.pi * edge)).astype(np.float32))
+        mask = np.zeros(core.shape, dtype=np.float32)
+        mask[crop] = (0.5 + 0.5 * np.cos(np.pi * edge)).astype(np.float32)
+        masks.append(mask)
+    del smooth, owner
     total = np.maximum(sum(masks), 1.0)
-    return [(m / total).astype(np.float32) for m in masks]
+    for m in masks:
+        np.divide(m, total, out=m)
+    return masks
 
 
 def _touching_separation(r_a, r_b, axis) -> float:

@@ -212,3 +212,20 @@ def test_phantom_modules_with_a_map_source_is_refused(tmp_path):
     with pytest.raises(InputError, match="phantom.modules: only used with source: phantom"):
         simulate_config_from_dict({"output": "ds", "source": {"modules": ["m1.mrc", "m1.mrc"]}, "phantom": {"modules": [0.5, 0.5]}},
                                   tmp_path)
+
+
+def test_the_images_do_not_depend_on_the_batch_size(tmp_path):
+    """simulate() projects one module at a time into a scratch file and writes the stack with plain file I/O;
+    the images are the same bits for any number of images per step (and no scratch file is left behind)."""
+    from lorefine_mpi.simulate.dataset import simulate as run_simulation
+    from lorefine_mpi.simulate.dataset import simulate_config_from_dict
+
+    raw = {"seed": 4, "n_particles": 23, "box": 32, "phantom": {"seed": 11, "modules": [0.6, 0.25, 0.15]},
+           "ctf": {"n_defocus_groups": 3}, "camera": {"mtf_a": 0.7}, "noise": {"snr": 0.3}}
+    stacks = []
+    for batch in (None, 5):
+        cfg = simulate_config_from_dict(raw | {"output": f"ds{batch}"}, tmp_path)
+        run_simulation(cfg, batch=batch)
+        stacks.append(stack(tmp_path / f"ds{batch}" / "particles.mrcs"))
+        assert sorted(p.name for p in (tmp_path / f"ds{batch}").glob(".*")) == []
+    assert stacks[0].shape == (23, 32, 32) and stacks[0].tobytes() == stacks[1].tobytes()
