@@ -40,7 +40,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from compare_groundtruth import masked_correlation  # noqa: E402
+from compare_groundtruth import masked_correlation, module_list  # noqa: E402
 
 from lorefine_mpi.config.schema import Config  # noqa: E402
 from lorefine_mpi.geometry import rotations  # noqa: E402
@@ -48,22 +48,9 @@ from lorefine_mpi.io import mrc  # noqa: E402
 from lorefine_mpi.io.star import read_star  # noqa: E402
 from lorefine_mpi.reconstruction.reconstruct import backproject_halves, maps_from_halves  # noqa: E402
 from lorefine_mpi.search import modules  # noqa: E402
-from lorefine_mpi.simulate.dataset import module_names  # noqa: E402
 from lorefine_mpi.validation import fsc  # noqa: E402
 
 DEFAULT_ITERATIONS = Config.__dataclass_fields__["iterations"].default  # lorefine's own
-
-
-def module_list(data: Path) -> list[tuple[str, int]]:
-    """Every module of a set as (name, k), k the 1-based index of its gt_module_k / mask_module_k files: the names
-    and masks of the set's lorefine.yaml (`lorefine simulate` writes it), else (a set without one) the names
-    `lorefine simulate` gives to as many modules as there are gt_module_k.mrc files."""
-    config = data / "lorefine.yaml"
-    if config.exists():
-        entries = yaml.safe_load(config.read_text())["modules"]
-        return [(m["name"], int(Path(m["mask"]).stem.rsplit("_", 1)[1])) for m in entries]
-    count = len(list(data.glob("gt_module_[0-9]*.mrc")))
-    return list(zip(module_names(count), range(1, count + 1)))
 
 
 def consensus_map_path(data: Path) -> Path:

@@ -48,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 import accuracy  # noqa: E402
-from compare_groundtruth import masked_correlation  # noqa: E402
+from compare_groundtruth import masked_correlation, module_list  # noqa: E402
 from relion_common import MPIRUN, body_module_poses, run_until, say  # noqa: E402
 
 from lorefine_mpi.geometry import rotations  # noqa: E402
@@ -73,7 +73,7 @@ def prepare(data: Path, work: Path, n: int) -> Path:
     if n > len(table):
         raise SystemExit(f"--particles {n}: the set has only {len(table)}")
     links = ["particles.mrcs", "gt_whole.mrc", "mask_whole.mrc"]
-    names = accuracy.module_list(data)
+    names = module_list(data)
     for _, k in names:
         links += [f"gt_module_{k}.mrc", f"mask_module_{k}.mrc"]
         write_star(sub / f"gt_module_{k}.star", read_star(data / f"gt_module_{k}.star").subset(np.arange(n)))
@@ -94,7 +94,7 @@ def prepare(data: Path, work: Path, n: int) -> Path:
 def body_layout(sub: Path):
     """(mask paths, mask centres of mass (K, 3) px, rotate-relative-to 0-based indices): each body rotates
     relative to the body whose mask overlaps its own most."""
-    names = accuracy.module_list(sub)
+    names = module_list(sub)
     masks = [mrc.read_map(sub / f"mask_module_{k}.mrc")[0] for _, k in names]
     overlap = np.array([[float((a * b).sum()) if i != j else -1.0 for j, b in enumerate(masks)] for i, a in enumerate(masks)])
     return ([sub / f"mask_module_{k}.mrc" for _, k in names], np.array([modules.centre_of_mass_px(m) for m in masks]),
@@ -258,7 +258,7 @@ def compare(sub: Path, work: Path, tag: str):
           f"{relion_cpu.get('multibody', float('nan')):.0f}, {relion_cpu.get('multibody_iterations')} iterations); "
           f"lorefine ({tag}) {lorefine_cpu.get('cpu_seconds', float('nan')):.0f}")
     print(f"{'module':8} {'map':34} {'masked corr':>11} {'as is':>7} {'shift px':>17} {'room':>7} {'angle':>7} {'centre':>7}")
-    for index, (name, k) in enumerate(accuracy.module_list(sub)):
+    for index, (name, k) in enumerate(module_list(sub)):
         truth_map, mask, truth, centre = accuracy.module_truth(sub, k)
         ceiling = accuracy.ceiling_map(sub, k, work / "ceiling", box)
         relion_map, relion_label = relion_body_maps(work, k)
