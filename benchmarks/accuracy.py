@@ -19,10 +19,18 @@ quarter of the particles whose module moved least from its consensus pose and in
 paper's motion turns each module by a normally distributed angle about a random axis: a quarter of them by less
 than 0.3 of its σ, where any noise in an estimate costs more than the consensus pose does). --png writes the FSC
 curves per module.
+
+Every module of the set is reported, with the names and masks of the set's lorefine.yaml (any number of modules;
+a set without one: gt_module_1.mrc … named as `lorefine simulate` names them). Last, a summary with one line per
+module (its share of the mass, the masked correlation of the consensus map, of lorefine's map after each iteration
+and of the true-pose map, the room, FSC 0.5 of lorefine's last map and of the true-pose map, the median angle
+and projected-centre errors from the consensus to lorefine's last iteration) and, when this script ran lorefine,
+the job's CPU seconds (all ranks) and per particle per module per iteration.
 """
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -32,21 +40,21 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from compare_groundtruth import masked_correlation  # noqa: E402
+from compare_groundtruth import masked_correlation, module_list  # noqa: E402
 
 from lorefine_mpi.config.schema import Config  # noqa: E402
-from lorefine_mpi.geometry import rotations  # noqa: E402
+from lorefine_mpi.geometry import (
+    rotations,  # noqa: E402
+    volumes,  # noqa: E402
+)
 from lorefine_mpi.io import mrc  # noqa: E402
 from lorefine_mpi.io.star import read_star  # noqa: E402
 from lorefine_mpi.projection.source import ParticleSource  # noqa: E402
 from lorefine_mpi.reconstruction.reconstruct import backproject_halves, maps_from_halves  # noqa: E402
-from lorefine_mpi.geometry import volumes  # noqa: E402
 from lorefine_mpi.validation import fsc  # noqa: E402
 
-MODULES = (("large", 1), ("small", 2))
-
-
 DEFAULT_ITERATIONS = Config.__dataclass_fields__["iterations"].default  # lorefine's own
+
 
 def consensus_map_path(data: Path) -> Path:
     return next(p for p in (data / "consensus.mrc", data / "consensus_relion.mrc") if p.exists())
@@ -55,7 +63,7 @@ def consensus_map_path(data: Path) -> Path:
 def run_lorefine(data: Path, work: Path, iterations: int, ranks: int, overrides) -> Path:
     config = {
         "particles": str(data / "particles.star"), "consensus_map": str(consensus_map_path(data)),
-        "modules": [{"name": name, "mask": str(data / f"mask_module_{k}.mrc")} for name, k in MODULES],
+        "modules": [{"name": name, "mask": str(data / f"mask_module_{k}.mrc")} for name, k in module_list(data)],
         "iterations": iterations, "output": str(work / "run"), "seed": 1,
     }
     for key, value in overrides.items():
@@ -67,7 +75,11 @@ def run_lorefine(data: Path, work: Path, iterations: int, ranks: int, overrides)
     bin_dir = Path(sys.executable).parent
     command = [str(bin_dir / "mpiexec"), "-n", str(ranks), str(bin_dir / "lorefine"), "refine", str(work / "lorefine.yaml")]
     print("$ " + " ".join(command), flush=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(command, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)  # the job's processes, all ranks
+    (work / "cpu_seconds.txt").write_text(f"{cpu:.1f}\n")
     return work / "run"
 
 
@@ -78,9 +90,14 @@ def ceiling_map(data: Path, k: int, work: Path, box: int) -> np.ndarray:
         return mrc.read_map(path)[0]
     table = read_star(data / f"gt_module_{k}.star")
     work.mkdir(parents=True, exist_ok=True)
-    full = maps_from_halves(backproject_halves(ParticleSource(table, box, table.has_ctf), np.arange(len(table))))["full"]
+    full = rebuilt_map(table, box)
     mrc.write_map(path, full, float(table.pixel_size_angstrom()[0]))
     return full
+
+
+def rebuilt_map(table, box: int) -> np.ndarray:
+    """The map of a STAR table's particles at its poses, as lorefine rebuilds a module (mean of the two half maps)."""
+    return maps_from_halves(backproject_halves(ParticleSource(table, box, table.has_ctf), np.arange(len(table))))["full"]
 
 
 def pose_errors(table, truth, centre_px, motion_deg=None):
@@ -140,7 +157,9 @@ def main(argv=None):
           + (f" ({', '.join(args.set)})" if args.set else ""))
     print(f"{'module':7} {'map':16} {'masked corr':>11} {'room':>7} {'FSC 0.5':>8} {'FSC 0.5-1 Nyq':>13} "
           f"{'angle':>7} {'origin':>7} {'centre':>7} {'rms angle':>9} {'least/most moved':>16}")
-    for name, k in MODULES:
+    summary = []
+    masses = {k: float(module_truth(data, k)[0].sum()) for _, k in module_list(data)}
+    for name, k in module_list(data):
         truth_map, mask, truth, centre = module_truth(data, k)
         low = map_figures(consensus, truth_map, mask, voxel)
         high = map_figures(ceiling_map(data, k, work, box), truth_map, mask, voxel)
@@ -157,10 +176,32 @@ def main(argv=None):
             pose_text = "" if poses is None else (f"{poses[0]:6.2f}° {poses[1]:5.2f}px {poses[2]:5.2f}px {poses[3]:8.2f}° "
                                                   f"{poses[4]:7.2f}° / {poses[5]:.2f}°")
             print(f"{name:7} {label:16} {corr:11.4f} {100 * room:6.1f}% {res05:7.2f}Å {outer:13.3f} {pose_text}")
+        summary.append((name, 100 * masses[k] / sum(masses.values()), rows))
         if args.png:
             Path(args.png).mkdir(parents=True, exist_ok=True)
             fsc.plot_fsc_png(Path(args.png) / f"fsc_{name}.png", curves, f"{data.name}, {name}: FSC against the true module map")
+    print_summary(summary, work if not args.run else None, len(consensus_table), args.iterations)
     return 0
+
+
+def print_summary(summary, work, n_particles, iterations):
+    """One line per module (the issue's table): masked correlation of the consensus map, of lorefine's map after
+    each iteration and of the true-pose map; the room closed by the last iteration; FSC 0.5 of lorefine's last map
+    (of the true-pose map); median angle and projected-centre errors, consensus -> lorefine's last iteration."""
+    print("\nsummary (masked correlation with the true module map; room = (lorefine - consensus) / (true poses - consensus))")
+    print(f"{'module':8} {'mass':>5} {'consensus CC':>12} {'lorefine CC per iteration':>26} {'true-pose CC':>12} {'room':>7} "
+          f"{'FSC 0.5 (true poses)':>21} {'median angle':>17} {'median centre':>19}")
+    for name, mass, rows in summary:
+        (_, low, poses_low), lorefine, (_, high, _) = rows[0], rows[1:-1], rows[-1]
+        last, poses_last = lorefine[-1][1], lorefine[-1][2]
+        room = 100 * (last[0] - low[0]) / (high[0] - low[0]) if high[0] != low[0] else float("nan")
+        per_iteration = " ".join(f"{figures[0]:.4f}" for _, figures, _ in lorefine)
+        print(f"{name:8} {mass:4.1f}% {low[0]:12.4f} {per_iteration:>26} {high[0]:12.4f} {room:6.1f}% "
+              f"{last[1]:8.2f}Å ({high[1]:.2f}Å) {poses_low[0]:7.2f}° → {poses_last[0]:.2f}° {poses_low[2]:7.2f}px → {poses_last[2]:.2f}px")
+    if work is not None and (work / "cpu_seconds.txt").exists():
+        cpu = float((work / "cpu_seconds.txt").read_text())
+        per = 1e3 * cpu / (n_particles * len(summary) * iterations)
+        print(f"lorefine run: {cpu:.0f} CPU s (all ranks), {per:.1f} ms per particle per module per iteration")
 
 
 if __name__ == "__main__":

@@ -28,13 +28,16 @@ from types import SimpleNamespace  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lorefine_mpi.config.schema import ScoreConfig, SearchConfig  # noqa: E402
-from lorefine_mpi.geometry import candidates, rotations  # noqa: E402
+from lorefine_mpi.geometry import (  # noqa: E402
+    candidates,
+    rotations,
+    volumes,  # noqa: E402
+)
 from lorefine_mpi.kernels import backend  # noqa: E402
 from lorefine_mpi.projection import ctf as ctf_model  # noqa: E402
 from lorefine_mpi.projection import fourier  # noqa: E402
 from lorefine_mpi.refine.engine import search_settings  # noqa: E402
-from lorefine_mpi.search import local# noqa: E402
-from lorefine_mpi.geometry import volumes  # noqa: E402
+from lorefine_mpi.search import local  # noqa: E402
 from lorefine_mpi.simulate.phantoms import make_phantom  # noqa: E402
 
 

@@ -27,13 +27,12 @@ import numpy as np
 from scipy import optimize
 
 from lorefine_mpi.config.schema import load_config
-from lorefine_mpi.geometry import rotations
+from lorefine_mpi.geometry import rotations, volumes
 from lorefine_mpi.io import mrc
 from lorefine_mpi.io.star import read_star
 from lorefine_mpi.projection import fourier
 from lorefine_mpi.refine.engine import search_settings
 from lorefine_mpi.search import local, score
-from lorefine_mpi.geometry import volumes
 
 
 def poses(table):

@@ -1,6 +1,6 @@
 """Compare a lorefine refine output with a dataset's ground truth (maps and per-module poses).
 
-    python benchmarks/compare_groundtruth.py OUTPUT_DIR DATASET_DIR [--modules large:1 small:2]
+    python benchmarks/compare_groundtruth.py OUTPUT_DIR DATASET_DIR [--modules large:1 small:2 (default: every module of the set)]
 
 DATASET_DIR holds gt_module_k.mrc, mask_module_k.mrc, gt_module_k.star and particles.star (as made by
 `lorefine simulate` or shared/fixtures/flex_dev_snr025). Prints, per module: FSC 0.5 of the consensus
@@ -14,11 +14,25 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from lorefine_mpi.geometry import rotations
 from lorefine_mpi.io import mrc
 from lorefine_mpi.io.star import read_star
+from lorefine_mpi.simulate.dataset import module_names
 from lorefine_mpi.validation import fsc
+
+
+def module_list(data: Path) -> list[tuple[str, int]]:
+    """Every module of a set as (name, k), k the 1-based index of its gt_module_k / mask_module_k files: the names
+    and masks of the set's lorefine.yaml (`lorefine simulate` writes it), else (a set without one) the names
+    `lorefine simulate` gives to as many modules as there are gt_module_k.mrc files."""
+    config = data / "lorefine.yaml"
+    if config.exists():
+        entries = yaml.safe_load(config.read_text())["modules"]
+        return [(m["name"], int(Path(m["mask"]).stem.rsplit("_", 1)[1])) for m in entries]
+    count = len(list(data.glob("gt_module_[0-9]*.mrc")))
+    return list(zip(module_names(count), range(1, count + 1)))
 
 
 def masked_correlation(volume, truth, mask) -> float:
@@ -64,10 +78,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output")
     parser.add_argument("dataset")
-    parser.add_argument("--modules", nargs="+", default=["large:1", "small:2"], help="NAME:K pairs (output folder : gt index)")
+    parser.add_argument("--modules", nargs="+", help="NAME:K pairs (output folder : gt index); default: every module of the set")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
-    pairs = [(p.split(":")[0], int(p.split(":")[1])) for p in args.modules]
+    pairs = [(p.split(":")[0], int(p.split(":")[1])) for p in args.modules] if args.modules else module_list(Path(args.dataset))
     rows = compare(args.output, args.dataset, pairs)
     print(f"{'module':8} {'FSC0.5 cons':>11} {'FSC0.5 LO':>10} {'ang err before':>14} {'after':>6} {'shift before':>12} {'after':>6} {'≤1 step':>8}")
     for r in rows:

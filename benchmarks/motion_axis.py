@@ -25,9 +25,9 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from lorefine_mpi.geometry import rotations  # noqa: E402
+from lorefine_mpi.geometry.volumes import centre_of_mass_px  # noqa: E402
 from lorefine_mpi.io import mrc  # noqa: E402
 from lorefine_mpi.io.star import read_star  # noqa: E402
-from lorefine_mpi.geometry.volumes import centre_of_mass_px  # noqa: E402
 from lorefine_mpi.simulate.dataset import simulate, simulate_config_from_dict  # noqa: E402
 from lorefine_mpi.validation import motion  # noqa: E402
 

@@ -21,74 +21,27 @@ Every command run is printed. RELION (apt-get install relion) uses /usr/bin/mpir
 import argparse
 import json
 import os
-import shlex
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_groundtruth import masked_correlation  # noqa: E402
+from relion_common import MPIRUN, body_module_poses, run_until, say  # noqa: E402
 
-from lorefine_mpi.geometry import rotations  # noqa: E402
+from lorefine_mpi.geometry import (
+    rotations,  # noqa: E402
+    volumes,  # noqa: E402
+)
 from lorefine_mpi.io import mrc  # noqa: E402
-from lorefine_mpi.io.star import parse_star, read_star, write_star  # noqa: E402
-from lorefine_mpi.geometry import volumes  # noqa: E402
+from lorefine_mpi.io.star import read_star, write_star  # noqa: E402
 from lorefine_mpi.validation import fsc  # noqa: E402
 
-MPIRUN = ["/usr/bin/mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "3"]
 BODY_SIGMA_DEG, BODY_SIGMA_ANGSTROM = 2.0, 4.0  # the bodies' priors: about the simulated motion (1.67°, 1 px = 4 Å)
-
-
-def say(command, cwd):
-    print(f"$ (cd {cwd} && {shlex.join(str(c) for c in command)})", flush=True)
-
-
-def process_cpu_seconds(pids):
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            pass
-    return total
-
-
-def descendants(pid):
-    out = []
-    for child in Path("/proc").glob("[0-9]*"):
-        try:
-            if int(Path(child, "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(child.name))
-        except (FileNotFoundError, ValueError, IndexError):
-            pass
-    return out + [d for c in out for d in descendants(c)]
-
-
-def run_until(command, cwd, done, log_path):
-    """Run until ``done()`` is true (then stop the job) or it exits; its CPU seconds, summed over every
-    process of the job, sampled from /proc every few seconds."""
-    say(command, cwd)
-    with open(log_path, "a") as log:
-        job = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        seen = {}
-        while job.poll() is None and not done():
-            for pid in [job.pid] + descendants(job.pid):
-                seen[pid] = max(seen.get(pid, 0.0), process_cpu_seconds([pid]))
-            time.sleep(5)
-        if job.poll() is None:
-            time.sleep(20)  # let the iteration's files be written completely
-            for pid in [job.pid] + descendants(job.pid):
-                seen[pid] = max(seen.get(pid, 0.0), process_cpu_seconds([pid]))
-            os.killpg(job.pid, signal.SIGTERM)
-            job.wait()
-    return sum(seen.values())
 
 
 def simulate(work, n):
@@ -117,7 +70,7 @@ def relion(work, data):
                           "--particle_diameter", "224", "--flatten_solvent", "--zero_mask", "--pad", "2", "--sym", "C1", "--norm",
                           "--scale", "--dont_combine_weights_via_disc", "--pool", "30", "--preread_images", "--j", "1",
                           "--random_seed", "1"]
-        figures["local"] = run_until(local, data, lambda: (out / "local/run_it001_optimiser.star").exists(), out / "local.log")
+        figures["local"] = run_until(local, data, lambda: (out / "local/run_it001_optimiser.star").exists(), out / "local.log")[0]
         (out / "cpu.json").write_text(json.dumps(figures))
     if "multibody" not in figures:
         masks = [data / "mask_module_1.mrc", data / "mask_module_2.mrc"]
@@ -129,18 +82,9 @@ def relion(work, data):
                        "--healpix_order", "4", "--auto_local_healpix_order", "4", "--offset_range", "0.75", "--offset_step", "0.25",
                        "--reconstruct_subtracted_bodies", "--dont_combine_weights_via_disc", "--pool", "30", "--preread_images", "--j", "1"]
         # a continued run writes its starting point as it000 at once; its first iteration ends with it001's optimiser
-        figures["multibody"] = run_until(mb, data, lambda: (out / "mb/run_it001_optimiser.star").exists(), out / "mb.log")
+        figures["multibody"] = run_until(mb, data, lambda: (out / "mb/run_it001_optimiser.star").exists(), out / "mb.log")[0]
         (out / "cpu.json").write_text(json.dumps(figures))
     return figures
-
-
-def align_with_z(axis):
-    """RELION's alignWithZ: the rotation taking the unit vector ``axis`` to z."""
-    x, y, z = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis)
-    proj = np.hypot(y, z)
-    if proj < 1e-6:
-        return np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
-    return np.array([[proj, -x * y / proj, -x * z / proj], [0.0, z / proj, -y / proj], [x, y, z]])
 
 
 def body_poses(work, data):
@@ -148,28 +92,12 @@ def body_poses(work, data):
     beside RELION's output, and the rebuilt maps (relion_reconstruct)."""
     out = work / "relion"
     data_star = out / "mb/run_it001_data.star"
-    blocks = parse_star(data_star)
     consensus = read_star(data / "particles.star")
     voxel = consensus.pixel_size_angstrom()[0]
     masks = [mrc.read_map(data / f"mask_module_{k}.mrc")[0] for k in (1, 2)]
-    coms = [np.rint(volumes.centre_of_mass_px(m)) for m in masks]  # RELION: the mask's centre of mass, whole px
-    def pose_columns(block):
-        columns, rows = blocks[block]
-        get = lambda name: np.array([float(r[columns.index(name)]) for r in rows])  # noqa: E731
-        matrices = rotations.euler_to_matrix(*(np.deg2rad(get(c)) for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")))
-        return matrices, np.stack([get("rlnOriginXAngst"), get("rlnOriginYAngst")], -1) / voxel
-
-    # the poses the bodies move from: the multi-body run's own particle poses (those of the local auto-refine it
-    # continues, not the simulation's consensus poses)
-    a, origin = pose_columns("particles")
+    coms = np.array([volumes.centre_of_mass_px(m) for m in masks])  # RELION rounds them to whole px
     names = {}
-    for k in (1, 2):
-        a_resi, s_body = pose_columns(f"images_body_{k}")
-        com, other = coms[k - 1], coms[2 - k]
-        o_align = align_with_z(-(other - com))
-        r = rotations.euler_to_matrix(0.0, np.deg2rad(-90.0), 0.0)
-        a_body = a @ o_align.T @ r @ a_resi @ o_align
-        o_body = np.rint(origin - np.einsum("nij,j->ni", a, com)[:, :2]) + s_body + np.einsum("nij,j->ni", a_body, com)[:, :2]
+    for k, (a_body, o_body) in enumerate(body_module_poses(data_star, coms, [1, 0], voxel), 1):
         rot, tilt, psi = rotations.matrix_to_euler(a_body)
         names[k] = out / f"relion_module_{k}.star"
         write_star(names[k], consensus, rot_rad=rot, tilt_rad=tilt, psi_rad=psi, origin_px=o_body)

@@ -8,7 +8,7 @@ from lorefine_mpi.refine.cost import check_memory
 from lorefine_mpi.simulate.dataset import input_files, load_simulate_config, memory_bytes, module_count, output_names, simulate, simulate_config_from_dict
 
 NAME = "simulate"
-HELP = "simulate a flexible two-module dataset (paper protocol) with ground truth; no CONFIG = the embedded default"
+HELP = "simulate a flexible multi-module dataset (paper protocol) with ground truth; no CONFIG = the embedded default"
 
 log = logging.getLogger(__name__)
 

@@ -119,15 +119,19 @@ def simulate_config_from_dict(raw, folder: Path) -> SimulateConfig:
             if not isinstance(given, dict):
                 raise InputError(f"{key}: expected a mapping, got {given!r}")
             merged = dict(base)
+            allowed = list(base) + (["modules"] if key == "phantom" else [])  # phantom.modules: only when given
             for sub, value in given.items():
-                if sub not in base:
-                    raise unknown_key(f"{key}.{sub}", sub, list(base))
-                merged[sub] = _axis(value) if f"{key}.{sub}" == "motion.axis" else checked_value(f"{key}.{sub}", value, _RULES)
+                if sub not in allowed:
+                    raise unknown_key(f"{key}.{sub}", sub, allowed)
+                special = {"motion.axis": _axis, "phantom.modules": _mass_fractions}.get(f"{key}.{sub}")
+                merged[sub] = special(value) if special else checked_value(f"{key}.{sub}", value, _RULES)
             values[key] = merged
         elif key == "source":
             values[key] = _source(given, folder)
         else:
             values[key] = checked_value(key, given, _RULES)
+    if values["phantom"] and values["phantom"].get("modules") is not None and values["source"] != "phantom":
+        raise InputError("phantom.modules: only used with source: phantom; remove it or set source: phantom")
     if values["ctf"] and values["ctf"]["defocus_min_um"] > values["ctf"]["defocus_max_um"]:
         raise InputError("ctf.defocus_min_um: must not exceed ctf.defocus_max_um")
     return SimulateConfig(output=resolve_path("output", raw["output"], folder), **values)
@@ -141,6 +145,18 @@ def _axis(value):
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
             or not any(value)):
         raise InputError(f"motion.axis: expected null or three numbers [x, y, z], not all zero, got {value!r}")
+    return [float(v) for v in value]
+
+
+def _mass_fractions(value):
+    """phantom.modules: null (the two-module default phantom) or K ≥ 2 mass fractions, each in (0, 1), summing to 1."""
+    numbers = isinstance(value, (list, tuple)) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
+    if value is None:
+        return None
+    if not numbers or not 2 <= len(value) <= 20 or not all(0 < v < 1 for v in value) or abs(sum(value) - 1.0) > 0.01:
+        raise InputError(f"phantom.modules: expected null or 2 to 20 mass fractions, each in (0, 1), summing to 1 "
+                         f"(within 0.01), e.g. [0.57, 0.28, 0.15]; got {value!r}")
     return [float(v) for v in value]
 
 
@@ -160,7 +176,7 @@ def _module_maps(cfg: SimulateConfig):
     from lorefine_mpi.simulate.phantoms import soft_masks
 
     if cfg.source == "phantom":
-        ph = make_phantom(cfg.box, cfg.phantom["seed"])
+        ph = make_phantom(cfg.box, cfg.phantom["seed"], mass_fractions=cfg.phantom.get("modules"))
         return ph.module_maps, ph.masks
     if "map" in cfg.source:
         volume, _ = mrc.read_map(cfg.source["map"])
@@ -200,8 +216,9 @@ def full_spectrum_mean_square(half, box) -> float:
     return float((np.abs(half) ** 2 * fourier.half_axis_multiplicity(box)).sum() / box**2)
 
 
-def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:
-    """Write the dataset into ``cfg.output``; returns the realised statistics."""
+def simulate(cfg: SimulateConfig, batch: int | None = None) -> dict:
+    """Write the dataset into ``cfg.output``; returns the realised statistics. batch: images per step (default
+    `batch_size`); the images do not depend on it (every random draw is made up front or in image order)."""
     started = time.time()
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -211,7 +228,6 @@ def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:
     from lorefine_mpi.geometry.volumes import centre_of_mass_px
 
     centres = np.array([centre_of_mass_px(m) for m in maps])
-    fvols = [fourier.prepare_volume(m, 2) for m in maps]
     # Every random draw up front (so results do not depend on the batch size).
     A = uniform_rotations(rng, n)
     origin = rng.normal(0, cfg.origin_sigma_px, (n, 2))
@@ -234,22 +250,39 @@ def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:
     mtf = camera_mtf(box, cfg.camera) if cfg.camera else None
     noise_seed = rng.integers(2**63)
     stack_path = out / "particles.mrcs"
-    with replacing(stack_path, suffix=".mrcs") as tmp_stack, mrcfile.new_mmap(tmp_stack, shape=(n, box, box), mrc_mode=2,
-                                                                               overwrite=True) as stack:
-        stack.voxel_size = apix
-        variances = np.empty(n)
-        for start in range(0, n, batch):
-            rows = np.arange(start, min(n, start + batch))
-            ctf = None
-            if ctf_params:
-                ctf = ctf_model.ctf_2d(box, apix, ctf_params[0][rows], ctf_params[1][rows], ctf_params[2][rows],
-                                       cfg.ctf["voltage_kv"], cfg.ctf["cs_mm"], cfg.ctf["amplitude_contrast"])
-            spectrum = sum(fourier.project(fv, pose[0][rows], pose[1][rows], ctf=ctf) for fv, pose in zip(fvols, module_poses))
-            if mtf is not None:
-                spectrum = spectrum * mtf
-            clean = fourier.to_real(spectrum, box)
-            variances[rows] = clean.reshape(len(rows), -1).var(axis=1)
-            stack.data[rows] = clean
+    with replacing(stack_path, suffix=".mrcs") as tmp_stack:
+        with mrcfile.new_mmap(tmp_stack, shape=(n, box, box), mrc_mode=2, overwrite=True) as stack:
+            stack.voxel_size = apix  # the header; the images are written below with plain file I/O
+            images = _Rows(tmp_stack, stack.data.offset, (box, box), stack.data.dtype)
+        batch = batch or batch_size(box)
+        batches = [np.arange(start, min(n, start + batch)) for start in range(0, n, batch)]
+
+        def ctf_of(rows):
+            if not ctf_params:
+                return None
+            return ctf_model.ctf_2d(box, apix, ctf_params[0][rows], ctf_params[1][rows], ctf_params[2][rows],
+                                    cfg.ctf["voltage_kv"], cfg.ctf["cs_mm"], cfg.ctf["amplitude_contrast"])
+
+        # The noise-free spectra, one module at a time (one padded module spectrum in memory at once), summed in a
+        # scratch file in the same order as sum(module 1, module 2, ...) would: the same bits.
+        spectra = _Rows(out / ".spectra.tmp", 0, (box, box // 2 + 1), np.complex64, create=n)
+        try:
+            for k in range(k_mod):
+                fvol = fourier.prepare_volume(maps[k], 2)
+                for rows in batches:
+                    projection = fourier.project(fvol, module_poses[k][0][rows], module_poses[k][1][rows], ctf=ctf_of(rows))
+                    spectra.write(rows[0], 0 + projection if k == 0 else spectra.read(rows[0], len(rows)) + projection)
+                del fvol
+            variances = np.empty(n)
+            for rows in batches:
+                spectrum = spectra.read(rows[0], len(rows))
+                if mtf is not None:
+                    spectrum = spectrum * mtf
+                clean = fourier.to_real(spectrum, box)
+                variances[rows] = clean.reshape(len(rows), -1).var(axis=1)
+                images.write(rows[0], clean)
+        finally:
+            spectra.remove()
         signal_var = float(variances.mean())
         snr = cfg.noise["snr"] if cfg.noise else None
         noise_sd = np.sqrt(signal_var / snr) if snr else 0.0  # of the noise as detected (after the MTF)
@@ -258,18 +291,17 @@ def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:
         scale = 1.0 / noise_sd if snr else 1.0 / np.sqrt(signal_var)
         noise_rng = np.random.default_rng(noise_seed)
         achieved = []
-        for start in range(0, n, batch):
-            rows = slice(start, min(n, start + batch))
-            clean = np.asarray(stack.data[rows], dtype=np.float64)
+        for rows in batches:
+            clean = np.asarray(images.read(rows[0], len(rows)), dtype=np.float64)
             if snr:
                 noise = noise_rng.normal(0, white_sd, clean.shape)
                 if mtf is not None:
                     noise = fourier.to_real(fourier.to_fourier(noise) * mtf, box)
                 achieved.append(clean.reshape(len(clean), -1).var(axis=1).mean() / noise.var())
                 clean = clean + noise
-            stack.data[rows] = (clean * scale).astype(np.float32)
-            if start and start % (10 * batch) == 0:
-                log.info("simulate: %d/%d images", start, n)
+            images.write(rows[0], (clean * scale).astype(np.float32))
+            if rows[0] and rows[0] % (10 * batch) == 0:
+                log.info("simulate: %d/%d images", rows[0], n)
     optics = [OpticsGroup(1, "opticsGroup1", apix, box, cfg.ctf["voltage_kv"] if cfg.ctf else 300.0,
                           cfg.ctf["cs_mm"] if cfg.ctf else 2.7, cfg.ctf["amplitude_contrast"] if cfg.ctf else 0.1)]
     names = [f"{i + 1:06d}@particles.mrcs" for i in range(n)]
@@ -298,6 +330,7 @@ def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:
         mrc.write_map(out / f"mask_module_{k}.mrc", mask, apix)
     mrc.write_map(out / "gt_whole.mrc", whole * scale, apix)
     mrc.write_map(out / "mask_whole.mrc", np.clip(sum(masks), 0, 1), apix)
+    del maps, masks, whole  # not needed by the consensus reconstruction
     consensus = reconstruct_consensus(table, box, use_ctf=bool(cfg.ctf))
     mrc.write_map(out / "consensus.mrc", consensus, apix)
     stats = {
@@ -322,9 +355,9 @@ def simulate(cfg: SimulateConfig, batch: int = 500) -> dict:
 
 
 def module_count(cfg: SimulateConfig) -> int:
-    """How many modules the dataset's source holds (the phantom has two)."""
+    """How many modules the dataset's source holds (the phantom: two, or as many as phantom.modules lists)."""
     if cfg.source == "phantom":
-        return 2
+        return len(cfg.phantom.get("modules") or (0, 0))
     return len(cfg.source["masks"] if "masks" in cfg.source else cfg.source["modules"])
 
 
@@ -343,13 +376,51 @@ def input_files(cfg: SimulateConfig) -> list[str]:
 
 def memory_bytes(cfg: SimulateConfig) -> dict:
     """{part: bytes} a simulation certainly holds at once (a lower bound of its peak, `refine.cost`): the modules'
-    maps and padded spectra (padding 2), then the consensus map's reconstruction."""
+    maps and one module's padded spectrum (padding 2; `simulate` projects one module at a time), then the
+    consensus map's reconstruction."""
     from lorefine_mpi.refine.cost import reconstruction_bytes
 
     k, box = module_count(cfg), cfg.box
-    spectra = k * float(np.prod(fourier.band_shape(box, 2))) * 8.0
+    spectrum = float(np.prod(fourier.band_shape(box, 2))) * 8.0
     maps = 2 * k * box**3 * 4.0
-    return {"module spectra": spectra, "maps": maps} | reconstruction_bytes(box, 2, halves=1)
+    return {"module spectrum": spectrum, "maps": maps} | reconstruction_bytes(box, 2, halves=1)
+
+
+def batch_size(box: int) -> int:
+    """Images per step: 500 up to box 64 (as every release made them), then fewer so that a step's arrays stay
+    at the size of box 64's (2^21 pixels per array: 16 MB of float64) at any box."""
+    return max(1, min(500, 2**21 // box**2))
+
+
+class _Rows:
+    """Rows of a C-ordered array of shape (n, *row_shape) in a binary file from byte ``offset``, read and written
+    with plain file I/O, not a memory map: the written pages go to the page cache and do not stay in this
+    process's resident memory (a memory-mapped stack of 10,000 images of 256² is 2.6 GB resident once written).
+    create=n: make (or truncate) the file to hold n rows."""
+
+    def __init__(self, path, offset: int, row_shape, dtype, create: int | None = None):
+        self.path, self.offset, self.row_shape, self.dtype = Path(path), int(offset), tuple(row_shape), np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
+        if create is not None:
+            with open(self.path, "wb") as f:
+                f.truncate(self.offset + create * self.row_bytes)
+
+    def write(self, start: int, rows) -> None:
+        data = np.ascontiguousarray(rows, dtype=self.dtype)
+        with open(self.path, "r+b") as f:
+            f.seek(self.offset + start * self.row_bytes)
+            f.write(memoryview(data).cast("B"))
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        out = np.empty((count, *self.row_shape), dtype=self.dtype)
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + start * self.row_bytes)
+            if f.readinto(memoryview(out).cast("B")) != out.nbytes:
+                raise OSError(f"{self.path}: short read")
+        return out
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def module_names(k: int) -> list[str]:

@@ -99,7 +99,7 @@ def test_cost_memory_beyond_the_machine_is_refused(tmp_path, capfd, monkeypatch,
 @pytest.mark.parametrize("box", [1024, 512])
 def test_cost_simulate_refuses_a_box_beyond_the_memory(tmp_path, capfd, box):
     config = yaml_file(tmp_path / "sim.yaml", {"output": "data", "n_particles": 10, "box": box})
-    assert_refused(capfd, ["simulate", config], f"box: {box} needs at least", tmp_path, also=["module spectra"])
+    assert_refused(capfd, ["simulate", config], f"box: {box} needs at least", tmp_path, also=["module spectrum"])
 
 
 def test_cost_reconstruct_refuses_padding_beyond_the_memory(tmp_path, capfd, monkeypatch):

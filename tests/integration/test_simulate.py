@@ -122,3 +122,111 @@ def test_a_bad_motion_axis_is_one_line_naming_the_key(tmp_path, axis):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stderr.startswith("lorefine: error: motion.axis: expected null or three numbers")
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "ds").exists()
+
+
+def _digest(arrays) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("box, seed, digest, n_atoms", [
+    (32, 11, "f38c50576aafa716113a7975ba57d5c66cc2ae349945e95baf4a6ff3bf0abdd7", [106, 76]),
+    (48, 3, "6aaf4e0388be0e683594c9e0d64a2f6dde628a34e259db16cf2a0adf2928b874", [387, 188])])
+def test_the_default_phantom_is_the_one_of_the_first_releases(box, seed, digest, n_atoms):
+    """Without phantom.modules the phantom is bit for bit what it was before K-module phantoms existed (digests
+    of its module maps and masks made with that code): the embedded demo set and every existing config keep
+    making the same files."""
+    ph = make_phantom(box, seed)
+    assert ph.n_atoms == n_atoms
+    assert _digest(ph.module_maps + ph.masks) == digest
+
+
+@pytest.mark.parametrize("box, seed", [(96, 11), (96, 12)])
+def test_a_k_module_phantom_has_the_asked_masses_touching_modules_and_own_masks(box, seed):
+    fractions = [0.57, 0.28, 0.15]
+    ph = make_phantom(box, seed, mass_fractions=fractions)
+    assert len(ph.module_maps) == len(ph.masks) == 3 and ph.centres_px.shape == (3, 3)
+    mass = np.array([m.sum() for m in ph.module_maps])
+    np.testing.assert_allclose(mass / mass.sum(), fractions, atol=0.015)
+    for volume, mask in zip(ph.module_maps, ph.masks):
+        assert mask.min() >= 0 and mask.max() <= 1
+        assert np.sum((volume * mask) ** 2) / np.sum(volume**2) >= 0.9  # each module's own mask holds it
+    # every module touches another (their dilated soft masks meet), so the complex is one piece
+    overlap = np.array([[float((a * b).sum()) for b in ph.masks] for a in ph.masks])
+    np.fill_diagonal(overlap, 0)
+    assert (overlap.max(axis=1) > 0).all()
+    # compact and inside the box: the density stays well within the box (half-width 0.5 box)
+    whole = sum(ph.module_maps)
+    radius = np.sqrt(((np.indices(whole.shape) - box // 2) ** 2).sum(0))
+    assert radius[whole > 0.05 * whole.max()].max() < 0.4 * box
+    # the centre of mass of the complex sits at the box centre
+    np.testing.assert_allclose((mass[:, None] * ph.centres_px).sum(0) / mass.sum(), 0, atol=1.0)
+    # detail to Nyquist: power left at 2.2 px resolution
+    spectrum = np.abs(np.fft.rfftn(whole)) ** 2
+    k = np.sqrt(sum(g**2 for g in np.meshgrid(np.fft.fftfreq(box), np.fft.fftfreq(box), np.fft.rfftfreq(box), indexing="ij")))
+    assert spectrum[(k > 0.43) & (k < 0.47)].mean() / spectrum[(k > 0.02) & (k < 0.06)].mean() > 1e-4
+
+
+def test_a_three_module_set_is_simulated_with_its_names_and_files(tmp_path):
+    ds = simulate(tmp_path, phantom={"seed": 11, "modules": [0.57, 0.28, 0.15]}, n_particles=40)
+    for k in (1, 2, 3):
+        for name in (f"gt_module_{k}.mrc", f"gt_module_{k}.star", f"mask_module_{k}.mrc"):
+            assert (ds / name).exists(), name
+    config = yaml.safe_load((ds / "lorefine.yaml").read_text())
+    assert [m["mask"] for m in config["modules"]] == [f"mask_module_{k}.mrc" for k in (1, 2, 3)]
+    assert yaml.safe_load((ds / "dataset.yaml").read_text())["phantom"]["modules"] == [0.57, 0.28, 0.15]
+    images = stack(ds / "particles.mrcs")
+    total = 0
+    for k in (1, 2, 3):
+        truth = read_star(ds / f"gt_module_{k}.star")
+        total = total + fourier.to_real(fourier.project(fourier.prepare_volume(stack(ds / f"gt_module_{k}.mrc")), truth.matrices, truth.origin_px), 32)
+    np.testing.assert_allclose(total, images, atol=2e-3 * np.abs(images).max())
+
+
+@pytest.mark.parametrize("phantom, message", [
+    ({"modules": [0.5, 0.6]}, "phantom.modules: expected null or 2 to 20 mass fractions"),
+    ({"modules": [1.0]}, "phantom.modules: expected null or 2 to 20 mass fractions"),
+    ({"modules": [0.7, 0.3, 0.0]}, "phantom.modules: expected null or 2 to 20 mass fractions"),
+    ({"modules": "0.5 0.5"}, "phantom.modules: expected null or 2 to 20 mass fractions"),
+    ({"modules": [0.5, True]}, "phantom.modules: expected null or 2 to 20 mass fractions"),
+    ({"sizes": [0.5, 0.5]}, "phantom.sizes"),
+])
+def test_bad_phantom_modules_are_one_line_naming_the_key(tmp_path, phantom, message):
+    cfg = {"output": "ds", "n_particles": 10, "box": 32, "phantom": phantom}
+    (tmp_path / "sim.yaml").write_text(yaml.safe_dump(cfg))
+    done = subprocess.run([sys.executable, "-m", "lorefine_mpi.cli.main", "simulate", str(tmp_path / "sim.yaml")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.startswith(f"lorefine: error: {message}"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "ds").exists()
+
+
+def test_phantom_modules_with_a_map_source_is_refused(tmp_path):
+    from lorefine_mpi.errors import InputError
+    from lorefine_mpi.simulate.dataset import simulate_config_from_dict
+
+    (tmp_path / "m1.mrc").write_bytes(b"")
+    with pytest.raises(InputError, match="phantom.modules: only used with source: phantom"):
+        simulate_config_from_dict({"output": "ds", "source": {"modules": ["m1.mrc", "m1.mrc"]}, "phantom": {"modules": [0.5, 0.5]}},
+                                  tmp_path)
+
+
+def test_the_images_do_not_depend_on_the_batch_size(tmp_path):
+    """simulate() projects one module at a time into a scratch file and writes the stack with plain file I/O;
+    the images are the same bits for any number of images per step (and no scratch file is left behind)."""
+    from lorefine_mpi.simulate.dataset import simulate as run_simulation
+    from lorefine_mpi.simulate.dataset import simulate_config_from_dict
+
+    raw = {"seed": 4, "n_particles": 23, "box": 32, "phantom": {"seed": 11, "modules": [0.6, 0.25, 0.15]},
+           "ctf": {"n_defocus_groups": 3}, "camera": {"mtf_a": 0.7}, "noise": {"snr": 0.3}}
+    stacks = []
+    for batch in (None, 5):
+        cfg = simulate_config_from_dict(raw | {"output": f"ds{batch}"}, tmp_path)
+        run_simulation(cfg, batch=batch)
+        stacks.append(stack(tmp_path / f"ds{batch}" / "particles.mrcs"))
+        # no scratch file is left behind (only the output policy's record of what lorefine made)
+        assert sorted(p.name for p in (tmp_path / f"ds{batch}").glob(".*")) == [".lorefine-made"]
+    assert stacks[0].shape == (23, 32, 32) and stacks[0].tobytes() == stacks[1].tobytes()
