@@ -81,6 +81,9 @@ class ReconstructionConfig:
     padding: int = 2
     weight_floor: float = 1e-3
     gridding_iterations: int = 10
+    poses: str = "posterior"
+    max_poses: int = 8
+    posterior_mass: float = 0.99
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +168,9 @@ _RULES: dict[str, tuple[str, Any, str]] = {
     "reconstruction.padding": ("int", lambda v: v in (1, 2, 3, 4), "must be 1, 2, 3 or 4"),
     "reconstruction.weight_floor": ("float", lambda v: 0 < v <= 1, "must be in (0, 1]"),
     "reconstruction.gridding_iterations": ("int", lambda v: 0 <= v <= 50, "must be an integer in [0, 50]"),
+    "reconstruction.poses": ("choice", options.RECONSTRUCTION_POSES.names(), options.RECONSTRUCTION_POSES.expected()),
+    "reconstruction.max_poses": ("int", lambda v: 1 <= v <= 64, "must be an integer in [1, 64]"),
+    "reconstruction.posterior_mass": ("float", lambda v: 0 < v <= 1, "must be in (0, 1]"),
     "compute.backend": ("choice", tuple(BACKENDS), "one of " + ", ".join(BACKENDS)),
     "parallel.class_spacing_deg": ("float", lambda v: 0 < v <= 90, "must be in (0, 90]"),
     "parallel.unit_size": ("int", lambda v: v >= 1, "must be >= 1"),

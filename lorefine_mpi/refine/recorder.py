@@ -155,12 +155,14 @@ class Recorder:
         return EXIT_STOPPED
 
     # -- the checkpoint ---------------------------------------------------------------------
-    def work_units(self, stage, make_units):
+    def work_units(self, stage, make_units, max_poses: int):
         """Collective: (unit_of_particle (n,), done (units,) bool) of a stage. The checkpoint fixes the work units of a
-        stage it holds (whatever the parallel settings now); ``make_units()`` makes them for a new stage."""
+        stage it holds (whatever the parallel settings now); ``make_units()`` makes them for a new stage (``max_poses``:
+        the posterior poses each particle keeps)."""
         found = None
         if self.dist.is_root:
-            group = self.results.stage(stage.name, iteration=stage.iteration, module=stage.module_name, unit_of_particle=make_units())
+            group = self.results.stage(stage.name, iteration=stage.iteration, module=stage.module_name, unit_of_particle=make_units(),
+                                       max_poses=max_poses)
             found = group["unit_of_particle"][...], self.results.done_units(stage.name)
         return self.dist.bcast(found)
 
@@ -190,7 +192,7 @@ class Recorder:
     def write_poses(self, stage, poses, rotation_deg, shift_px) -> None:
         """Rank 0: the stage's final poses (and the mean motion taken out); the stage is complete."""
         self.writing()
-        self.results.write_poses(stage.name, poses.matrices, poses.origin_px, rotation_deg, shift_px)
+        self.results.write_poses(stage.name, poses.as_fields(), rotation_deg, shift_px)
         self.results.mark(stage.name, "complete")
 
     def mark_reconstructed(self, stage) -> None:

@@ -124,3 +124,15 @@ def test_a_search_reusing_the_pilots_cubes_equals_one_that_computes_them(module_
     np.testing.assert_array_equal(reused.score, fresh.score)
     for a, b in zip(reused.scores, fresh.scores):
         np.testing.assert_array_equal(a.rho, b.rho)
+
+
+def test_the_learned_widths_are_continuous_at_the_peak_of_the_evidence_in_log_sigma():
+    """A log evidence quadratic in (log σ_rot, log σ_px) peaks between grid points: learn_widths finds that peak, not
+    the nearest grid point; at the grid's edge it keeps the edge."""
+    grid_rot, grid_px = np.deg2rad(prior.SIGMA_ROT_GRID_DEG), prior.SIGMA_PX_GRID
+    peak_rot, peak_px = np.deg2rad(1.3), 0.77
+    total = -(np.log(grid_rot / peak_rot)[:, None] ** 2) * 40 - (np.log(grid_px / peak_px)[None, :] ** 2) * 25
+    rot, px = prior.learn_widths(total, grid_rot, grid_px)
+    assert rot == pytest.approx(peak_rot, rel=1e-9) and px == pytest.approx(peak_px, rel=1e-9)
+    edge = -(np.log(grid_rot / 1e-3)[:, None] ** 2) - (np.log(grid_px / 0.77)[None, :] ** 2)
+    assert prior.learn_widths(edge, grid_rot, grid_px)[0] == grid_rot[0]
