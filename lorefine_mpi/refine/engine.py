@@ -602,9 +602,4 @@ class PriorPilot:
         """(σ_rot, shape or None, evidence gained): the anisotropic prior of ``shape`` and its best width when the
         sample's evidence (``shaped``: `shaped_evidence` of every particle) gains more than `prior.SHAPE_EVIDENCE_NATS`
         over the isotropic one's best (``evidence``), else (None, None, gain)."""
-        isotropic = float(evidence.sum(axis=0).max())
-        total = shaped.sum(axis=0)
-        gain = float(total.max()) - isotropic
-        if gain <= prior.SHAPE_EVIDENCE_NATS:
-            return None, None, gain
-        return prior.learn_widths(total[:, None], self.grid_rot, np.ones(1))[0], shape, gain
+        return prior.shaped_width(evidence.sum(axis=0), shaped.sum(axis=0), self.grid_rot, shape)

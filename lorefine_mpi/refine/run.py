@@ -230,7 +230,8 @@ class _Run:
             described += (f", anisotropic: σ {', '.join(f'{np.rad2deg(rot * np.sqrt(v)):.3g}' for v in values[::-1])}° about its "
                           f"axes, the widest ({axis[0]:.2f}, {axis[1]:.2f}, {axis[2]:.2f}) (evidence +{gain:.1f} nats)")
         elif gain is not None:
-            described += f" (isotropic: an anisotropic prior gains {gain:.1f} nats, not more than {prior.SHAPE_EVIDENCE_NATS:g})"
+            described += (f" (isotropic: the best anisotropic prior gains {gain:.1f} nats; one is kept above {prior.SHAPE_EVIDENCE_NATS:g} "
+                          f"nats with an axis {prior.SHAPE_MIN_RATIO:g}x wider in variance)")
         log.info("%s: prior on the module's motion: %s rotation, %s shift (learned from %d particles)", stage.name, described,
                  "flat" if px is None else f"σ {px:.3g} px", len(pilot.ids))
 

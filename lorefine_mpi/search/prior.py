@@ -117,6 +117,20 @@ def rotation_shape(moments) -> np.ndarray | None:
 
 
 SHAPE_EVIDENCE_NATS = 5.5  # an anisotropic prior (5 more numbers) is kept when the sample's evidence gains this much (χ²₅ 95 % / 2)
+SHAPE_MIN_RATIO = 4.0  # ... and when its widest variance is at least this many times its narrowest (σ twice): a sample of a few
+# hundred isotropic motions has a second moment up to about twice as wide one way as another, which changes no search
+
+
+def shaped_width(isotropic_total, shaped_total, sigma_rot_rad, shape):
+    """(σ_rot, shape or None, evidence gained): the anisotropic prior of ``shape`` at its best width (continuous,
+    `learn_widths`) when the sample's summed log evidence with it (``shaped_total``, over the widths ``sigma_rot_rad``)
+    beats the isotropic prior's best (``isotropic_total``, any shape) by more than `SHAPE_EVIDENCE_NATS` and the shape
+    is anisotropic enough to matter (`SHAPE_MIN_RATIO`); else (None, None, gain)."""
+    gain = float(np.max(shaped_total)) - float(np.max(isotropic_total))
+    values = np.linalg.eigvalsh(shape)
+    if gain <= SHAPE_EVIDENCE_NATS or values[-1] < SHAPE_MIN_RATIO * values[0]:
+        return None, None, gain
+    return learn_widths(np.asarray(shaped_total)[:, None], sigma_rot_rad, np.ones(1))[0], shape, gain
 
 
 def learn_widths(total_log_evidence, sigma_rot_rad, sigma_px) -> tuple[float, float]:
