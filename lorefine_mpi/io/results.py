@@ -5,6 +5,8 @@ Schema (h5py; written by rank 0 only)
         lorefine_version, command_line, config_yaml (the resolved config),
         checkpoint_format (int, CHECKPOINT_FORMAT; `--continue` refuses a file of another format),
         consensus_halves (0/1: OUT/consensus/half1.mrc and half2.mrc, the consensus poses' half maps, are written),
+        final_iteration, iterations_stopped_because (``iterations: auto``: the last iteration, once the poses settled or
+        convergence.max_iterations was reached, and which of the two),
         search_fingerprint (JSON of the settings and input-file SHA-256 digests that change per-particle
         results; `--continue` refuses a config whose fingerprint differs and names what changed).
     /particles/image_name            (n,) str, rlnImageName of each particle, in STAR order
@@ -283,6 +285,16 @@ class ResultsFile:
     def root_flag(self, attr: str) -> bool:
         return bool(self.file.attrs.get(attr, 0))
 
+    def set_final_iteration(self, iteration: int, because: str) -> None:
+        """Record the run's last iteration (``iterations: auto``) and why it stopped there."""
+        self.file.attrs["final_iteration"] = int(iteration)
+        self.file.attrs["iterations_stopped_because"] = because
+        self.file.flush()
+
+    def final_iteration(self) -> int | None:
+        value = self.file.attrs.get("final_iteration")
+        return None if value is None else int(value)
+
     def stage_attribute(self, name: str, attr: str):
         """A stage's attribute, or None when the stage or the attribute is not there."""
         if name not in self.file:
@@ -327,6 +339,17 @@ def stage_cpu_seconds(path) -> dict:
     except (OSError, ValueError):
         return {}
     return found
+
+
+def final_iteration(path) -> int | None:
+    """The last iteration of a run with ``iterations: auto`` once its poses settled (root attribute ``final_iteration``),
+    else None (not yet, or no readable file)."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            value = f.attrs.get("final_iteration")
+            return None if value is None else int(value)
+    except OSError:
+        return None
 
 
 def has_root_flag(path, attr: str) -> bool:

@@ -216,7 +216,7 @@ class RefineEngine:
         self.cfg = cfg
         self.allocate = allocate
         self._accumulators = None  # the half-map accumulators, reused by every stage (`accumulators`)
-        self.folder = layout.RunFolder.of(cfg)
+        self.folder = layout.RunFolder.planned(cfg)  # iterations: auto: the last one not known until the poses settle (`refine.run`)
         self.table = read_star(cfg.particles, cfg.project_dir)
         self.consensus, self.voxel = mrc.read_map(cfg.consensus_map)
         self.box = self.consensus.shape[0]

@@ -207,6 +207,15 @@ class Recorder:
         if self.dist.is_root:
             self.results.set_root_flag(name)
 
+    def final_iteration(self) -> int | None:
+        """Collective: the last iteration results.h5 records (``iterations: auto``, once the poses settled), or None."""
+        return self.dist.on_root(lambda: self.results.final_iteration())
+
+    def record_final_iteration(self, iteration: int, because: str) -> None:
+        if self.dist.is_root:
+            self.writing()
+            self.results.set_final_iteration(iteration, because)
+
     # -- CPU time ---------------------------------------------------------------------------
     def add_cpu(self, stage, part: str, seconds: float) -> None:
         """This rank's CPU seconds of a stage's part (``search``, ``reconstruction``, ``writing``)."""

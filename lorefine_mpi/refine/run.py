@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from lorefine_mpi.geometry import rotations
 from lorefine_mpi.io.results import stage_name
 from lorefine_mpi.kernels import use_backend
 from lorefine_mpi.reconstruction.reconstruct import summed_half_maps
@@ -54,8 +55,13 @@ def _refine(cfg, dist, recorder, write_report) -> int:
     model = engine.consensus
     poses = [engine.consensus_poses for _ in cfg.modules]
     centres = [None for _ in cfg.modules]  # each module's rotation centre in its last stage (xyz px from the box centre)
-    for iteration in range(1, cfg.iterations + 1):
-        maps = []
+    known = recorder.final_iteration()  # iterations: auto, resumed after its poses settled
+    if known is not None:
+        engine.folder.iterations = known
+    iteration, settled = 0, None
+    while settled is None:
+        iteration += 1
+        maps, previous = [], list(poses)
         for index, module in enumerate(cfg.modules):
             stage = eng.Stage(stage_name(iteration, module.name), iteration, index, module.name)
             state = engine.begin_stage(stage, model, gauss_seidel(model, maps, len(cfg.modules)), poses)
@@ -72,6 +78,12 @@ def _refine(cfg, dist, recorder, write_report) -> int:
         if dist.is_root:
             recorder.writing()
             engine.write_combined(iteration, model)
+        settled = run.settled(iteration, previous, poses)
+    if not isinstance(cfg.iterations, int):  # the last iteration's outputs move to the top of the folder
+        recorder.record_final_iteration(iteration, settled)
+        if dist.is_root:
+            engine.folder.promote(iteration, [m.name for m in cfg.modules])
+        engine.folder.iterations = iteration
     if dist.is_root:
         log.info("done: outputs in %s", cfg.output)
     recorder.close_results()  # the end-of-run analysis adds to it (`io.results.write_motion`)
@@ -89,6 +101,12 @@ def _refine(cfg, dist, recorder, write_report) -> int:
     return 0
 
 
+def median_pose_change(before: eng.Poses, after: eng.Poses) -> tuple[float, float]:
+    """(median angle deg, median origin change px) between two sets of poses of the same particles."""
+    angle = np.rad2deg(rotations.geodesic_angle(before.matrices, after.matrices))
+    return float(np.median(angle)), float(np.median(np.linalg.norm(after.origin_px - before.origin_px, axis=1)))
+
+
 def gauss_seidel(model, refined_maps, n_modules: int) -> list:
     """Each module's map for the rest of the complex in a stage: the modules refined already in this iteration with
     their new maps, the others with the iteration's model (their poses: the latest, the caller's)."""
@@ -102,7 +120,7 @@ def replay_stage(cfg, engine, iteration: int, index: int, folder=None):
     from lorefine_mpi.io import mrc, results
     from lorefine_mpi.refine import layout
 
-    run = layout.RunFolder(cfg.output if folder is None else folder, cfg.iterations)
+    run = layout.RunFolder.of(cfg, folder)
     names = [m.name for m in cfg.modules]
 
     def final(it, name):
@@ -153,6 +171,32 @@ class _Run:
             self.consensus_maps = engine.write_consensus_halves(half_maps)
         recorder.set_flag("consensus_halves")
         return True
+
+    # -- iterations -----------------------------------------------------------------------------
+    def settled(self, iteration: int, previous, poses) -> str | None:
+        """Why the run ends after ``iteration``, or None to go on: ``iterations: N`` ends after N; ``auto`` once every
+        module's median pose change from the last iteration (``previous``; the consensus poses before the first) is below
+        ``convergence.step_fraction`` of its angular step and of the shift step, or after ``convergence.max_iterations``.
+        The changes are logged. The same on every rank (the poses are)."""
+        cfg = self.cfg
+        changes = [median_pose_change(before, after) for before, after in zip(previous, poses)]
+        limits = [(cfg.convergence.step_fraction * m.search(cfg.search).angular_step_deg, cfg.convergence.step_fraction * cfg.search.shift_step_px)
+                  for m in cfg.modules]
+        if self.dist.is_root:
+            log.info("iteration %d: median pose change %s", iteration, ", ".join(
+                f"{m.name} {a:.2f}° / {s:.2f} px" for m, (a, s) in zip(cfg.modules, changes)))
+        if isinstance(cfg.iterations, int):
+            return f"{cfg.iterations} iterations as configured" if iteration >= cfg.iterations else None
+        if iteration >= 2 and all(a < la and s < ls for (a, s), (la, ls) in zip(changes, limits)):
+            why = (f"the poses settled: every module's median change below {cfg.convergence.step_fraction:g} of its angular and "
+                   f"shift steps")
+        elif iteration >= cfg.convergence.max_iterations:
+            why = f"convergence.max_iterations ({cfg.convergence.max_iterations}) reached"
+        else:
+            return None
+        if self.dist.is_root:
+            log.info("iteration %d is the last: %s", iteration, why)
+        return why
 
     # -- one stage: search --------------------------------------------------------------------
     def search(self, state) -> eng.Poses | None:
