@@ -81,6 +81,18 @@ class ReconstructionConfig:
     padding: int = 2
     weight_floor: float = 1e-3
     gridding_iterations: int = 10
+    poses: str = "posterior"
+    max_poses: int = 8
+    posterior_mass: float = 0.99
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvergenceConfig:
+    """``iterations: auto``: iterate until every module's median pose change from the last iteration is below
+    ``step_fraction`` of its angular step and of the shift step, at most ``max_iterations`` times."""
+
+    step_fraction: float = 0.25
+    max_iterations: int = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,8 +142,9 @@ class Config:
     reconstruction: ReconstructionConfig = ReconstructionConfig()
     parallel: ParallelConfig = ParallelConfig()
     compute: ComputeConfig = ComputeConfig()
+    convergence: ConvergenceConfig = ConvergenceConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
-    iterations: int = 2
+    iterations: int | str = "auto"
     seed: int = 0
     project_dir: str = ""  # RELION's project directory: relative image and mask names in STAR files resolve here
     subtracted: SubtractedConfig = SubtractedConfig()
@@ -142,7 +155,7 @@ class Config:
 
 
 # key → (kind, check, message); kinds: "float", "int", "choice", "path", "optional_float", "prior" (auto, null or a float),
-# "auto_float" (auto or a float)
+# "auto_float" (auto or a float), "auto_int" (auto or an integer)
 _RULES: dict[str, tuple[str, Any, str]] = {
     "search.strategy": ("choice", options.STRATEGIES.names(), options.STRATEGIES.expected()),
     "search.cone_half_angle_deg": ("float", lambda v: 0 < v <= 90, "must be in (0, 90]"),
@@ -165,6 +178,9 @@ _RULES: dict[str, tuple[str, Any, str]] = {
     "reconstruction.padding": ("int", lambda v: v in (1, 2, 3, 4), "must be 1, 2, 3 or 4"),
     "reconstruction.weight_floor": ("float", lambda v: 0 < v <= 1, "must be in (0, 1]"),
     "reconstruction.gridding_iterations": ("int", lambda v: 0 <= v <= 50, "must be an integer in [0, 50]"),
+    "reconstruction.poses": ("choice", options.RECONSTRUCTION_POSES.names(), options.RECONSTRUCTION_POSES.expected()),
+    "reconstruction.max_poses": ("int", lambda v: 1 <= v <= 64, "must be an integer in [1, 64]"),
+    "reconstruction.posterior_mass": ("float", lambda v: 0 < v <= 1, "must be in (0, 1]"),
     "compute.backend": ("choice", tuple(BACKENDS), "one of " + ", ".join(BACKENDS)),
     "parallel.class_spacing_deg": ("float", lambda v: 0 < v <= 90, "must be in (0, 90]"),
     "parallel.unit_size": ("int", lambda v: v >= 1, "must be >= 1"),
@@ -178,13 +194,15 @@ _RULES: dict[str, tuple[str, Any, str]] = {
     "postprocess.locres_step_angstrom": ("float", lambda v: 0 < v <= 1000, "must be in (0, 1000]"),
     "postprocess.motion_components": ("int", lambda v: 0 <= v <= 6, "must be an integer in [0, 6]"),
     "parallel.stall_timeout_s": ("float", lambda v: 1 <= v <= 86400, "must be in [1, 86400] seconds"),
-    "iterations": ("int", lambda v: 1 <= v <= 100, "must be in [1, 100]"),
+    "iterations": ("auto_int", lambda v: 1 <= v <= 100, "must be auto or a whole number in [1, 100]"),
+    "convergence.step_fraction": ("float", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "convergence.max_iterations": ("int", lambda v: 1 <= v <= 100, "must be in [1, 100]"),
     "seed": ("int", lambda v: v >= 0, "must be >= 0"),
 }
 _SECTIONS = {"search": SearchConfig, "score": ScoreConfig, "reconstruction": ReconstructionConfig, "parallel": ParallelConfig,
-             "compute": ComputeConfig, "postprocess": PostprocessConfig}
+             "compute": ComputeConfig, "convergence": ConvergenceConfig, "postprocess": PostprocessConfig}
 _TOP = ("particles", "consensus_map", "consensus_half_maps", "modules", "output", "project_dir", "search", "score", "reconstruction", "parallel",
-        "compute", "subtracted", "postprocess", "iterations", "seed")
+        "compute", "convergence", "subtracted", "postprocess", "iterations", "seed")
 _MODULE_KEYS = ("name", "mask") + MODULE_SEARCH_KEYS + ("centre_px", "rotate_relative_to")
 _REQUIRED = ("particles", "consensus_map", "modules", "output")
 
@@ -208,11 +226,12 @@ def checked_value(path: str, value, rules=None, where: str | None = None):
         return value
     if kind == "optional_float" and value is None:
         return None
-    if kind == "auto_float":
+    if kind in ("auto_float", "auto_int"):
         if options.is_auto(value):
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"{path}: {expected}, got {value!r}")
+        kind = kind.removeprefix("auto_")
     if kind == "prior":
         if value is None or options.is_auto(value):
             return value
@@ -478,7 +497,8 @@ def search_fingerprint(cfg: Config) -> dict:
     are identified by the STAR file that names them (hashing them would read every image)."""
     d = config_to_dict(cfg)
     inputs = [cfg.particles, cfg.consensus_map, *cfg.consensus_half_maps] + [m.mask for m in cfg.modules if m.mask is not None]
-    keys = ("particles", "consensus_map", "consensus_half_maps", "modules", "search", "score", "reconstruction", "compute", "iterations", "seed")
+    keys = ("particles", "consensus_map", "consensus_half_maps", "modules", "search", "score", "reconstruction", "compute", "iterations",
+            "convergence", "seed")
     return {k: d[k] for k in keys} | {
         "input_sha256": {path: _sha256(path) for path in inputs}
     }

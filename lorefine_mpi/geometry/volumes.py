@@ -104,9 +104,18 @@ def remove_mean_motion(matrices, origin_px, reference_matrices, reference_origin
             break
     change = recentre_origins(a, origin_px, centre_px) - recentre_origins(a0, reference_origin_px, centre_px)
     shift = np.linalg.lstsq(a0[:, :2, :].reshape(-1, 3), -change.reshape(-1), rcond=None)[0]
-    fixed = a @ mean.T
-    centred = recentre_origins(a, origin_px, centre_px) + np.einsum("nij,j->ni", a0, shift)[:, :2]
-    return fixed, consensus_origins(fixed, centred, centre_px), MeanMotion(mean, shift)
+    motion = MeanMotion(mean, shift)
+    return (*apply_mean_motion(a, origin_px, a0, motion, centre_px), motion)
+
+
+def apply_mean_motion(matrices, origin_px, reference_matrices, motion: "MeanMotion", centre_px):
+    """Poses (n, 3, 3), (n, 2) px with a module's mean motion (`remove_mean_motion`) taken out, each pose relative to its
+    particle's reference pose (n, 3, 3): ``A Q̄ᵀ`` and, in the recentred frame, ``o' + (A0 t̄)_xy``."""
+    a = np.asarray(matrices, dtype=np.float64)
+    fixed = a @ motion.rotation.T
+    centred = recentre_origins(a, origin_px, centre_px) + np.einsum("nij,j->ni", np.asarray(reference_matrices, dtype=np.float64),
+                                                                    motion.shift_px)[:, :2]
+    return fixed, consensus_origins(fixed, centred, centre_px)
 
 
 def mask_radius_px(mask, centre_px, threshold=0.5) -> float:

@@ -5,6 +5,8 @@ Schema (h5py; written by rank 0 only)
         lorefine_version, command_line, config_yaml (the resolved config),
         checkpoint_format (int, CHECKPOINT_FORMAT; `--continue` refuses a file of another format),
         consensus_halves (0/1: OUT/consensus/half1.mrc and half2.mrc, the consensus poses' half maps, are written),
+        final_iteration, iterations_stopped_because (``iterations: auto``: the last iteration, once the poses settled or
+        convergence.max_iterations was reached, and which of the two),
         search_fingerprint (JSON of the settings and input-file SHA-256 digests that change per-particle
         results; `--continue` refuses a config whose fingerprint differs and names what changed; its key
         ``stacks`` identifies the particle stacks, `io.mrc.stack_identity`: their sizes, modification times and
@@ -25,8 +27,15 @@ Schema (h5py; written by rank 0 only)
         search_origin_px (n, 2) float64, its origin (RELION convention, px), consensus frame
         score            (n,) float32, the best CCC (Eq. 1)
         rest_scale       (n,) float32, k of the subtract mode (0 when not used, NaN where it could not be fitted)
+        search_posterior_matrix (n, K, 3, 3) float64, search_posterior_origin_px (n, K, 2) float64, posterior_weight (n, K)
+                         float32: the candidate poses a particle is inserted at and their posterior weights (K =
+                         reconstruction.max_poses with reconstruction.poses: posterior, else 1: its estimate; unused
+                         entries weigh 0), consensus frame (`search.local.PosePosterior`)
+        angle_spread_deg (n,) float32, shift_spread_px (n,) float32: the posterior's RMS angle from the estimate and
+                         RMS shift about its mean (the particle's uncertainty; rlnLorefineAngleSpread / ShiftSpread)
         status           (n,) int8, 0 pending, 1 done
-        matrix, origin_px  the module's final pose (the one in its particles.star and its map): the
+        matrix, origin_px, posterior_matrix, posterior_origin_px  the module's final pose (the one in its particles.star)
+                         and posterior poses (its map's): the
                          search's pose with the stage's mean motion taken out; written when the stage
                          completes (recomputed from the search's poses on every run, so a kill while it is
                          written loses nothing)
@@ -58,18 +67,35 @@ import numpy as np
 from lorefine_mpi.errors import InputError
 from lorefine_mpi.io.files import identity
 
-FIELDS = {
-    "search_matrix": ((3, 3), np.float64),
-    "search_origin_px": ((2,), np.float64),
-    "score": ((), np.float32),
-    "rest_scale": ((), np.float32),
-    "status": ((), np.int8),
-}
+
+def search_fields(max_poses: int = 1) -> dict:
+    """The search's datasets of a stage: name → (shape per particle, dtype); ``max_poses`` the stage's posterior poses."""
+    return {
+        "search_matrix": ((3, 3), np.float64),
+        "search_origin_px": ((2,), np.float64),
+        "score": ((), np.float32),
+        "rest_scale": ((), np.float32),
+        "search_posterior_matrix": ((max_poses, 3, 3), np.float64),
+        "search_posterior_origin_px": ((max_poses, 2), np.float64),
+        "posterior_weight": ((max_poses,), np.float32),
+        "angle_spread_deg": ((), np.float32),
+        "shift_spread_px": ((), np.float32),
+        "status": ((), np.int8),
+    }
+
+
+def pose_fields(max_poses: int = 1) -> dict:
+    """The final poses of a stage (the search's with the mean motion taken out)."""
+    return {"matrix": ((3, 3), np.float64), "origin_px": ((2,), np.float64), "posterior_matrix": ((max_poses, 3, 3), np.float64),
+            "posterior_origin_px": ((max_poses, 2), np.float64)}
+
+
+FIELDS = search_fields()  # their names (the posterior's size is the stage's)
 UNIT_FIELDS = tuple(f for f in FIELDS if f != "status")  # a work unit's result: `RefineEngine` search_unit's keys
-POSE_FIELDS = {"matrix": ((3, 3), np.float64), "origin_px": ((2,), np.float64)}
+POSE_FIELDS = pose_fields()
 # 2: search_matrix/search_origin_px plus the final matrix/origin_px (mean motion); files without the
-# attribute are format 1 (matrix/origin_px were the search's own poses)
-CHECKPOINT_FORMAT = 2
+# attribute are format 1 (matrix/origin_px were the search's own poses); 3: the posterior's poses, weights and spreads
+CHECKPOINT_FORMAT = 3
 
 
 def stage_name(iteration: int, module: str) -> str:
@@ -261,8 +287,8 @@ class ResultsFile:
         self.file.attrs["attempts"] = json.dumps(attempts)
         self.file.flush()
 
-    def stage(self, name: str, *, iteration: int, module: str, unit_of_particle) -> h5py.Group:
-        """The group of a stage, created at full size on first use."""
+    def stage(self, name: str, *, iteration: int, module: str, unit_of_particle, max_poses: int = 1) -> h5py.Group:
+        """The group of a stage, created at full size on first use (``max_poses`` poses of each particle's posterior)."""
         if name in self.file:
             return self.file[name]
         unit_of_particle = np.asarray(unit_of_particle, dtype=np.int32)
@@ -273,7 +299,7 @@ class ResultsFile:
         _create_early(g, "unit_of_particle", (n,), np.int32)
         g["unit_of_particle"][...] = unit_of_particle
         _create_early(g, "unit_done", (n_units,), np.int8)
-        for field, (shape, dtype) in (FIELDS | POSE_FIELDS).items():
+        for field, (shape, dtype) in (search_fields(max_poses) | pose_fields(max_poses)).items():
             _create_early(g, field, (n,) + shape, dtype)
         self.file.flush()
         return g
@@ -306,11 +332,11 @@ class ResultsFile:
         g = self.file[name]
         return {field: g[field][...] for field in FIELDS}
 
-    def write_poses(self, name: str, matrix, origin_px, rotation_vector_deg, shift_px) -> None:
-        """The stage's final poses and the mean motion taken out of the search's poses."""
+    def write_poses(self, name: str, poses: dict, rotation_vector_deg, shift_px) -> None:
+        """The stage's final poses (`pose_fields`: the search's with the mean motion taken out) and that motion."""
         g = self.file[name]
-        g["matrix"][...] = matrix
-        g["origin_px"][...] = origin_px
+        for field in POSE_FIELDS:
+            g[field][...] = poses[field]
         g.attrs["mean_rotation_removed_deg"] = np.asarray(rotation_vector_deg, dtype=np.float64)
         g.attrs["mean_shift_removed_px"] = np.asarray(shift_px, dtype=np.float64)
         self.file.flush()
@@ -321,6 +347,16 @@ class ResultsFile:
 
     def root_flag(self, attr: str) -> bool:
         return bool(self.file.attrs.get(attr, 0))
+
+    def set_final_iteration(self, iteration: int, because: str) -> None:
+        """Record the run's last iteration (``iterations: auto``) and why it stopped there."""
+        self.file.attrs["final_iteration"] = int(iteration)
+        self.file.attrs["iterations_stopped_because"] = because
+        self.file.flush()
+
+    def final_iteration(self) -> int | None:
+        value = self.file.attrs.get("final_iteration")
+        return None if value is None else int(value)
 
     def stage_attribute(self, name: str, attr: str):
         """A stage's attribute, or None when the stage or the attribute is not there."""
@@ -382,6 +418,27 @@ def stage_cpu_seconds(path) -> dict:
     except (OSError, ValueError):
         return {}
     return found
+
+
+def final_iteration(path) -> int | None:
+    """The last iteration of a run with ``iterations: auto`` once its poses settled (root attribute ``final_iteration``),
+    else None (not yet, or no readable file)."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            value = f.attrs.get("final_iteration")
+            return None if value is None else int(value)
+    except OSError:
+        return None
+
+
+def iterations_stopped_because(path) -> str | None:
+    """Why a run with ``iterations: auto`` stopped iterating (root attribute ``iterations_stopped_because``), else None."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            value = f.attrs.get("iterations_stopped_because")
+            return None if value is None else str(value)
+    except OSError:
+        return None
 
 
 def has_root_flag(path, attr: str) -> bool:

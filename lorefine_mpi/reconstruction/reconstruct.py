@@ -20,12 +20,13 @@ def half_subsets(table, seed: int = 0) -> np.ndarray:
     return subset
 
 
-def backproject_halves(source, indices, *, padding: int = 2, subset=None, matrices=None, origin_px=None, batch: int = 256,
+def backproject_halves(source, indices, *, padding: int = 2, subset=None, matrices=None, origin_px=None, weights=None, batch: int = 256,
                        progress=None, into=None):
     """Two BackProjectors (half 1, half 2) holding the particles ``indices`` of a `projection.source.ParticleSource`
-    (poses from its table unless given), added to the pair ``into`` when given."""
+    (poses from its table unless given), added to the pair ``into`` when given. With ``weights`` (n, K), each particle
+    is inserted at K poses, matrices (n, K, 3, 3) and origin_px (n, K, 2), each with its weight (0: skipped)."""
     subset = half_subsets(source.table) if subset is None else subset
-    return _backproject(source, indices, subset - 1, 2, padding, matrices, origin_px, batch, progress, into)
+    return _backproject(source, indices, subset - 1, 2, padding, matrices, origin_px, batch, progress, into, weights)
 
 
 def backproject_all(source, indices, *, padding: int = 2, matrices=None, origin_px=None, batch: int = 256, progress=None) -> BackProjector:
@@ -34,8 +35,9 @@ def backproject_all(source, indices, *, padding: int = 2, matrices=None, origin_
     return _backproject(source, indices, group, 1, padding, matrices, origin_px, batch, progress, None)[0]
 
 
-def _backproject(source, indices, group, n_groups, padding, matrices, origin_px, batch, progress, into):
-    """``n_groups`` BackProjectors (``into``, or new ones); particle i goes into accumulator ``group[i]``."""
+def _backproject(source, indices, group, n_groups, padding, matrices, origin_px, batch, progress, into, weights=None):
+    """``n_groups`` BackProjectors (``into``, or new ones); particle i goes into accumulator ``group[i]`` (at K weighted
+    poses each with ``weights`` (n, K))."""
     table = source.table
     matrices = table.matrices if matrices is None else matrices
     origin_px = table.origin_px if origin_px is None else origin_px
@@ -47,8 +49,15 @@ def _backproject(source, indices, group, n_groups, padding, matrices, origin_px,
         ctf = source.ctf(ids)
         for g, bp in enumerate(accumulators):
             rows = np.nonzero(group[ids] == g)[0]
-            if len(rows):
-                bp.insert(images_ft[rows], matrices[ids[rows]], None if ctf is None else ctf[rows], origin_px[ids[rows]])
+            if weights is None:
+                if len(rows):
+                    bp.insert(images_ft[rows], matrices[ids[rows]], None if ctf is None else ctf[rows], origin_px[ids[rows]])
+                continue
+            for k in range(weights.shape[1]):  # the image's spectrum and CTF once, its K poses in turn
+                used = rows[weights[ids[rows], k] > 0]
+                if len(used):
+                    bp.insert(images_ft[used], matrices[ids[used], k], None if ctf is None else ctf[used], origin_px[ids[used], k],
+                              weights=weights[ids[used], k])
         if progress:
             progress(min(start + batch, len(indices)), len(indices))
     return accumulators

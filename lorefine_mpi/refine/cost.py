@@ -125,11 +125,12 @@ def _work(cfg, n: int, box: int, voxel: float, mask_fill: list[float]) -> dict:
     def add(key, value):
         parts[key] = parts.get(key, 0.0) + value
 
+    iterations = cfg.iterations if isinstance(cfg.iterations, int) else cfg.convergence.max_iterations  # at most
     for where, s in _module_searches(cfg):
-        add(f"{where} (search)", cfg.iterations * n * evaluations(s) * pixels)
+        add(f"{where} (search)", iterations * n * evaluations(s) * pixels)
         if learns_prior(s):
-            add(f"{where} (the prior's pilot)", cfg.iterations * min(n, PRIOR_SAMPLE) * evaluations(s, "simultaneous") * pixels)
-        add("parallel.class_spacing_deg", cfg.iterations * 3.0 * n * classes)
+            add(f"{where} (the prior's pilot)", iterations * min(n, PRIOR_SAMPLE) * evaluations(s, "simultaneous") * pixels)
+        add("parallel.class_spacing_deg", iterations * 3.0 * n * classes)
     p = cfg.postprocess
     if p.enabled and p.local_resolution:
         from lorefine_mpi.validation.locres import LocresSettings

@@ -51,10 +51,19 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Poses:
-    """matrices (n, 3, 3) and origin_px (n, 2), consensus frame."""
+    """matrices (n, 3, 3) and origin_px (n, 2), consensus frame; and the poses each particle is inserted at,
+    posterior_matrices (n, K, 3, 3), posterior_origin_px (n, K, 2) with weights (n, K) (None: the poses themselves)."""
 
     matrices: np.ndarray
     origin_px: np.ndarray
+    posterior_matrices: np.ndarray | None = None
+    posterior_origin_px: np.ndarray | None = None
+    weights: np.ndarray | None = None
+
+    def as_fields(self) -> dict:
+        """The `io.results.pose_fields` of these poses."""
+        return {"matrix": self.matrices, "origin_px": self.origin_px, "posterior_matrix": self.posterior_matrices,
+                "posterior_origin_px": self.posterior_origin_px}
 
 
 def prior_widths(search) -> tuple[options.PriorWidth, options.PriorWidth]:
@@ -97,7 +106,15 @@ def search_settings(cfg, module_mask, centre_px, box, band_radius_px=None, modul
         spectral_weight=spectral_weight,
         estimate=s.estimate,
         likelihood=s.likelihood,
+        max_poses=max_poses(cfg),
+        posterior_mass=cfg.reconstruction.posterior_mass,
     )
+
+
+def max_poses(cfg) -> int:
+    """The poses each particle is inserted at (at most): ``reconstruction.max_poses`` with ``reconstruction.poses:
+    posterior``, else 1 (its estimate)."""
+    return cfg.reconstruction.max_poses if options.RECONSTRUCTION_POSES[cfg.reconstruction.poses].marginalises else 1
 
 
 BAND_SAMPLE = 1000  # particles compared with the module's projections to find the search's band
@@ -199,7 +216,7 @@ class RefineEngine:
         self.cfg = cfg
         self.allocate = allocate
         self._accumulators = None  # the half-map accumulators, reused by every stage (`accumulators`)
-        self.folder = layout.RunFolder.of(cfg)
+        self.folder = layout.RunFolder.planned(cfg)  # iterations: auto: the last one not known until the poses settle (`refine.run`)
         self.table = read_star(cfg.particles, cfg.project_dir)
         self.consensus, self.voxel = mrc.read_map(cfg.consensus_map)
         self.box = self.consensus.shape[0]
@@ -294,20 +311,26 @@ class RefineEngine:
         seeds = particle_seeds(self.cfg.seed, state.stage.iteration, index, self.n)
         return StageSearch(self, state, searcher, rest, seeds)
 
-    def final_poses(self, state: StageState, search_matrix, search_origin_px):
-        """The stage's poses from the search's, with the mean motion taken out (`search.mean_motion`):
-        (Poses, rotation vector removed (3,) deg, shift removed (3,) px). Deterministic."""
-        matrices, origin_px = search_matrix, search_origin_px
+    def final_poses(self, state: StageState, stored: dict):
+        """The stage's poses from the search's (``stored``: its `io.results.search_fields`), with the mean motion taken
+        out (`search.mean_motion`) of the estimates and the posterior poses alike: (Poses, rotation vector removed (3,)
+        deg, shift removed (3,) px). Deterministic."""
+        poses = Poses(stored["search_matrix"], stored["search_origin_px"], stored["search_posterior_matrix"],
+                      stored["search_posterior_origin_px"], stored["posterior_weight"])
         rotation_deg, shift_px = np.zeros(3), np.zeros(3)
         if self.mean_motion.removes:
             reference = self.consensus_poses
             matrices, origin_px, motion = volumes.remove_mean_motion(
-                matrices, origin_px, reference.matrices, reference.origin_px, state.centre_px
+                poses.matrices, poses.origin_px, reference.matrices, reference.origin_px, state.centre_px
             )
+            k = poses.posterior_matrices.shape[1]
+            moved = volumes.apply_mean_motion(poses.posterior_matrices.reshape(-1, 3, 3), poses.posterior_origin_px.reshape(-1, 2),
+                                              np.repeat(reference.matrices, k, axis=0), motion, state.centre_px)
+            poses = Poses(matrices, origin_px, moved[0].reshape(-1, k, 3, 3), moved[1].reshape(-1, k, 2), poses.weights)
             rotation_deg, shift_px = np.rad2deg(rotations.rotation_vector(motion.rotation)), motion.shift_px
             log.info("%s: mean motion relative to the consensus taken out: %.3f° rotation, %.3f px shift",
                      state.stage.name, np.rad2deg(motion.angle_rad), np.linalg.norm(shift_px))
-        return Poses(matrices, origin_px), rotation_deg, shift_px
+        return poses, rotation_deg, shift_px
 
     # -- reconstruction -------------------------------------------------------------------------
     def exact_sum(self, image_bound: float, ctf_bound: float) -> ExactSum:
@@ -322,7 +345,13 @@ class RefineEngine:
     def reconstruction_poses(self, state: StageState, poses: Poses) -> Poses:
         """The refined poses in the module's recentred frame, where it is rebuilt (sharper: the centre
         tolerates angular error best; `write_module` moves the maps back to overlay the consensus map)."""
-        return Poses(poses.matrices, volumes.recentre_origins(poses.matrices, poses.origin_px, state.centre_px))
+        centred = volumes.recentre_origins(poses.matrices, poses.origin_px, state.centre_px)
+        if poses.weights is None:
+            return Poses(poses.matrices, centred)
+        k = poses.weights.shape[1]
+        posterior = volumes.recentre_origins(poses.posterior_matrices.reshape(-1, 3, 3), poses.posterior_origin_px.reshape(-1, 2),
+                                             state.centre_px).reshape(-1, k, 2)
+        return Poses(poses.matrices, centred, poses.posterior_matrices, posterior, poses.weights)
 
     def accumulators(self, exact: ExactSum) -> list:
         """An empty pair of half-map accumulators (half 1, half 2) on ``exact``'s grid: the same arrays for
@@ -340,16 +369,23 @@ class RefineEngine:
     def backproject(self, centred: Poses, ids, halves) -> None:
         """Add the particles ``ids`` (any batch: the terms are on the exact-sum grid, so the grouping does not
         matter) at the poses ``centred`` (`reconstruction_poses`) to the pair ``halves`` (`accumulators`)."""
-        backproject_halves(self.source, ids, padding=self.cfg.reconstruction.padding, subset=self.subset, matrices=centred.matrices,
-                           origin_px=centred.origin_px, batch=BLOCK_MAX, into=halves)
+        if centred.weights is None or centred.weights.shape[1] == 1:  # one pose a particle: its estimate
+            backproject_halves(self.source, ids, padding=self.cfg.reconstruction.padding, subset=self.subset, matrices=centred.matrices,
+                               origin_px=centred.origin_px, batch=BLOCK_MAX, into=halves)
+        else:
+            backproject_halves(self.source, ids, padding=self.cfg.reconstruction.padding, subset=self.subset,
+                               matrices=centred.posterior_matrices, origin_px=centred.posterior_origin_px, weights=centred.weights,
+                               batch=BLOCK_MAX, into=halves)
 
     def rebuild(self, state: StageState, half_maps) -> dict:
         """The module's maps {'half1', 'half2', 'full'} (N, N, N) float32 from its half maps (recentred frame,
         `reconstruction.reconstruct.summed_half_maps`), moved back to overlay the consensus map."""
         return {k: volumes.shift_volume(v, state.centre_px) for k, v in with_full(*half_maps).items()}
 
-    def write_module(self, state: StageState, maps, poses: Poses, scores) -> None:
-        """The module's maps (`rebuild`), FSC and STAR file in its output folder."""
+    def write_module(self, state: StageState, maps, poses: Poses, stored: dict) -> None:
+        """The module's maps (`rebuild`), FSC and STAR file in its output folder; the STAR file's extra columns (documented
+        in the README): rlnLorefineScore (the best CCC), rlnLorefineAngleSpread (deg) and rlnLorefineShiftSpreadAngst (Å),
+        the posterior's spreads (`search.local.PosePosterior`). stored: the stage's `io.results.search_fields`."""
         cfg, stage = self.cfg, state.stage
         module_mask = self.masks[stage.index]
         half_maps, full = [maps["half1"], maps["half2"]], maps["full"]
@@ -365,7 +401,9 @@ class RefineEngine:
         rot, tilt, psi = rotations.matrix_to_euler(poses.matrices)
         write_star(
             folder.star, self.table, rot_rad=rot, tilt_rad=tilt, psi_rad=psi, origin_px=poses.origin_px,
-            image_name=relative_image_names(self.table, cfg.project_dir), extra_columns={"rlnLorefineScore": scores},
+            image_name=relative_image_names(self.table, cfg.project_dir),
+            extra_columns={"rlnLorefineScore": stored["score"], "rlnLorefineAngleSpread": stored["angle_spread_deg"],
+                           "rlnLorefineShiftSpreadAngst": stored["shift_spread_px"] * self.voxel},
         )
         log.info("%s: map %s, half-map FSC 0.143 at %.2f Å (masked)", stage.name, folder.map, fsc_mod.resolution_at(curve, 0.143))
 
@@ -436,11 +474,24 @@ class StageSearch:
         `io.results.UNIT_FIELDS` of results.h5, row-aligned with ``ids``."""
         known = [self.pilot_scores.pop(int(i), None) for i in ids] if self.pilot_scores else None
         found = self.searcher.run(self._unit(ids), known)
+        centre, k = self.state.centre_px, self.searcher.settings.max_poses
+        p = len(ids)
+        matrices, weights = np.zeros((p, k, 3, 3)), np.zeros((p, k), np.float32)
+        for i, posterior in enumerate(found.posteriors):
+            c = len(posterior.weights)
+            matrices[i, :c], weights[i, :c] = posterior.matrices, posterior.weights
+            matrices[i, c:] = found.matrix[i]  # unused (weight 0): the estimate, a valid rotation
+        origins = volumes.consensus_origins(matrices.reshape(-1, 3, 3), np.repeat(found.origin_px, k, axis=0), centre).reshape(p, k, 2)
         return {
             "search_matrix": found.matrix,
-            "search_origin_px": volumes.consensus_origins(found.matrix, found.origin_px, self.state.centre_px),
+            "search_origin_px": volumes.consensus_origins(found.matrix, found.origin_px, centre),
             "score": found.score,
             "rest_scale": found.rest_scale,
+            "search_posterior_matrix": matrices,
+            "search_posterior_origin_px": origins,
+            "posterior_weight": weights,
+            "angle_spread_deg": np.array([np.rad2deg(q.angle_spread_rad) for q in found.posteriors], np.float32),
+            "shift_spread_px": np.array([q.shift_spread_px for q in found.posteriors], np.float32),
         }
 
     def prior_pilot(self) -> "PriorPilot | None":
@@ -450,15 +501,16 @@ class StageSearch:
         learn_rot, learn_px = rot.learned, shift.learned
         return PriorPilot(self, learn_rot, learn_px) if (learn_rot or learn_px) else None
 
-    def configured_prior(self) -> tuple[float | None, float | None]:
-        """The prior's widths (σ_rot rad, σ_px) as configured (None: flat or not yet learned)."""
-        return self.searcher.settings.prior_sigma_rad, self.searcher.settings.prior_sigma_px
+    def configured_prior(self) -> tuple:
+        """The prior as configured: (σ_rot rad, σ_px, rotation shape (3, 3) or None) (None: flat or not yet learned)."""
+        s = self.searcher.settings
+        return s.prior_sigma_rad, s.prior_sigma_px, s.prior_rotation_shape
 
-    def use_prior(self, sigma_rot_rad, sigma_px) -> None:
-        """Search with these prior widths from now on."""
+    def use_prior(self, sigma_rot_rad, sigma_px, rotation_shape=None) -> None:
+        """Search with this prior from now on (rotation_shape: `local.SearchSettings.prior_rotation_shape`)."""
         s = self.searcher
-        self.searcher = local.UnitSearch(s.fvol, s.directions, dataclasses.replace(s.settings, prior_sigma_rad=sigma_rot_rad,
-                                                                                   prior_sigma_px=sigma_px), s.box, s.cache)
+        settings = dataclasses.replace(s.settings, prior_sigma_rad=sigma_rot_rad, prior_sigma_px=sigma_px, prior_rotation_shape=rotation_shape)
+        self.searcher = local.UnitSearch(s.fvol, s.directions, settings, s.box, s.cache)
 
 
 class PriorPilot:
@@ -484,6 +536,7 @@ class PriorPilot:
         self.units = partition.work_units(classes, len(self.ids))[1]  # positions in ids
         self._search = None
         self._kept_bytes = 0
+        self.mine = {}  # position in the sample → (scores, likelihood, prior pose, prior offset) of this process's particles
 
     def empty(self) -> np.ndarray:
         """Zeros of the evidence's shape (len(sample), len(grid_rot), len(grid_px)), float64."""
@@ -501,10 +554,32 @@ class PriorPilot:
             unit = st._unit(self.ids[members])
             found = self._search.run(unit)
             for j, scores in enumerate(found.scores):
-                out[members[j]] = prior.log_evidence(scores, self.flat.psi_step_rad, scores.likelihood(self.flat, self._search.work.effective_pixels),
-                                                     unit.prior_matrices[j],
-                                                     unit.prior_origin_px[j] - unit.origin_px[j], self.grid_rot, self.grid_px)
+                likelihood = scores.likelihood(self.flat, self._search.work.effective_pixels)
+                offset = unit.prior_origin_px[j] - unit.origin_px[j]
+                out[members[j]] = prior.log_evidence(scores, self.flat.psi_step_rad, likelihood, unit.prior_matrices[j], offset,
+                                                     self.grid_rot, self.grid_px)
+                self.mine[members[j]] = (scores, likelihood, unit.prior_matrices[j], offset)
                 self._keep(int(self.ids[members[j]]), scores)
+        return out
+
+    @property
+    def learns_shape(self) -> bool:
+        """Whether the rotation's shape is learned too (with its width)."""
+        return self.learn_rot
+
+    def moments(self, sigma_rot_rad, sigma_px, out) -> np.ndarray:
+        """Fill the rows of ``out`` (len(sample), 3, 3) of this process's particles (`evidence` ran on them) with their
+        posterior E[ω ωᵀ] under the isotropic prior of these widths (`prior.rotation_moment`); returns ``out``."""
+        for position, (scores, likelihood, pose, offset) in self.mine.items():
+            out[position] = prior.rotation_moment(scores, self.flat.psi_step_rad, likelihood, pose, offset, sigma_rot_rad, sigma_px)
+        return out
+
+    def shaped_evidence(self, shape, sigma_px, out) -> np.ndarray:
+        """Fill the rows of ``out`` (len(sample), len(grid_rot)) of this process's particles with their log evidence over
+        the rotation widths, the rotation prior of shape ``shape`` and the shift's width ``sigma_px``; returns ``out``."""
+        for position, (scores, likelihood, pose, offset) in self.mine.items():
+            out[position] = prior.log_evidence(scores, self.flat.psi_step_rad, likelihood, pose, offset, self.grid_rot, np.array([sigma_px]),
+                                               rotation_shape=shape)[:, 0]
         return out
 
     def _keep(self, particle: int, scores) -> None:
@@ -522,3 +597,9 @@ class PriorPilot:
         """The widths from every particle's evidence (`evidence` of all units), summed in the sample's order."""
         sigma_rot, sigma_px = prior.learn_widths(evidence.sum(axis=0), self.grid_rot, self.grid_px)
         return (sigma_rot if self.learn_rot else self.settings.prior_sigma_rad), (sigma_px if self.learn_px else self.settings.prior_sigma_px)
+
+    def shaped_widths(self, evidence, shaped, shape):
+        """(σ_rot, shape or None, evidence gained): the anisotropic prior of ``shape`` and its best width when the
+        sample's evidence (``shaped``: `shaped_evidence` of every particle) gains more than `prior.SHAPE_EVIDENCE_NATS`
+        over the isotropic one's best (``evidence``), else (None, None, gain)."""
+        return prior.shaped_width(evidence.sum(axis=0), shaped.sum(axis=0), self.grid_rot, shape)

@@ -81,7 +81,7 @@ def finish_run(cfg, ctx, *, source, consensus_poses, poses, centres_px, masks, v
             folder.consensus_folder.mkdir(exist_ok=True)
             for h in (1, 2):
                 mrc.write_map(folder.consensus_half(h), maps[f"half{h}"], voxel_size_angstrom)
-    summary = {"modules": {}, "voxel_size_angstrom": voxel_size_angstrom, "dataset": dataset_facts(cfg, source, voxel_size_angstrom)}
+    summary = {"modules": {}, "voxel_size_angstrom": voxel_size_angstrom, "dataset": dataset_facts(cfg, folder, source, voxel_size_angstrom)}
     results = {}
     if ctx.is_root:
         timings["consensus_half_maps_s"] = round(time.time() - clock, 2)
@@ -146,13 +146,17 @@ def finish_run(cfg, ctx, *, source, consensus_poses, poses, centres_px, masks, v
         print(results_table(summary, report), flush=True)
 
 
-def dataset_facts(cfg, source, voxel_size_angstrom: float) -> dict:
+def dataset_facts(cfg, folder: layout.RunFolder, source, voxel_size_angstrom: float) -> dict:
     """What the run ran on, for the report's header: particles, box, pixel size, optics groups, whether the CTF was used,
-    the iterations (all of the configured ones: lorefine has no convergence stop)."""
+    the iterations it made and why it stopped (as configured, or ``iterations: auto``'s reason in results.h5)."""
     table = source.table
+    if isinstance(cfg.iterations, int):
+        because = f"as configured (iterations: {cfg.iterations})"
+    else:
+        because = results.iterations_stopped_because(folder.results) or "iterations: auto"
     return {"particles": len(table), "box_px": int(source.box), "pixel_size_angstrom": float(voxel_size_angstrom),
             "optics_groups": len(table.optics), "ctf": bool(source.use_ctf), "ctf_in_star": bool(table.has_ctf),
-            "iterations": int(cfg.iterations), "stopped_because": f"as configured (iterations: {cfg.iterations})"}
+            "iterations": int(folder.iterations), "stopped_because": because}
 
 
 def relion_path(path, cfg) -> str:
@@ -171,7 +175,7 @@ def write_bodies(cfg, folder: layout.RunFolder, masks, voxel_size_angstrom: floa
     bodies = []
     for k, module in enumerate(cfg.modules):
         search = module.search(cfg.search)
-        learned = results.stage_prior_sigma(folder.results, results.stage_name(cfg.iterations, module.name)) or (None, None)
+        learned = results.stage_prior_sigma(folder.results, results.stage_name(folder.iterations, module.name)) or (None, None)
         sigma_deg = np.rad2deg(learned[0]) if learned[0] is not None else search.cone_half_angle_deg / 3.0
         sigma_px = learned[1] if learned[1] is not None else search.max_shift_px / 3.0
         if module.rotate_relative_to is not None:

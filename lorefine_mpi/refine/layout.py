@@ -80,15 +80,34 @@ class ModuleFolder:
 
 
 class RunFolder:
-    """The paths of a run folder. out: the output folder; iterations: the run's iteration count (the last
-    iteration's outputs sit at the top of the folder, the others in ``iteration_NN/``)."""
+    """The paths of a run folder. out: the output folder; iterations: the run's last iteration (its outputs sit at the
+    top of the folder, the others' in ``iteration_NN/``), or None while it is not known (``iterations: auto`` until the
+    poses settle: every iteration's in ``iteration_NN/``, the last one's moved to the top then, `promote`);
+    max_iterations: the most the run may make (default ``iterations``)."""
 
-    def __init__(self, out, iterations: int):
-        self.out, self.iterations = Path(out), int(iterations)
+    def __init__(self, out, iterations: int | None, max_iterations: int | None = None):
+        self.out = Path(out)
+        self.iterations = None if iterations is None else int(iterations)
+        self.max_iterations = int(max_iterations if max_iterations is not None else (iterations or 1))
 
     @classmethod
-    def of(cls, cfg) -> "RunFolder":
-        return cls(cfg.output, cfg.iterations)
+    def planned(cls, cfg, folder=None) -> "RunFolder":
+        """The run folder of ``cfg`` as a run starts it (at ``folder`` when given): its last iteration as configured, or
+        not known yet for ``iterations: auto``."""
+        fixed = isinstance(cfg.iterations, int)
+        return cls(cfg.output if folder is None else folder, cfg.iterations if fixed else None,
+                   cfg.iterations if fixed else cfg.convergence.max_iterations)
+
+    @classmethod
+    def of(cls, cfg, folder=None) -> "RunFolder":
+        """The run folder of ``cfg`` as a run left it (at ``folder`` when given, e.g. a finished run moved elsewhere): its
+        last iteration as configured, or for ``iterations: auto`` as its results.h5 records it once the poses settled."""
+        run = cls.planned(cfg, folder)
+        if run.iterations is None:
+            from lorefine_mpi.io.results import final_iteration
+
+            run.iterations = final_iteration(run.results)
+        return run
 
     def __truediv__(self, name: str) -> Path:
         return self.out / name
@@ -128,7 +147,29 @@ class RunFolder:
         return self.out
 
     def _iteration_folder(self, iteration: int | None) -> Path:
-        return self.out if iteration is None or iteration == self.iterations else self.out / f"iteration_{iteration:02d}"
+        return self.out if iteration is None or iteration == self.iterations else self.iteration_folder(iteration)
+
+    def iteration_folder(self, iteration: int) -> Path:
+        return self.out / f"iteration_{iteration:02d}"
+
+    def promote(self, iteration: int, module_names) -> None:
+        """Make ``iteration`` the last (``iterations: auto``, its poses settled): its module folders and combined map move
+        from ``iteration_NN/`` to the top of the folder (a module folder already at the top, from an interrupted move,
+        is replaced)."""
+        import shutil
+
+        source = self.iteration_folder(iteration)
+        for name in module_names:
+            if (source / name).is_dir():
+                shutil.rmtree(self.out / name, ignore_errors=True)
+                (source / name).rename(self.out / name)
+        if (source / COMBINED).exists():
+            (source / COMBINED).replace(self.out / COMBINED)
+        from lorefine_mpi.io.files import MANIFEST
+
+        if source.is_dir() and all(p.name == MANIFEST for p in source.iterdir()):  # only the record of what it held
+            shutil.rmtree(source)
+        self.iterations = iteration
 
     def module_folder(self, module_name: str, iteration: int | None = None) -> ModuleFolder:
         """A module's stage folder (the last iteration's by default)."""
@@ -153,7 +194,7 @@ class RunFolder:
     def owned_folders(self, module_names) -> list[Path]:
         """The folders (absolute) the run writes into and owns whole."""
         return ([self.out / name for name in module_names] + [self.consensus_folder, self.motion_folder]
-                + [self.out / f"iteration_{it:02d}" for it in range(1, self.iterations)])
+                + [self.iteration_folder(it) for it in range(1, self.max_iterations + 1) if it != self.iterations])
 
 
 def existing_outputs(cfg) -> list[Path]:

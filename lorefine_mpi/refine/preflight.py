@@ -473,11 +473,12 @@ def check_output(cfg, resume: bool, input_files, lock_in_use: bool = True, stack
     checkpoint = out / layout.RESULTS
     if checkpoint.exists():
         if not resume:
-            done, total = results.stages_done(checkpoint), cfg.iterations * len(cfg.modules)
+            last = layout.RunFolder.of(cfg).iterations  # None: iterations: auto, not settled yet
+            done, total = results.stages_done(checkpoint), (last or cfg.convergence.max_iterations + 1) * len(cfg.modules)
             if done >= total:
                 raise InputError(f"output: {out} holds a finished lorefine run ({layout.RESULTS}); use a new output folder "
                                  "(or --continue to write its outputs again)")
-            raise InputError(f"output: {out} holds a lorefine run ({layout.RESULTS}, {done} of {total} stages done); "
+            raise InputError(f"output: {out} holds a lorefine run ({layout.RESULTS}, {done}{f' of {total}' if last else ''} stages done); "
                              "use --continue to resume it, or a new output folder")
         warnings += results.check_resumable(checkpoint, search_fingerprint(cfg), stacks)
     else:

@@ -56,16 +56,22 @@ class RunProgress:
 
     The ETA is the remaining stages times the mean time of the stages this process has done since its first stage
     started (every stage searches all particles of one module and reconstructs it, so they cost about the same; in a
-    resumed run the stages the checkpoint held go faster, and the ETA is then pessimistic at first)."""
+    resumed run the stages the checkpoint held go faster, and the ETA is then pessimistic at first).
 
-    def __init__(self, total_stages: int, clock=time.monotonic, emit=None):
+    more_per_round: with ``iterations: auto`` the count is not known: ``total_stages`` is the least (two iterations), and
+    a stage begun beyond it adds one more iteration's ``more_per_round`` stages."""
+
+    def __init__(self, total_stages: int, clock=time.monotonic, emit=None, more_per_round: int = 0):
         self.total = int(total_stages)
+        self.more_per_round = int(more_per_round)
         self.clock = clock
         self.emit = emit or log.info
         self.first_started = None
         self.done = set()
 
     def stage_started(self, name: str) -> None:
+        if self.more_per_round and name not in self.done and len(self.done) >= self.total:
+            self.total += self.more_per_round
         if self.first_started is None:
             self.first_started = self.clock()
 

@@ -72,7 +72,8 @@ class Recorder:
         self.lock = None
         self.log_file = None
         self.cpu_seconds = {}  # stage -> part -> CPU seconds of this rank
-        self.progress = RunProgress(cfg.iterations * len(cfg.modules))  # the whole run's ETA, logged by rank 0
+        fixed, k = isinstance(cfg.iterations, int), len(cfg.modules)  # the whole run's ETA, logged by rank 0
+        self.progress = RunProgress((cfg.iterations if fixed else 2) * k, more_per_round=0 if fixed else k)
 
     # -- the run's life ---------------------------------------------------------------------
     @contextlib.contextmanager
@@ -173,13 +174,15 @@ class Recorder:
         return EXIT_STOPPED
 
     # -- the checkpoint ---------------------------------------------------------------------
-    def work_units(self, stage, make_units):
+    def work_units(self, stage, make_units, max_poses: int):
         """Collective: (unit_of_particle (n,), done (units,) bool) of a stage. The checkpoint fixes the work units of a
-        stage it holds (whatever the parallel settings now); ``make_units()`` makes them for a new stage."""
+        stage it holds (whatever the parallel settings now); ``make_units()`` makes them for a new stage (``max_poses``:
+        the posterior poses each particle keeps)."""
         found = None
         self.progress.stage_started(stage.name)
         if self.dist.is_root:
-            group = self.results.stage(stage.name, iteration=stage.iteration, module=stage.module_name, unit_of_particle=make_units())
+            group = self.results.stage(stage.name, iteration=stage.iteration, module=stage.module_name, unit_of_particle=make_units(),
+                                       max_poses=max_poses)
             found = group["unit_of_particle"][...], self.results.done_units(stage.name)
         return self.dist.bcast(found)
 
@@ -209,7 +212,7 @@ class Recorder:
     def write_poses(self, stage, poses, rotation_deg, shift_px) -> None:
         """Rank 0: the stage's final poses (and the mean motion taken out); the stage is complete."""
         self.writing()
-        self.results.write_poses(stage.name, poses.matrices, poses.origin_px, rotation_deg, shift_px)
+        self.results.write_poses(stage.name, poses.as_fields(), rotation_deg, shift_px)
         self.results.mark(stage.name, "complete")
 
     def mark_reconstructed(self, stage) -> None:
@@ -223,6 +226,15 @@ class Recorder:
     def set_flag(self, name: str) -> None:
         if self.dist.is_root:
             self.results.set_root_flag(name)
+
+    def final_iteration(self) -> int | None:
+        """Collective: the last iteration results.h5 records (``iterations: auto``, once the poses settled), or None."""
+        return self.dist.on_root(lambda: self.results.final_iteration())
+
+    def record_final_iteration(self, iteration: int, because: str) -> None:
+        if self.dist.is_root:
+            self.writing()
+            self.results.set_final_iteration(iteration, because)
 
     # -- CPU time ---------------------------------------------------------------------------
     def add_cpu(self, stage, part: str, seconds: float) -> None:

@@ -24,13 +24,14 @@ import time
 
 import numpy as np
 
+from lorefine_mpi.geometry import rotations
 from lorefine_mpi.io.results import stage_name
 from lorefine_mpi.kernels import use_backend
 from lorefine_mpi.reconstruction.reconstruct import summed_half_maps
 from lorefine_mpi.refine import engine as eng
 from lorefine_mpi.refine import partition
 from lorefine_mpi.refine.progress import ProgressLog
-from lorefine_mpi.search import options
+from lorefine_mpi.search import options, prior
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,13 @@ def _refine(cfg, dist, recorder, write_report) -> int:
     model = engine.consensus
     poses = [engine.consensus_poses for _ in cfg.modules]
     centres = [None for _ in cfg.modules]  # each module's rotation centre in its last stage (xyz px from the box centre)
-    for iteration in range(1, cfg.iterations + 1):
-        maps = []
+    known = recorder.final_iteration()  # iterations: auto, resumed after its poses settled
+    if known is not None:
+        engine.folder.iterations = known
+    iteration, settled = 0, None
+    while settled is None:
+        iteration += 1
+        maps, previous = [], list(poses)
         for index, module in enumerate(cfg.modules):
             stage = eng.Stage(stage_name(iteration, module.name), iteration, index, module.name)
             state = engine.begin_stage(stage, model, gauss_seidel(model, maps, len(cfg.modules)), poses)
@@ -72,6 +78,12 @@ def _refine(cfg, dist, recorder, write_report) -> int:
         if dist.is_root:
             recorder.writing()
             engine.write_combined(iteration, model)
+        settled = run.settled(iteration, previous, poses)
+    if not isinstance(cfg.iterations, int):  # the last iteration's outputs move to the top of the folder
+        recorder.record_final_iteration(iteration, settled)
+        if dist.is_root:
+            engine.folder.promote(iteration, [m.name for m in cfg.modules])
+        engine.folder.iterations = iteration
     if dist.is_root:
         log.info("done: outputs in %s", cfg.output)
     recorder.close_results()  # the end-of-run analysis adds to it (`io.results.write_motion`)
@@ -89,6 +101,12 @@ def _refine(cfg, dist, recorder, write_report) -> int:
     return 0
 
 
+def median_pose_change(before: eng.Poses, after: eng.Poses) -> tuple[float, float]:
+    """(median angle deg, median origin change px) between two sets of poses of the same particles."""
+    angle = np.rad2deg(rotations.geodesic_angle(before.matrices, after.matrices))
+    return float(np.median(angle)), float(np.median(np.linalg.norm(after.origin_px - before.origin_px, axis=1)))
+
+
 def gauss_seidel(model, refined_maps, n_modules: int) -> list:
     """Each module's map for the rest of the complex in a stage: the modules refined already in this iteration with
     their new maps, the others with the iteration's model (their poses: the latest, the caller's)."""
@@ -102,7 +120,7 @@ def replay_stage(cfg, engine, iteration: int, index: int, folder=None):
     from lorefine_mpi.io import mrc, results
     from lorefine_mpi.refine import layout
 
-    run = layout.RunFolder(cfg.output if folder is None else folder, cfg.iterations)
+    run = layout.RunFolder.of(cfg, folder)
     names = [m.name for m in cfg.modules]
 
     def final(it, name):
@@ -154,12 +172,38 @@ class _Run:
         recorder.set_flag("consensus_halves")
         return True
 
+    # -- iterations -----------------------------------------------------------------------------
+    def settled(self, iteration: int, previous, poses) -> str | None:
+        """Why the run ends after ``iteration``, or None to go on: ``iterations: N`` ends after N; ``auto`` once every
+        module's median pose change from the last iteration (``previous``; the consensus poses before the first) is below
+        ``convergence.step_fraction`` of its angular step and of the shift step, or after ``convergence.max_iterations``.
+        The changes are logged. The same on every rank (the poses are)."""
+        cfg = self.cfg
+        changes = [median_pose_change(before, after) for before, after in zip(previous, poses)]
+        limits = [(cfg.convergence.step_fraction * m.search(cfg.search).angular_step_deg, cfg.convergence.step_fraction * cfg.search.shift_step_px)
+                  for m in cfg.modules]
+        if self.dist.is_root:
+            log.info("iteration %d: median pose change %s", iteration, ", ".join(
+                f"{m.name} {a:.2f}° / {s:.2f} px" for m, (a, s) in zip(cfg.modules, changes)))
+        if isinstance(cfg.iterations, int):
+            return f"{cfg.iterations} iterations as configured" if iteration >= cfg.iterations else None
+        if iteration >= 2 and all(a < la and s < ls for (a, s), (la, ls) in zip(changes, limits)):
+            why = (f"the poses settled: every module's median change below {cfg.convergence.step_fraction:g} of its angular and "
+                   f"shift steps")
+        elif iteration >= cfg.convergence.max_iterations:
+            why = f"convergence.max_iterations ({cfg.convergence.max_iterations}) reached"
+        else:
+            return None
+        if self.dist.is_root:
+            log.info("iteration %d is the last: %s", iteration, why)
+        return why
+
     # -- one stage: search --------------------------------------------------------------------
     def search(self, state) -> eng.Poses | None:
         """The stage's final poses (every rank), or None when a stop was asked: the work units the checkpoint does
         not hold are searched (band, prior, then the units), then the mean motion is taken out."""
         dist, engine, recorder, stage = self.dist, self.engine, self.recorder, state.stage
-        unit_of_particle, done = recorder.work_units(stage, lambda: engine.work_units(state.prelim))
+        unit_of_particle, done = recorder.work_units(stage, lambda: engine.work_units(state.prelim), eng.max_poses(self.cfg))
         members = partition.members_of(unit_of_particle)
         pending = [u for u in range(len(members)) if not done[u]]
         if dist.is_root:
@@ -187,28 +231,53 @@ class _Run:
         return band_px, weights
 
     def prior_widths(self, stage, search):
-        """The stage's prior widths (σ_rot rad, σ_px), on every rank: learned once (`engine.PriorPilot`, its
-        units shared among the ranks; each particle's evidence is computed by one rank, so the sum over ranks
-        is exact and the widths the same on any rank count) and kept in results.h5, so a resumed stage uses
-        the same."""
+        """The stage's prior (σ_rot rad, σ_px, rotation shape (3, 3) or None), on every rank: learned once
+        (`engine.PriorPilot`, its units shared among the ranks; each particle's evidence is computed by one rank, so
+        the sums over ranks are exact and the prior the same on any rank count): the widths that maximise the sample's
+        evidence, then, for the rotation, the shape of its posterior second moment when that gains evidence (an
+        anisotropic prior: a hinge); kept in results.h5, so a resumed stage uses the same."""
         dist, recorder = self.dist, self.recorder
         kept = recorder.stage_attribute(stage, "prior_sigma")
         if kept is not None:
-            return tuple(None if np.isnan(v) else float(v) for v in kept)
+            return (*(None if np.isnan(v) else float(v) for v in kept), recorder.stage_attribute(stage, "prior_rotation_shape"))
         pilot = search.prior_pilot()
         if pilot is None:
             return search.configured_prior()
+        mine = range(dist.rank, len(pilot.units), dist.size)
         with recorder.cpu_clock(stage, "search"):
-            evidence = pilot.evidence(range(dist.rank, len(pilot.units), dist.size), pilot.empty())
+            evidence = pilot.evidence(mine, pilot.empty())
             dist.reduce_sum(evidence)
-        return dist.on_root(lambda: self._learned_widths(stage, pilot, evidence))
+            rot, px = dist.on_root(lambda: pilot.widths(evidence))
+            shape, gain = None, None
+            if pilot.learns_shape:
+                shift_width = pilot.grid_px[0] if px is None else px  # a flat shift prior: its wide stand-in
+                moments = pilot.moments(rot, shift_width, np.zeros((len(pilot.ids), 3, 3)))
+                dist.reduce_sum(moments)
+                candidate = dist.on_root(lambda: prior.rotation_shape(moments))
+                if candidate is not None:
+                    shaped = pilot.shaped_evidence(candidate, shift_width, np.zeros((len(pilot.ids), len(pilot.grid_rot))))
+                    dist.reduce_sum(shaped)
+                    shaped_rot, shape, gain = dist.on_root(lambda: pilot.shaped_widths(evidence, shaped, candidate))
+                    rot = shaped_rot if shape is not None else rot
+        if dist.is_root:
+            self._record_prior(stage, pilot, rot, px, shape, gain)
+        return rot, px, shape
 
-    def _learned_widths(self, stage, pilot, evidence):
-        rot, px = widths = pilot.widths(evidence)
+    def _record_prior(self, stage, pilot, rot, px, shape, gain) -> None:
         self.recorder.set_stage_attribute(stage, "prior_sigma", np.array([np.nan if rot is None else rot, np.nan if px is None else px]))
-        log.info("%s: prior on the module's motion: %s rotation, %s shift (learned from %d particles)", stage.name,
-                 "flat" if rot is None else f"σ {np.rad2deg(rot):.3g}°", "flat" if px is None else f"σ {px:.3g} px", len(pilot.ids))
-        return widths
+        if shape is not None:
+            self.recorder.set_stage_attribute(stage, "prior_rotation_shape", shape)
+        described = "flat" if rot is None else f"σ {np.rad2deg(rot):.3g}°"
+        if shape is not None:
+            values, vectors = np.linalg.eigh(shape)
+            axis = vectors[:, -1]
+            described += (f", anisotropic: σ {', '.join(f'{np.rad2deg(rot * np.sqrt(v)):.3g}' for v in values[::-1])}° about its "
+                          f"axes, the widest ({axis[0]:.2f}, {axis[1]:.2f}, {axis[2]:.2f}) (evidence +{gain:.1f} nats)")
+        elif gain is not None:
+            described += (f" (isotropic: the best anisotropic prior gains {gain:.1f} nats; one is kept above {prior.SHAPE_EVIDENCE_NATS:g} "
+                          f"nats with an axis {prior.SHAPE_MIN_RATIO:g}x wider in variance)")
+        log.info("%s: prior on the module's motion: %s rotation, %s shift (learned from %d particles)", stage.name, described,
+                 "flat" if px is None else f"σ {px:.3g} px", len(pilot.ids))
 
     def _final_poses(self, state) -> eng.Poses:
         """Rank 0: the stage's poses from the search's recorded ones, the mean motion taken out; recorded."""
@@ -218,7 +287,7 @@ class _Run:
         if undetermined:
             log.warning("%s: the rest's scale k could not be fitted for %d particle(s) (their module and rest projections are "
                         "alike): their rest was not subtracted (rest_scale NaN in results.h5)", stage.name, undetermined)
-        final, rotation_deg, shift_px = self.engine.final_poses(state, stored["search_matrix"], stored["search_origin_px"])
+        final, rotation_deg, shift_px = self.engine.final_poses(state, stored)
         recorder.write_poses(stage, final, rotation_deg, shift_px)
         return final
 
@@ -235,9 +304,9 @@ class _Run:
             maps = engine.rebuild(state, half_maps)
             writing_started = time.process_time()
             recorder.add_cpu(stage, "reconstruction", writing_started - cpu_started)
-            scores = recorder.read_stage(stage)["score"]
+            stored = recorder.read_stage(stage)
             recorder.writing()
-            engine.write_module(state, maps, refined, scores)
+            engine.write_module(state, maps, refined, stored)
             recorder.mark_reconstructed(stage)
             recorder.add_cpu(stage, "writing", time.process_time() - writing_started)
             full = maps["full"]

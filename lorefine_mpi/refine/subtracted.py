@@ -68,8 +68,8 @@ def write_subtracted(run_dir, name: str, *, box_px: int | None = None, batch: in
     returns the STAR file's path. Image names are relative to the run's project directory (RELION's rule)."""
     run_dir = Path(run_dir).resolve()
     cfg = load_config(run_dir / layout.CONFIG)
-    run = layout.RunFolder(run_dir, cfg.iterations)
-    use_backend(cfg.compute.backend)  # where the folder is now, whatever output its config names
+    run = layout.RunFolder.of(cfg, run_dir)  # where the folder is now, whatever output its config names
+    use_backend(cfg.compute.backend)
     names = [m.name for m in cfg.modules]
     if name not in names:
         raise InputError(f"--module: expected one of {', '.join(names)}, got {name!r}")
@@ -82,7 +82,9 @@ def write_subtracted(run_dir, name: str, *, box_px: int | None = None, batch: in
     maps = [mrc.read_map(run.module_folder(m).map)[0] for m in names]
     voxel = mrc.voxel_size_angstrom(run.module_folder(name).map)
     combined, _ = mrc.read_map(run.combined())
-    finals = [results.read_final_stage(run.results, results.stage_name(cfg.iterations, m)) for m in names]
+    if run.iterations is None:
+        raise InputError(f"{run.results}: the run has not finished its last iteration; finish it with lorefine refine --continue")
+    finals = [results.read_final_stage(run.results, results.stage_name(run.iterations, m)) for m in names]
     target = finals[index]
     source = ParticleSource(table, box, uses_ctf(cfg, table))
     pad = cfg.reconstruction.padding

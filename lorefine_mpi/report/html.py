@@ -97,7 +97,12 @@ def build_report(out) -> str:
     except yaml.YAMLError:
         raise InputError(f"{config_path}: cannot read it as YAML") from None
     names = module_names(config)
-    folder = layout.RunFolder(out, config.get("iterations", 1) if isinstance(config, dict) else 1)
+    iterations = config.get("iterations", 1) if isinstance(config, dict) else 1
+    if not isinstance(iterations, int):  # iterations: auto: the last one, as results.h5 records it once they settled
+        from lorefine_mpi.io.results import final_iteration
+
+        iterations = final_iteration(out / "results.h5") or 1
+    folder = layout.RunFolder(out, iterations)
     summary = _json(folder.summary) or {"modules": {}}
     timings = _json(folder.timings) or {}
     motion = _json(folder.motion_folder / "motion.json")

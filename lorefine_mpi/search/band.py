@@ -51,9 +51,18 @@ def fourier_ring_correlation(images_ft, references_ft, box: int) -> tuple[np.nda
     return frc, samples
 
 
+GAP_RINGS = 3  # the signal ends at the first ring after which this many rings in a row are not significant
+
+
 def spectral_snr(frc, samples) -> np.ndarray:
-    """Per-pixel SSNR of each ring from its FRC, 0 where the FRC is not significant (3 σ of noise)."""
+    """Per-pixel SSNR of each ring from its FRC, 0 where the FRC is not significant (3 σ of noise) and from the end of
+    the signal on: the first run of `GAP_RINGS` insignificant rings. (A ring of pure noise passes 3 σ about once in
+    700; beyond the signal one such ring, weighted by its r² · pixels, would otherwise pull the band far out.)"""
     significant = frc > 3.0 / np.sqrt(np.maximum(samples, 1.0))
+    run = np.convolve(~significant, np.ones(GAP_RINGS, dtype=int), mode="valid") == GAP_RINGS  # run[r]: rings r … r+2 all not
+    ended = np.flatnonzero(run[1:])  # a gap after the DC ring
+    if len(ended):
+        significant[ended[0] + 1 :] = False
     r = np.clip(frc, 0.0, 0.999)
     return np.where(significant, r * r / (1.0 - r * r), 0.0)
 

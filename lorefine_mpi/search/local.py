@@ -109,6 +109,10 @@ class SearchSettings:
     spectral_weight: np.ndarray | None = None  # (N//2+1,) factor per frequency radius on image and references
     estimate: object = "map"  # options.ESTIMATORS: map (the best candidate, refined between grid points) or mean
     likelihood: object = "profile"  # score.LIKELIHOODS: profile or fixed_amplitude (a `score.Likelihood` class)
+    max_poses: int = 1  # the candidate poses a particle keeps for its reconstruction (`PosePosterior`; 1: its estimate only)
+    posterior_mass: float = 0.99  # ... the fewest of them that hold this much of its posterior (at most max_poses)
+    # the rotation prior's shape: ω = rotvec(A0ᵀ A) (complex frame) ~ N(0, σ² S), S (3, 3) of determinant 1 (None: I)
+    prior_rotation_shape: np.ndarray | None = None
 
     def __post_init__(self):
         for field, registry in (("strategy", options.STRATEGIES), ("mode", options.SCORE_MODES), ("angle_refinement", options.ANGLE_REFINEMENTS),
@@ -224,13 +228,44 @@ class ParticleScores:
 @dataclasses.dataclass
 class UnitResult:
     """matrix (p, 3, 3), origin_px (p, 2) recentred frame, score (p,) float32, rest_scale (p,) float32 (k);
-    scores: one `ParticleScores` per particle."""
+    scores: one `ParticleScores` per particle; posteriors: one `PosePosterior` per particle."""
 
     matrix: np.ndarray
     origin_px: np.ndarray
     score: np.ndarray
     rest_scale: np.ndarray
     scores: list = dataclasses.field(default_factory=list)
+    posteriors: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class PosePosterior:
+    """What a particle's posterior says beyond its estimate.
+
+    matrices (c, 3, 3) and weights (c,): the fewest candidate rotations holding ``posterior_mass`` of the posterior
+    over its rotations at its chosen shift (at most ``max_poses``; the best one at the estimate), weights summing to 1
+    (`refine` inserts the particle at each, `reconstruction.poses: posterior`); angle_spread_rad: the posterior's RMS
+    angle from the estimate over every candidate; shift_spread_px: the RMS shift from the posterior mean shift over the
+    shifts the strategy scored (the grid of whole pixels: a posterior narrower than a pixel reads as at most ~0.5 px).
+    """
+
+    matrices: np.ndarray
+    weights: np.ndarray
+    angle_spread_rad: float
+    shift_spread_px: float
+
+
+def normalised_weights(log_weight) -> np.ndarray:
+    """exp(log_weight − max), summing to 1 (float64); −inf entries weigh 0."""
+    log_weight = np.asarray(log_weight, dtype=np.float64)
+    w = np.exp(log_weight - log_weight.max())
+    return w / w.sum()
+
+
+def spread_about_mean(points, weights) -> float:
+    """RMS distance of points (n, d) from their weighted mean."""
+    mean = (weights[:, None] * points).sum(0)
+    return float(np.sqrt((weights * ((points - mean) ** 2).sum(-1)).sum()))
 
 
 def unit_directions(directions, matrices, cone_half_angle_rad) -> np.ndarray:
@@ -449,9 +484,10 @@ class UnitSearch:
         batch = self._particles(unit, out.rest_scale)
         if self.settings.likelihood.needs_centre:
             self._centre_scores(batch)
-        for i, (pose, shift_px, best, scores) in enumerate(self.settings.strategy.search(self, batch, known)):
+        for i, (pose, shift_px, best, scores, posterior) in enumerate(self.settings.strategy.search(self, batch, known)):
             out.matrix[i], out.origin_px[i], out.score[i] = pose, unit.origin_px[i] + shift_px, best
             out.scores.append(scores)
+            out.posteriors.append(posterior)
         return out
 
     def _particles(self, unit: UnitInput, rest_scale) -> list:
@@ -578,7 +614,26 @@ class UnitSearch:
         return ParticleScores(particle.frames, particle.ms, particle.valid, self.shifts_px if shifts_px is None else shifts_px, rho, shift_px,
                               at_shift, particle.rho_centre)
 
-    # -- the estimate --------------------------------------------------------------------------------
+    # -- the estimate and the posterior ------------------------------------------------------------------
+    def pose_posterior(self, particle: Particle, scores, t, k, pose, shift_log_posterior) -> PosePosterior:
+        """The particle's `PosePosterior` from the scores (T, k) of every angle at its shift, its best candidate (t, k),
+        its estimate ``pose`` and the log-posterior (S,) of the shifts the strategy scored (``self.shifts_px``)."""
+        s = self.settings
+        tt, kk = np.nonzero(np.isfinite(scores))
+        weights = normalised_weights(particle.posterior.log_posterior_of_angles(scores)[tt, kk])
+        poses = candidate_pose(particle.frames[kk], particle.ms[tt], s.psi_step_rad)
+        best = (tt == t) & (kk == k)
+        poses[best] = pose  # the best candidate at its refined place
+        angle_spread = float(np.sqrt((weights * rotations.geodesic_angle(poses, pose) ** 2).sum()))
+        order = np.argsort(-weights, kind="stable")
+        count = int(min(s.max_poses, np.searchsorted(np.cumsum(weights[order]), s.posterior_mass) + 1))
+        if s.max_poses == 1:  # the estimate itself (the posterior mean with `search.estimate: mean`)
+            kept, kept_weights = pose[None], np.ones(1)
+        else:
+            kept, kept_weights = poses[order[:count]], weights[order[:count]] / weights[order[:count]].sum()
+        shift_weights = normalised_weights(shift_log_posterior)
+        return PosePosterior(kept, kept_weights, angle_spread, spread_about_mean(self.shifts_px, shift_weights))
+
     def estimate(self, particle: Particle, scores, t, k) -> np.ndarray:
         """The particle's rotation from the scores (T, k) of every angle at its shift (``search.estimate``): the best
         candidate refined between grid points, or the posterior mean over the candidates."""
@@ -643,8 +698,13 @@ class Posterior:
         if settings.prior_sigma_rad is not None or settings.likelihood.needs_centre:
             poses = candidate_pose(frames[None], ms[:, None], settings.psi_step_rad)  # (T, K, 3, 3)
             self.angle_from_centre = rotations.geodesic_angle(poses, centre.pose)
-        if settings.prior_sigma_rad is not None:
+        self.rotation_precision = None  # (3, 3) in the complex frame, rad⁻²: S⁻¹ / σ² (anisotropic prior)
+        if settings.prior_sigma_rad is not None and settings.prior_rotation_shape is None:
             self.angle_cost = 0.5 * (self.angle_from_centre / settings.prior_sigma_rad) ** 2
+        elif settings.prior_sigma_rad is not None:
+            self.rotation_precision = np.linalg.inv(settings.prior_rotation_shape) / settings.prior_sigma_rad**2
+            omega = rotations.rotation_vector(np.swapaxes(centre.pose, -1, -2) @ poses)  # (T, K, 3), complex frame
+            self.angle_cost = 0.5 * np.einsum("tki,ij,tkj->tk", omega, self.rotation_precision, omega)
 
     @property
     def active(self) -> bool:
@@ -668,6 +728,10 @@ class Posterior:
         """cube (T, K, S) of ρ → the scores to maximise (single precision, `score.Likelihood.of_cube`)."""
         if not self.active:
             return cube
+        return self.log_posterior_of_cube(cube)
+
+    def log_posterior_of_cube(self, cube):
+        """cube (T, K, S) of ρ → the log-posterior of each candidate up to a constant (single precision)."""
         out = self.likelihood.of_cube(cube)
         if self.angle_cost is not None:
             out -= self.angle_cost.astype(np.float32)[:, :, None]
@@ -682,6 +746,10 @@ class Posterior:
         """cube (T, K) of ρ at one shift → the log-posterior of each angle, up to a constant (the
         log-likelihood alone without a rotation prior)."""
         return self._log_likelihood_minus_angle_cost(cube)
+
+    def log_posterior_of_shifts(self, rho):
+        """rows rho (n, S) of ρ over the shift grid → their log-likelihood less the shift prior's cost (n, S)."""
+        return self.likelihood(rho) - self._shift_cost()[None, :]
 
     def subpixel_shifts(self, rho):
         """The sub-pixel best shift (n, 2) of rows rho (n, S) over the grid (the rotation prior is the same
@@ -698,4 +766,9 @@ class Posterior:
         """(λ, prior pose) for `score.quadratic_peak_rotation`, or (0, None) without a rotation prior."""
         if self.angle_cost is None or self.prior is None:
             return 0.0, None
-        return float(score.prior_weight(self.likelihood.slope(rho_best), self.settings.prior_sigma_rad, step_rad)), self.prior.pose
+        weight = float(score.prior_weight(self.likelihood.slope(rho_best), self.settings.prior_sigma_rad, step_rad))
+        if self.rotation_precision is None:
+            return weight, self.prior.pose
+        # anisotropic: the lab-frame rotation ω of a pose A = exp(ω) A0 is A0 ω_complex, so its precision is A0 S⁻¹ A0ᵀ
+        shape_inverse = self.rotation_precision * self.settings.prior_sigma_rad**2
+        return weight * (self.prior.pose @ shape_inverse @ self.prior.pose.T), self.prior.pose

@@ -127,6 +127,28 @@ class KeepMeanMotion(MeanMotion):
 MEAN_MOTIONS = Registry("search.mean_motion", RemoveMeanMotion(), KeepMeanMotion())
 
 
+# -- the poses a particle is reconstructed from -----------------------------------------------------------------
+class ReconstructionPoses(Option):
+    marginalises = False
+
+
+class BestPose(ReconstructionPoses):
+    """Each particle inserted once, at its estimate (the paper)."""
+
+    name = "best"
+
+
+class PosteriorPoses(ReconstructionPoses):
+    """Each particle inserted at the candidates holding ``reconstruction.posterior_mass`` of its posterior (at most
+    ``reconstruction.max_poses``), each weighted by its posterior probability (RELION marginalises over all of them)."""
+
+    name = "posterior"
+    marginalises = True
+
+
+RECONSTRUCTION_POSES = Registry("reconstruction.poses", PosteriorPoses(), BestPose())
+
+
 # -- the prior on the module's motion ------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class PriorWidth:

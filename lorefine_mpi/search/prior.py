@@ -26,8 +26,14 @@ SIGMA_ROT_GRID_DEG = 0.125 * RATIO ** np.arange(13)  # 0.125° … 8°
 SIGMA_PX_GRID = 0.0625 * RATIO ** np.arange(13)  # 0.0625 … 4 px
 
 
+def candidate_rotation_vectors(scores: local.ParticleScores, psi_step_rad, prior_pose) -> np.ndarray:
+    """Each candidate's rotation vector ω = rotvec(A0ᵀ A) away from the prior pose A0, in the complex frame: (T, K, 3) rad."""
+    poses = local.candidate_pose(scores.frames[None], scores.ms[:, None], psi_step_rad)  # (T, K, 3, 3)
+    return rotations.rotation_vector(np.swapaxes(prior_pose, -1, -2) @ poses)
+
+
 def log_evidence(scores: local.ParticleScores, psi_step_rad, likelihood: score.Likelihood, prior_pose, prior_offset_px,
-                 sigma_rot_rad, sigma_px) -> np.ndarray:
+                 sigma_rot_rad, sigma_px, rotation_shape=None) -> np.ndarray:
     """log Z (len(sigma_rot_rad), len(sigma_px)) of one particle's scores (a flat-prior search over every
     rotation and shift: ``scores.rho`` (T, K, S)) under ``likelihood`` (the search's, `ParticleScores.likelihood`),
     the prior centred on ``prior_pose`` (3, 3) and the shift ``prior_offset_px`` (2,) (consensus origin less the
@@ -39,8 +45,12 @@ def log_evidence(scores: local.ParticleScores, psi_step_rad, likelihood: score.L
     and maps then came out worse: measured with benchmarks/accuracy.py.)"""
     valid = scores.valid[:, :, None] & np.isfinite(scores.rho)
     ll = np.where(valid, likelihood(np.where(valid, scores.rho, 0.0)), -np.inf)
-    poses = local.candidate_pose(scores.frames[None], scores.ms[:, None], psi_step_rad)  # (T, K, 3, 3)
-    theta2 = rotations.geodesic_angle(poses, prior_pose) ** 2  # (T, K)
+    if rotation_shape is None:
+        poses = local.candidate_pose(scores.frames[None], scores.ms[:, None], psi_step_rad)  # (T, K, 3, 3)
+        theta2 = rotations.geodesic_angle(poses, prior_pose) ** 2  # (T, K)
+    else:  # an anisotropic prior N(0, σ² S) on ω: the Mahalanobis form ωᵀ S⁻¹ ω in place of θ²
+        omega = candidate_rotation_vectors(scores, psi_step_rad, prior_pose)
+        theta2 = np.einsum("tki,ij,tkj->tk", omega, np.linalg.inv(rotation_shape), omega)
     u2 = ((scores.shifts_px - prior_offset_px) ** 2).sum(-1)  # (S,)
     rot = np.where(scores.valid[None], -theta2[None] / (2.0 * np.asarray(sigma_rot_rad)[:, None, None] ** 2), -np.inf)  # (A, T, K)
     shift = -u2[None] / (2.0 * np.asarray(sigma_px)[:, None] ** 2)  # (B, S)
@@ -80,7 +90,70 @@ def _finite_peak(a: np.ndarray, axis, keepdims: bool = False) -> np.ndarray:
     return np.where(np.isfinite(peak), peak, 0.0)
 
 
+def rotation_moment(scores: local.ParticleScores, psi_step_rad, likelihood: score.Likelihood, prior_pose, prior_offset_px,
+                    sigma_rot_rad: float, sigma_px: float) -> np.ndarray:
+    """E[ω ωᵀ] (3, 3) rad² over the particle's posterior (its flat-prior scores with the isotropic prior of widths
+    σ_rot, σ_px), ω the candidates' rotation vectors away from the prior pose (`candidate_rotation_vectors`)."""
+    valid = scores.valid[:, :, None] & np.isfinite(scores.rho)
+    ll = np.where(valid, likelihood(np.where(valid, scores.rho, 0.0)), -np.inf)
+    omega = candidate_rotation_vectors(scores, psi_step_rad, prior_pose)
+    log_weight = (ll - ((omega**2).sum(-1) / (2.0 * sigma_rot_rad**2))[:, :, None]
+                  - (((scores.shifts_px - prior_offset_px) ** 2).sum(-1) / (2.0 * sigma_px**2))[None, None, :])
+    log_weight = _logsumexp(log_weight, axis=2)  # (T, K): the shifts summed out
+    weight = np.exp(log_weight - log_weight.max())
+    weight /= weight.sum()
+    return np.einsum("tk,tki,tkj->ij", weight, omega, omega)
+
+
+def rotation_shape(moments) -> np.ndarray | None:
+    """The shape S (3, 3), determinant 1, of the mean second moment of the sample's rotations (n, 3, 3); None when it
+    is not positive definite."""
+    mean = np.asarray(moments, dtype=np.float64).mean(axis=0)
+    mean = 0.5 * (mean + mean.T)
+    eigenvalues = np.linalg.eigvalsh(mean)
+    if eigenvalues.min() <= 0:
+        return None
+    return mean / np.prod(eigenvalues) ** (1.0 / 3.0)
+
+
+SHAPE_EVIDENCE_NATS = 5.5  # an anisotropic prior (5 more numbers) is kept when the sample's evidence gains this much (χ²₅ 95 % / 2)
+SHAPE_MIN_RATIO = 4.0  # ... and when its widest variance is at least this many times its narrowest (σ twice): a sample of a few
+# hundred isotropic motions has a second moment up to about twice as wide one way as another, which changes no search
+
+
+def shaped_width(isotropic_total, shaped_total, sigma_rot_rad, shape):
+    """(σ_rot, shape or None, evidence gained): the anisotropic prior of ``shape`` at its best width (continuous,
+    `learn_widths`) when the sample's summed log evidence with it (``shaped_total``, over the widths ``sigma_rot_rad``)
+    beats the isotropic prior's best (``isotropic_total``, any shape) by more than `SHAPE_EVIDENCE_NATS` and the shape
+    is anisotropic enough to matter (`SHAPE_MIN_RATIO`); else (None, None, gain)."""
+    gain = float(np.max(shaped_total)) - float(np.max(isotropic_total))
+    values = np.linalg.eigvalsh(shape)
+    if gain <= SHAPE_EVIDENCE_NATS or values[-1] < SHAPE_MIN_RATIO * values[0]:
+        return None, None, gain
+    return learn_widths(np.asarray(shaped_total)[:, None], sigma_rot_rad, np.ones(1))[0], shape, gain
+
+
 def learn_widths(total_log_evidence, sigma_rot_rad, sigma_px) -> tuple[float, float]:
-    """The (σ_rot rad, σ_px) of the grid that maximise the summed log evidence (len(rot), len(px))."""
-    a, b = np.unravel_index(np.argmax(total_log_evidence), total_log_evidence.shape)
-    return float(sigma_rot_rad[a]), float(sigma_px[b])
+    """The (σ_rot rad, σ_px) that maximise the summed log evidence (len(rot), len(px)) over the grid of widths: the
+    best grid point moved, along each axis, to the peak of the parabola through it and its two neighbours in log σ
+    (at most half a grid step; kept on the grid point at the grid's edge or without a maximum), so the widths are
+    continuous, not the grid's."""
+    total = np.asarray(total_log_evidence, dtype=np.float64)
+    a, b = np.unravel_index(np.argmax(total), total.shape)
+    return _log_parabola_peak(total[:, b], sigma_rot_rad, a), _log_parabola_peak(total[a, :], sigma_px, b)
+
+
+def _log_parabola_peak(values, grid, i) -> float:
+    """The peak in log σ of the parabola through values[i−1 : i+2] at log grid[i−1 : i+2] (grid[i] at an edge or
+    without a maximum), within half a step of grid[i]."""
+    grid = np.asarray(grid, dtype=np.float64)
+    if not 0 < i < len(grid) - 1 or not np.all(np.isfinite(values[i - 1 : i + 2])):
+        return float(grid[i])
+    left, mid, right = values[i - 1 : i + 2]
+    curvature = left - 2 * mid + right
+    if curvature >= 0:
+        return float(grid[i])
+    delta = float(np.clip(-0.5 * (right - left) / curvature, -0.5, 0.5))  # in grid steps
+    logs = np.log(grid)
+    step = logs[i + 1] - logs[i] if delta > 0 else logs[i] - logs[i - 1]
+    return float(np.exp(logs[i] + delta * step))

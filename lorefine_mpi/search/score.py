@@ -235,7 +235,8 @@ def quadratic_peak_rotation(best, poses, scores, step_rad, reach_steps=QUADRATIC
     placed at ω = rotation_vector(pose · bestᵀ) / step, and the scores of those within ``reach_steps``
     are fitted by least squares with s(ω) = c + gᵀω + ½ ωᵀHω (10 coefficients). With a prior (weight λ,
     `prior_weight`, centred on the pose ``prior_centre`` at μ in the same coordinates) the function
-    maximised is ``s(ω) − ½ λ |ω − μ|²``. When its Hessian ``H − λI`` is negative definite the pose moves
+    maximised is ``s(ω) − ½ λ |ω − μ|²`` (or ``s(ω) − ½ (ω − μ)ᵀ Λ (ω − μ)`` for a (3, 3) weight Λ: an anisotropic
+    prior, with Λ in place of λI below). When its Hessian ``H − λI`` is negative definite the pose moves
     to its peak ``ω* = −(H − λI)⁻¹ (g + λμ)``, shortened to half a step if farther (the angular analogue of
     `subpixel_peak`); otherwise (fewer than ``min_points`` candidates, no maximum) ``best`` is returned.
     """
@@ -246,12 +247,14 @@ def quadratic_peak_rotation(best, poses, scores, step_rad, reach_steps=QUADRATIC
     x, y, z = omega[near].T
     design = np.stack([np.ones_like(x), x, y, z, x * x, y * y, z * z, x * y, x * z, y * z], 1)
     c = np.linalg.lstsq(design, np.asarray(scores, dtype=np.float64)[near], rcond=None)[0]
-    hessian = np.array([[2 * c[4], c[7], c[8]], [c[7], 2 * c[5], c[9]], [c[8], c[9], 2 * c[6]]]) - prior_weight * np.eye(3)
+    weight = np.asarray(prior_weight, dtype=np.float64)
+    weight = weight * np.eye(3) if weight.ndim == 0 else weight  # λ, or a (3, 3) matrix Λ (an anisotropic prior)
+    hessian = np.array([[2 * c[4], c[7], c[8]], [c[7], 2 * c[5], c[9]], [c[8], c[9], 2 * c[6]]]) - weight
     if np.linalg.eigvalsh(hessian).max() >= 0:
         return best
     gradient = c[1:4]
-    if prior_centre is not None and prior_weight > 0:
-        gradient = gradient + prior_weight * rotations.rotation_vector(np.asarray(prior_centre) @ np.asarray(best).T) / step_rad
+    if prior_centre is not None and np.any(weight):
+        gradient = gradient + weight @ (rotations.rotation_vector(np.asarray(prior_centre) @ np.asarray(best).T) / step_rad)
     peak = -np.linalg.solve(hessian, gradient)
     length = np.linalg.norm(peak)
     if length > 0.5:

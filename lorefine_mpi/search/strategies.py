@@ -14,6 +14,15 @@ import numpy as np
 from lorefine_mpi.search.registry import Option
 
 
+def logsumexp_rows(values) -> np.ndarray:
+    """log Σ exp over the last axis of (n, m) values (−inf rows give −inf): (n,) float64."""
+    values = np.asarray(values, dtype=np.float64)
+    peak = values.max(axis=-1, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(np.exp(values - peak).sum(axis=-1)) + peak[..., 0]
+
+
 class Strategy(Option):
     exhaustive = False  # scores every (angle, direction, shift): a flat-prior pilot's cubes can stand in for its own
 
@@ -22,7 +31,8 @@ class Strategy(Option):
         return n_orientations * n_shifts
 
     def search(self, search, batch, known) -> list:
-        """The best (pose (3, 3), image-frame shift (2,) px, CCC, `ParticleScores`) of every particle of ``batch``.
+        """The best (pose (3, 3), image-frame shift (2,) px, CCC, `ParticleScores`, `PosePosterior`) of every particle
+        of ``batch``.
         known: per particle None or the `ParticleScores` of an earlier search of it (the prior's pilot)."""
         return []
 
@@ -38,18 +48,21 @@ class Simultaneous(Strategy):
         reused = [search.reusable(p, None if known is None else known[p.index]) for p in batch]
         fresh = iter(search.candidate_cubes([p for p, cube in zip(batch, reused) if cube is None]))
         cubes = [cube if cube is not None else next(fresh) for cube in reused]
-        shifts = []
+        shifts, shift_posteriors = [], []
         for p, cube in zip(batch, cubes):
-            t, k, _ = np.unravel_index(np.argmax(p.posterior.of_cube(cube)), cube.shape)
+            log_posterior = p.posterior.log_posterior_of_cube(cube)
+            t, k, _ = np.unravel_index(np.argmax(log_posterior if p.posterior.active else cube), cube.shape)
             shifts.append(p.posterior.subpixel_shifts(cube[t, k][None])[0])
+            shift_posteriors.append(logsumexp_rows(log_posterior.reshape(-1, log_posterior.shape[-1]).T))
         at_shifts = search.point_scores(batch, shifts)
         out = []
-        for p, cube, shift, at_shift in zip(batch, cubes, shifts, at_shifts):
+        for p, cube, shift, at_shift, shift_posterior in zip(batch, cubes, shifts, at_shifts, shift_posteriors):
             at_shift = np.where(p.valid, at_shift, -np.inf)
             t, k = np.unravel_index(np.argmax(p.posterior.of_angles(at_shift)), at_shift.shape)
             pose = search.estimate(p, at_shift, t, k)
             out.append((pose, shift, at_shift[t, k], search.particle_scores(p, cube.astype(np.float32, copy=False), shift,
-                                                                            at_shift.astype(np.float32))))
+                                                                            at_shift.astype(np.float32)),
+                        search.pose_posterior(p, at_shift, t, k, pose, shift_posterior)))
         return out
 
 
@@ -72,13 +85,15 @@ class Separate(Strategy):
             uk, ik = np.unique(picked[:, 1], return_inverse=True)
             picks.append((ut, it, uk, ik))
         grids = search.grid_scores(batch, [ut for ut, _, _, _ in picks], [uk for _, _, uk, _ in picks])
-        shifts = [p.posterior.subpixel_shifts(grid[it, :, ik]).mean(axis=0) for p, grid, (_, it, _, ik) in zip(batch, grids, picks)]
+        rows = [grid[it, :, ik] for grid, (_, it, _, ik) in zip(grids, picks)]  # (picked, S) each
+        shifts = [p.posterior.subpixel_shifts(row).mean(axis=0) for p, row in zip(batch, rows)]
         cubes = search.point_scores(batch, shifts)
         out = []
-        for p, cube, shift in zip(batch, cubes, shifts):
+        for p, cube, shift, row in zip(batch, cubes, shifts, rows):
             cube = np.where(p.valid, cube, -np.inf)
             t, k = np.unravel_index(np.argmax(p.posterior.of_angles(cube)), cube.shape)
             pose = search.estimate(p, cube, t, k)
             out.append((pose, shift, cube[t, k], search.particle_scores(p, cube[:, :, None].astype(np.float32), shift,
-                                                                        cube.astype(np.float32), shifts_px=shift[None])))
+                                                                        cube.astype(np.float32), shifts_px=shift[None]),
+                        search.pose_posterior(p, cube, t, k, pose, logsumexp_rows(p.posterior.log_posterior_of_shifts(row).T))))
         return out

@@ -42,6 +42,11 @@ def test_the_band_holds_the_information_and_no_more():
     assert band.signal_band(np.full(len(radius), 0.5), samples, box) == box // 2 - 1  # signal to Nyquist: everything
     assert band.signal_band(np.zeros(len(radius)), samples, box) == box // 2 - 1  # no information at all: nothing cut
     assert band.signal_band(np.where(radius <= 3, 0.5, 0.0), samples, box) == band.MIN_BAND_PX
+    lone = sharp.copy()
+    lone[30] = 0.5  # one ring of noise that passes the significance test, far beyond the signal: not signal
+    assert 18 <= band.signal_band(lone, samples, box) <= 21
+    gappy = np.where((radius <= 20) & (radius != 12), 0.5, 0.0)  # one insignificant ring inside the signal: still signal
+    assert 18 <= band.signal_band(gappy, samples, box) <= 21
     assert band.band_from_resolution(8.0, 2.0, 128) == 32.0
     assert band.band_from_resolution(3.0, 2.0, 128) == 63.0
 

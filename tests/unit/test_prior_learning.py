@@ -124,3 +124,59 @@ def test_a_search_reusing_the_pilots_cubes_equals_one_that_computes_them(module_
     np.testing.assert_array_equal(reused.score, fresh.score)
     for a, b in zip(reused.scores, fresh.scores):
         np.testing.assert_array_equal(a.rho, b.rho)
+
+
+def test_the_learned_widths_are_continuous_at_the_peak_of_the_evidence_in_log_sigma():
+    """A log evidence quadratic in (log σ_rot, log σ_px) peaks between grid points: learn_widths finds that peak, not
+    the nearest grid point; at the grid's edge it keeps the edge."""
+    grid_rot, grid_px = np.deg2rad(prior.SIGMA_ROT_GRID_DEG), prior.SIGMA_PX_GRID
+    peak_rot, peak_px = np.deg2rad(1.3), 0.77
+    total = -(np.log(grid_rot / peak_rot)[:, None] ** 2) * 40 - (np.log(grid_px / peak_px)[None, :] ** 2) * 25
+    rot, px = prior.learn_widths(total, grid_rot, grid_px)
+    assert rot == pytest.approx(peak_rot, rel=1e-9) and px == pytest.approx(peak_px, rel=1e-9)
+    edge = -(np.log(grid_rot / 1e-3)[:, None] ** 2) - (np.log(grid_px / 0.77)[None, :] ** 2)
+    assert prior.learn_widths(edge, grid_rot, grid_px)[0] == grid_rot[0]
+
+
+def synthetic_scores(true_rotation, peak_width_deg=0.8, step_deg=2.0, cone_deg=10.0, t1=4):
+    """A particle's flat-prior scores (`local.ParticleScores`) on the search's own candidate lattice around the identity
+    pose, peaked at the rotation ``true_rotation`` (3, 3): ρ = 0.3 · exp(−θ² / 2w²), θ a candidate's angle from it."""
+    directions = candidates.direction_grid(np.deg2rad(step_deg))
+    directions = directions[directions[:, 2] >= np.cos(np.deg2rad(cone_deg))]
+    frames = local.canonical_frames(directions)
+    ms = np.arange(-2 * t1, 2 * t1 + 1)
+    poses = local.candidate_pose(frames[None], ms[:, None], np.deg2rad(step_deg))
+    theta = rotations.geodesic_angle(poses, true_rotation)
+    rho = (0.3 * np.exp(-theta**2 / (2 * np.deg2rad(peak_width_deg) ** 2)))[:, :, None].astype(np.float32)
+    valid = np.ones(theta.shape, bool)
+    return local.ParticleScores(frames, ms, valid, np.zeros((1, 2)), rho, np.zeros(2), rho[:, :, 0], 0.3)
+
+
+@pytest.mark.parametrize("hinge", [True, False])
+def test_a_hinge_gets_an_anisotropic_prior_about_its_axis_and_a_random_axis_an_isotropic_one(hinge):
+    """Modules turned by N(0, 3°) about one axis (a hinge) or about a random axis each: the sample's posterior second
+    moment has its widest axis along the hinge, and the evidence keeps the anisotropic prior only for the hinge."""
+    rng = np.random.default_rng(8)
+    axis = np.array([0.6, 0.0, 0.8])
+    likelihood = score.FixedAmplitudeLikelihood(400.0, 0.3)
+    grid_rot = np.deg2rad(prior.SIGMA_ROT_GRID_DEG)
+    kept = []
+    for _ in range(60):
+        turn_axis = axis if hinge else rng.normal(size=3)
+        true_rotation = rotations.rotation_about_axis(turn_axis / np.linalg.norm(turn_axis), np.deg2rad(rng.normal(0, 3.0)))
+        kept.append(synthetic_scores(true_rotation))
+    args = (np.deg2rad(2.0), likelihood, np.eye(3), np.zeros(2))
+    isotropic = sum(prior.log_evidence(s, *args, grid_rot, np.array([1.0])) for s in kept)[:, 0]
+    sigma = prior.learn_widths(isotropic[:, None], grid_rot, np.ones(1))[0]
+    moments = np.stack([prior.rotation_moment(s, *args, sigma, 1.0) for s in kept])
+    shape = prior.rotation_shape(moments)
+    shaped = sum(prior.log_evidence(s, *args, grid_rot, np.array([1.0]), rotation_shape=shape) for s in kept)[:, 0]
+    width, chosen, gain = prior.shaped_width(isotropic, shaped, grid_rot, shape)
+    values, vectors = np.linalg.eigh(shape)
+    if hinge:
+        assert chosen is not None and gain > prior.SHAPE_EVIDENCE_NATS
+        assert abs(vectors[:, -1] @ axis) > np.cos(np.deg2rad(10))  # the widest axis is the hinge's
+        assert values[-1] / values[0] > 10
+        assert np.rad2deg(width * np.sqrt(values[-1])) == pytest.approx(3.0, rel=0.35)  # its σ along the hinge: about 3°
+    else:
+        assert chosen is None and values[-1] < prior.SHAPE_MIN_RATIO * values[0]
