@@ -139,7 +139,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dataset")
     p.add_argument("--run", help="a finished lorefine output folder (default: run lorefine)")
-    p.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS, help="default: lorefine's")
+    p.add_argument("--iterations", type=lambda v: v if v == "auto" else int(v), default=DEFAULT_ITERATIONS,
+                   help="a number or auto (default: lorefine's)")
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
     p.add_argument("--work", help="folder for the run and the ceiling maps (default DATASET/accuracy)")
@@ -180,11 +181,11 @@ def main(argv=None):
         if args.png:
             Path(args.png).mkdir(parents=True, exist_ok=True)
             fsc.plot_fsc_png(Path(args.png) / f"fsc_{name}.png", curves, f"{data.name}, {name}: FSC against the true module map")
-    print_summary(summary, work if not args.run else None, len(consensus_table), args.iterations)
+    print_summary(summary, work if not args.run else None, len(consensus_table))
     return 0
 
 
-def print_summary(summary, work, n_particles, iterations):
+def print_summary(summary, work, n_particles):
     """One line per module (the issue's table): masked correlation of the consensus map, of lorefine's map after
     each iteration and of the true-pose map; the room closed by the last iteration; FSC 0.5 of lorefine's last map
     (of the true-pose map); median angle and projected-centre errors, consensus -> lorefine's last iteration."""
@@ -200,8 +201,9 @@ def print_summary(summary, work, n_particles, iterations):
               f"{last[1]:8.2f}Å ({high[1]:.2f}Å) {poses_low[0]:7.2f}° → {poses_last[0]:.2f}° {poses_low[2]:7.2f}px → {poses_last[2]:.2f}px")
     if work is not None and (work / "cpu_seconds.txt").exists():
         cpu = float((work / "cpu_seconds.txt").read_text())
+        iterations = len(summary[0][2]) - 2  # the rows between the consensus and the true poses: the iterations made
         per = 1e3 * cpu / (n_particles * len(summary) * iterations)
-        print(f"lorefine run: {cpu:.0f} CPU s (all ranks), {per:.1f} ms per particle per module per iteration")
+        print(f"lorefine run: {cpu:.0f} CPU s (all ranks), {iterations} iterations, {per:.1f} ms per particle per module per iteration")
 
 
 if __name__ == "__main__":

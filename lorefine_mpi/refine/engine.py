@@ -45,6 +45,7 @@ from lorefine_mpi.reconstruction.reconstruct import backproject_halves, half_sub
 from lorefine_mpi.refine import layout, partition
 from lorefine_mpi.search import band, local, options, prior
 from lorefine_mpi.validation import fsc as fsc_mod
+from lorefine_mpi.validation import motion as motion_mod
 
 log = logging.getLogger(__name__)
 
@@ -405,6 +406,8 @@ class RefineEngine:
             extra_columns={"rlnLorefineScore": stored["score"], "rlnLorefineAngleSpread": stored["angle_spread_deg"],
                            "rlnLorefineShiftSpreadAngst": stored["shift_spread_px"] * self.voxel},
         )
+        motion_mod.plot_uncertainty_png(folder / "uncertainty.png", stored["angle_spread_deg"], stored["shift_spread_px"] * self.voxel,
+                                        f"{stage.name}: each particle's pose uncertainty")
         log.info("%s: map %s, half-map FSC 0.143 at %.2f Å (masked)", stage.name, folder.map, fsc_mod.resolution_at(curve, 0.143))
 
     def write_consensus_halves(self, half_maps) -> tuple:

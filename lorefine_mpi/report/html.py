@@ -254,6 +254,11 @@ def _module_section(run: layout.RunFolder, name: str, m: dict) -> str:
                      f"step {locres['settings']['step_angstrom']:g} Å). Map: <code>{html.escape(name)}/locres.mrc</code>.</p>")
         lines.append("<div class=\"figures\">" + _image(folder / "locres_histogram.png", "local resolution inside the mask")
                      + _image(folder / "locres_slices.png", "slices through the module: density (grey), local resolution (colour)", wide=True) + "</div>")
+    if (folder / "uncertainty.png").is_file():
+        lines.append("<h3>Pose uncertainty</h3><div class=\"figures\">"
+                     + _image(folder / "uncertainty.png", "each particle's posterior spread of this module's rotation and shift "
+                              "(particles.star: rlnLorefineAngleSpread, rlnLorefineShiftSpreadAngst)", wide=True)
+                     + "</div>")
     if (folder / "pose_change.png").is_file():
         lines.append("<h3>Pose change</h3><div class=\"figures\">"
                      + _image(folder / "pose_change.png", "each particle's rotation and shift of this module away from its consensus pose", wide=True)

@@ -243,6 +243,29 @@ def plot_pose_change_png(path, analysis: MotionAnalysis, module: int, title: str
     plots.save_png(fig, path)
 
 
+def plot_uncertainty_png(path, angle_spread_deg, shift_spread_angstrom, title: str = "") -> None:
+    """Histograms of each particle's pose uncertainty for one module: the posterior's RMS angle from the estimate
+    (deg) and RMS shift (Å), the STAR file's rlnLorefineAngleSpread and rlnLorefineShiftSpreadAngst."""
+    from lorefine_mpi.validation import plots
+
+    plt = plots.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2), dpi=110)
+    for ax, values, label in ((axes[0], angle_spread_deg, "posterior angle spread (deg)"),
+                              (axes[1], shift_spread_angstrom, "posterior shift spread (Å)")):
+        values = np.asarray(values, dtype=np.float64)
+        values = values[np.isfinite(values)]
+        ax.hist(values, bins=40, color="tab:orange", alpha=0.85)
+        if len(values):
+            median = float(np.median(values))
+            ax.axvline(median, color="black", ls="--", lw=1, label=f"median {median:.2f}")
+            ax.legend(fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_ylabel("particles")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    plots.save_png(fig, path)
+
+
 def plot_relative_png(path, analysis: MotionAnalysis) -> None:
     """Per pair: histograms of the relative rotation angle and shift, and the components of the rotation vector."""
     from lorefine_mpi.validation import plots

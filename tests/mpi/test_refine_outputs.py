@@ -21,7 +21,8 @@ from lorefine_mpi.io.star import read_star
 MODULES = ("large", "small")
 PER_MODULE = ("map.mrc", "half1.mrc", "half2.mrc", "mask.mrc", "particles.star", "fsc.json", "fsc.png", "fsc_consensus.json",
               "fsc_before_after.png", "postprocess.mrc", "postprocess_masked.mrc", "postprocess.json", "postprocess.star", "postprocess_fsc.png",
-              "postprocess_guinier.png", "locres.mrc", "locres.json", "locres_histogram.png", "locres_slices.png", "pose_change.png")
+              "postprocess_guinier.png", "locres.mrc", "locres.json", "locres_histogram.png", "locres_slices.png", "pose_change.png",
+              "uncertainty.png")
 MOTION = ("motion.csv", "motion.json", "relative_motion.png", "pca.png", "pc1_frame1.mrc", "pc1_frame5.mrc", "pc2_frame3.mrc")
 
 
@@ -48,6 +49,7 @@ def test_output_folder_holds_every_documented_file(refined):
                  "consensus/half1.mrc", "consensus/half2.mrc", "bodies.star", "note.txt"):
         assert (refined / name).stat().st_size > 0, name
     assert (refined / "RELION_JOB_EXIT_SUCCESS").is_file() and not (refined / "RELION_JOB_EXIT_FAILURE").exists()
+    assert "Pose uncertainty" in (refined / "report.html").read_text()  # each module's histogram of its spreads
     for name in MOTION:
         assert (refined / "motion" / name).stat().st_size > 0, name
     assert not list(refined.rglob("*.tmp*")), "a temporary file was left behind"
