@@ -82,7 +82,7 @@ class ReconstructionConfig:
     weight_floor: float = 1e-3
     gridding_iterations: int = 10
     poses: str = "posterior"
-    max_poses: int = 8
+    max_poses: int = 2
     posterior_mass: float = 0.99
 
 
