@@ -27,7 +27,7 @@ from types import SimpleNamespace  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from lorefine_mpi.config.schema import ScoreConfig, SearchConfig  # noqa: E402
+from lorefine_mpi.config.schema import ReconstructionConfig, ScoreConfig, SearchConfig  # noqa: E402
 from lorefine_mpi.geometry import (  # noqa: E402
     candidates,
     rotations,
@@ -72,8 +72,8 @@ def main():
     prior = None if args.prior == "none" else "auto"
     search = SearchConfig(strategy=args.strategy, mask_diameter_px=40 * box / 128, prior_sigma_deg=prior, prior_sigma_px=prior)
     # SearchConfig's and ScoreConfig's defaults are the paper's ranges and the subtract mode; no module mask is
-    # needed with the mask diameter given
-    settings = search_settings(SimpleNamespace(search=search, score=ScoreConfig()), None, None, box)
+    # needed with the mask diameter given; ReconstructionConfig's default keeps the posterior poses a run keeps
+    settings = search_settings(SimpleNamespace(search=search, score=ScoreConfig(), reconstruction=ReconstructionConfig()), None, None, box)
     searcher = local.UnitSearch(fvol, candidates.direction_grid(np.deg2rad(2)), settings, box)
     unit = local.UnitInput(images, a0, o0, ctf, None, np.arange(n))
     t0 = time.process_time()
@@ -114,9 +114,9 @@ def count_work(searcher, unit) -> dict:
     counts = {"samples": 0, "product_flops": 0}
     sample, sample_grid, correlate = kernels.sample_patches, kernels.sample_shift_grid, kernels.correlate
 
-    def counted_sample(upsampled, zx, zy, angles_rad, shifts_px, out=None, factor=2):
+    def counted_sample(upsampled, zx, zy, angles_rad, shifts_px, factor=2):
         counts["samples"] += np.size(angles_rad) * len(zx)
-        return sample(upsampled, zx, zy, angles_rad, shifts_px, out, factor)
+        return sample(upsampled, zx, zy, angles_rad, shifts_px, factor)
 
     def counted_sample_grid(upsampled, zx, zy, angles_rad, steps, factor):
         counts["samples"] += np.size(angles_rad) * len(steps) * len(zx)
