@@ -91,7 +91,7 @@ class ConvergenceConfig:
     """``iterations: auto``: iterate until every module's median pose change from the last iteration is below
     ``step_fraction`` of its angular step and of the shift step, at most ``max_iterations`` times."""
 
-    step_fraction: float = 0.25
+    step_fraction: float = 0.5
     max_iterations: int = 6
 
 
