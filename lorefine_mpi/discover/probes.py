@@ -3,14 +3,15 @@
 Pure functions of arrays (no files, no MPI). Volumes are ``(N, N, N)`` float arrays indexed ``[z, y, x]``, centre at
 index N//2; positions are ``(x, y, z)`` px from the box centre, as in `geometry.volumes`.
 
-The density is the consensus map inside the particle's mask (or, without one, the map's own support, `map_support`),
-thresholded at ``DENSITY_FRACTION`` of its maximum. Its voxels are cut by
+The density is the consensus map on the particle's support (`map_support`: above the solvent's noise, inside the
+particle's mask when one is given). Its voxels are cut by
 k-means on their coordinates, each voxel weighted by its density (`weighted_kmeans`): compact, roughly equal-mass
 regions that follow the density rather than a grid. The number of probes (`auto_probe_count`) follows from the
 particle's size and the resolution of the search: each probe should hold about `PROBE_DIAMETER_RESOLUTIONS`
 resolution elements across (enough signal to be aligned on its own), so P ≈ the density's volume over one such
 sphere's, within [`MIN_PROBES`, `MAX_PROBES`] (more probes cost more searches and each holds less signal; fewer
-cannot resolve a module boundary).
+cannot resolve a module boundary, and a module is only found when at least two probes fall in it: twelve probes
+give a module of 15 % of the mass about two).
 """
 
 from __future__ import annotations
@@ -21,36 +22,40 @@ DENSITY_FRACTION = 0.04  # the density's threshold, a fraction of the masked map
 SUPPORT_LOWPASS_PX = 1.5  # without a mask: the map low-passed by this Gaussian σ before its threshold
 SUPPORT_NOISE_Z = 4.0  # without a mask: the threshold at least this many σ of the solvent above its mean
 PROBE_DIAMETER_RESOLUTIONS = 4.0  # a probe's diameter in resolution elements (auto probe count)
-MIN_PROBES, MAX_PROBES = 6, 16
+MIN_PROBES, MAX_PROBES = 12, 24
 KMEANS_ITERATIONS = 100
 REGION_EDGE_PX = 1.0  # the Gaussian σ of the soft seam between neighbouring probes or modules (`soft_region_masks`)
 
 
 def density_weights(consensus, mask=None) -> np.ndarray:
-    """(N, N, N) float64 ≥ 0: the density the probes are cut from: ``consensus · mask`` clipped at 0, zero below
-    `DENSITY_FRACTION` of its maximum. consensus: (N, N, N) float map; mask: (N, N, N) soft mask in [0, 1], or None
-    for the map's own support (`map_support`)."""
+    """(N, N, N) float64 ≥ 0: the density the probes are cut from: ``consensus · mask`` clipped at 0 on the particle's
+    support (`map_support`), zero elsewhere. consensus: (N, N, N) float map; mask: (N, N, N) soft mask in [0, 1] of the
+    whole particle, or None."""
     v = np.clip(np.asarray(consensus, dtype=np.float64), 0.0, None)
-    if mask is None:
-        return np.where(map_support(consensus), v, 0.0)
-    v = v * np.clip(np.asarray(mask, dtype=np.float64), 0.0, 1.0)
-    support = v > DENSITY_FRACTION * v.max() if v.max() > 0 else np.zeros(v.shape, bool)
-    return np.where(support, v, 0.0)
+    if mask is not None:
+        v = v * np.clip(np.asarray(mask, dtype=np.float64), 0.0, 1.0)
+    return np.where(map_support(consensus, mask), v, 0.0)
 
 
-def map_support(consensus) -> np.ndarray:
-    """(N, N, N) bool: the particle in a map given without a mask: the map low-passed by `SUPPORT_LOWPASS_PX` above
-    both `DENSITY_FRACTION` of its maximum and `SUPPORT_NOISE_Z` standard deviations above the mean of the solvent (the
-    shell beyond 0.4 N from the centre, where a centred particle has no density), the specks (connected pieces under 1 %
-    of it) left out: a noisy reconstruction's solvent would otherwise cover much of the box."""
+def map_support(consensus, mask=None) -> np.ndarray:
+    """(N, N, N) bool: the particle's density in a map: the map low-passed by `SUPPORT_LOWPASS_PX` above both
+    `DENSITY_FRACTION` of its maximum (in the mask) and `SUPPORT_NOISE_Z` standard deviations above the mean of the
+    solvent (outside the mask, mask ≤ 0.01; without a mask, the shell beyond 0.4 N from the centre, where a centred
+    particle has no density), inside the mask (≥ 0.5), the specks (connected pieces under 1 % of it) left out. A noisy
+    reconstruction's solvent would otherwise fill the mask (a mask drawn with a margin) or much of the box, and the
+    module masks made from the density would be that much wider than the modules."""
     from scipy import ndimage
 
     smooth = ndimage.gaussian_filter(np.asarray(consensus, dtype=np.float64), SUPPORT_LOWPASS_PX)
     n = smooth.shape[0]
-    radius = np.sqrt((voxel_positions_px(smooth.shape) ** 2).sum(1)).reshape(smooth.shape)
-    solvent = smooth[radius > 0.4 * n]
-    threshold = max(DENSITY_FRACTION * smooth.max(), solvent.mean() + SUPPORT_NOISE_Z * solvent.std()) if solvent.size else DENSITY_FRACTION * smooth.max()
-    support = smooth > threshold
+    inside = np.ones(smooth.shape, bool) if mask is None else np.asarray(mask) >= 0.5
+    if mask is not None and (np.asarray(mask) <= 0.01).sum() >= 1000:
+        solvent = smooth[np.asarray(mask) <= 0.01]
+    else:
+        solvent = smooth[np.sqrt((voxel_positions_px(smooth.shape) ** 2).sum(1)).reshape(smooth.shape) > 0.4 * n]
+    peak = smooth[inside].max() if inside.any() else 0.0
+    threshold = max(DENSITY_FRACTION * peak, solvent.mean() + SUPPORT_NOISE_Z * solvent.std()) if solvent.size else DENSITY_FRACTION * peak
+    support = (smooth > threshold) & inside
     pieces, count = ndimage.label(support)
     if count > 1:
         sizes = np.bincount(pieces.ravel())[1:]

@@ -68,10 +68,11 @@ def discover(dcfg, dist, *, resume: bool, command_line: str, write_page: bool = 
             error = e
     dist.agree_on_error(error)
     probe_cfg = load_config(out / PROBES_FOLDER / PROBE_CONFIG)
-    recorder = Recorder(probe_cfg, dist, command_line=command_line, resume=resume)
+    recorder = Recorder(probe_cfg, dist, command_line=command_line, resume=resume,
+                        resume_command=f"lorefine discover {dcfg.source} --continue")
     with recorder.running():
         measured = search_probes(probe_cfg, dist, recorder)
-        if measured is None:
+        if measured is False:
             return recorder.stopped()
     if dist.is_root:
         group_and_write(dcfg, probe_cfg, measured, write_page)
@@ -142,7 +143,7 @@ def sample_ids(n: int, seed: int, size: int) -> np.ndarray:
 # -- the probes' searches -----------------------------------------------------------------------------------------
 def search_probes(probe_cfg, dist, recorder) -> dict | None:
     """Every probe's search (collective; module docstring); on rank 0 the measurements `group_and_write` needs, None on
-    the others; None on every rank when a stop was asked."""
+    the others; False on every rank when a stop was asked."""
     from lorefine_mpi.kernels import use_backend
     from lorefine_mpi.refine import engine as eng
     from lorefine_mpi.refine.run import _Run
@@ -151,7 +152,7 @@ def search_probes(probe_cfg, dist, recorder) -> dict | None:
     engine = eng.RefineEngine(probe_cfg, allocate=dist.allocate)
     run = _Run(probe_cfg, dist, recorder, engine)
     if (options.is_auto(probe_cfg.search.max_resolution_angstrom) or probe_cfg.consensus_half_maps) and not run.consensus_halves():
-        return None
+        return False
     n_probes = len(probe_cfg.modules)
     at_consensus = [engine.consensus_poses] * n_probes  # every probe's rest at the consensus poses (module docstring)
     found, centres, spreads = [], [], []
@@ -160,7 +161,7 @@ def search_probes(probe_cfg, dist, recorder) -> dict | None:
         state = engine.begin_stage(stage, engine.consensus, [engine.consensus] * n_probes, at_consensus)
         poses = run.search(state)
         if poses is None:
-            return None
+            return False
         recorder.record_cpu(stage)
         if dist.is_root:
             stored = recorder.read_stage(stage)

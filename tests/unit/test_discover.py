@@ -55,7 +55,7 @@ def test_auto_probe_count_follows_size_and_resolution():
     assert prb.auto_probe_count(10, 1.0, 4.0) == prb.MIN_PROBES
     assert prb.auto_probe_count(10**8, 1.0, 4.0) == prb.MAX_PROBES
     sphere = np.pi / 6 * (4 * 2.0) ** 3  # 2 Å resolution at 1 Å/px: 8 px across
-    assert prb.auto_probe_count(int(10 * sphere), 1.0, 2.0) == 10
+    assert prb.auto_probe_count(int(20 * sphere), 1.0, 2.0) == 20
 
 
 def test_displacements_match_a_loop_over_particles_and_points():
@@ -161,3 +161,12 @@ def test_without_a_mask_the_support_is_the_particle_not_the_solvent():
     assert (support & particle).sum() > 0.9 * particle.sum()  # the particle is in
     assert (support & (clean < 0.01)).sum() < 0.02 * support.sum()  # the solvent is out
     assert np.array_equal(prb.density_weights(noisy) > 0, support & (noisy > 0))
+
+
+def test_the_documented_config_is_valid_and_shows_the_defaults():
+    from pathlib import Path
+
+    from lorefine_mpi.discover.config import DiscoverSettings, load_discover_config
+
+    documented = load_discover_config(Path(__file__).resolve().parents[2] / "configs" / "default_discover.yaml")
+    assert documented.settings == DiscoverSettings()
