@@ -27,7 +27,7 @@ sets the threshold τ = max(`NULL_Z` · σ_null, `MIN_COHERENCE`).
 **Modules.** Average-linkage clustering of the distance 1 − C (`scipy.cluster.hierarchy`), cut where the mean
 coherence between two groups falls below τ. Each group of two or more probes is a module (its probes move together,
 significantly); a probe coherent with no other (its own noise, too little signal) joins the module its motion agrees
-with most. No group of two: nothing moves coherently relative to the consensus, one module (the particle is rigid).
+with most when that agreement is beyond noise (`JOIN_Z` σ_null), else the module of the nearest grouped probe. No group of two: nothing moves coherently relative to the consensus, one module (the particle is rigid).
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ import dataclasses
 import numpy as np
 
 NULL_Z = 5.0  # the threshold in standard deviations of the coherence of unrelated motion
-MIN_COHERENCE = 0.2  # the threshold's floor: probes of one module agree at least this well
+MIN_COHERENCE = 0.1  # the threshold's floor: probes of one module agree at least this well
 NULL_PERMUTATIONS = 8
+JOIN_Z = 3.0  # a probe in no group joins the module it agrees with most when that agreement is this many σ_null; else the nearest
 
 
 def displacements_px(matrices, origin_px, consensus_matrices, consensus_origin_px, points_px) -> np.ndarray:
@@ -120,8 +121,9 @@ class Grouping:
         return np.arange(p - 1, 0, -1), 1.0 - heights
 
 
-def group_probes(c, sigma: float, min_coherence: float = MIN_COHERENCE, null_z: float = NULL_Z) -> Grouping:
-    """The modules from the coherence matrix ``c`` (P, P) and the null's spread ``sigma`` (module docstring)."""
+def group_probes(c, sigma: float, min_coherence: float = MIN_COHERENCE, null_z: float = NULL_Z, centres_px=None) -> Grouping:
+    """The modules from the coherence matrix ``c`` (P, P) and the null's spread ``sigma`` (module docstring); centres_px:
+    (P, 3) the probes' centres (xyz px), for the probes whose motion agrees with no module (`JOIN_Z`), or None."""
     from scipy.cluster import hierarchy
     from scipy.spatial.distance import squareform
 
@@ -140,9 +142,14 @@ def group_probes(c, sigma: float, min_coherence: float = MIN_COHERENCE, null_z: 
     labels = np.full(p, -1)
     for k, g in enumerate(groups):
         labels[clusters == g] = k
+    grouped_probes = np.nonzero(labels >= 0)[0]
     for probe in np.nonzero(labels < 0)[0]:  # a probe coherent with no other joins the module it agrees with most
         agreement = [c[probe, labels == k].mean() for k in range(len(groups))]
-        labels[probe] = int(np.argmax(agreement))
+        if max(agreement) >= JOIN_Z * sigma or centres_px is None:
+            labels[probe] = int(np.argmax(agreement))
+        else:  # its motion agrees with no module beyond noise: the module of the nearest grouped probe (modules are compact)
+            distance = np.linalg.norm(np.asarray(centres_px)[grouped_probes] - np.asarray(centres_px)[probe], axis=1)
+            labels[probe] = labels[grouped_probes[int(np.argmin(distance))]]
     order = {old: new for new, old in enumerate(dict.fromkeys(labels.tolist()))}  # modules in order of their first probe
     return Grouping(np.array([order[v] for v in labels]), threshold, sigma, linkage, coherent)
 

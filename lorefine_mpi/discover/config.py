@@ -44,7 +44,7 @@ class DiscoverSettings:
     probes: int | str = "auto"
     resolution_angstrom: float | str = "auto"
     sample_size: int = 2000
-    min_coherence: float = 0.2
+    min_coherence: float = 0.1
     null_z: float = 5.0
 
 

@@ -186,7 +186,7 @@ def measure_coherence(measured: dict, seed: int, settings) -> tuple[np.ndarray, 
     v = coh.displacement_variances(measured["angle_spread_rad"], measured["shift_spread_px"], measured["centres_px"], points)
     c = coh.coherence_matrix(d, v)
     sigma = coh.null_sigma(d, v, seed)
-    return c, coh.group_probes(c, sigma, settings.min_coherence, settings.null_z)
+    return c, coh.group_probes(c, sigma, settings.min_coherence, settings.null_z, measured["centres_px"])
 
 
 def group_and_write(dcfg, probe_cfg, measured: dict, write_page: bool) -> dict:

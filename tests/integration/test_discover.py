@@ -76,6 +76,16 @@ def test_outputs_are_ready_to_refine(two_modules):
     assert "rlnBodyMaskName" in (out / "bodies.star").read_text()
 
 
+def test_continue_takes_up_the_recorded_searches(two_modules):
+    data, out, summary = two_modules
+    again = lorefine("discover", out.parent / "discover.yaml", "--continue")
+    assert again.returncode == 0, again.stderr
+    assert "particles (100%)" not in again.stderr  # no probe searched again: every unit is in the checkpoint
+    assert json.loads((out / "discover.json").read_text()) == summary
+    fresh = lorefine("discover", out.parent / "discover.yaml")  # without --continue the folder is refused, in one line
+    assert fresh.returncode == 2 and "is not empty" in fresh.stderr and "--continue" in fresh.stderr
+
+
 def test_a_rigid_set_gives_one_module(tmp_path):
     data = simulated(tmp_path, 0.0, 0.0)
     out, summary = discovered(tmp_path, data)

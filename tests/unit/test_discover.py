@@ -110,7 +110,7 @@ def test_two_modules_moving_independently_are_two():
 def test_three_modules_and_a_noisy_probe_joins_the_module_it_agrees_with():
     groups = [0, 0, 1, 1, 1, 2, 2, 2]
     d, centres = motions(groups, seed=3)
-    d[7] = 0.3 * d[7] + np.random.default_rng(5).normal(0, 3.0, d[7].shape)  # weak signal, much noise
+    d[7] = 0.1 * d[7] + np.random.default_rng(5).normal(0, 2.0, d[7].shape)  # weak signal, much noise
     v = np.full(d.shape[:2], 0.1)
     c = coh.coherence_matrix(d, v)
     g = coh.group_probes(c, coh.null_sigma(d, v, seed=1))
@@ -170,3 +170,16 @@ def test_the_documented_config_is_valid_and_shows_the_defaults():
 
     documented = load_discover_config(Path(__file__).resolve().parents[2] / "configs" / "default_discover.yaml")
     assert documented.settings == DiscoverSettings()
+
+
+def test_a_probe_without_signal_joins_the_module_of_its_nearest_grouped_probe():
+    groups = [0, 0, 0, 1, 1, 1]
+    d, centres = motions(groups + [-1], seed=4)  # probe 6 does not move: its field is noise only
+    centres[6] = centres[4] + 0.5  # and it sits beside probe 4
+    v = np.full(d.shape[:2], 0.1)
+    c = coh.coherence_matrix(d, v)
+    g = coh.group_probes(c, coh.null_sigma(d, v, seed=1), centres_px=centres)
+    assert not g.coherent[6] and g.n_modules == 2
+    assert list(g.labels) == groups + [1]
+    centres[6] = centres[0] + 0.5
+    assert list(coh.group_probes(c, g.null_sigma, centres_px=centres).labels) == groups + [0]
