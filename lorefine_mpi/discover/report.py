@@ -57,10 +57,13 @@ def write_report_png(path, consensus, probe_labels, grouping, c, centres_px) -> 
     clusters, merge = grouping.criterion_curve()
     ax.plot(clusters, merge, "o-", label="coherence of the merge leaving k clusters")
     ax.axhline(grouping.threshold, color="r", ls="--", label=f"threshold τ = {grouping.threshold:.3f} (null σ {grouping.null_sigma:.3f})")
-    ax.axvline(grouping.n_modules, color="g", ls=":", label=f"modules: {grouping.n_modules}")
+    at_cut = int((merge < grouping.threshold).sum()) + 1  # the clusters left where the merges fall below τ
+    single = int((~grouping.coherent).sum())
+    ax.axvline(at_cut, color="g", ls=":", label=f"cut: {at_cut} clusters → {grouping.n_modules} module(s)\n(groups of ≥ 2 probes; "
+                                               f"{single} single probe(s) joined)")
     ax.set_xlabel("number of clusters k")
     ax.set_ylabel("average coherence between the merged groups")
     ax.set_title("the criterion: merges above τ are made")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     save_png(fig, path)
