@@ -24,6 +24,11 @@ particle: the fields are only the search's noise).
 that cannot be related) gives the coherence of unrelated motion at this noise and sample size; its spread σ_null
 sets the threshold τ = max(`NULL_Z` · σ_null, `MIN_COHERENCE`).
 
+**Does anything move?** Probes whose images overlap share their noise, so two neighbouring probes of a rigid particle
+can agree beyond the permutation null (which breaks that sharing). The prior each probe's search learned says whether
+it moves at all: when the median of the probes' learned shift widths is below `RIGID_SHIFT_PX` (a quarter pixel),
+the particle is one module whatever the coherence.
+
 **Modules.** Average-linkage clustering of the distance 1 − C (`scipy.cluster.hierarchy`), cut where the mean
 coherence between two groups falls below τ. Each group of two or more probes is a module (its probes move together,
 significantly); a probe coherent with no other (its own noise, too little signal) joins the module its motion agrees
@@ -39,6 +44,7 @@ import numpy as np
 NULL_Z = 5.0  # the threshold in standard deviations of the coherence of unrelated motion
 MIN_COHERENCE = 0.1  # the threshold's floor: probes of one module agree at least this well
 NULL_PERMUTATIONS = 8
+RIGID_SHIFT_PX = 0.25  # the probes' median learned shift width below which nothing moves (a quarter of a pixel)
 JOIN_Z = 3.0  # a probe in no group joins the module it agrees with most when that agreement is this many σ_null; else the nearest
 
 
@@ -121,9 +127,18 @@ class Grouping:
         return np.arange(p - 1, 0, -1), 1.0 - heights
 
 
-def group_probes(c, sigma: float, min_coherence: float = MIN_COHERENCE, null_z: float = NULL_Z, centres_px=None) -> Grouping:
+def moves(shift_widths_px, floor_px: float = RIGID_SHIFT_PX) -> bool:
+    """Whether the probes move at all: the median of their learned shift priors' widths (px; None for a prior not
+    learned) at least ``floor_px``. True when no width was learned (nothing to judge by)."""
+    learned = [w for w in shift_widths_px if w is not None]
+    return not learned or float(np.median(learned)) >= floor_px
+
+
+def group_probes(c, sigma: float, min_coherence: float = MIN_COHERENCE, null_z: float = NULL_Z, centres_px=None,
+                 moving: bool = True) -> Grouping:
     """The modules from the coherence matrix ``c`` (P, P) and the null's spread ``sigma`` (module docstring); centres_px:
-    (P, 3) the probes' centres (xyz px), for the probes whose motion agrees with no module (`JOIN_Z`), or None."""
+    (P, 3) the probes' centres (xyz px), for the probes whose motion agrees with no module (`JOIN_Z`), or None;
+    moving: `moves` (False: one module whatever the coherence)."""
     from scipy.cluster import hierarchy
     from scipy.spatial.distance import squareform
 
@@ -137,7 +152,7 @@ def group_probes(c, sigma: float, min_coherence: float = MIN_COHERENCE, null_z: 
     sizes = np.bincount(clusters)
     groups = [g for g in np.unique(clusters) if sizes[g] >= 2]
     coherent = np.isin(clusters, groups)
-    if len(groups) <= 1:
+    if len(groups) <= 1 or not moving:
         return Grouping(np.zeros(p, dtype=int), threshold, sigma, linkage, coherent)
     labels = np.full(p, -1)
     for k, g in enumerate(groups):

@@ -178,15 +178,15 @@ def search_probes(probe_cfg, dist, recorder) -> dict | None:
 
 
 # -- coherence, modules, outputs ----------------------------------------------------------------------------------
-def measure_coherence(measured: dict, seed: int, settings) -> tuple[np.ndarray, coh.Grouping]:
+def measure_coherence(measured: dict, seed: int, settings, shift_widths_px=()) -> tuple[np.ndarray, coh.Grouping]:
     """(coherence (P, P), `coherence.Grouping`) of the probes' motions (`discover.coherence`), the common points every
-    probe's centre."""
+    probe's centre; shift_widths_px: the probes' learned shift priors (px, None where not learned), `coherence.moves`."""
     points = measured["centres_px"]
     d = coh.displacements_px(measured["matrices"], measured["origin_px"], measured["consensus_matrices"], measured["consensus_origin_px"], points)
     v = coh.displacement_variances(measured["angle_spread_rad"], measured["shift_spread_px"], measured["centres_px"], points)
     c = coh.coherence_matrix(d, v)
     sigma = coh.null_sigma(d, v, seed)
-    return c, coh.group_probes(c, sigma, settings.min_coherence, settings.null_z, measured["centres_px"])
+    return c, coh.group_probes(c, sigma, settings.min_coherence, settings.null_z, measured["centres_px"], coh.moves(shift_widths_px))
 
 
 def group_and_write(dcfg, probe_cfg, measured: dict, write_page: bool) -> dict:
@@ -194,7 +194,12 @@ def group_and_write(dcfg, probe_cfg, measured: dict, write_page: bool) -> dict:
     contents."""
     out = Path(dcfg.output)
     cfg, voxel = dcfg.base, measured["voxel"]
-    c, grouping = measure_coherence(measured, cfg.seed, dcfg.settings)
+    results = Path(probe_cfg.output) / "results.h5"
+    widths = [(stage_prior_sigma(results, stage_name(1, m.name)) or (None, None))[1] for m in probe_cfg.modules]
+    c, grouping = measure_coherence(measured, cfg.seed, dcfg.settings, widths)
+    if not coh.moves(widths):
+        log.info("discover: the probes do not move (median learned shift width %.3f px < %g px): one module",
+                 float(np.median([w for w in widths if w is not None])), coh.RIGID_SHIFT_PX)
     labels_volume = mrc.read_map(out / PROBES_FOLDER / "labels.mrc")[0].astype(np.int16)
     density = prb.density_weights(measured["consensus"], None if dcfg.mask is None else mrc.read_map(dcfg.mask)[0])
     module_of_voxel = np.where(labels_volume >= 0, grouping.labels[np.clip(labels_volume, 0, None)], -1)
@@ -213,7 +218,8 @@ def group_and_write(dcfg, probe_cfg, measured: dict, write_page: bool) -> dict:
         "probes": len(grouping.labels), "particles_searched": int(measured["matrices"].shape[1]),
         "probe_centres_px": measured["centres_px"].round(3).tolist(), "probe_module": grouping.labels.tolist(),
         "coherence": c.round(4).tolist(), "null_sigma": grouping.null_sigma, "threshold": grouping.threshold,
-        "coherent_probes": grouping.coherent.tolist(), "modules": grouping.n_modules, "module_mass_fraction": masses,
+        "coherent_probes": grouping.coherent.tolist(), "modules": grouping.n_modules, "probe_shift_width_px": widths,
+        "moving": coh.moves(widths), "module_mass_fraction": masses,
         "criterion": "average-linkage clustering of 1 - coherence, cut at coherence tau = max(null_z * null_sigma, min_coherence); "
                      "every group of >= 2 probes is a module, one module when there is no such group or only one",
         "criterion_curve": {"clusters": grouping.criterion_curve()[0].tolist(), "merge_coherence": grouping.criterion_curve()[1].round(4).tolist()},

@@ -183,3 +183,11 @@ def test_a_probe_without_signal_joins_the_module_of_its_nearest_grouped_probe():
     assert list(g.labels) == groups + [1]
     centres[6] = centres[0] + 0.5
     assert list(coh.group_probes(c, g.null_sigma, centres_px=centres).labels) == groups + [0]
+
+
+def test_probes_whose_learned_shift_is_nil_are_one_module_whatever_their_coherence():
+    assert not coh.moves([0.0625, 0.0625, 0.11, 0.0625])  # the pilot found no motion (the width grid's floor)
+    assert coh.moves([0.6, 0.0625, 0.9, 0.8]) and coh.moves([None, None])
+    c, g = grouped([0, 0, 0, 1, 1, 1, 1])
+    assert g.n_modules == 2
+    assert coh.group_probes(c, g.null_sigma, moving=False).n_modules == 1
