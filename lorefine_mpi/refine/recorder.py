@@ -62,10 +62,13 @@ def resume_line(cfg) -> str:
 
 class Recorder:
     """The record of one run of ``cfg`` (module docstring). dist: the run's `refine.distributor.Distributor`;
-    command_line: recorded in results.h5 and the lock; resume: ``--continue`` (a checkpoint may be taken up)."""
+    command_line: recorded in results.h5 and the lock; resume: ``--continue`` (a checkpoint may be taken up);
+    resume_command: the command that resumes the run, printed when it stops (default `resume_line`: refine's; a
+    command that runs refine's stages for its own ends, as `discover`, gives its own)."""
 
-    def __init__(self, cfg, dist, *, command_line: str, resume: bool):
+    def __init__(self, cfg, dist, *, command_line: str, resume: bool, resume_command: str | None = None):
         self.cfg, self.dist, self.command_line, self.resume = cfg, dist, command_line, resume
+        self.resume_command = resume_command or resume_line(cfg)
         self.folder = layout.RunFolder.of(cfg)
         self.timeout_s = stall_timeout_s(cfg, quiet=not dist.is_root)
         self.results = None
@@ -93,7 +96,7 @@ class Recorder:
 
     def stalled_line(self, rank: int, seconds: float) -> str:
         return (f"lorefine: rank {rank}/{self.dist.size} sent nothing for {seconds:g} s (stopped, dead or hung), so the job ends; "
-                f"finished work is saved, resume with: {resume_line(self.cfg)}")
+                f"finished work is saved, resume with: {self.resume_command}")
 
     def open(self, watchdog) -> None:
         """Collective: validate, lock, open (module docstring); ``watchdog`` (`Distributor.watching`) refreshes the lock."""
@@ -168,9 +171,8 @@ class Recorder:
     def stopped(self) -> int:
         """A stop was asked and every rank has stopped: the resume line, printed once; `EXIT_STOPPED`."""
         if self.dist.is_root:
-            cfg = self.cfg
-            log.warning("stopped on request with finished work saved in %s; resume with: %s", self.folder.results, resume_line(cfg))
-            sys.stderr.write(f"lorefine: stopped; finished work is saved. Resume with: {resume_line(cfg)}\n")
+            log.warning("stopped on request with finished work saved in %s; resume with: %s", self.folder.results, self.resume_command)
+            sys.stderr.write(f"lorefine: stopped; finished work is saved. Resume with: {self.resume_command}\n")
         return EXIT_STOPPED
 
     # -- the checkpoint ---------------------------------------------------------------------
