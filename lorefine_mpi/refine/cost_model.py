@@ -1,12 +1,15 @@
 """What a run of `lorefine refine` costs: CPU core-hours, wall time, and peak memory per rank and per node, as
 functions of the run's shape (`RunShape`: particles, box, modules, iterations, ranks per node, nodes, search sizes),
-from terms fitted on measured runs. Pure functions; `lorefine check` prints them (`summary_lines`).
+from terms fitted on measured runs. Pure functions; `lorefine check` prints them (`summary_lines`) and
+``lorefine check --slurm`` turns them into sbatch options (`slurm_request`). These are expectations, not bounds:
+`refine.cost` owns the bounds a run is refused on.
 
 Work: CPU seconds summed over the ranks, a sum of *components*, each a sum of terms ``coefficient × feature``.
 Notation: N particles, b box (px), p padding, P = p·b, I iterations, M modules, S = I·M stages, C = 1 when the
 consensus half maps are reconstructed (0 when given), q reconstruction.max_poses, E_m and E'_m the CCC evaluations per
-particle of module m's search and of its prior's pilot (a flat-prior search of every candidate), J_m the pixels of
-module m's 2D mask on the search's working grid (`mask_pixels`), g gridding iterations, R ranks, n nodes.
+particle of module m's search and of its prior's pilot (a flat-prior search of every candidate), both counted by
+`refine.cost.evaluations`, J_m the pixels of module m's round 2D mask (the search's own, `refine.preflight`) on the
+search's working grid (`mask_pixels`), g gridding iterations, R ranks, n nodes.
 
     component        feature(s)                                   runs on
     search           N·I·M·b²,  N·I·Σ_m E_m·J_m                   every rank (work units handed out)
@@ -25,9 +28,9 @@ charges the ranks that wait for rank 0 (MPI ranks wait spinning, so their CPU is
 
 Memory (peak, bytes), fitted on the ranks' measured private memory (RssAnon) and shared memory (RssShmem):
 
-    rank 0        a0 + a1·P³ + a2·N + a3·M·b³           (a half map's accumulators and gridding; tables; maps, masks)
-    rank 1        r0 + r1·P³ + r2·N + r3·M·b³           (the other half map's gridding, when R ≥ 2)
-    other ranks   w0 + w1·P³ + w2·N + w3·M·b³           (accumulators of their share of the back-projection)
+    rank 0        a0 + a1·P³ + a2·N      (a half map's accumulators and gridding; the particle tables; maps and masks)
+    rank 1        r0 + r1·P³ + r2·N      (the other half map's gridding, when R ≥ 2)
+    other ranks   w0 + w1·P³ + w2·N      (accumulators of their share of the back-projection, when R ≥ 3)
     shared        h1·B   (B: bytes of the largest stage's band-limited reference volumes, one copy per node)
     node          Σ of its ranks' private peaks + shared
 
@@ -42,7 +45,10 @@ import math
 
 import numpy as np
 
-from lorefine_mpi.refine.cost import BAND_SAMPLE, GIB as GiB, PRIOR_SAMPLE
+from lorefine_mpi.projection import fourier
+from lorefine_mpi.refine import cost
+from lorefine_mpi.refine.cost import BAND_SAMPLE, PRIOR_SAMPLE
+from lorefine_mpi.refine.cost import GIB as GiB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,24 +86,24 @@ class RunShape:
         return self.iterations * len(self.modules)
 
 
-def mask_pixels(mask_volume_angstrom3: float, voxel_angstrom: float, box_px: int, band_px: float, max_shift_px: float) -> float:
-    """The pixels J of a module's round 2D CCC mask on the search's working grid: the mask's diameter is that of the
-    sphere of the module mask's volume + 2 px (the search uses the largest extent, `volumes.auto_mask_diameter_px`; the
-    fitted coefficients absorb the ratio), at most the box less the shifts; scaled by the working grid's (n/b)², n the
-    smallest even box ≥ 2·(band + 1) (`search.local.working_box`)."""
-    diameter = 2.0 * (3.0 * mask_volume_angstrom3 / (4.0 * math.pi)) ** (1 / 3) / voxel_angstrom + 2.0
-    diameter = min(diameter, box_px - 2.0 * max_shift_px - 2.0)
-    work = min(box_px, 2 * math.ceil(band_px - 1e-9) + 2)
-    return math.pi / 4.0 * (diameter * work / box_px) ** 2
+def mask_pixels(diameter_px: float, box_px: int, band_px: float) -> float:
+    """The pixels J of a round 2D mask of ``diameter_px`` (image px) on the search's working grid
+    (`search.local.working_box`: the mask shrinks with the grid)."""
+    from lorefine_mpi.search.local import working_box
+
+    return math.pi / 4.0 * (diameter_px * working_box(box_px, band_px) / box_px) ** 2
 
 
 def run_shape(cfg, summary, *, ranks_per_node: int = 1, nodes: int = 1, band_px: dict | None = None,
               band_fraction: float | None = None) -> RunShape:
     """The shape of the run of ``cfg`` whose inputs `refine.preflight.check_inputs` summarised (``summary``), on
-    ``nodes`` × ``ranks_per_node`` ranks. The search band of each module: ``band_px`` {module name: px} when known (a
-    finished run's), else ``search.max_resolution_angstrom`` when given, else (auto) ``band_fraction`` of Nyquist
-    (default: the median of the runs the model was fitted on, `cost_coefficients.BAND_FRACTION`)."""
+    ``nodes`` × ``ranks_per_node`` ranks. The search band of each module: ``band_px`` {module name: px, or a list of
+    each iteration's px} when known (a finished run's), else ``search.max_resolution_angstrom`` when given, else (auto) ``band_fraction`` of Nyquist
+    (default: the median of the runs the model was fitted on, `cost_coefficients.BAND_FRACTION`). The CCC evaluations
+    are `refine.cost.evaluations`' (the same count the work bound uses); ``iterations: auto`` counts as
+    ``convergence.max_iterations`` (at most)."""
     from lorefine_mpi.search import options
+    from lorefine_mpi.search.band import band_from_resolution
 
     box, voxel = summary.box, summary.pixel_size_angstrom
     resolution = cfg.search.max_resolution_angstrom
@@ -107,22 +113,23 @@ def run_shape(cfg, summary, *, ranks_per_node: int = 1, nodes: int = 1, band_px:
     for module in summary.modules:
         search = module.search
         if band_px and module.name in band_px:
-            band = float(band_px[module.name])
+            found = [float(b) for b in np.atleast_1d(band_px[module.name])]
         elif options.is_auto(resolution):
-            band = band_fraction * box / 2
+            found = [band_fraction * box / 2]
         else:
-            band = min(box / 2, box * voxel / float(resolution))
-        counts = options.candidate_counts(search)
-        learned = options.PriorWidth.of(search.prior_sigma_deg).learned or options.PriorWidth.of(search.prior_sigma_px).learned
-        pixels = (math.pi / 4 * (search.mask_diameter_px * min(box, 2 * math.ceil(band - 1e-9) + 2) / box) ** 2 if search.mask_diameter_px
-                  else mask_pixels(module.volume_angstrom3, voxel, box, band, search.max_shift_px))
-        modules.append(ModuleShape(counts["evaluations_per_particle"], counts["n_orientations"] * counts["n_shifts"] if learned else 0.0, pixels))
+            found = [band_from_resolution(float(resolution), voxel, box)]
+        band = max(found)
+        # the search's own mask (`refine.preflight`) on each iteration's working grid, on average
+        pixels = float(np.mean([mask_pixels(module.mask_diameter_px, box, b) for b in found]))
+        pilot = cost.evaluations(search, "simultaneous") if cost.learns_prior(search) else 0.0
+        modules.append(ModuleShape(cost.evaluations(search), pilot, pixels))
         bands.append(band)
     post = cfg.postprocess
+    iterations = cfg.iterations if isinstance(cfg.iterations, int) else cfg.convergence.max_iterations
     return RunShape(
-        n_particles=summary.n_particles, box_px=box, modules=tuple(modules), iterations=cfg.iterations, ranks_per_node=ranks_per_node,
+        n_particles=summary.n_particles, box_px=box, modules=tuple(modules), iterations=iterations, ranks_per_node=ranks_per_node,
         nodes=nodes, padding=cfg.reconstruction.padding, gridding_iterations=cfg.reconstruction.gridding_iterations,
-        max_poses=getattr(cfg.reconstruction, "max_poses", 1),
+        max_poses=cfg.reconstruction.max_poses,
         consensus_halves=not cfg.consensus_half_maps and (options.is_auto(resolution) or post.enabled),
         postprocess=post.enabled, local_resolution=post.local_resolution, band_px=max(bands),
     )
@@ -193,9 +200,8 @@ def shared_bytes(shape: RunShape) -> float:
     """Bytes of the largest stage's reference volumes (complex64, band-limited, `fourier.band_shape`), one copy per
     node (`RefineEngine._fourier_volume`): the module's and the rest's (2 in the first stage, M + 1 in a later one)."""
     radius = shape.box_px / 2 if shape.band_px is None else min(shape.band_px, shape.box_px / 2)
-    r = math.ceil(shape.padding * radius - 1e-9) + 1
     volumes = 2 if shape.stages == 1 else len(shape.modules) + 1
-    return volumes * (2 * r + 1) ** 2 * (r + 1) * 8.0
+    return volumes * math.prod(fourier.band_shape(shape.box_px, shape.padding, radius)) * 8.0
 
 
 def features(shape: RunShape) -> dict:
@@ -275,32 +281,14 @@ def fit(rows: list) -> dict:
 
 
 # -- what `lorefine check` prints ------------------------------------------------------------------------------------
-LAYOUT_VARIABLES = ("LOREFINE_NODES", "LOREFINE_RANKS_PER_NODE")
-DEFAULT_LAYOUTS = ((1, 1), (1, 16), (1, 64))  # (nodes, ranks per node) shown when the environment names none
+DEFAULT_LAYOUTS = ((1, 1), (1, 16), (1, 64))  # (nodes, ranks per node) shown when the command line names none
 TIME_MARGIN = 1.5  # the suggested --time: the model's wall time × this + 15 min (another CPU, the model's error)
 MEMORY_MARGIN = 1.25  # the suggested --mem-per-cpu: the model's node peak / ranks per node × this
 
 
-def layouts(environ) -> list[tuple[int, int]]:
-    """The (nodes, ranks per node) to estimate: ``LOREFINE_NODES`` × ``LOREFINE_RANKS_PER_NODE`` when either is set
-    (the other defaults to 1), else `DEFAULT_LAYOUTS`. InputError naming the variable for a value that is not a whole
-    number ≥ 1."""
-    from lorefine_mpi.errors import InputError
-
-    if not any(environ.get(v) for v in LAYOUT_VARIABLES):
-        return list(DEFAULT_LAYOUTS)
-    values = []
-    for name in LAYOUT_VARIABLES:
-        text = environ.get(name) or "1"
-        if not text.isdigit() or int(text) < 1:
-            raise InputError(f"{name}: expected a whole number ≥ 1, got {text!r}")
-        values.append(int(text))
-    return [tuple(values)]
-
-
 def slurm_request(est: Estimate) -> str:
-    """The #SBATCH values for ``est``'s layout: --nodes, --ntasks-per-node, --mem-per-cpu (the node's peak over its
-    ranks × `MEMORY_MARGIN`, up to the next 256 MiB) and --time (`TIME_MARGIN`, up to the next 15 min)."""
+    """The sbatch options for ``est``'s layout: --nodes, --ntasks-per-node, --mem-per-cpu (the node's peak over its
+    ranks × `MEMORY_MARGIN`, up to the next 256 MiB) and --time (`TIME_MARGIN`, + 15 min, up to the next 15 min)."""
     s = est.shape
     per_cpu_mib = math.ceil(est.memory["node"] * MEMORY_MARGIN / s.ranks_per_node / 2**20 / 256) * 256
     memory = f"{per_cpu_mib // 1024}G" if per_cpu_mib % 1024 == 0 else f"{per_cpu_mib}M"
@@ -314,24 +302,23 @@ def _hours(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}"
 
 
-def summary_lines(cfg, summary, environ) -> list[str]:
-    """`lorefine check`'s lines: the model's CPU core-hours, wall time and memory for the run of ``cfg`` on each layout
-    (`layouts`), and the #SBATCH request of each (`slurm_request`)."""
+def summary_lines(cfg, summary, layouts=DEFAULT_LAYOUTS) -> list[str]:
+    """`lorefine check`'s lines: the model's CPU core-hours, wall time and peak memory per rank and per node for the
+    run of ``cfg`` on each (nodes, ranks per node) of ``layouts``, with the sbatch options of each (`slurm_request`)."""
     from lorefine_mpi.refine import cost_coefficients as fitted
 
     first = run_shape(cfg, summary)
-    band = (f"band auto, taken as {fitted.BAND_FRACTION:.2f} of Nyquist (the measured runs')" if first.band_px and
-            cfg.search.max_resolution_angstrom == "auto" else f"band {first.band_px:.0f} px")
-    out = [f"cost (model)     {first.n_particles} particles × {first.box_px}² × {len(first.modules)} modules × {first.iterations} "
-           f"iteration(s); {band}; CPU time of the machines measured (lorefine_mpi/refine/cost_coefficients.py: {fitted.MEASURED})"]
-    for nodes, per_node in layouts(environ):
+    band = (f"band auto, taken as {fitted.BAND_FRACTION:.2f} of Nyquist (the measured runs' median)"
+            if cfg.search.max_resolution_angstrom == "auto" else f"band {first.band_px:.0f} px")
+    out = [f"cost (model)     {first.n_particles} particles × {first.box_px}² × {len(first.modules)} module(s) × {first.iterations} "
+           f"iteration(s); {band}; fitted on this machine's CPU ({fitted.MEASURED}; docs/scale.md)"]
+    for nodes, per_node in layouts:
         est = estimate(run_shape(cfg, summary, ranks_per_node=per_node, nodes=nodes))
         m = est.memory
         ranks = f"{nodes} node(s) × {per_node} rank(s)"
-        out.append(f"  {ranks:22} {est.cpu_hours:8.2f} CPU h of work, {est.core_hours:8.2f} core-hours charged, wall {_hours(est.wall_seconds)}; "
-                   f"memory rank 0 {m['rank 0'] / GiB:.1f} GiB, others {m['other ranks'] / GiB:.1f} GiB + {m['shared'] / GiB:.1f} GiB shared, "
-                   f"node {m['node'] / GiB:.1f} GiB")
-        out.append(f"  {'':22} Slurm: {slurm_request(est)}")
-    if not any(environ.get(v) for v in LAYOUT_VARIABLES):
-        out.append("  (another layout: LOREFINE_NODES=8 LOREFINE_RANKS_PER_NODE=64 lorefine check CONFIG.yaml)")
+        others = f", other ranks {m['other ranks'] / GiB:.1f} GiB each" if est.shape.ranks > 2 else ""
+        second = f", rank 1 {m['rank 1'] / GiB:.1f} GiB" if est.shape.ranks > 1 else ""
+        out.append(f"  {ranks:22} {est.core_hours:9.3g} core-hours, wall {_hours(est.wall_seconds)} (h:min); peak memory rank 0 "
+                   f"{m['rank 0'] / GiB:.1f} GiB{second}{others}, shared {m['shared'] / GiB:.1f} GiB, node {m['node'] / GiB:.1f} GiB")
+        out.append(f"  {'':22} sbatch {slurm_request(est)}")
     return out
