@@ -19,56 +19,13 @@ gives Refine3D's run_half1/2_class001_unfil.mrc, instead of reconstructing them;
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
 import yaml
-
-SIMULATION = {
-    "seed": 7, "box": 128, "pixel_size_angstrom": 2.0, "origin_sigma_px": 2.0, "source": "phantom", "phantom": {"seed": 11},
-    "motion": {"sigma_rot_deg": 1.67, "sigma_shift_px": 1.0}, "noise": {"snr": 0.25},
-}
-CTF = {"defocus_min_um": 1.0, "defocus_max_um": 3.0, "n_defocus_groups": 9, "astigmatism_angstrom": 200, "voltage_kv": 300,
-       "cs_mm": 2.7, "amplitude_contrast": 0.1}
-PAPER_RANGES = {"cone_half_angle_deg": 10, "angular_step_deg": 2, "psi_half_range_deg": 6, "psi_step_deg": 2,
-                "max_shift_px": 4, "shift_step_px": 1, "n_random_angles": 10}
-
-
-def environment():
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return env
-
-
-def lorefine(*args):
-    return [sys.executable, "-m", "lorefine_mpi.cli.main", *args]
-
-
-def timed(command):
-    """(exit status, CPU seconds user + sys, peak RSS MiB, wall seconds, resource usage) of one child process."""
-    started = time.time()
-    child = subprocess.Popen(command, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode:
-        print(output[-3000:])
-    return child.returncode, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, time.time() - started, usage
-
-
-def simulate(folder: Path, n_particles: int, box: int, ctf: bool) -> Path:
-    if (folder / "particles.star").exists():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    config = dict(SIMULATION, n_particles=n_particles, box=box, output=str(folder), ctf=CTF if ctf else None)
-    path = folder.parent / f"{folder.name}.simulate.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    subprocess.run(lorefine("simulate", str(path)), env=environment(), check=True, capture_output=True)
-    return folder
+from refine_runs import environment, lorefine, refine_config, set_name, simulate, timed
 
 
 def consensus_halves(data: Path) -> list[str]:
@@ -94,19 +51,14 @@ def main(argv=None):
     args = p.parse_args(argv)
     extra = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.search)}
     work = Path(args.work).resolve()
-    data = simulate(work / f"set_{args.box}_{args.particles}_{'ctf' if args.ctf else 'noctf'}", args.particles, args.box, args.ctf)
+    data = simulate(work / set_name(args.box, args.particles, args.ctf), args.particles, args.box, args.ctf)
     print(f"{args.particles} particles of {args.box}² at 2 Å/px, SNR 0.25, CTF {'yes' if args.ctf else 'no'}, two modules, "
           f"one rank, one thread, the paper's ranges{', ' + str(extra) if extra else ''}"
           f"{'; the consensus half maps given' if args.consensus_half_maps else ''}")
     given = {"consensus_half_maps": consensus_halves(data)} if args.consensus_half_maps else {}
     for strategy in args.strategies:
         out = work / f"run_{data.name}_{strategy}{'_given_halves' if given else ''}"
-        config = {
-            "particles": str(data / "particles.star"), "consensus_map": str(data / "consensus.mrc"),
-            "modules": [{"name": "large", "mask": str(data / "mask_module_1.mrc")}, {"name": "small", "mask": str(data / "mask_module_2.mrc")}],
-            "search": {"strategy": strategy, **PAPER_RANGES, **extra}, "score": {"mode": "subtract"}, "iterations": args.iterations,
-            "output": str(out), "seed": 1, **given,
-        }
+        config = refine_config(data, out, strategy=strategy, iterations=args.iterations, search=extra, extra=given)
         path = work / f"{out.name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         subprocess.run(["rm", "-rf", str(out)], check=True)

@@ -1,7 +1,11 @@
 """What a run will cost, bounded before anything large is allocated: `lorefine check` prints it, and `check` and
 `refine` refuse a setting that cannot run on this machine or would run for more than `MAX_WORK_MULTIPLE` times a
-sane run, naming the key and the figure (`check_cost`). The fitted cost and memory model of the facility-scale
-issue (#28) replaces `estimate` (the one function that makes the figures) when it exists.
+sane run, naming the key and the figure (`check_cost`).
+
+Two kinds of figures, two owners: this module's are *bounds*, analytic and safe to refuse on (a run below them may
+still fail; one above them certainly cannot run); `refine.cost_model`'s are *expectations* (CPU core-hours, wall time,
+peak memory per rank and per node) fitted on measured runs (docs/scale.md), what `lorefine check` prints for a cluster
+and asks Slurm for, never a reason to refuse. The model counts a search's CCC evaluations with `evaluations` here.
 
 Memory: the arrays one process certainly holds at once, each at its least size, in the phase of the run where their
 sum is largest (a lower bound of the peak; what the run really needs is more): the maps (consensus, masks, the model
@@ -104,7 +108,7 @@ class Cost:
         return [f"memory           at least {size_text(self.memory_bytes)} per process ({parts}); {size_text(limit[0])} "
                 f"allowed here ({limit[1]})",
                 f"work             {self.multiple:.2g} × a sane run (defaults with the paper's exhaustive search on this data; "
-                f"refused beyond {MAX_WORK_MULTIPLE:g} ×); {self.evaluations:,.0f} CCC evaluations per particle and module"]
+                f"refused beyond {MAX_WORK_MULTIPLE:g} ×)"]  # the evaluations per particle: said once, by the search's line
 
 
 def _module_searches(cfg) -> list[tuple[str, SearchConfig]]:

@@ -68,6 +68,7 @@ class ModuleSummary:
     centre_angstrom: np.ndarray
     search: object  # the module's SearchConfig (the global one with its own values in place)
     centre_given: bool = False
+    mask_diameter_px: float | None = None  # its round 2D CCC mask (search.mask_diameter_px, else the one the search makes)
 
 
 @dataclasses.dataclass
@@ -174,8 +175,10 @@ def check_inputs(cfg, sample_size: int = 100) -> Summary:
         mask = _checked_mask(cfg, module, volume, voxel)
         masks.append((module, mask))
         centre = volumes.centre_of_mass_px(volume, mask) if module.centre_px is None else np.asarray(module.centre_px)
-        summaries.append(ModuleSummary(module.name, float(mask.sum() * voxel**3), centre * voxel, module.search(cfg.search),
-                                       module.centre_px is not None))
+        search = module.search(cfg.search)
+        diameter = search.mask_diameter_px or volumes.auto_mask_diameter_px(mask, centre, box, search.max_shift_px)
+        summaries.append(ModuleSummary(module.name, float(mask.sum() * voxel**3), centre * voxel, search, module.centre_px is not None,
+                                       float(diameter)))
     _check_overlaps(masks)
     _check_contrast(cfg, volume, masks)
     warnings += _mask_warnings(masks)

@@ -139,7 +139,7 @@ CASES = {
     "YAML syntax error": (lambda f: (f / "config.yaml").write_text("particles: [unclosed\nseed: 1\n"), "YAML syntax error"),
     "unknown key with suggestion": (edit_config(lambda c: c["search"].update(cone_half_angle=5)), "did you mean 'cone_half_angle_deg'"),
     "unknown top-level key": (edit_config(lambda c: c.update(iteration=2)), "did you mean 'iterations'"),
-    "wrong type": (edit_config(lambda c: c.update(iterations="two")), "iterations: expected an integer"),
+    "wrong type": (edit_config(lambda c: c.update(iterations="two")), "iterations: must be auto or a whole number"),
     "negative step": (edit_config(lambda c: c["search"].update(angular_step_deg=-2)), "search.angular_step_deg"),
     "zero step": (edit_config(lambda c: c["search"].update(psi_step_deg=0)), "search.psi_step_deg"),
     "cone half-angle above 90": (edit_config(lambda c: c["search"].update(cone_half_angle_deg=120)), "search.cone_half_angle_deg: must be in (0, 90], got 120"),

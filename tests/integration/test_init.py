@@ -6,10 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from lorefine_mpi.config.from_relion import angular_step_for_sigma, module_names, window_for_sigma
+from lorefine_mpi.io.mrc import read_map, write_map
 from lorefine_mpi.io.star import read_star, write_star
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -29,8 +31,11 @@ def project(tmp_path):
     shutil.copy(DATA / "recon_ctf.mrcs", tmp_path / STACK)
     table = read_star(DATA / "recon_ctf.star").subset(slice(0, 40))
     write_star(tmp_path / "Refine3D/job010/run_data.star", table, image_name=[f"{i + 1:06d}@{STACK}" for i in table.image_index])
-    for name in ("run_class001.mrc", "run_half1_class001_unfil.mrc", "run_half2_class001_unfil.mrc"):
-        shutil.copy(DATA / "phantom_whole.mrc", tmp_path / "Refine3D/job010" / name)
+    whole, voxel = read_map(DATA / "phantom_whole.mrc")
+    noise = np.random.default_rng(0).normal(0.0, 0.05 * whole.std(), (2, *whole.shape))
+    for name, volume in (("run_class001.mrc", whole), ("run_half1_class001_unfil.mrc", whole + noise[0]),
+                         ("run_half2_class001_unfil.mrc", whole + noise[1])):  # independent halves: not the same map
+        write_map(tmp_path / "Refine3D/job010" / name, volume.astype(np.float32), voxel)
     shutil.copy(DATA / "phantom_mask_module_1.mrc", tmp_path / "MaskCreate/job020/mask.mrc")
     shutil.copy(DATA / "phantom_mask_module_2.mrc", tmp_path / "MaskCreate/job021/mask.mrc")
     return tmp_path
