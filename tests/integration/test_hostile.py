@@ -193,7 +193,7 @@ def test_the_resolved_config_a_run_wrote_resumes_that_run(finished, capfd):
 
 
 def test_reconstruct_and_fsc_never_overwrite_their_inputs(tmp_path, capfd):
-    config = make_run(tmp_path)
+    make_run(tmp_path)
     star = tmp_path / "particles.star"
     before = tree(tmp_path)
     code, _, err = lorefine(capfd, "reconstruct", "--particles", star, "--out", star)

@@ -30,3 +30,26 @@ def test_auto_iterations_stop_at_the_most_allowed(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     with h5py.File(tmp_path / "out" / "results.h5", "r") as f:
         assert int(f.attrs["final_iteration"]) == 2 and "max_iterations" in str(f.attrs["iterations_stopped_because"])
+
+
+def test_the_end_of_run_takes_the_last_iteration_from_the_run_not_from_results_h5(tmp_path, monkeypatch):
+    """Under MPI only rank 0 writes results.h5: another rank that reads it for the last iteration of ``iterations: auto``
+    may find no record there yet (a fresh run on two ranks ended in a TypeError after its last stage). The end-of-run
+    analysis takes the iteration from the loop every rank ran; here results.h5 is made to look as that rank saw it."""
+    import json
+
+    from lorefine_mpi.config import load_config
+    from lorefine_mpi.io import results
+    from lorefine_mpi.parallel.mpi import distributor
+    from lorefine_mpi.refine.recorder import Recorder
+    from lorefine_mpi.refine.run import refine
+    from lorefine_mpi.report.html import write_report
+
+    config = make_run(tmp_path, n_particles=24, iterations="auto", convergence={"step_fraction": 1.0, "max_iterations": 4},
+                      postprocess={"enabled": True, "local_resolution": False})
+    cfg = load_config(str(config))
+    monkeypatch.setattr(results, "final_iteration", lambda path: None)  # the record not there yet, as rank 1 may read it
+    dist = distributor()
+    assert refine(cfg, dist, Recorder(cfg, dist, command_line="test", resume=False), write_report) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["dataset"]["iterations"] == 2
