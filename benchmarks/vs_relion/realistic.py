@@ -111,7 +111,8 @@ def particle_diameter_angstrom(sub: Path, voxel: float) -> float:
     return float(10 * np.ceil(2 * radius * voxel / 10))
 
 
-def relion(sub: Path, work: Path, mb_iterations=None):
+def relion(sub: Path, work: Path, mb_iterations=None, body_sigma_deg=BODY_SIGMA_DEG,
+           body_sigma_angstrom=BODY_SIGMA_ANGSTROM):
     """The local auto-refine (its first iteration), then multi-body until it stops by itself (or after
     ``mb_iterations`` iterations, for a timing)."""
     out = work / "relion"
@@ -136,7 +137,7 @@ def relion(sub: Path, work: Path, mb_iterations=None):
     if "multibody" not in figures:
         masks, _, relative = body_layout(sub)
         lines = ["data_", "loop_", "_rlnBodyMaskName", "_rlnBodyRotateRelativeTo", "_rlnBodySigmaAngles", "_rlnBodySigmaOffsetAngst"]
-        lines += [f"{m} {other + 1} {BODY_SIGMA_DEG:g} {BODY_SIGMA_ANGSTROM:g}" for m, other in zip(masks, relative)]
+        lines += [f"{m} {other + 1} {body_sigma_deg:g} {body_sigma_angstrom:g}" for m, other in zip(masks, relative)]
         (out / "bodies.star").write_text("\n".join(lines) + "\n")
         mb = MPIRUN + ["relion_refine_mpi", "--continue", str(out / "local/run_it001_optimiser.star"), "--o", str(out / "mb/run"),
                        "--solvent_correct_fsc", "--multibody_masks", str(out / "bodies.star"), "--oversampling", "1",
@@ -298,13 +299,17 @@ def main(argv=None):
     p.add_argument("--tag", default="defaults", help="name of the lorefine run (DIR/lorefine_TAG)")
     p.add_argument("--mb-iterations", type=int, help="stop multi-body after this many iterations (a timing; default: "
                    "until it stops by itself)")
+    p.add_argument("--body-sigma-deg", type=float, default=BODY_SIGMA_DEG,
+                   help=f"every body's rlnBodySigmaAngles (default {BODY_SIGMA_DEG:g}: the RELION tutorial's example)")
+    p.add_argument("--body-sigma-angstrom", type=float, default=BODY_SIGMA_ANGSTROM,
+                   help=f"every body's rlnBodySigmaOffsetAngst (default {BODY_SIGMA_ANGSTROM:g})")
     args = p.parse_args(argv)
     data, work = Path(args.data).resolve(), Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     say([sys.executable, *sys.argv], os.getcwd())
     sub = prepare(data, work, args.particles)
     if "relion" in args.steps:
-        relion(sub, work, args.mb_iterations)
+        relion(sub, work, args.mb_iterations, args.body_sigma_deg, args.body_sigma_angstrom)
     if "lorefine" in args.steps:
         figures = lorefine(sub, work, args.tag)
         print(f"lorefine ({args.tag}): {figures['cpu_seconds']:.0f} CPU s", flush=True)
