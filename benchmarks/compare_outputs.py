@@ -102,6 +102,10 @@ def compare_file(a: Path, b: Path) -> list[str]:
 
 
 def compare(a: Path, b: Path) -> int:
+    for folder in (a, b):
+        if not folder.is_dir():
+            print(f"{folder}: no such output folder")
+            return 1
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name not in SKIP_FILES and p.suffix not in SKIP_SUFFIXES
                    and not p.name.startswith("."))
     problems = []
@@ -110,6 +114,8 @@ def compare(a: Path, b: Path) -> int:
     extra = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file() and p.name not in SKIP_FILES and p.suffix not in SKIP_SUFFIXES
                    and not p.name.startswith(".") and not (a / p.relative_to(b)).exists())
     problems += [f"{b / rel}: only in {b}" for rel in extra]
+    if not files:
+        problems.append(f"{a}: holds no outputs to compare")
     for line in problems:
         print(line)
     if problems:
