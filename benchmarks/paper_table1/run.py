@@ -115,7 +115,7 @@ def module_map(run: Path, name: str, iteration: int, iterations: int) -> Path:
     return folder / "map.mrc"
 
 
-def evaluate(work: Path, name: str, ranks: int, runs) -> dict:
+def evaluate(work: Path, name: str, ranks: int, runs, plots: Path = HERE) -> dict:
     data = work / name
     consensus, voxel = mrc.read_map(data / "consensus.mrc")
     rows, times = {}, {}
@@ -146,7 +146,7 @@ def evaluate(work: Path, name: str, ranks: int, runs) -> dict:
         rows[module] = {key: (corr, res, (corr - low[0]) / (high[0] - low[0]), angles[key]) for key, (corr, res, _, _) in figures.items()}
         curves = {key: figures[key][3] for key in ("consensus", "conventional", SEPARATE, SIMULTANEOUS,
                                                     "true poses")}
-        fsc.plot_fsc_png(HERE / f"fsc_{name}_{module}.png", curves, f"{name}, {module}: FSC against the true module map")
+        fsc.plot_fsc_png(plots / f"fsc_{name}_{module}.png", curves, f"{name}, {module}: FSC against the true module map")
     return {"rows": rows, "times": times}
 
 
@@ -196,7 +196,7 @@ def main(argv=None):
     results = {}
     for name in args.datasets:
         simulate(work, name, args.particles)
-        results[name] = evaluate(work, name, args.ranks, args.runs)
+        results[name] = evaluate(work, name, args.ranks, args.runs, Path(args.results).parent)
         write_results(results, "python benchmarks/paper_table1/run.py " + " ".join(argv or sys.argv[1:]), args.particles, args.ranks, Path(args.results))
     print(Path(args.results).read_text())
     return 0
