@@ -29,7 +29,10 @@ at 1.5 Å/px, three modules, CTF, SNR 0.05). Steps (each skipped when its output
    of the consensus map, lorefine's map, RELION's body map (the mean of its two unfiltered half maps) and the
    map rebuilt from the true module poses (lorefine's reconstruction), the room closed, (x − consensus) /
    (true poses − consensus), the median angle and projected-centre errors of the poses, and the CPU seconds
-   (RELION: local auto-refine + multi-body, all ranks; lorefine: the whole job).
+   (RELION: local auto-refine + multi-body, all ranks; lorefine: the whole job). Then lorefine's and RELION's maps
+   with the same filter, each from its own half maps: relion_postprocess's FSC weighting sqrt(2F / (1 + F)) with
+   the mask-corrected FSC in the module's mask (RELION's reconstruction regularises its maps by its SSNR model,
+   lorefine's map.mrc is not filtered, and the masked correlation rewards less noise as well as better poses).
 """
 
 import argparse
@@ -58,6 +61,8 @@ from lorefine_mpi.geometry import (
 from lorefine_mpi.io import mrc  # noqa: E402
 from lorefine_mpi.io.star import read_star, write_star  # noqa: E402
 from lorefine_mpi.simulate.dataset import reconstruct_consensus  # noqa: E402
+from lorefine_mpi.validation import fsc  # noqa: E402
+from lorefine_mpi.validation.postprocess import fsc_weights  # noqa: E402
 
 BODY_SIGMA_DEG, BODY_SIGMA_ANGSTROM = 10.0, 2.0  # the RELION tutorial's example bodies file
 MB_OFFSET_RANGE_PX, MB_OFFSET_STEP_PX = 3.0, 0.75  # RELION's multi-body job defaults (GUI)
@@ -212,20 +217,37 @@ def best_shift_correlation(volume, truth, mask, max_shift_px=MAX_RIGID_SHIFT_PX)
     return (-float(result.fun), result.x) if -result.fun >= cc[z, y, x] else (float(cc[z, y, x]), start)
 
 
-def relion_body_maps(work: Path, k: int):
-    """RELION's map of body k: the mean of the final unfiltered half maps (the last iteration's half maps when
-    the run has not finished), and the name of what was read."""
+def fsc_weighted(half1, half2, mask, voxel: float):
+    """The mean of two half maps weighted per shell by sqrt(2F / (1 + F)), F their mask-corrected FSC in ``mask``
+    (relion_postprocess's FSC weighting, `validation.postprocess.fsc_weights`, with no B-factor and no low-pass):
+    what either program's half maps give when the same filter, made from their own FSC, is applied to both."""
+    curve = fsc.fsc(half1, half2, voxel, mask=mask)
+    weights = fsc_weights(curve.fsc)
+    n = half1.shape[0]
+    shells = fsc.shell_index(n)
+    spectrum = np.fft.rfftn(0.5 * (half1 + half2)) * np.where(shells <= n // 2, weights[np.minimum(shells, n // 2)], 0.0)
+    return np.fft.irfftn(spectrum, s=half1.shape, axes=(0, 1, 2))
+
+
+def relion_half_maps(work: Path, k: int):
+    """RELION's two half maps of body k (the final unfiltered ones; while the run has not finished, the last
+    iteration's unfiltered ones), and the name of what was read; (None, None) before its first iteration."""
     mb = work / "relion" / "mb"
     final = [mb / f"run_half{h}_body{k:03d}_unfil.mrc" for h in (1, 2)]
     if all(p.exists() for p in final):
-        paths, label = final, "final"
-    else:
-        iterations = sorted(mb.glob(f"run_it[0-9][0-9][0-9]_half1_body{k:03d}.mrc"))
-        if not iterations:
-            return None, None
-        last = iterations[-1].name.split("_")[1]
-        paths, label = [mb / f"run_{last}_half{h}_body{k:03d}.mrc" for h in (1, 2)], last
-    return 0.5 * (mrc.read_map(paths[0])[0] + mrc.read_map(paths[1])[0]), label
+        return [mrc.read_map(p)[0] for p in final], "final"
+    iterations = sorted(mb.glob(f"run_it[0-9][0-9][0-9]_half2_body{k:03d}_unfil.mrc"))
+    if not iterations:
+        return None, None
+    last = iterations[-1].name.split("_")[1]
+    return [mrc.read_map(mb / f"run_{last}_half{h}_body{k:03d}_unfil.mrc")[0] for h in (1, 2)], last
+
+
+def relion_body_maps(work: Path, k: int):
+    """RELION's map of body k: the mean of its two unfiltered half maps (`relion_half_maps`), and the name of what
+    was read."""
+    halves, label = relion_half_maps(work, k)
+    return (None, None) if halves is None else (0.5 * (halves[0] + halves[1]), label)
 
 
 def relion_module_tables(sub: Path, work: Path):
@@ -260,7 +282,7 @@ def compare(sub: Path, work: Path, tag: str):
     print(f"CPU s: RELION {relion_total:.0f} (local auto-refine {relion_cpu.get('local', float('nan')):.0f} + multi-body "
           f"{relion_cpu.get('multibody', float('nan')):.0f}, {relion_cpu.get('multibody_iterations')} iterations); "
           f"lorefine ({tag}) {lorefine_cpu.get('cpu_seconds', float('nan')):.0f}")
-    print(f"{'module':8} {'map':34} {'masked corr':>11} {'as is':>7} {'shift px':>17} {'room':>7} {'angle':>7} {'centre':>7}")
+    print(f"{'module':8} {'map':42} {'masked corr':>11} {'as is':>7} {'shift px':>17} {'room':>7} {'angle':>7} {'centre':>7}")
     for index, (name, k) in enumerate(module_list(sub)):
         truth_map, mask, truth, centre = accuracy.module_truth(sub, k)
         ceiling = accuracy.ceiling_map(sub, k, work / "ceiling", box)
@@ -282,10 +304,23 @@ def compare(sub: Path, work: Path, tag: str):
             poses = accuracy.pose_errors(table, truth, centre) if table is not None else None
             pose_text = "" if poses is None else f"{poses[0]:6.2f}° {poses[2]:5.2f}px"
             room = 100 * (corr - low) / (high - low)
-            print(f"{name:8} {label:34} {corr:11.4f} {as_is:7.4f} {np.array2string(shift, precision=2, sign=' '):>17} "
+            print(f"{name:8} {label:42} {corr:11.4f} {as_is:7.4f} {np.array2string(shift, precision=2, sign=' '):>17} "
                   f"{room:6.1f}% {pose_text}")
         if relion_map is not None and relion_tables:  # the body poses' composition checked against RELION's own map
             print(f"{name:8} (RELION's body map vs its poses rebuilt: masked corr. {masked_correlation(rows[-1][1], relion_map, mask):.4f})")
+        # RELION's reconstruction regularises its maps (its SSNR model); lorefine's map.mrc is not filtered. The same
+        # filter on both, each from its own half maps and the module's mask: relion_postprocess's FSC weighting.
+        weighted = []
+        if (run / name / "half1.mrc").exists():
+            halves = [mrc.read_map(run / name / f"half{h}.mrc")[0] for h in (1, 2)]
+            weighted.append((f"lorefine ({tag})", fsc_weighted(*halves, mask, voxel)))
+        relion_halves, relion_half_label = relion_half_maps(work, k)
+        if relion_halves is not None:
+            weighted.append((f"RELION multi-body ({relion_half_label})", fsc_weighted(*relion_halves, mask, voxel)))
+        for label, volume in weighted:
+            corr, shift = best_shift_correlation(volume, truth_map, mask)
+            print(f"{name:8} {label + ', FSC-weighted':42} {corr:11.4f} {masked_correlation(volume, truth_map, mask):7.4f} "
+                  f"{np.array2string(shift, precision=2, sign=' '):>17}")
     return 0
 
 
