@@ -61,8 +61,10 @@ from lorefine_mpi.geometry import (
 from lorefine_mpi.io import mrc  # noqa: E402
 from lorefine_mpi.io.star import read_star, write_star  # noqa: E402
 from lorefine_mpi.simulate.dataset import reconstruct_consensus  # noqa: E402
-from lorefine_mpi.validation import fsc  # noqa: E402
-from lorefine_mpi.validation.postprocess import fsc_weights  # noqa: E402
+from lorefine_mpi.validation import (
+    fsc,  # noqa: E402
+    postprocess,  # noqa: E402
+)
 
 BODY_SIGMA_DEG, BODY_SIGMA_ANGSTROM = 10.0, 2.0  # the RELION tutorial's example bodies file
 MB_OFFSET_RANGE_PX, MB_OFFSET_STEP_PX = 3.0, 0.75  # RELION's multi-body job defaults (GUI)
@@ -217,15 +219,12 @@ def best_shift_correlation(volume, truth, mask, max_shift_px=MAX_RIGID_SHIFT_PX)
     return (-float(result.fun), result.x) if -result.fun >= cc[z, y, x] else (float(cc[z, y, x]), start)
 
 
-def fsc_weighted(half1, half2, mask, voxel: float):
+def fsc_weighted_map(half1, half2, mask, voxel: float):
     """The mean of two half maps weighted per shell by sqrt(2F / (1 + F)), F their mask-corrected FSC in ``mask``
-    (relion_postprocess's FSC weighting, `validation.postprocess.fsc_weights`, with no B-factor and no low-pass):
+    (relion_postprocess's FSC weighting, `validation.postprocess.fsc_weighted`, with no B-factor and no low-pass):
     what either program's half maps give when the same filter, made from their own FSC, is applied to both."""
-    curve = fsc.fsc(half1, half2, voxel, mask=mask)
-    weights = fsc_weights(curve.fsc)
     n = half1.shape[0]
-    shells = fsc.shell_index(n)
-    spectrum = np.fft.rfftn(0.5 * (half1 + half2)) * np.where(shells <= n // 2, weights[np.minimum(shells, n // 2)], 0.0)
+    spectrum = postprocess.fsc_weighted(np.fft.rfftn(0.5 * (half1 + half2)), fsc.fsc(half1, half2, voxel, mask=mask).fsc, fsc.shell_index(n), n)
     return np.fft.irfftn(spectrum, s=half1.shape, axes=(0, 1, 2))
 
 
@@ -313,10 +312,10 @@ def compare(sub: Path, work: Path, tag: str):
         weighted = []
         if (run / name / "half1.mrc").exists():
             halves = [mrc.read_map(run / name / f"half{h}.mrc")[0] for h in (1, 2)]
-            weighted.append((f"lorefine ({tag})", fsc_weighted(*halves, mask, voxel)))
+            weighted.append((f"lorefine ({tag})", fsc_weighted_map(*halves, mask, voxel)))
         relion_halves, relion_half_label = relion_half_maps(work, k)
         if relion_halves is not None:
-            weighted.append((f"RELION multi-body ({relion_half_label})", fsc_weighted(*relion_halves, mask, voxel)))
+            weighted.append((f"RELION multi-body ({relion_half_label})", fsc_weighted_map(*relion_halves, mask, voxel)))
         for label, volume in weighted:
             corr, shift = best_shift_correlation(volume, truth_map, mask)
             print(f"{name:8} {label + ', FSC-weighted':42} {corr:11.4f} {masked_correlation(volume, truth_map, mask):7.4f} "

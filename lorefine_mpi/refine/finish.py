@@ -61,17 +61,15 @@ def plot_before_after_png(path, before: fsc_mod.FSCResult, after: fsc_mod.FSCRes
                          f"{name}: gold-standard FSC in the module's mask (corrected)")
 
 
-def finish_run(cfg, ctx, *, iterations: int, source, consensus_poses, poses, centres_px, masks, voxel_size_angstrom: float,
+def finish_run(cfg, ctx, *, folder: layout.RunFolder, source, consensus_poses, poses, centres_px, masks, voxel_size_angstrom: float,
                subset, started: float, write_report) -> None:
     """Steps 1–5 of the module docstring. cfg: the run's Config; consensus_poses, poses[k]: objects with
     ``matrices`` (n, 3, 3) and ``origin_px`` (n, 2) (consensus, and module k's final poses); centres_px (K, 3): each
     module's rotation centre in its last stage (xyz px from the box centre: its ``centre_px``, else the centre of mass of
     the model in its mask), about which the motion analysis measures its rotation; masks: K (N, N, N) soft masks; subset:
-    (n,) rlnRandomSubset; started: the run's start (time.time()); iterations: the run's last iteration as every rank
-    knows it (not read back from results.h5, which rank 0 alone writes: another rank could read it before the record of
-    ``iterations: auto``'s last iteration is there)."""
-    folder = layout.RunFolder.planned(cfg)
-    folder.iterations = iterations
+    (n,) rlnRandomSubset; started: the run's start (time.time()); folder: the run folder as the loop left it on every rank,
+    its last iteration known (not read back from results.h5, which rank 0 alone writes: another rank could read it
+    before the record of ``iterations: auto``'s last iteration is there)."""
     names = [m.name for m in cfg.modules]
     post = cfg.postprocess
     timings = {"refinement_s": round(time.time() - started, 2)}

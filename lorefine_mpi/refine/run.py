@@ -91,7 +91,7 @@ def _refine(cfg, dist, recorder, write_report) -> int:
     if cfg.postprocess.enabled:  # post-processing, local resolution, motion, report, table
         from lorefine_mpi.refine.finish import finish_run
 
-        finish_run(cfg, dist, iterations=iteration, source=engine.source, consensus_poses=engine.consensus_poses, poses=poses,
+        finish_run(cfg, dist, folder=engine.folder, source=engine.source, consensus_poses=engine.consensus_poses, poses=poses,
                    centres_px=centres, masks=engine.masks, voxel_size_angstrom=engine.voxel, subset=engine.subset, started=started,
                    write_report=write_report)
     if dist.is_root and cfg.subtracted.modules:  # `subtracted:` in the config

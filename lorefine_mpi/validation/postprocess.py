@@ -127,6 +127,13 @@ def fsc_weights(fsc_true) -> np.ndarray:
     return weights
 
 
+def fsc_weighted(ft, fsc_true, shells, n: int) -> np.ndarray:
+    """``ft`` (an (N, N, N//2+1) spectrum, its shell indices ``shells``) times `fsc_weights` per shell, zero beyond
+    Nyquist: relion_postprocess's FSC weighting."""
+    weights = fsc_weights(fsc_true)
+    return ft * np.where(shells <= n // 2, weights[np.minimum(shells, n // 2)], 0.0)
+
+
 def fit_bfactor(s2, ln_amplitude, lowres_angstrom: float, highres_angstrom: float):
     """Least-squares line through the Guinier points with ``highres ≤ 1/sqrt(s²) ≤ lowres`` (finite
     values only): (B = 4 · slope, slope, intercept, correlation, number of points, (s² first, s² last));
@@ -188,9 +195,7 @@ def postprocess(half1, half2, mask, voxel_size_angstrom: float, *, bfactor="auto
     radius = np.sqrt(fsc_mod.frequency_radius_sq(n))
     ft = np.fft.rfftn(0.5 * (h1 + h2))
     ln_in = guinier_values(ft, shells, n)
-    weights = fsc_weights(fsc_true)
-    in_range = shells <= n // 2
-    ft = ft * np.where(in_range, weights[np.minimum(shells, n // 2)], 0.0)
+    ft = fsc_weighted(ft, fsc_true, shells, n)
     ln_weighted = guinier_values(ft, shells, n)
     m = n // 2 + 1
     s2 = (np.arange(m) / (n * voxel_size_angstrom)) ** 2
