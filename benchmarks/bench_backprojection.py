@@ -1,5 +1,5 @@
-"""Back-projection and projection throughput at 128² on one core; and `lorefine reconstruct` against
-`relion_reconstruct` on the same STAR file.
+"""Back-projection and projection throughput at 128² on one core, and the reconstruction's CPU and memory; and
+`lorefine reconstruct` against `relion_reconstruct` on the same STAR file.
 
     python benchmarks/bench_backprojection.py [--box 128] [--images 256]
     python benchmarks/bench_backprojection.py --star particles.star [--ctf]
@@ -43,6 +43,15 @@ def timed(command, cwd) -> tuple[float, float]:
     if process.returncode:
         raise SystemExit(f"{command[0]} failed ({process.returncode}): {process.stderr.read().decode()[-2000:]}")
     return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def peak_rss_mib(reset: bool = False) -> float:
+    """This process's peak resident set (VmHWM, MiB) since the start or the last reset; ``reset``: start it again from
+    the current resident set (Linux: ``/proc/self/clear_refs``)."""
+    if reset:
+        Path("/proc/self/clear_refs").write_text("5")
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return int(status["VmHWM"].split()[0]) / 1024
 
 
 def against_relion(star: Path, use_ctf: bool) -> None:
@@ -92,14 +101,20 @@ def main():
     t0 = time.process_time()
     bp.insert(images, a, c, o)
     t_bp = time.process_time() - t0
+    del fvol, images, c
+    accumulators_mib = (bp.data.nbytes + bp.weight.nbytes) / 2**20
+    rss_before = peak_rss_mib(reset=True)
     t0 = time.process_time()
-    bp.reconstruct()
+    bp.reconstruct(consume=True)
     t_rec = time.process_time() - t0
+    rss_after = peak_rss_mib()
     print(f"box {box}, padding 2 ({2 * box}³ padded transform), one core, CPU time")
     print(f"  prepare volume (gridding correction, pad, FFT): {t_prep:.2f} s")
     print(f"  projection with CTF and origin: {n / t_proj:.0f} images/s ({1000 * t_proj / n:.2f} ms each)")
     print(f"  back-projection with CTF: {n / t_bp:.0f} particles/s ({1000 * t_bp / n:.2f} ms each)")
     print(f"  final weighting (10 gridding iterations), inverse FFT, gridding correction: {t_rec:.2f} s")
+    print(f"  memory: accumulators {accumulators_mib:.0f} MiB (double precision); resident {rss_before:.0f} MiB before the "
+          f"reconstruction, peak {rss_after:.0f} MiB during it (+{rss_after - rss_before:.0f} MiB)")
 
 
 if __name__ == "__main__":

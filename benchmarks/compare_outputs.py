@@ -30,7 +30,7 @@ import numpy as np
 SKIP_FILES = {"lorefine.log", "timings.json", "report.html", "config.yaml", ".lorefine.lock", "note.txt"}
 SKIP_SUFFIXES = {".png", ".html", ".log"}
 MRC_LABELS, MRC_HEADER = 224, 1024  # the ten 80-byte text labels sit at bytes 224-1023 of an MRC header
-SKIP_ATTRIBUTES = {"cpu_seconds", "command_line", "config_yaml", "search_fingerprint", "lorefine_version"}
+SKIP_ATTRIBUTES = {"cpu_seconds", "command_line", "config_yaml", "search_fingerprint", "lorefine_version", "attempts"}
 
 
 def run(config: Path, out: Path, lorefine: str, modes: list[int]) -> None:
@@ -83,7 +83,23 @@ def _without_times(value):
     return value
 
 
-def compare_file(a: Path, b: Path) -> list[str]:
+def _names_of_run(root: Path) -> list[str]:
+    """How a run folder made by `run` names itself in the text it writes (STAR paths relative to the config's folder,
+    the config's own name in headers): replaced by one placeholder before text files are compared."""
+    return [str(root), f"{root.parent.name}/{root.name}", f".compare_{root.parent.name}_{root.name}.yaml"]
+
+
+def _same_text(a: Path, b: Path, root_a: Path, root_b: Path) -> bool:
+    def normalised(path, root):
+        text = path.read_bytes()
+        for name in _names_of_run(root):
+            text = text.replace(name.encode(), b"RUN")
+        return text
+
+    return normalised(a, root_a) == normalised(b, root_b)
+
+
+def compare_file(a: Path, b: Path, root_a: Path | None = None, root_b: Path | None = None) -> list[str]:
     if not b.exists():
         return [f"{b}: missing"]
     if a.suffix == ".h5":
@@ -98,6 +114,8 @@ def compare_file(a: Path, b: Path) -> list[str]:
     if a.suffix == ".json":
         x, y = (_without_times(json.loads(path.read_text())) for path in (a, b))
         return [] if x == y else [f"{b}: differs"]
+    if root_a is not None and root_b is not None:
+        return [] if _same_text(a, b, root_a, root_b) else [f"{b}: differs"]
     return [] if a.read_bytes() == b.read_bytes() else [f"{b}: differs"]
 
 
@@ -110,7 +128,7 @@ def compare(a: Path, b: Path) -> int:
                    and not p.name.startswith("."))
     problems = []
     for rel in files:
-        problems += compare_file(a / rel, b / rel)
+        problems += compare_file(a / rel, b / rel, a.resolve(), b.resolve())
     extra = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file() and p.name not in SKIP_FILES and p.suffix not in SKIP_SUFFIXES
                    and not p.name.startswith(".") and not (a / p.relative_to(b)).exists())
     problems += [f"{b / rel}: only in {b}" for rel in extra]

@@ -54,6 +54,7 @@ STEPS = [
     ("waiting (MPI)", "lorefine_mpi.parallel.mpi:MPIDistributor.bcast", False),
     ("waiting (MPI)", "lorefine_mpi.parallel.mpi:MPIDistributor.barrier", False),
     ("waiting (MPI)", "lorefine_mpi.parallel.mpi:MPIDistributor.reduce_sum", False),
+    ("waiting (MPI)", "lorefine_mpi.parallel.mpi:MPIDistributor.reduce_half", False),
     ("waiting (MPI)", "lorefine_mpi.parallel.mpi:MPIDistributor.move_to_root", False),
     ("waiting (MPI)", "lorefine_mpi.parallel.mpi:MPIDistributor.allreduce_max", False),
 ]

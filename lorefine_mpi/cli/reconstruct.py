@@ -9,8 +9,10 @@ from lorefine_mpi.io import mrc
 from lorefine_mpi.io.files import check_output_file
 from lorefine_mpi.io.star import read_star
 from lorefine_mpi.projection.source import ParticleSource
-from lorefine_mpi.reconstruction.reconstruct import backproject_all, backproject_halves, maps_from_halves
+from lorefine_mpi.reconstruction.backproject import BackProjector
+from lorefine_mpi.reconstruction.reconstruct import backproject_all, backproject_into, distributed_half_maps, half_subsets, with_full
 from lorefine_mpi.refine.cost import check_memory, reconstruction_bytes
+from lorefine_mpi.refine.distributor import Distributor
 from lorefine_mpi.refine.preflight import check_particle_values, check_stacks
 from lorefine_mpi.refine.progress import ProgressLog
 
@@ -40,18 +42,24 @@ def run(args) -> int:
         raise InputError(f"{args.particles}: optics groups have different pixel sizes; expected one")
     _, box = check_stacks(table, args.particles)
     check_particle_values(table, args.particles, box, use_ctf=table.has_ctf and not args.no_ctf)
-    check_memory(reconstruction_bytes(box, args.padding, halves=2 if args.half_maps else 1), "--padding", args.padding)
+    check_memory(reconstruction_bytes(box, args.padding), "--padding", args.padding)
     started = time.time()
     tracker = ProgressLog("reconstruct: back-projection", len(table))
     progress = lambda done, total: tracker.add(done - tracker.done)  # noqa: E731
     source = ParticleSource(table, box, use_ctf=table.has_ctf and not args.no_ctf)
     if args.half_maps:  # the two halves (rlnRandomSubset), each reconstructed once; the full map is their mean
-        maps = maps_from_halves(backproject_halves(source, np.arange(len(table)), padding=args.padding, progress=progress))
+        subset = half_subsets(table)
+
+        def backproject(half, accumulator):
+            backproject_into(accumulator, source, np.nonzero(subset == half)[0])
+            progress(int((subset <= half).sum()), len(table))
+
+        maps = with_full(*distributed_half_maps(Distributor(), lambda: BackProjector(box, args.padding), backproject))
         for h, path in halves.items():
             mrc.write_map(path, maps[h], float(pixel[0]))
         full = maps["full"]
     else:  # one reconstruction from all particles, as relion_reconstruct
-        full = backproject_all(source, np.arange(len(table)), padding=args.padding, progress=progress).reconstruct()
+        full = backproject_all(source, np.arange(len(table)), padding=args.padding, progress=progress).reconstruct(consume=True)
     mrc.write_map(out, full, float(pixel[0]))
     print(f"lorefine reconstruct: wrote {out} from {len(table)} particles ({time.time() - started:.1f} s)")
     return 0

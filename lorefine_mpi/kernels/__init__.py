@@ -50,8 +50,12 @@ class Backend(abc.ABC):
         """rfftn over ``axes``."""
 
     @abc.abstractmethod
-    def irfftn(self, spectra, shape, axes=(0, 1, 2)):
-        """irfftn over ``axes`` to real arrays of ``shape``."""
+    def irfftn(self, spectra, shape, axes=(0, 1, 2), scaled: bool = True):
+        """irfftn over ``axes`` to real arrays of ``shape``; divided by the number of points unless ``scaled`` is False."""
+
+    @abc.abstractmethod
+    def fft(self, spectra, axis: int, inverse: bool = False):
+        """The complex FFT along one axis, not divided by anything in either direction (single precision in, single out)."""
 
     @abc.abstractmethod
     def fast_size(self, n: int) -> int:
@@ -63,9 +67,24 @@ class Backend(abc.ABC):
         """(n, M) complex64 central-slice samples of a band-layout spectrum (`kernels.cpu.gather_slices`)."""
 
     @abc.abstractmethod
-    def scatter_slices(self, data, weight, kx, ky, matrices, padding, values, weights, steps=(0.0, 0.0)) -> None:
+    def scatter_slices(self, data, weight, kx, ky, matrices, padding, values, weights, steps=(0.0, 0.0), rows=None) -> None:
         """Accumulate into data/weight in place, each term rounded to ``steps`` (data, weight; 0: not rounded)
-        (`kernels.cpu.scatter_slices`)."""
+        (`kernels.cpu.scatter_slices`): band-layout arrays, or with ``rows`` (`projection.fourier.SphereRows`) flat ones
+        in that layout."""
+
+    @staticmethod
+    def flat_rows(data, weight, rows):
+        """(data, weight, rows) as the scatter kernels take them: flat arrays and their rows (a band layout's own
+        rows when ``rows`` is None)."""
+        if rows is None:
+            from lorefine_mpi.projection.fourier import band_rows
+
+            rows = band_rows(data.shape)
+        if not (data.flags.c_contiguous and weight.flags.c_contiguous):
+            raise ValueError("the accumulators must be C-contiguous (their flat views are written)")
+        if data.size != rows.size or weight.size != rows.size:
+            raise ValueError(f"accumulators of {data.size} and {weight.size} values for a layout of {rows.size}")
+        return data.reshape(-1), weight.reshape(-1), rows
 
     @abc.abstractmethod
     def sample_patches(self, upsampled, zx, zy, angles_rad, shifts_px, factor=2):

@@ -76,10 +76,11 @@ SCATTER_TILE = 8  # voxels per side of the (z, y) tiles the samples are sorted i
 
 
 @numba.njit(**_JIT)
-def scatter_slices(data, weight, kx, ky, matrices, padding, values, weights, data_step, weight_step):
+def scatter_slices(data, weight, offsets, kx, ky, matrices, padding, values, weights, data_step, weight_step):
     """The adjoint of `gather_slices`, accumulated: ``data += Σ trilinear · values`` (conjugated where
-    read conjugated) and ``weight += Σ trilinear · weights``. data: band layout complex128; weight: the
-    same shape, float64; values: (n, M) complex; weights: (n, M) float (CTF², or 1).
+    read conjugated) and ``weight += Σ trilinear · weights``. data: (S,) complex128 and weight: (S,) float64, the rows of
+    a band layout stored one after another, row (kz, ky) from ``offsets[kz, ky]`` ((2R+1, 2R+1) int64: `projection.fourier.SphereRows`,
+    long enough for every sample's corners); values: (n, M) complex; weights: (n, M) float (CTF², or 1).
 
     With ``data_step``/``weight_step`` > 0 every term is rounded to a multiple of the step before it is
     added (to the nearest, ties up), so that sums on that grid are exact in any order (`refine.engine.ExactSum`).
@@ -89,15 +90,15 @@ def scatter_slices(data, weight, kx, ky, matrices, padding, values, weights, dat
     ``SCATTER_TILE``² (z, y) rows and then added tile by tile; within a tile the order is the input's, so
     the result is deterministic (2× faster at 128² than adding in input order).
     """
-    centre = (data.shape[0] - 1) // 2
+    centre = (offsets.shape[0] - 1) // 2
     n, m = matrices.shape[0], kx.shape[0]
     rows = np.empty((n, 6))
     for i in range(n):
         for c in range(3):
             rows[i, c] = matrices[i, 0, c] * padding
             rows[i, 3 + c] = matrices[i, 1, c] * padding
-    per_row = data.shape[1] // SCATTER_TILE + 1
-    n_tiles = (data.shape[0] // SCATTER_TILE + 1) * per_row
+    per_row = offsets.shape[1] // SCATTER_TILE + 1
+    n_tiles = (offsets.shape[0] // SCATTER_TILE + 1) * per_row
     start = np.zeros(n_tiles + 1, np.int64)
     for i in range(n):
         for j in range(m):
@@ -130,10 +131,11 @@ def scatter_slices(data, weight, kx, ky, matrices, padding, values, weights, dat
             for dy in range(2):
                 wzy = wz * (fy if dy else 1.0 - fy)
                 t0, t1 = wzy * (1.0 - fx), wzy * fx
-                data[z0 + dz, y0 + dy, x0] += _on_grid_complex(t0 * value, data_step)
-                data[z0 + dz, y0 + dy, x0 + 1] += _on_grid_complex(t1 * value, data_step)
-                weight[z0 + dz, y0 + dy, x0] += _on_grid(t0 * w, weight_step)
-                weight[z0 + dz, y0 + dy, x0 + 1] += _on_grid(t1 * w, weight_step)
+                at = offsets[z0 + dz, y0 + dy] + x0
+                data[at] += _on_grid_complex(t0 * value, data_step)
+                data[at + 1] += _on_grid_complex(t1 * value, data_step)
+                weight[at] += _on_grid(t0 * w, weight_step)
+                weight[at + 1] += _on_grid(t1 * w, weight_step)
 
 
 @numba.njit(**_JIT)
@@ -248,8 +250,13 @@ class CpuBackend(Backend):
     def rfftn(self, volumes, axes=(0, 1, 2), overwrite: bool = False):
         return scipy.fft.rfftn(volumes, axes=axes, workers=1, overwrite_x=overwrite)
 
-    def irfftn(self, spectra, shape, axes=(0, 1, 2)):
-        return scipy.fft.irfftn(spectra, s=shape, axes=axes, workers=1)
+    def irfftn(self, spectra, shape, axes=(0, 1, 2), scaled: bool = True):
+        return scipy.fft.irfftn(spectra, s=shape, axes=axes, workers=1, norm="backward" if scaled else "forward")
+
+    def fft(self, spectra, axis: int, inverse: bool = False):
+        if inverse:
+            return scipy.fft.ifft(spectra, axis=axis, workers=1, norm="forward")
+        return scipy.fft.fft(spectra, axis=axis, workers=1)
 
     def fast_size(self, n: int) -> int:
         return scipy.fft.next_fast_len(int(n), real=True)
@@ -260,9 +267,10 @@ class CpuBackend(Backend):
         gather_slices(data, np.ascontiguousarray(kx, np.float64), np.ascontiguousarray(ky, np.float64), matrices, float(padding), out)
         return out
 
-    def scatter_slices(self, data, weight, kx, ky, matrices, padding, values, weights, steps=(0.0, 0.0)) -> None:
+    def scatter_slices(self, data, weight, kx, ky, matrices, padding, values, weights, steps=(0.0, 0.0), rows=None) -> None:
         matrices = np.ascontiguousarray(matrices, dtype=np.float64).reshape(-1, 3, 3)
-        scatter_slices(data, weight, np.ascontiguousarray(kx, np.float64), np.ascontiguousarray(ky, np.float64), matrices,
+        data, weight, rows = self.flat_rows(data, weight, rows)
+        scatter_slices(data, weight, rows.offsets, np.ascontiguousarray(kx, np.float64), np.ascontiguousarray(ky, np.float64), matrices,
                        float(padding), np.ascontiguousarray(values), np.ascontiguousarray(weights), float(steps[0]), float(steps[1]))
 
     def sample_patches(self, upsampled, zx, zy, angles_rad, shifts_px, factor=2) -> np.ndarray:

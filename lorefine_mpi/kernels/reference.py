@@ -14,7 +14,7 @@ from lorefine_mpi.kernels import Backend
 
 
 def _slice_coordinates(data, kx, ky, matrices, padding):
-    """Band-layout coordinates (x, y, z) (n, M) float64 of the frequencies (kx, ky) of each pose's central slice, and
+    """(data: an array whose first axis is the band layout's kz, 2R+1.) Band-layout coordinates (x, y, z) (n, M) float64 of the frequencies (kx, ky) of each pose's central slice, and
     whether each is read at −k conjugated (kx < 0: Hermitian symmetry of a real volume)."""
     centre = (data.shape[0] - 1) // 2
     m = np.asarray(matrices, dtype=np.float64).reshape(-1, 3, 3) * float(padding)
@@ -66,8 +66,11 @@ class NumpyBackend(Backend):
     def rfftn(self, volumes, axes=(0, 1, 2), overwrite: bool = False):
         return np.fft.rfftn(volumes, axes=axes)
 
-    def irfftn(self, spectra, shape, axes=(0, 1, 2)):
-        return np.fft.irfftn(spectra, s=shape, axes=axes)
+    def irfftn(self, spectra, shape, axes=(0, 1, 2), scaled: bool = True):
+        return np.fft.irfftn(spectra, s=shape, axes=axes, norm="backward" if scaled else "forward")
+
+    def fft(self, spectra, axis: int, inverse: bool = False):
+        return np.fft.ifft(spectra, axis=axis, norm="forward") if inverse else np.fft.fft(spectra, axis=axis)
 
     def fast_size(self, n: int) -> int:
         """The smallest 2^a 3^b 5^c ≥ n."""
@@ -86,8 +89,9 @@ class NumpyBackend(Backend):
         value = sum(w * data[iz, iy, ix].astype(np.complex128) for iz, iy, ix, w in _corners(x, y, z))
         return np.where(conj, np.conj(value), value).astype(np.complex64)
 
-    def scatter_slices(self, data, weight, kx, ky, matrices, padding, values, weights, steps=(0.0, 0.0)) -> None:
-        x, y, z, conj = _slice_coordinates(data, kx, ky, matrices, padding)
+    def scatter_slices(self, data, weight, kx, ky, matrices, padding, values, weights, steps=(0.0, 0.0), rows=None) -> None:
+        data, weight, rows = self.flat_rows(data, weight, rows)
+        x, y, z, conj = _slice_coordinates(rows.offsets, kx, ky, matrices, padding)
         values = np.asarray(values, dtype=np.complex128)
         values = np.where(conj, np.conj(values), values)
         weights = np.asarray(weights, dtype=np.float64)
@@ -96,9 +100,12 @@ class NumpyBackend(Backend):
             return np.floor(term / step + 0.5) * step if step > 0 else term
 
         for iz, iy, ix, w in _corners(x, y, z):
+            if (ix >= rows.lengths[iz, iy]).any():
+                raise ValueError("a sample's corner lies beyond its row of the layout")
+            at = rows.offsets[iz, iy] + ix
             term = w * values
-            np.add.at(data, (iz, iy, ix), on_grid(term.real, steps[0]) + 1j * on_grid(term.imag, steps[0]))
-            np.add.at(weight, (iz, iy, ix), on_grid(w * weights, steps[1]))
+            np.add.at(data, at, on_grid(term.real, steps[0]) + 1j * on_grid(term.imag, steps[0]))
+            np.add.at(weight, at, on_grid(w * weights, steps[1]))
 
     def sample_patches(self, upsampled, zx, zy, angles_rad, shifts_px, factor=2) -> np.ndarray:
         angles = np.asarray(angles_rad, dtype=np.float64).reshape(-1, 1)

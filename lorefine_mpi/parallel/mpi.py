@@ -54,6 +54,25 @@ def world_communicator():
                          "this MPI, or run lorefine without mpiexec/srun") from None
 
 
+REDUCE_CHUNK_BYTES = 32 << 20  # MPI's reduction keeps buffers of a chunk's size on the ranks between root and leaves
+
+
+def _reduce_in_place(comm, array: np.ndarray, root: int) -> None:
+    """Sum ``array`` over the ranks of ``comm`` into rank ``root``'s copy, in place, in chunks of `REDUCE_CHUNK_BYTES`."""
+    from mpi4py import MPI
+
+    flat = array.reshape(-1)
+    if np.iscomplexobj(flat):
+        flat = flat.view(np.float64 if flat.dtype == np.complex128 else np.float32)
+    step = max(1, REDUCE_CHUNK_BYTES // flat.itemsize)
+    for start in range(0, flat.size, step):
+        part = flat[start : start + step]
+        if comm.Get_rank() == root:
+            comm.Reduce(MPI.IN_PLACE, part, op=MPI.SUM, root=root)
+        else:
+            comm.Reduce(part, None, op=MPI.SUM, root=root)
+
+
 def distributor() -> Distributor:
     """The distributor of this process: MPI's when a launcher started it, else the one-process one (and mpi4py is
     never imported, so `lorefine refine` runs where mpi4py or an MPI library is missing or cannot start)."""
@@ -73,8 +92,9 @@ class MPIDistributor(Distributor):
             from mpi4py import MPI
 
             self.node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+            self.half_comm = comm.Split(self.rank % 2, key=self.rank)  # the ranks of one half map (`my_halves`)
         else:
-            self.node = None
+            self.node = self.half_comm = None
         self.node_rank = self.node.Get_rank() if self.node is not None else 0
         self.is_node_leader = self.node_rank == 0
         self._held = []
@@ -114,21 +134,23 @@ class MPIDistributor(Distributor):
         return None
 
     def reduce_sum(self, array: np.ndarray, root: int = 0) -> None:
-        """Sum ``array`` over ranks into the root's copy, in place, in chunks of at most 256 MiB."""
-        if self.size == 1:
-            return
-        from mpi4py import MPI
+        """Sum ``array`` over ranks into the root's copy, in place (`_reduce_in_place`)."""
+        if self.size > 1:
+            _reduce_in_place(self.comm, array, root)
 
-        flat = array.reshape(-1)
-        if np.iscomplexobj(flat):
-            flat = flat.view(np.float64 if flat.dtype == np.complex128 else np.float32)
-        step = max(1, (256 << 20) // flat.itemsize)
-        for start in range(0, flat.size, step):
-            part = flat[start : start + step]
-            if self.rank == root:
-                self.comm.Reduce(MPI.IN_PLACE, part, op=MPI.SUM, root=root)
-            else:
-                self.comm.Reduce(part, None, op=MPI.SUM, root=root)
+    def my_halves(self) -> tuple[int, ...]:
+        return (1, 2) if self.size == 1 else (self.rank % 2 + 1,)
+
+    def half_share(self, n: int) -> np.ndarray:
+        if self.size == 1:
+            return np.arange(n)
+        return np.array_split(np.arange(n), self.half_comm.Get_size())[self.half_comm.Get_rank()]
+
+    def reduce_half(self, array: np.ndarray, half: int) -> None:
+        if half not in self.my_halves():
+            raise ValueError(f"rank {self.rank} does not hold half {half}")
+        if self.size > 1:  # the half's ranks are this rank's half_comm, its owner their first (key: world rank)
+            _reduce_in_place(self.half_comm, array, 0)
 
     # -- node-shared memory ------------------------------------------------------------------
     def allocate(self, shape, dtype, fill) -> np.ndarray:

@@ -69,21 +69,82 @@ def band_shape(box: int, padding: int, radius_px=None) -> tuple[int, int, int]:
     return (2 * r + 1, 2 * r + 1, r + 1)
 
 
-def padded_spectrum(volume, padding: int) -> np.ndarray:
-    """``rfftn(ifftshift(pad(volume)))`` of a cube (N, N, N), zero-padded to P = padding · N, after the
-    gridding pre-correction (÷ sinc²(r/P) per axis): (P, P, P//2+1) complex64, FFT order on every axis."""
-    v = np.asarray(volume, dtype=np.float32)
-    n = v.shape[0]
-    if v.shape != (n, n, n):
-        raise InputError(f"volume: expected a cube, got shape {v.shape}")
-    require_even_box(n, "volume")
-    p = padding * n
+@dataclasses.dataclass(frozen=True)
+class SphereRows:
+    """The ball layout of a padded 3D half spectrum: the band layout's (kz, ky) rows (`band_shape`, centred at R), each
+    cut to the kx that trilinear insertion can reach, stored one after another in a flat array.
+
+    Row (z, y) holds kx = 0 … lengths[z, y] − 1 at ``offsets[z, y] + kx``. A sample within radius R − 1 (every
+    frequency of the box, `band_grid`) at (x, y, z) has its corners at rows (Y, Z) with ``|Y| − 1 < |y|`` and
+    ``|Z| − 1 < |z|`` (centred), so its corners' kx ≤ x + 1 ≤ sqrt((R−1)² − (|Y|−1)₊² − (|Z|−1)₊²) + 1 < lengths:
+    the half ball of radius about R, half the band layout's box (a reconstruction's accumulators at box 256: 0.86 GB
+    instead of 1.64 GB)."""
+
+    half_width: int
+    offsets: np.ndarray  # (2R+1, 2R+1) int64
+    lengths: np.ndarray  # (2R+1, 2R+1) int64
+    size: int
+
+
+@functools.lru_cache(maxsize=4)
+def sphere_rows(box: int, padding: int) -> SphereRows:
+    """The `SphereRows` of a box-N spectrum at this padding (cached, read-only)."""
+    r = band_half_width(box, padding)
+    k = np.abs(np.arange(-r, r + 1))
+    reach = np.maximum(k - 1, 0) ** 2
+    left = (r - 1) ** 2 - (reach[:, None] + reach[None, :])
+    lengths = np.where(left >= 0, np.minimum(np.floor(np.sqrt(np.maximum(left, 0))).astype(np.int64) + 2, r + 1), 0)
+    offsets = np.concatenate([[0], np.cumsum(lengths.ravel())[:-1]]).reshape(lengths.shape).astype(np.int64)
+    for array in (offsets, lengths):
+        array.flags.writeable = False
+    return SphereRows(r, offsets, lengths, int(lengths.sum()))
+
+
+def band_rows(shape) -> SphereRows:
+    """The rows of a band-layout array of ``shape`` (2R+1, 2R+1, R+1) as `SphereRows` of its flat view (every row whole)."""
+    lengths = np.full(shape[:2], shape[2], dtype=np.int64)
+    offsets = (np.arange(shape[0] * shape[1], dtype=np.int64) * shape[2]).reshape(shape[:2])
+    return SphereRows((shape[0] - 1) // 2, offsets, lengths, int(np.prod(shape)))
+
+
+AXIS0_CHUNK_BYTES = 16 << 20  # the rows transformed at once along axis 0 of a padded spectrum
+
+
+def fft_axis0_in_place(spectrum, inverse: bool = False) -> None:
+    """In place: the complex FFT (unscaled) along axis 0 of a 3D complex64 ``spectrum``, a few rows of axis 1 at a time,
+    so that no second array of its size is made."""
+    p, rows, columns = spectrum.shape
+    step = max(1, AXIS0_CHUNK_BYTES // (p * columns * spectrum.itemsize))
+    for y0 in range(0, rows, step):
+        spectrum[:, y0 : y0 + step] = backend().fft(spectrum[:, y0 : y0 + step], 0, inverse)
+
+
+def _fill_band(volume, padding: int, data) -> None:
+    """``data`` (band layout of half width R, zeroed) filled with the band of ``rfftn(ifftshift(pad(volume)))``: the cube (N,
+    N, N) zero-padded to P = padding · N, in FFT order on every axis, after the gridding pre-correction (÷ sinc²(r/P) per
+    axis). The 1D transforms of scipy's rfftn in its order (x, then z, then y; the same numbers), but only of the rows and
+    columns that are not all zero, and only the planes of the band kept: no padded real volume, no padded spectrum."""
+    b, n = backend(), volume.shape[0]
+    p, r = padding * n, (data.shape[0] - 1) // 2
+    lo, hi = min(r, p // 2), min(r, p // 2 - 1)  # frequencies −lo … hi exist on the centred axes
+    kx = min(r, p // 2)
     correction = (np.sinc((np.arange(n) - n // 2) / p) ** 2).astype(np.float32)
-    padded = np.zeros((p, p, p), dtype=np.float32)  # in FFT order: the centre N//2 of the volume at index 0
-    corrected = v / (correction[:, None, None] * correction[None, :, None] * correction[None, None, :])
-    for fft_order, centred in centred_blocks(n, p):
-        padded[fft_order] = corrected[centred]
-    return backend().rfftn(padded, overwrite=True).astype(np.complex64, copy=False)
+    place = (np.arange(n) - n // 2) % p  # the FFT-order index of each centred index
+    rows = np.zeros((n, n, p), dtype=np.float32)  # the padded cube's rows that hold the volume
+    rows[:, :, place] = volume / (correction[:, None, None] * correction[None, :, None] * correction[None, None, :])
+    along_x = b.rfftn(rows, axes=(2,), overwrite=True)[:, :, : kx + 1]
+    del rows
+    columns = np.zeros((p, n, kx + 1), dtype=np.complex64)  # z, then the rows of y that hold the volume
+    columns[place] = along_x
+    del along_x
+    fft_axis0_in_place(columns)
+    wanted = [(z, r + z) for z in range(hi + 1)] + [(p + z, r + z) for z in range(-lo, 0)]  # (FFT-order kz, band row)
+    plane = np.zeros((p, kx + 1), dtype=np.complex64)
+    for z, row in wanted:
+        plane[place] = columns[z]
+        spectrum = b.fft(plane, 0)
+        data[row, r - lo : r, : kx + 1] = spectrum[p - lo :]
+        data[row, r : r + hi + 1, : kx + 1] = spectrum[: hi + 1]
 
 
 def centred_blocks(n: int, p: int) -> list:
@@ -99,19 +160,17 @@ def prepare_volume(volume, padding: int = 2, out=None, radius_px=None) -> Fourie
 
     out: optional preallocated ``band_shape(N, padding, radius_px)`` complex64 array to fill (e.g. shared memory).
     """
-    spectrum = padded_spectrum(volume, padding)
-    n = np.asarray(volume).shape[0]
-    p = padding * n
+    v = np.asarray(volume, dtype=np.float32)
+    n = v.shape[0]
+    if v.shape != (n, n, n):
+        raise InputError(f"volume: expected a cube, got shape {v.shape}")
+    require_even_box(n, "volume")
     r = band_half_width(n, padding, radius_px)
     shape = (2 * r + 1, 2 * r + 1, r + 1)
     data = np.zeros(shape, dtype=np.complex64) if out is None else out
     if out is not None:
         out[...] = 0
-    lo, hi = min(r, p // 2), min(r, p // 2 - 1)  # frequencies −lo … hi exist on the centred axes
-    kx = min(r, p // 2)
-    axis = [(slice(r - lo, r), slice(p - lo, p)), (slice(r, r + hi + 1), slice(0, hi + 1))]  # (band, FFT order): k < 0, k ≥ 0
-    for (z, sz), (y, sy) in itertools.product(axis, axis):
-        data[z, y, : kx + 1] = spectrum[sz, sy, : kx + 1]
+    _fill_band(v, padding, data)
     return FourierVolume(data, n, padding, float(n // 2 if radius_px is None else min(radius_px, n // 2)))
 
 

@@ -15,8 +15,16 @@ real space, tabulated as RELION does: `blob_multiplier`), then use
 ``data · w``. Where the slices sample densely this is ``data / weight``; where they sample sparsely (high
 frequency) it accounts for each sample's spread into its neighbours, which plain division does not.
 With 0 iterations the weighting is the plain ``data / max(weight, floor)``. The accumulators are float64
-plain arrays, so ranks can sum them (`add`, or an MPI reduction on ``data`` and ``weight``); the
-weighting and the inversion run in single precision (the back-end's FFTs), which changes the maps by ~1e-6.
+plain arrays, so ranks can sum them (an MPI reduction on ``data`` and ``weight``); the weighting and the
+inversion run in single precision (the back-end's FFTs), which changes the maps by ~1e-6.
+
+Memory: the accumulators and the padded grids of the weighting (P³/2 voxels each, 0.54 GB for a complex one
+at box 256) are the largest arrays of a run. The accumulators hold the half ball that insertion reaches
+(`projection.fourier.SphereRows`: 0.80 GiB at box 256, half the band layout's box); the weighting's FFTs go
+a plane at a time (`_blob_convolution`: the same 1D transforms in the same order as a 3D FFT, so the same
+bits, without a real volume or a second spectrum); the data is laid out in the weighting's work grid once
+that is done, and with ``consume`` the data accumulator goes to single precision first and the factors sit
+in the weights' memory.
 """
 
 from __future__ import annotations
@@ -44,13 +52,11 @@ def blob_fourier_transform(frequency) -> np.ndarray:
     return np.where(x > BLOB_ALPHA, jv(1.5, sigma), iv(1.5, sigma)) / sigma**1.5
 
 
-@functools.lru_cache(maxsize=1)
-def blob_multiplier(p: int) -> np.ndarray:
-    """Real-space (p, p, p) float32 factor whose product with a volume (its centre at index 0) convolves
-    its spectrum with the blob, as RELION's convoluteBlobRealSpace: the blob's Fourier transform at
-    ``|r| / p`` (r the voxel's wrapped coordinate), normalised to 1 at 0, read from a table of
-    `BLOB_TABLE_SIZE` values over [0, 0.5) by truncating the index, and 0 from 0.5 on (the corners of the
-    cube). Computed once per size (per distinct |r|², then gathered) and kept, read-only."""
+@functools.lru_cache(maxsize=2)
+def _blob_by_radius(p: int) -> tuple[np.ndarray, np.ndarray]:
+    """(by_r2, k2) for a padded size P: the blob multiplier (`blob_multiplier`) as a function of the voxel's wrapped
+    squared radius r² = 0 … 3(P/2)² (float32), and each index's wrapped squared coordinate along an axis (intp), so that
+    the multiplier at (z, y, x) is ``by_r2[k2[z] + k2[y] + k2[x]]``. Small (kept, read-only)."""
     step = 0.5 / BLOB_TABLE_SIZE
     table = blob_fourier_transform(np.arange(BLOB_TABLE_SIZE) * step)
     table /= table[0]
@@ -59,12 +65,63 @@ def blob_multiplier(p: int) -> np.ndarray:
     by_r2 = np.where(index < BLOB_TABLE_SIZE, table[np.minimum(index, BLOB_TABLE_SIZE - 1)], 0.0).astype(np.float32)
     k = np.arange(p)
     k2 = (np.where(k < p // 2, k, k - p) ** 2).astype(np.intp)
-    plane = k2[:, None] + k2[None, :]
-    factor = np.empty((p, p, p), dtype=np.float32)
-    for z in range(p):  # a plane at a time: no p³ index array (15× faster at p = 256)
-        np.take(by_r2, plane + k2[z], out=factor[z])
-    factor.flags.writeable = False
-    return factor
+    for array in (by_r2, k2):
+        array.flags.writeable = False
+    return by_r2, k2
+
+
+def blob_multiplier_plane(p: int, z: int) -> np.ndarray:
+    """Plane z (P, P) float32 of `blob_multiplier` (P): what the gridding multiplies a real-space plane by."""
+    by_r2, k2 = _blob_by_radius(p)
+    return np.take(by_r2, k2[:, None] + k2[None, :] + k2[z])
+
+
+def blob_multiplier(p: int) -> np.ndarray:
+    """Real-space (p, p, p) float32 factor whose product with a volume (its centre at index 0) convolves
+    its spectrum with the blob, as RELION's convoluteBlobRealSpace: the blob's Fourier transform at
+    ``|r| / p`` (r the voxel's wrapped coordinate), normalised to 1 at 0, read from a table of
+    `BLOB_TABLE_SIZE` values over [0, 0.5) by truncating the index, and 0 from 0.5 on (the corners of the
+    cube). The weighting applies it a plane at a time (`blob_multiplier_plane`); the whole cube is for studies."""
+    return np.stack([blob_multiplier_plane(p, z) for z in range(p)])
+
+
+def _blob_convolution(work) -> None:
+    """In place: ``work`` (P, P, P//2+1) complex64, the half spectrum (FFT order) of a real volume, becomes the half
+    spectrum of that volume times the blob multiplier (RELION's convoluteBlobRealSpace, the spectrum convolved with the
+    blob). The same 1D transforms in the same order and the same scaling as ``rfftn(irfftn(work) · multiplier)`` with
+    pocketfft (inverse: along z, y, then x, scaled by 1/P³ in the last pass; forward: x, z, y), so the same numbers,
+    one plane at a time instead of a real volume and a second spectrum."""
+    b, p = backend(), work.shape[0]
+    scale = np.float32(1.0 / float(p) ** 3)
+    fourier.fft_axis0_in_place(work, inverse=True)
+    for z in range(p):
+        real = b.irfftn(work[z], (p, p), axes=(0, 1), scaled=False)
+        real *= scale
+        real *= blob_multiplier_plane(p, z)
+        work[z] = b.rfftn(real, axes=(1,))
+    fourier.fft_axis0_in_place(work)
+    for z in range(p):
+        work[z] = b.fft(work[z], 0)
+
+
+def _centred_inverse(spectrum, n: int) -> np.ndarray:
+    """The centred cube (n, n, n) float32 of ``irfftn(spectrum)`` (P, P, P//2+1 → P³, its centre at index 0): the same
+    transforms as irfftn (`_blob_convolution`), ``spectrum`` overwritten, and only the n planes that are kept inverted."""
+    b, p = backend(), spectrum.shape[0]
+    scale = np.float32(1.0 / float(p) ** 3)
+    fourier.fft_axis0_in_place(spectrum, inverse=True)
+    keep = (np.arange(n) - n // 2) % p  # the FFT-order index of each centred index
+    volume = np.empty((n, n, n), dtype=np.float32)
+    for c, z in enumerate(keep):
+        plane = b.irfftn(spectrum[z], (p, p), axes=(0, 1), scaled=False)
+        plane *= scale
+        volume[c] = plane[np.ix_(keep, keep)]
+    return volume
+
+
+def _inside(array, dtype, shape) -> np.ndarray:
+    """An array of ``dtype`` and ``shape`` in the memory of ``array`` (C-contiguous, at least as many bytes), from its start."""
+    return array.reshape(-1).view(np.uint8)[: int(np.prod(shape)) * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
 
 
 SOFT_EDGE_PX = 3.0  # the width of the raised-cosine edge beyond radius N/2 (RELION's, for its reconstructions)
@@ -94,30 +151,21 @@ def lowpass_at_nyquist(volume) -> np.ndarray:
     return backend().irfftn(spectrum, v.shape).astype(np.float32, copy=False)
 
 
-@functools.lru_cache(maxsize=1)
-def _outside_nyquist(p: int) -> np.ndarray:
-    """(P, P, P//2+1) bool: the coefficients of the padded FFT layout beyond radius P/2 (kept, read-only)."""
-    k2 = (np.fft.fftfreq(p, 1.0 / p) ** 2).astype(np.float32)
-    h = p // 2
-    outside = (k2[:, None, None] + k2[None, :, None] + np.arange(h + 1, dtype=np.float32)[None, None, :] ** 2) > h**2
-    outside.flags.writeable = False
-    return outside
-
-
 class BackProjector:
     """Accumulators for one map. box: N (even); padding: P / N.
 
-    data: band layout (2R+1, 2R+1, R+1) complex128 with R = padding · N/2 + 1 (`fourier.band_half_width`),
-    weight: the same shape, float64. steps: (data, weight) grid every inserted term is rounded to, so that
-    sums are exact in any order (`refine.engine.ExactSum`); (0, 0): not rounded.
+    data: (S,) complex128 and weight: (S,) float64, the padded half spectrum in the ball layout
+    `projection.fourier.SphereRows` (the band layout's rows cut to the half ball that insertion reaches: half its
+    memory); `band` gives either in the band layout. steps: (data, weight) grid every inserted term is rounded to, so
+    that sums are exact in any order (`refine.engine.ExactSum`); (0, 0): not rounded.
     """
 
     def __init__(self, box: int, padding: int = 2, steps=(0.0, 0.0)):
         fourier.require_even_box(box)
         self.box, self.padding, self.steps = int(box), int(padding), tuple(steps)
-        shape = fourier.band_shape(self.box, self.padding)
-        self.data = np.zeros(shape, dtype=np.complex128)
-        self.weight = np.zeros(shape, dtype=np.float64)
+        self.rows = fourier.sphere_rows(self.box, self.padding)
+        self.data = np.zeros(self.rows.size, dtype=np.complex128)
+        self.weight = np.zeros(self.rows.size, dtype=np.float64)
         self._grid = fourier.band_grid(self.box)
 
     def insert(self, images_ft, matrices, ctf=None, shifts_px=None, weights=None) -> None:
@@ -138,67 +186,96 @@ class BackProjector:
         if weights is not None:
             w = np.asarray(weights, dtype=np.float64)[:, None]
             values, ctf2 = values * w, ctf2 * w
-        backend().scatter_slices(self.data, self.weight, self._grid.kx, self._grid.ky, matrices, self.padding, values, ctf2, self.steps)
+        backend().scatter_slices(self.data, self.weight, self._grid.kx, self._grid.ky, matrices, self.padding, values, ctf2, self.steps,
+                                 rows=self.rows)
 
-    def _fft_layout(self, accumulator, dtype) -> np.ndarray:
-        """An accumulator (``data`` or ``weight``) in the padded FFT layout (P, P, P//2+1) as ``dtype``, Hermitian
-        symmetry enforced on kx = 0, everything beyond the Nyquist sphere (|k| > P/2) set to 0."""
-        p, r = self.box * self.padding, (accumulator.shape[0] - 1) // 2
+    def band(self, accumulator) -> np.ndarray:
+        """``data`` or ``weight`` in the band layout (2R+1, 2R+1, R+1) of `projection.fourier.band_shape` (0 beyond its rows)."""
+        offsets, lengths, r = self.rows.offsets, self.rows.lengths, self.rows.half_width
+        x = np.arange(r + 1)
+        out = np.zeros((2 * r + 1, 2 * r + 1, r + 1), dtype=accumulator.dtype)
+        for z in range(2 * r + 1):
+            inside = x[None, :] < lengths[z][:, None]
+            out[z][inside] = accumulator[(offsets[z][:, None] + x[None, :])[inside]]
+        return out
+
+    def _fft_layout(self, accumulator, out) -> np.ndarray:
+        """``out`` (P, P, P//2+1) filled with an accumulator (``data`` or ``weight``) in the padded FFT layout, in out's dtype:
+        everything beyond the Nyquist sphere (|k| > P/2) set to 0, Hermitian symmetry enforced on kx = 0. A plane at a time."""
+        p, r = self.box * self.padding, self.rows.half_width
         h = p // 2
         k = np.fft.fftfreq(p, 1.0 / p).astype(np.int64)  # FFT order: 0 … P/2 − 1, −P/2 … −1
-        rows = r + k
-        out = np.empty((p, p, h + 1), dtype=dtype)
-        for lo, hi in ((0, h), (h, p)):  # two blocks of kz, each two blocks of ky: plain slices of the band layout
-            for lo2, hi2 in ((0, h), (h, p)):
-                z0, y0 = rows[lo], rows[lo2]
-                out[lo:hi, lo2:hi2] = accumulator[z0 : z0 + (hi - lo), y0 : y0 + (hi2 - lo2), : h + 1]
+        rows = r + k  # the band layout's row of each FFT-order index
+        x = np.arange(h + 1)
+        k2 = k * k
+        in_plane = k2[:, None] + (x * x)[None, :]
+        for z in range(p):
+            offsets, lengths = self.rows.offsets[rows[z], rows], self.rows.lengths[rows[z], rows]
+            inside = (x[None, :] < lengths[:, None]) & (in_plane + k2[z] <= h * h)
+            plane = out[z]
+            plane[...] = 0
+            plane[inside] = accumulator[(offsets[:, None] + x[None, :])[inside]]
         # kx = 0 plane: a sample inserted at (0, ky, kz) stands for its conjugate at (0, −ky, −kz) too.
         mirror = (-k) % p
         plane = out[:, :, 0].copy()
         out[:, :, 0] += np.conj(plane[np.ix_(mirror, mirror)]) if np.iscomplexobj(out) else plane[np.ix_(mirror, mirror)]
-        out[_outside_nyquist(p)] = 0
         return out
 
-    def reconstruct(self, weight_floor: float = 1e-3, gridding_iterations: int = 10) -> np.ndarray:
+    def reconstruct(self, weight_floor: float = 1e-3, gridding_iterations: int = 10, consume: bool = False) -> np.ndarray:
         """The map (N, N, N) float32: weight the data (module docstring), invert, correct, crop, low-pass.
 
         weight_floor: fraction of the largest weight (plain division) or of the largest convolved weight
         (iterative gridding) below which it is not trusted. Beyond radius N/2 of the centre the map fades to
         its mean value there (`soft_mask_outside`, as RELION's reconstruction ends), before the low-pass at Nyquist.
+        consume: the accumulators are used up (`clear` before the next use): ``data`` goes to single precision (the
+        precision the reconstruction reads it in) and the weighting's factors are kept in the memory of ``weight``, so that
+        at its peak the reconstruction holds 1.3 GB at box 256 instead of 1.9.
         """
         p, n = self.box * self.padding, self.box
-        factors = self._weighting(self._fft_layout(self.weight, np.float32), weight_floor, gridding_iterations)
-        data = self._fft_layout(self.data, np.complex64)  # laid out after the weighting: one grid less at its peak
+        shape = (p, p, p // 2 + 1)
+        weight = self._fft_layout(self.weight, np.empty(shape, dtype=np.float32))
+        if consume:  # the data in single precision (as `_fft_layout` reads it), its double-precision accumulator released
+            self.data = self.data.astype(np.complex64)
+        work = np.empty(shape, dtype=np.complex64)
+        factors = _inside(self.weight, np.float32, shape) if consume else None
+        factors = self._weighting(weight, weight_floor, gridding_iterations, work, factors)
+        del weight
+        data = self._fft_layout(self.data, work)  # the weighting's work grid, free again
         data *= factors
         del factors
-        padded = backend().irfftn(data, (p, p, p))  # FFT order: the centre at index 0
-        volume = np.empty((n, n, n), dtype=padded.dtype)
-        for fft_order, centred in fourier.centred_blocks(n, p):
-            volume[centred] = padded[fft_order]
+        volume = _centred_inverse(data, n)
+        del data, work
         correction = (np.sinc((np.arange(n) - n // 2) / p) ** 2).astype(np.float32)
         # Scale so that a map rebuilt from its own projections comes back at the original scale.
         scale = np.float32((p**3) / (n**2) / n / self.padding**3)
         volume = volume * scale / (correction[:, None, None] * correction[None, :, None] * correction[None, None, :])
         return lowpass_at_nyquist(soft_mask_outside(volume))  # last: the mask's edge would put power back into the corners
 
-    def _weighting(self, weight, weight_floor, iterations) -> np.ndarray:
-        """Factors (float32) for the data in the FFT layout of `_fft_layout`, see the module docstring."""
+    def clear(self) -> None:
+        """Both accumulators back to 0 (for the next use, after `reconstruct` with ``consume``)."""
+        if self.data.dtype != np.complex128:
+            self.data = np.zeros(self.rows.size, dtype=np.complex128)
+        self.data.fill(0)
+        self.weight.fill(0)
+
+    def _weighting(self, weight, weight_floor, iterations, work=None, factors=None) -> np.ndarray:
+        """Factors (float32) for the data in the FFT layout of `_fft_layout`, see the module docstring. work: a complex64
+        array of ``weight``'s shape for the iterations, factors: a float32 one for the result (or None: new ones)."""
         top = float(weight.max())
         if iterations == 0:
-            return 1.0 / np.maximum(weight, np.float32(weight_floor * top if top > 0 else 1.0))
-        p = self.box * self.padding
-        shape, axes = (p, p, p), (0, 1, 2)
-        multiplier = blob_multiplier(p)
-        sampled = weight > 0
-        factors = sampled.astype(np.float32)  # 0 where nothing was inserted: never divided, so never overflows
-        product = np.zeros(weight.shape, dtype=np.complex64)  # a complex input spares scipy a conversion
-        spread = np.empty_like(weight)
+            floored = np.maximum(weight, np.float32(weight_floor * top if top > 0 else 1.0))
+            return 1.0 / floored if factors is None else np.divide(1.0, floored, out=factors)
+        work = np.empty(weight.shape, dtype=np.complex64) if work is None else work
+        factors = np.empty(weight.shape, dtype=np.float32) if factors is None else factors
+        np.greater(weight, 0, out=factors)  # 0 where nothing was inserted: never divided, so never overflows
         for _ in range(iterations):
-            np.multiply(weight, factors, out=product.real)
-            real = backend().irfftn(product, shape, axes)
-            real *= multiplier
-            np.abs(backend().rfftn(real, axes, overwrite=True), out=spread)
-            largest = float(spread.max())
-            np.maximum(spread, np.float32(weight_floor * largest if largest > 0 else 1.0), out=spread)
-            np.divide(factors, spread, out=factors, where=sampled)
+            np.multiply(weight, factors, out=work.real)
+            work.imag[...] = 0
+            _blob_convolution(work)
+            largest = max(float(np.abs(plane).max()) for plane in work)
+            floor = np.float32(weight_floor * largest if largest > 0 else 1.0)
+            for z, plane in enumerate(work):  # a plane at a time: no padded grid of |·|
+                spread = np.abs(plane)
+                np.maximum(spread, floor, out=spread)
+                np.divide(factors[z], spread, out=factors[z], where=weight[z] > 0)
         return factors

@@ -35,6 +35,13 @@ def backproject_all(source, indices, *, padding: int = 2, matrices=None, origin_
     return _backproject(source, indices, group, 1, padding, matrices, origin_px, batch, progress, None)[0]
 
 
+def backproject_into(accumulator: BackProjector, source, indices, *, matrices=None, origin_px=None, weights=None, batch: int = 256) -> None:
+    """Add the particles ``indices`` of a source to ``accumulator`` (poses from its table unless given; with ``weights``
+    (n, K), each at K poses: matrices (n, K, 3, 3), origin_px (n, K, 2))."""
+    group = np.zeros(len(source), dtype=np.int64)
+    _backproject(source, indices, group, 1, accumulator.padding, matrices, origin_px, batch, None, [accumulator], weights)
+
+
 def _backproject(source, indices, group, n_groups, padding, matrices, origin_px, batch, progress, into, weights=None):
     """``n_groups`` BackProjectors (``into``, or new ones); particle i goes into accumulator ``group[i]`` (at K weighted
     poses each with ``weights`` (n, K))."""
@@ -75,16 +82,27 @@ def with_full(half1, half2) -> dict:
     return {"half1": half1, "half2": half2, "full": 0.5 * (half1 + half2)}
 
 
-def summed_half_maps(ctx, halves, weight_floor: float = 1e-3, gridding_iterations: int = 10):
-    """The half maps of accumulators (half 1, half 2) that every rank filled with its own particles, summed over
-    the ranks (collective; ctx the run's `refine.distributor.Distributor`): half h is summed onto rank h − 1 (modulo the ranks),
-    which reconstructs it, so with two ranks or more the two halves are reconstructed at once (as relion_refine_mpi
-    does); (half1, half2) on rank 0, None elsewhere. The same maps on any number of ranks when the accumulators'
-    sums are exact (`refine.engine.ExactSum`)."""
-    owners = [h % ctx.size for h in range(len(halves))]
-    for bp, owner in zip(halves, owners):
-        ctx.reduce_sum(bp.data, root=owner)
-        ctx.reduce_sum(bp.weight, root=owner)
-    mine = [bp.reconstruct(weight_floor, gridding_iterations) if owner == ctx.rank else None for bp, owner in zip(halves, owners)]
-    maps = [ctx.move_to_root(m, source=owner) for m, owner in zip(mine, owners)]
-    return tuple(maps) if ctx.is_root else None
+def distributed_half_maps(ctx, new_accumulator, backproject, weight_floor: float = 1e-3, gridding_iterations: int = 10,
+                          stoppable: bool = True):
+    """The two half maps of particles that the processes share, with one accumulator per process (collective; ctx the
+    run's `refine.distributor.Distributor`): for each half map of ``ctx.my_halves()`` in turn (both for one process; one
+    per rank of many, half 1 on the even ranks and half 2 on the odd), ``backproject(half, accumulator)`` adds this
+    process's particles of that half to a new accumulator (``new_accumulator()``, released once used); the half's ranks sum theirs onto its owner (rank 0 for
+    half 1, rank 1 for half 2: `ctx.reduce_half`), which reconstructs it in the accumulator's own memory (``consume``),
+    so that with two ranks or more the halves are reconstructed at once (as relion_refine_mpi does). (half1, half2) on
+    rank 0, None on the others, False on every rank when a stop was asked (``stoppable``: a refinement's stages; the end
+    of a run finishes what it began). The same maps on any number of ranks when the
+    accumulators' sums are exact (`refine.engine.ExactSum`)."""
+    mine = {}
+    for half in ctx.my_halves():
+        accumulator = new_accumulator()
+        backproject(half, accumulator)
+        if stoppable and ctx.any_stop_requested():  # a stop asked on any rank: every rank stops here
+            return False
+        ctx.reduce_half(accumulator.data, half)
+        ctx.reduce_half(accumulator.weight, half)
+        if ctx.rank == ctx.half_owner(half):
+            mine[half] = accumulator.reconstruct(weight_floor, gridding_iterations, consume=True)
+        del accumulator
+    maps = tuple(ctx.move_to_root(mine.get(h), source=ctx.half_owner(h)) for h in (1, 2))
+    return maps if ctx.is_root else None

@@ -9,8 +9,8 @@ and asks Slurm for, never a reason to refuse. The model counts a search's CCC ev
 
 Memory: the arrays one process certainly holds at once, each at its least size, in the phase of the run where their
 sum is largest (a lower bound of the peak; what the run really needs is more): the maps (consensus, masks, the model
-and the modules' maps), the two half-map accumulators (complex128 data and float64 weights over the padded Fourier
-grid) with the gridding's float32 work arrays, the reference volumes (only when the search band is given: an ``auto``
+and the modules' maps), the process's half-map accumulator (complex128 data and float64 weights over the padded Fourier
+grid) with the gridding's float32 weights, the reference volumes (only when the search band is given: an ``auto``
 band is found from the data), the direction grids of the search and of the projection classes with their largest
 work arrays, a work unit's image spectra, and one particle's score cube (simultaneous strategy, and the prior's
 pilot). If even that is more than this process may use (`memory_limit_bytes`: the machine's memory, its cgroup's
@@ -154,14 +154,15 @@ def _sane(cfg):
                                postprocess=PostprocessConfig(), reconstruction=type(cfg.reconstruction)())
 
 
-def reconstruction_bytes(box: int, padding: int, halves: int = 2, gridding: bool = True) -> dict:
-    """{part: bytes} of a reconstruction: ``halves`` accumulators (complex128 data, float64 weights over the padded
-    Fourier band) and the weighting's float32 work arrays (weights, factors, their complex product, the spread; 12
-    bytes a voxel without gridding iterations), over the padded half grid."""
+def reconstruction_bytes(box: int, padding: int, gridding: bool = True) -> dict:
+    """{part: bytes} of a reconstruction: the one accumulator a process holds (complex128 data, float64 weights over the
+    padded Fourier band; the two half maps in turn or on two ranks, `reconstruction.reconstruct.distributed_half_maps`)
+    and the weights in the padded half grid (float32), which the weighting reads while its other grids sit in the
+    accumulator's own memory (`BackProjector.reconstruct` with ``consume``; without gridding iterations the factors too)."""
     band = math.prod(fourier.band_shape(box, padding))
     p = box * padding
     half_grid = p * p * (p // 2 + 1)
-    return {"accumulators": halves * band * 24.0, "gridding": half_grid * (20.0 if gridding else 12.0)}
+    return {"accumulators": band * 24.0, "gridding": half_grid * (4.0 if gridding else 8.0)}
 
 
 def estimate(cfg: Config, n: int, box: int, voxel: float, mask_fill=None) -> Cost:
@@ -174,7 +175,7 @@ def estimate(cfg: Config, n: int, box: int, voxel: float, mask_fill=None) -> Cos
     halves_first = auto_band or bool(cfg.consensus_half_maps)  # the consensus half maps are made before any search
     masked = cfg.modules[0].mask is not None
     maps = ((2 * k + 1) + (2 if halves_first else 0)) * box**3 * 4.0
-    recon = reconstruction_bytes(box, cfg.reconstruction.padding, 2, cfg.reconstruction.gridding_iterations > 0)
+    recon = reconstruction_bytes(box, cfg.reconstruction.padding, cfg.reconstruction.gridding_iterations > 0)
     searches = _module_searches(cfg)
     where, largest = max(searches, key=lambda ws: evaluations(ws[1], "simultaneous"))
     cube = 0.0  # one particle's (ψ, direction, shift) scores: the simultaneous search's and the prior pilot's

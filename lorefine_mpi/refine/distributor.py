@@ -66,6 +66,23 @@ class Distributor:
         """This rank's consecutive share of ``range(n)`` (fixed blocks, the same split on every call)."""
         return np.array_split(np.arange(n), self.size)[self.rank]
 
+    # -- the two half maps: one accumulator per process ------------------------------------------------------------------
+    def my_halves(self) -> tuple[int, ...]:
+        """The half maps (1, 2) whose particles this process back-projects, one accumulator at a time: both, in turn, in
+        one process; with many, half 1 on the even ranks and half 2 on the odd ones (`reconstruction.reconstruct.distributed_half_maps`)."""
+        return (1, 2)
+
+    def half_owner(self, half: int) -> int:
+        """The rank that sums and reconstructs half map ``half`` (1 or 2)."""
+        return (half - 1) % self.size
+
+    def half_share(self, n: int) -> np.ndarray:
+        """This rank's consecutive share of ``range(n)`` among the ranks of its half (fixed blocks, the same split on every call)."""
+        return np.arange(n)
+
+    def reduce_half(self, array: np.ndarray, half: int) -> None:
+        """``array`` summed over the ranks of half map ``half`` into its owner's copy, in place (collective over those ranks)."""
+
     def on_root(self, compute):
         """``compute()`` run on rank 0, its value on every rank."""
         return self.bcast(compute() if self.is_root else None)

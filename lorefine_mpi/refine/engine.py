@@ -16,7 +16,8 @@ A run is a sequence of *stages*, one per (iteration, module):
        (``search.mean_motion: remove``): the map and poses of a module are only defined up to a common
        motion, and without this the module drifts from the consensus frame over iterations;
     3. reconstruct (`backproject`, `write_module`): the refined poses back-projected into half-map
-       accumulators, each process taking its share of fixed blocks of particles (`reconstruction_blocks`),
+       accumulators, one per process (`accumulator`), each process taking its share of fixed blocks of particles
+       of its half (`reconstruction_blocks`),
        every inserted term rounded to a grid on which float64 addition is exact (`ExactSum`), so that
        summing in any order and grouping gives the same bits; the half
        maps, the masked map (in the consensus frame), the FSC and the module's STAR file.
@@ -41,7 +42,7 @@ from lorefine_mpi.io.star import read_star, relative_image_names, write_star
 from lorefine_mpi.projection import fourier
 from lorefine_mpi.projection.source import ParticleSource
 from lorefine_mpi.reconstruction.backproject import BackProjector
-from lorefine_mpi.reconstruction.reconstruct import backproject_halves, half_subsets, with_full
+from lorefine_mpi.reconstruction.reconstruct import backproject_into, half_subsets, with_full
 from lorefine_mpi.refine import layout, partition
 from lorefine_mpi.search import band, local, options, prior
 from lorefine_mpi.validation import fsc as fsc_mod
@@ -216,7 +217,6 @@ class RefineEngine:
     def __init__(self, cfg, allocate=plain_allocate):
         self.cfg = cfg
         self.allocate = allocate
-        self._accumulators = None  # the half-map accumulators, reused by every stage (`accumulators`)
         self.folder = layout.RunFolder.planned(cfg)  # iterations: auto: the last one not known until the poses settle (`refine.run`)
         self.table = read_star(cfg.particles, cfg.project_dir)
         self.consensus, self.voxel = mrc.read_map(cfg.consensus_map)
@@ -285,6 +285,7 @@ class RefineEngine:
             rows = np.arange(len(ids)) if half is None else np.nonzero(self.subset[ids] == half)[0]
             fvol = fourier.prepare_volume(volumes.recentre(other * self.masks[index], centre), cfg.reconstruction.padding)
             references[rows] = fourier.project(fvol, prelim.matrices[ids[rows]], origin[rows], ctf=None if ctf is None else ctf[rows])
+            del fvol  # before the other half's: one padded spectrum at a time
         frc, samples = band.fourier_ring_correlation(images, references, box)
         weights = band.whitening_weights(images, references, box)
         if not options.is_auto(cfg.search.max_resolution_angstrom):
@@ -354,29 +355,19 @@ class RefineEngine:
                                              state.centre_px).reshape(-1, k, 2)
         return Poses(poses.matrices, centred, poses.posterior_matrices, posterior, poses.weights)
 
-    def accumulators(self, exact: ExactSum) -> list:
-        """An empty pair of half-map accumulators (half 1, half 2) on ``exact``'s grid: the same arrays for
-        every stage, zeroed (fresh ones would cost the first touch of their pages each time, several times
-        the back-projection itself at 128²; the maps made from them never keep them)."""
-        kept = self._accumulators
-        if kept is None or kept[0].steps != exact.steps:
-            kept = self._accumulators = [BackProjector(self.box, self.cfg.reconstruction.padding, exact.steps) for _ in range(2)]
-        else:
-            for bp in kept:
-                bp.data.fill(0)
-                bp.weight.fill(0)
-        return kept
+    def accumulator(self, exact: ExactSum) -> BackProjector:
+        """A new half-map accumulator on ``exact``'s grid (`reconstruction.reconstruct.distributed_half_maps`): each process
+        holds one while it back-projects and reconstructs, none in between (at box 256 it is 0.8 GiB)."""
+        return BackProjector(self.box, self.cfg.reconstruction.padding, exact.steps)
 
-    def backproject(self, centred: Poses, ids, halves) -> None:
+    def backproject(self, centred: Poses, ids, accumulator: BackProjector) -> None:
         """Add the particles ``ids`` (any batch: the terms are on the exact-sum grid, so the grouping does not
-        matter) at the poses ``centred`` (`reconstruction_poses`) to the pair ``halves`` (`accumulators`)."""
+        matter) at the poses ``centred`` (`reconstruction_poses`) to ``accumulator``."""
         if centred.weights is None or centred.weights.shape[1] == 1:  # one pose a particle: its estimate
-            backproject_halves(self.source, ids, padding=self.cfg.reconstruction.padding, subset=self.subset, matrices=centred.matrices,
-                               origin_px=centred.origin_px, batch=BLOCK_MAX, into=halves)
+            backproject_into(accumulator, self.source, ids, matrices=centred.matrices, origin_px=centred.origin_px, batch=BLOCK_MAX)
         else:
-            backproject_halves(self.source, ids, padding=self.cfg.reconstruction.padding, subset=self.subset,
-                               matrices=centred.posterior_matrices, origin_px=centred.posterior_origin_px, weights=centred.weights,
-                               batch=BLOCK_MAX, into=halves)
+            backproject_into(accumulator, self.source, ids, matrices=centred.posterior_matrices, origin_px=centred.posterior_origin_px,
+                             weights=centred.weights, batch=BLOCK_MAX)
 
     def rebuild(self, state: StageState, half_maps) -> dict:
         """The module's maps {'half1', 'half2', 'full'} (N, N, N) float32 from its half maps (recentred frame,

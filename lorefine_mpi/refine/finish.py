@@ -2,8 +2,9 @@
 
 ``finish_run`` (called once by `refine.run.refine`, at the end of the run, on every rank):
     1. consensus half maps: read from ``consensus/half1.mrc`` and ``half2.mrc`` when the refinement made them
-       (for its search band); otherwise every rank back-projects its block of particles with the consensus
-       poses, the accumulators are summed on rank 0 (as a refinement stage does), which writes them. The
+       (for its search band); otherwise every rank back-projects its block of particles of its half with the consensus
+       poses, the accumulators are summed and reconstructed as a refinement stage does (`distributed_half_maps`), and
+       rank 0 writes them. The
        "before" of every module is the masked, phase-randomisation-corrected FSC of these in the module's
        mask (``MODULE/fsc_consensus.json``);
     2. per module, rank 0 post-processes the module's half maps in its mask (`validation.postprocess`,
@@ -30,7 +31,8 @@ from lorefine_mpi.geometry.volumes import centre_of_mass_px
 from lorefine_mpi.io import mrc, relion_job, results
 from lorefine_mpi.io.results import write_motion
 from lorefine_mpi.io.star import atomic_write_text
-from lorefine_mpi.reconstruction.reconstruct import backproject_halves, summed_half_maps, with_full
+from lorefine_mpi.reconstruction.backproject import BackProjector
+from lorefine_mpi.reconstruction.reconstruct import backproject_into, distributed_half_maps, with_full
 from lorefine_mpi.refine import layout
 from lorefine_mpi.validation import fsc as fsc_mod
 from lorefine_mpi.validation import locres as locres_mod
@@ -43,9 +45,13 @@ log = logging.getLogger(__name__)
 def consensus_half_maps(ctx, source, matrices, origin_px, *, subset, reconstruction):
     """Half maps of the whole complex from the consensus poses (every rank back-projects a block; rank 0
     gets {'half1', 'half2', 'full'}, the others None)."""
-    block = np.array_split(np.arange(len(source)), ctx.size)[ctx.rank]
-    halves = backproject_halves(source, block, padding=reconstruction.padding, subset=subset, matrices=matrices, origin_px=origin_px)
-    maps = summed_half_maps(ctx, halves, reconstruction.weight_floor, reconstruction.gridding_iterations)
+    share = ctx.half_share(len(source))
+
+    def backproject(half, accumulator):
+        backproject_into(accumulator, source, share[subset[share] == half], matrices=matrices, origin_px=origin_px)
+
+    maps = distributed_half_maps(ctx, lambda: BackProjector(source.box, reconstruction.padding), backproject, reconstruction.weight_floor,
+                                 reconstruction.gridding_iterations, stoppable=False)
     return None if maps is None else with_full(*maps)
 
 

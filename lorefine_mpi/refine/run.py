@@ -27,7 +27,7 @@ import numpy as np
 from lorefine_mpi.geometry import rotations
 from lorefine_mpi.io.results import stage_name
 from lorefine_mpi.kernels import use_backend
-from lorefine_mpi.reconstruction.reconstruct import summed_half_maps
+from lorefine_mpi.reconstruction.reconstruct import distributed_half_maps
 from lorefine_mpi.refine import engine as eng
 from lorefine_mpi.refine import partition
 from lorefine_mpi.refine.progress import ProgressLog
@@ -317,26 +317,28 @@ class _Run:
         return dist.bcast(full)
 
     def half_maps(self, poses: eng.Poses, what: str):
-        """The half maps (consensus frame of the poses) of every particle at ``poses``: each process back-projects
-        its share of the fixed particle blocks, the accumulators are summed exactly and each half reconstructed on
-        its own rank (`summed_half_maps`); (half1, half2) on rank 0, None on the others, or False on every rank when
-        a stop was asked."""
+        """The half maps (consensus frame of the poses) of every particle at ``poses``: each process back-projects its
+        share of the fixed particle blocks of its half into its one accumulator, the accumulators are summed exactly
+        and each half reconstructed on its own rank (`distributed_half_maps`); (half1, half2) on rank 0, None on the
+        others, or False on every rank when a stop was asked."""
         dist, engine = self.dist, self.engine
-        halves = engine.accumulators(self._exact_sum())
-        mine = self._my_particles()
-        progress = ProgressLog(f"{what}: back-projection (rank 0's blocks)", len(mine)) if dist.is_root else None
-        # the order of the additions does not matter (exact sums): batches as large as the reader's, for the
-        # scatter's locality (its tiles fill better with more images per call)
-        for ids in np.array_split(mine, max(1, -(-len(mine) // eng.BLOCK_MAX))):
-            if dist.stop_requested:
-                break
-            engine.backproject(poses, ids, halves)
-            if progress:
-                progress.add(len(ids))
-        if dist.any_stop_requested():  # a stop asked on any rank: every rank stops here
-            return False
+
+        def backproject(half, accumulator):
+            mine = self._my_particles(half)
+            progress = ProgressLog(f"{what}: back-projection of half {half} (rank 0's blocks)", len(mine)) if dist.is_root else None
+            # the order of the additions does not matter (exact sums): batches as large as the reader's, for the
+            # scatter's locality (its tiles fill better with more images per call)
+            for ids in np.array_split(mine, max(1, -(-len(mine) // eng.BLOCK_MAX))):
+                if dist.stop_requested:
+                    break
+                engine.backproject(poses, ids, accumulator)
+                if progress:
+                    progress.add(len(ids))
+
         reconstruction = self.cfg.reconstruction
-        return summed_half_maps(dist, halves, reconstruction.weight_floor, reconstruction.gridding_iterations)
+        exact = self._exact_sum()
+        return distributed_half_maps(dist, lambda: engine.accumulator(exact), backproject, reconstruction.weight_floor,
+                                     reconstruction.gridding_iterations)
 
     def _exact_sum(self) -> eng.ExactSum:
         """The rounding grid of the accumulators, from bounds over every particle (once per run)."""
@@ -346,8 +348,10 @@ class _Run:
             self.exact = self.engine.exact_sum(image_bound, ctf_bound)
         return self.exact
 
-    def _my_particles(self) -> np.ndarray:
-        """This process's consecutive share of the fixed particle blocks (`engine.reconstruction_blocks`), ascending."""
+    def _my_particles(self, half: int | None = None) -> np.ndarray:
+        """This process's consecutive share of the fixed particle blocks (`engine.reconstruction_blocks`), ascending: among
+        all ranks, or with ``half``, among the ranks of that half map (`Distributor.half_share`), its particles only."""
         blocks = eng.reconstruction_blocks(self.engine.n)
-        mine = [blocks[b] for b in self.dist.share(len(blocks))]
-        return np.concatenate(mine or [np.zeros(0, np.int64)])
+        share = self.dist.share(len(blocks)) if half is None else self.dist.half_share(len(blocks))
+        mine = np.concatenate([blocks[b] for b in share] or [np.zeros(0, np.int64)])
+        return mine if half is None else mine[self.engine.subset[mine] == half]

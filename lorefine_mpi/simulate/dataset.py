@@ -383,7 +383,7 @@ def memory_bytes(cfg: SimulateConfig) -> dict:
     k, box = module_count(cfg), cfg.box
     spectrum = float(np.prod(fourier.band_shape(box, 2))) * 8.0
     maps = 2 * k * box**3 * 4.0
-    return {"module spectrum": spectrum, "maps": maps} | reconstruction_bytes(box, 2, halves=1)
+    return {"module spectrum": spectrum, "maps": maps} | reconstruction_bytes(box, 2)
 
 
 def batch_size(box: int) -> int:
@@ -429,4 +429,4 @@ def module_names(k: int) -> list[str]:
 
 def reconstruct_consensus(table, box, use_ctf) -> np.ndarray:
     """The consensus map (all particles together) from the STAR poses."""
-    return backproject_all(ParticleSource(table, box, use_ctf), np.arange(len(table))).reconstruct()
+    return backproject_all(ParticleSource(table, box, use_ctf), np.arange(len(table))).reconstruct(consume=True)

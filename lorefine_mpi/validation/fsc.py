@@ -110,7 +110,9 @@ def randomise_phases_beyond(volume, shell: int, rng) -> np.ndarray:
     ft = np.fft.rfftn(v)
     beyond = frequency_radius_sq(v.shape[0]) >= shell * shell
     phases = rng.random(ft.shape)
-    ft = np.where(beyond, np.abs(ft) * np.exp(2j * np.pi * phases), ft)
+    for z in range(len(ft)):  # a plane at a time: the same numbers without volumes of temporaries
+        ft[z] = np.where(beyond[z], np.abs(ft[z]) * np.exp(2j * np.pi * phases[z]), ft[z])
+    del phases, beyond
     return np.fft.irfftn(ft, s=v.shape, axes=(0, 1, 2))
 
 

@@ -207,6 +207,7 @@ def local_resolution(ctx, half1, half2, voxel_size_angstrom: float, settings: Lo
     resolution = np.zeros(len(centres))
     if len(mine):
         resolution[mine] = centre_resolutions(h1, h2, random1, random2, centres[mine], voxel_size_angstrom, settings)
+    del h1, h2, random1, random2  # before the map is assembled: four maps in double precision
     ctx.reduce_sum(resolution)
     if not ctx.is_root:
         return None

@@ -121,3 +121,60 @@ def test_soft_mask_outside_keeps_the_inside_and_fades_to_the_background():
     far = masked[r >= box / 2 + 3]
     np.testing.assert_allclose(far, far[0], rtol=1e-6)  # one background value beyond the edge
     assert abs(far[0]) < 0.2  # the mean of noise over the fade
+
+
+def noise_backprojector(box: int, n: int = 30) -> BackProjector:
+    """A BackProjector holding n noise images at random poses with a CTF (every frequency sampled, sparsely)."""
+    from lorefine_mpi.geometry import rotations
+    from lorefine_mpi.projection import ctf as ctf_model
+    from lorefine_mpi.projection import fourier
+
+    rng = np.random.default_rng(box)
+    images = fourier.to_fourier(rng.normal(size=(n, box, box)).astype(np.float32))
+    matrices = rotations.euler_to_matrix(rng.uniform(-np.pi, np.pi, n), np.arccos(rng.uniform(-1, 1, n)), rng.uniform(-np.pi, np.pi, n))
+    c = ctf_model.ctf_2d(box, 3.0, rng.uniform(1e4, 2e4, n), rng.uniform(1e4, 2e4, n), 0.3, 300, 2.7, 0.1)
+    bp = BackProjector(box, 2)
+    bp.insert(images, matrices, c)
+    return bp
+
+
+def weighting_by_whole_volume_ffts(weight, weight_floor, iterations):
+    """RELION's iterative gridding written the direct way: 3D FFTs of whole volumes and the multiplier as a cube."""
+    import scipy.fft
+
+    p = weight.shape[0]
+    multiplier = backproject.blob_multiplier(p)
+    factors = (weight > 0).astype(np.float32)
+    for _ in range(iterations):
+        real = scipy.fft.irfftn((weight * factors).astype(np.complex64), s=(p, p, p))
+        spread = np.abs(scipy.fft.rfftn(real * multiplier))
+        spread = np.maximum(spread, np.float32(weight_floor * spread.max()))
+        factors = np.where(weight > 0, factors / spread, factors).astype(np.float32)
+    return factors
+
+
+@pytest.mark.parametrize("box", [12, 16, 20])  # padded sizes 24 and 40 (not powers of two) and 32
+def test_the_plane_at_a_time_gridding_gives_the_whole_volume_ffts_numbers(box):
+    """The weighting and the inversion a plane at a time (no padded real volume, no second spectrum) make the same
+    numbers as whole-volume 3D FFTs, bit for bit; and a reconstruction in the accumulators' own memory (``consume``)
+    the same map as one that keeps them."""
+    import scipy.fft
+
+    from lorefine_mpi.projection import fourier
+
+    bp = noise_backprojector(box)
+    p = 2 * box
+    shape = (p, p, p // 2 + 1)
+    weight = bp._fft_layout(bp.weight, np.empty(shape, np.float32))
+    factors = bp._weighting(weight, 1e-3, 3)
+    np.testing.assert_array_equal(factors, weighting_by_whole_volume_ffts(weight, 1e-3, 3))
+    data = bp._fft_layout(bp.data, np.empty(shape, np.complex64)) * factors
+    padded = scipy.fft.irfftn(data, s=(p, p, p))
+    expected = np.empty((box, box, box), np.float32)
+    for fft_order, centred in fourier.centred_blocks(box, p):
+        expected[centred] = padded[fft_order]
+    np.testing.assert_array_equal(backproject._centred_inverse(data.copy(), box), expected)
+    kept = bp.reconstruct()
+    assert np.array_equal(bp.reconstruct(consume=True), kept)
+    bp.clear()
+    assert not bp.data.any() and not bp.weight.any() and bp.data.dtype == np.complex128

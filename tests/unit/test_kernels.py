@@ -108,3 +108,47 @@ def test_shift_grid_patches_are_the_turned_and_shifted_samples_with_their_moment
     assert (got[4] == 0).any() and (got[5] == 0).any()
     np.testing.assert_allclose(sums, got.astype(np.float64).sum(axis=1), rtol=1e-6, atol=1e-4)
     np.testing.assert_allclose(squares, (got.astype(np.float64) ** 2).sum(axis=1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("box,padding", [(16, 2), (22, 2), (64, 2), (24, 3)])
+def test_the_ball_layout_holds_every_corner_of_every_sample(box, padding):
+    """Every trilinear corner of every frequency of the box, at any pose (and the poses that put samples on the axes),
+    lies inside its row of the ball layout: the kernel writes without bounds checks."""
+    rows = fourier.sphere_rows(box, padding)
+    r = rows.half_width
+    grid = fourier.band_grid(box)
+    rng = np.random.default_rng(box)
+    matrices = np.concatenate([rotations.euler_to_matrix(*rng.uniform(-np.pi, np.pi, (3, 40))),
+                               rotations.euler_to_matrix(*(np.array([0.0, np.pi / 2, np.pi]).repeat(3).reshape(3, 3)))])
+    for m in matrices:
+        point = padding * (grid.kx[:, None] * m[0] + grid.ky[:, None] * m[1])  # (M, 3) x, y, z
+        point[point[:, 0] < 0] *= -1  # read at −k conjugated
+        x0 = np.floor(point[:, 0]).astype(int)
+        y0, z0 = (np.floor(point[:, c] + r).astype(int) for c in (1, 2))
+        for dz in (0, 1):
+            for dy in (0, 1):
+                assert (x0 + 1 < rows.lengths[z0 + dz, y0 + dy]).all()
+    # and it is about half the band layout's box
+    assert 0.5 < rows.size / np.prod(fourier.band_shape(box, padding)) < 0.56
+
+
+def test_scatter_into_the_ball_layout_is_scatter_into_the_band_layout():
+    """The same samples scattered into the ball layout and into the band layout: the same sums, bit for bit, where
+    the ball has rows; nothing beyond them in the band."""
+    rng = np.random.default_rng(4)
+    box = 20
+    grid = fourier.band_grid(box)
+    matrices = rotations.euler_to_matrix(*rng.uniform(-np.pi, np.pi, (3, 6)))
+    values = rng.normal(size=(6, len(grid.kx))) + 1j * rng.normal(size=(6, len(grid.kx)))
+    weights = rng.uniform(0, 1, values.shape)
+    shape = fourier.band_shape(box, 2)
+    band, band_w = np.zeros(shape, np.complex128), np.zeros(shape)
+    backend().scatter_slices(band, band_w, grid.kx, grid.ky, matrices, 2, values, weights)
+    rows = fourier.sphere_rows(box, 2)
+    ball, ball_w = np.zeros(rows.size, np.complex128), np.zeros(rows.size)
+    backend().scatter_slices(ball, ball_w, grid.kx, grid.ky, matrices, 2, values, weights, rows=rows)
+    x = np.arange(shape[2])
+    inside = x[None, None, :] < rows.lengths[:, :, None]
+    np.testing.assert_array_equal(band[inside], ball)
+    np.testing.assert_array_equal(band_w[inside], ball_w)
+    assert not band[~inside].any() and not band_w[~inside].any()

@@ -93,7 +93,7 @@ def test_slice_gather_and_scatter_are_adjoint():
     bp = BackProjector(box, pad)
     bp.insert(u, matrices)
     lhs = np.vdot(u, pv).real  # Σ conj(u) P v
-    rhs = np.vdot(bp.data, v).real  # Σ conj(Pᵀ u) v
+    rhs = np.vdot(bp.band(bp.data), v).real  # Σ conj(Pᵀ u) v
     assert lhs == pytest.approx(rhs, rel=1e-4)
 
 
@@ -115,3 +115,27 @@ def test_ctf_matches_the_formula_pixel_by_pixel():
             df = 13500 + 1500 * np.cos(2 * (np.arctan2(ky, kx) - 0.5))
             chi = -np.pi * lam * df * k2 + np.pi / 2 * 2.0e7 * lam**3 * k2**2 - 0.1 - np.arctan(0.07 / np.sqrt(1 - 0.07**2))
             assert got[iy, ix] == pytest.approx(-np.sin(chi) * np.exp(-50 * k2 / 4), abs=1e-5)
+
+
+@pytest.mark.parametrize("box,padding,radius", [(16, 2, None), (20, 2, 6.5), (12, 3, None)])  # padded 32, 40, 36
+def test_the_reference_band_is_the_padded_cubes_3d_fft_bit_for_bit(box, padding, radius):
+    """prepare_volume's band (a plane at a time, only the rows that hold the volume) against the direct way: the
+    pre-corrected volume zero-padded into a P³ cube in FFT order, scipy's 3D rfftn, each band voxel read by its index."""
+    import scipy.fft
+
+    v = np.random.default_rng(box).normal(size=(box, box, box)).astype(np.float32)
+    p = padding * box
+    correction = (np.sinc((np.arange(box) - box // 2) / p) ** 2).astype(np.float32)
+    cube = np.zeros((p, p, p), np.float32)
+    place = (np.arange(box) - box // 2) % p
+    cube[np.ix_(place, place, place)] = v / (correction[:, None, None] * correction[None, :, None] * correction[None, None, :])
+    spectrum = scipy.fft.rfftn(cube)
+    band = fourier.prepare_volume(v, padding, radius_px=radius).data
+    r = (band.shape[0] - 1) // 2
+    expected = np.zeros_like(band)
+    for kz in range(-r, r + 1):
+        for ky in range(-r, r + 1):
+            for kx in range(r + 1):
+                if max(abs(kz), abs(ky), kx) <= p // 2 and kz != p // 2 and ky != p // 2:
+                    expected[kz + r, ky + r, kx] = spectrum[kz % p, ky % p, kx]
+    np.testing.assert_array_equal(band, expected)
