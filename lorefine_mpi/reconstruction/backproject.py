@@ -151,6 +151,9 @@ def lowpass_at_nyquist(volume) -> np.ndarray:
     return backend().irfftn(spectrum, v.shape).astype(np.float32, copy=False)
 
 
+INSERT_SAMPLES = 1 << 21  # samples per call of the scatter: 323 images at box 128, 81 at box 256 (~190 MB of work arrays)
+
+
 class BackProjector:
     """Accumulators for one map. box: N (even); padding: P / N.
 
@@ -171,8 +174,18 @@ class BackProjector:
     def insert(self, images_ft, matrices, ctf=None, shifts_px=None, weights=None) -> None:
         """Add n images. images_ft: (n, N, N//2+1) complex, lorefine's rfft2 layout of the particle images;
         matrices: (n, 3, 3); ctf: (n, N, N//2+1) or None; shifts_px: (n, 2) RELION origins or None;
-        weights: (n,) a factor per image on both its data and its weight (posterior weights) or None."""
+        weights: (n,) a factor per image on both its data and its weight (posterior weights) or None.
+        Inserted `INSERT_SAMPLES` samples at a time (this and the scatter's work arrays hold about 90 bytes a sample)."""
         matrices = np.asarray(matrices, dtype=np.float64).reshape(-1, 3, 3)
+        images_ft = np.asarray(images_ft)
+        shifts_px = None if shifts_px is None else np.asarray(shifts_px, dtype=np.float64).reshape(-1, 2)
+        step = max(1, INSERT_SAMPLES // len(self._grid.kx))
+        for start in range(0, len(matrices), step):
+            part = slice(start, start + step)
+            self._insert(images_ft[part], matrices[part], None if ctf is None else ctf[part], None if shifts_px is None else shifts_px[part],
+                         None if weights is None else weights[part])
+
+    def _insert(self, images_ft, matrices, ctf, shifts_px, weights) -> None:
         n = len(matrices)
         images_ft = np.asarray(images_ft).reshape(n, -1)[:, self._grid.index]
         if shifts_px is not None:

@@ -178,3 +178,27 @@ def test_the_plane_at_a_time_gridding_gives_the_whole_volume_ffts_numbers(box):
     assert np.array_equal(bp.reconstruct(consume=True), kept)
     bp.clear()
     assert not bp.data.any() and not bp.weight.any() and bp.data.dtype == np.complex128
+
+
+def test_insertion_in_parts_adds_the_same_terms(monkeypatch):
+    """A batch inserted a few images per scatter call (`INSERT_SAMPLES`, the bound on its work arrays) gives the
+    accumulators of one call: bit for bit on an exact-sum grid, to rounding without one."""
+    from lorefine_mpi.geometry import rotations
+    from lorefine_mpi.projection import fourier
+
+    rng = np.random.default_rng(8)
+    box, n = 16, 12
+    images = fourier.to_fourier(rng.normal(size=(n, box, box)).astype(np.float32))
+    matrices = rotations.euler_to_matrix(*rng.uniform(-np.pi, np.pi, (3, n)))
+    shifts, weights = rng.normal(0, 2, (n, 2)), rng.uniform(0.1, 1, n)
+    for steps, exact in (((2.0**-30, 2.0**-36), True), ((0.0, 0.0), False)):
+        whole, parts = BackProjector(box, 2, steps), BackProjector(box, 2, steps)
+        whole.insert(images, matrices, shifts_px=shifts, weights=weights)
+        monkeypatch.setattr(backproject, "INSERT_SAMPLES", 5 * len(fourier.band_grid(box).kx))  # 5 images a call: 3 calls
+        parts.insert(images, matrices, shifts_px=shifts, weights=weights)
+        monkeypatch.undo()
+        for a, b in ((whole.data, parts.data), (whole.weight, parts.weight)):
+            if exact:
+                np.testing.assert_array_equal(a, b)
+            else:
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(a).max())
