@@ -47,30 +47,7 @@ set_threads(sys.argv[1:])
 
 from lorefine_mpi import __version__
 from lorefine_mpi.errors import EXIT_CLOSED_PIPE, EXIT_INPUT_ERROR, EXIT_STOPPED, InputError, describe_os_error
-
-# glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
-
-
-def keep_freed_memory() -> bool:
-    """Let glibc's malloc keep freed memory for reuse instead of returning it to the kernel.
-
-    Blocks above 32 MiB (a 256³ grid is 67 MB) are otherwise mapped fresh for each array and unmapped when it is
-    freed, and the kernel zeroes every page of the next one again: the gridding iterations of one map allocate
-    about 1.4 GB that way, and the page clearing was 30–60 % of `lorefine reconstruct`'s CPU time on these
-    machines (sys time). Served from the heap instead (no mmap, no trimming, 256 MiB of top padding), freed
-    blocks are reused without faults; the peak RSS is the same. Skipped when the user set any ``MALLOC_``
-    variable (glibc reads those itself) or without glibc. Returns whether it was set."""
-    if any(name.startswith("MALLOC_") for name in os.environ):
-        return False
-    try:
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return all(mallopt(param, value) == 1 for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 256 << 20)))
+from lorefine_mpi.process_memory import keep_freed_memory
 
 
 def _subcommand_modules():

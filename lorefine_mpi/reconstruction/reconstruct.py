@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 
+from lorefine_mpi.process_memory import release_freed_memory
 from lorefine_mpi.reconstruction.backproject import BackProjector
 
 log = logging.getLogger(__name__)
@@ -104,5 +105,6 @@ def distributed_half_maps(ctx, new_accumulator, backproject, weight_floor: float
         if ctx.rank == ctx.half_owner(half):
             mine[half] = accumulator.reconstruct(weight_floor, gridding_iterations, consume=True)
         del accumulator
+        release_freed_memory()
     maps = tuple(ctx.move_to_root(mine.get(h), source=ctx.half_owner(h)) for h in (1, 2))
     return maps if ctx.is_root else None

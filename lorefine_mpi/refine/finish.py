@@ -31,6 +31,7 @@ from lorefine_mpi.geometry.volumes import centre_of_mass_px
 from lorefine_mpi.io import mrc, relion_job, results
 from lorefine_mpi.io.results import write_motion
 from lorefine_mpi.io.star import atomic_write_text
+from lorefine_mpi.process_memory import release_freed_memory
 from lorefine_mpi.reconstruction.backproject import BackProjector
 from lorefine_mpi.reconstruction.reconstruct import backproject_into, distributed_half_maps, with_full
 from lorefine_mpi.refine import layout
@@ -76,6 +77,7 @@ def finish_run(cfg, ctx, *, folder: layout.RunFolder, source, consensus_poses, p
     (n,) rlnRandomSubset; started: the run's start (time.time()); folder: the run folder as the loop left it on every rank,
     its last iteration known (not read back from results.h5, which rank 0 alone writes: another rank could read it
     before the record of ``iterations: auto``'s last iteration is there)."""
+    release_freed_memory()  # what the refinement freed (process_memory)
     names = [m.name for m in cfg.modules]
     post = cfg.postprocess
     timings = {"refinement_s": round(time.time() - started, 2)}
@@ -118,6 +120,7 @@ def finish_run(cfg, ctx, *, folder: layout.RunFolder, source, consensus_poses, p
                 log.warning("%s: post-processing: %s", name, warning)
             log.info("%s: masked FSC 0.143 %.2f Å (consensus) -> %.2f Å (refined), B-factor %s", name,
                      summary["modules"][name]["resolution_before_angstrom"], result.resolution_angstrom, bfactor_text(summary["modules"][name]))
+            release_freed_memory()  # each module's post-processing is a phase of its own (process_memory)
         timings["postprocess_s"] = round(time.time() - clock, 2)
     del maps
     clock = time.time()
@@ -135,6 +138,8 @@ def finish_run(cfg, ctx, *, folder: layout.RunFolder, source, consensus_poses, p
                 summary["modules"][name]["locres_median_angstrom"] = stats.get("median_angstrom")
                 log.info("%s: local resolution in the mask, median %s Å (%d windows)", name,
                          f"{stats['median_angstrom']:.2f}" if "median_angstrom" in stats else "-", len(local.centres_px))
+            del local
+            release_freed_memory()
         timings["local_resolution_s"] = round(time.time() - clock, 2)
     if ctx.is_root:
         clock = time.time()

@@ -27,6 +27,7 @@ import numpy as np
 from lorefine_mpi.geometry import rotations
 from lorefine_mpi.io.results import stage_name
 from lorefine_mpi.kernels import use_backend
+from lorefine_mpi.process_memory import release_freed_memory
 from lorefine_mpi.reconstruction.reconstruct import distributed_half_maps
 from lorefine_mpi.refine import engine as eng
 from lorefine_mpi.refine import partition
@@ -218,6 +219,7 @@ class _Run:
             with recorder.cpu_clock(stage, "search"):
                 finished = dist.run_units(pending, lambda unit: search.search_unit(members[unit]), recorder.unit_writer(stage, members, progress))
             dist.free_all()
+            release_freed_memory()  # the search's arrays, before the reconstruction's (process_memory)
             if not finished:
                 return None
         return dist.on_root(lambda: self._final_poses(state))
