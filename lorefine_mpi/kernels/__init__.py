@@ -25,9 +25,30 @@ Chosen by ``compute.backend`` in the config (`use_backend`); arrays are in the l
 from __future__ import annotations
 
 import abc
+import dataclasses
 import importlib
 
 import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class SphereRows:
+    """The rows of a padded 3D half spectrum as the scatter kernels read them: the band layout's (kz, ky) rows (shape
+    (2R+1, 2R+1, R+1), centred at R), row (z, y) holding kx = 0 … lengths[z, y] − 1 at ``offsets[z, y] + kx`` of a flat
+    array of ``size``. The band layout itself (`band_rows`: every row whole), or its rows cut to the half ball that
+    insertion reaches (`projection.fourier.sphere_rows`)."""
+
+    half_width: int
+    offsets: np.ndarray  # (2R+1, 2R+1) int64
+    lengths: np.ndarray  # (2R+1, 2R+1) int64
+    size: int
+
+
+def band_rows(shape) -> SphereRows:
+    """The rows of a band-layout array of ``shape`` (2R+1, 2R+1, R+1) as `SphereRows` of its flat view (every row whole)."""
+    lengths = np.full(shape[:2], shape[2], dtype=np.int64)
+    offsets = (np.arange(shape[0] * shape[1], dtype=np.int64) * shape[2]).reshape(shape[:2])
+    return SphereRows((shape[0] - 1) // 2, offsets, lengths, int(np.prod(shape)))
 
 
 class Backend(abc.ABC):
@@ -69,7 +90,7 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def scatter_slices(self, data, weight, kx, ky, matrices, padding, values, weights, steps=(0.0, 0.0), rows=None) -> None:
         """Accumulate into data/weight in place, each term rounded to ``steps`` (data, weight; 0: not rounded)
-        (`kernels.cpu.scatter_slices`): band-layout arrays, or with ``rows`` (`projection.fourier.SphereRows`) flat ones
+        (`kernels.cpu.scatter_slices`): band-layout arrays, or with ``rows`` (`SphereRows`) flat ones
         in that layout."""
 
     @staticmethod
@@ -77,8 +98,6 @@ class Backend(abc.ABC):
         """(data, weight, rows) as the scatter kernels take them: flat arrays and their rows (a band layout's own
         rows when ``rows`` is None)."""
         if rows is None:
-            from lorefine_mpi.projection.fourier import band_rows
-
             rows = band_rows(data.shape)
         if not (data.flags.c_contiguous and weight.flags.c_contiguous):
             raise ValueError("the accumulators must be C-contiguous (their flat views are written)")

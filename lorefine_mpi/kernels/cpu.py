@@ -79,7 +79,7 @@ SCATTER_TILE = 8  # voxels per side of the (z, y) tiles the samples are sorted i
 def scatter_slices(data, weight, offsets, kx, ky, matrices, padding, values, weights, data_step, weight_step):
     """The adjoint of `gather_slices`, accumulated: ``data += Σ trilinear · values`` (conjugated where
     read conjugated) and ``weight += Σ trilinear · weights``. data: (S,) complex128 and weight: (S,) float64, the rows of
-    a band layout stored one after another, row (kz, ky) from ``offsets[kz, ky]`` ((2R+1, 2R+1) int64: `projection.fourier.SphereRows`,
+    a band layout stored one after another, row (kz, ky) from ``offsets[kz, ky]`` ((2R+1, 2R+1) int64: `kernels.SphereRows`,
     long enough for every sample's corners); values: (n, M) complex; weights: (n, M) float (CTF², or 1).
 
     With ``data_step``/``weight_step`` > 0 every term is rounded to a multiple of the step before it is

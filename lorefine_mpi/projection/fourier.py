@@ -31,7 +31,7 @@ import math
 import numpy as np
 
 from lorefine_mpi.errors import InputError
-from lorefine_mpi.kernels import backend
+from lorefine_mpi.kernels import SphereRows, backend
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,26 +69,13 @@ def band_shape(box: int, padding: int, radius_px=None) -> tuple[int, int, int]:
     return (2 * r + 1, 2 * r + 1, r + 1)
 
 
-@dataclasses.dataclass(frozen=True)
-class SphereRows:
-    """The ball layout of a padded 3D half spectrum: the band layout's (kz, ky) rows (`band_shape`, centred at R), each
-    cut to the kx that trilinear insertion can reach, stored one after another in a flat array.
-
-    Row (z, y) holds kx = 0 … lengths[z, y] − 1 at ``offsets[z, y] + kx``. A sample within radius R − 1 (every
-    frequency of the box, `band_grid`) at (x, y, z) has its corners at rows (Y, Z) with ``|Y| − 1 < |y|`` and
-    ``|Z| − 1 < |z|`` (centred), so its corners' kx ≤ x + 1 ≤ sqrt((R−1)² − (|Y|−1)₊² − (|Z|−1)₊²) + 1 < lengths:
-    the half ball of radius about R, half the band layout's box (a reconstruction's accumulators at box 256: 0.86 GB
-    instead of 1.64 GB)."""
-
-    half_width: int
-    offsets: np.ndarray  # (2R+1, 2R+1) int64
-    lengths: np.ndarray  # (2R+1, 2R+1) int64
-    size: int
-
-
 @functools.lru_cache(maxsize=4)
 def sphere_rows(box: int, padding: int) -> SphereRows:
-    """The `SphereRows` of a box-N spectrum at this padding (cached, read-only)."""
+    """The `kernels.SphereRows` of a box-N spectrum at this padding (cached, read-only): the band layout's rows cut to the
+    kx that trilinear insertion can reach. A sample within radius R − 1 (every frequency of the box, `band_grid`) at (x, y,
+    z) has its corners at rows (Y, Z) with ``|Y| − 1 < |y|`` and ``|Z| − 1 < |z|`` (centred), so its corners' kx ≤ x + 1 ≤
+    sqrt((R−1)² − (|Y|−1)₊² − (|Z|−1)₊²) + 1 < lengths: the half ball of radius about R, half the band layout's box (a
+    reconstruction's accumulators at box 256: 0.86 GB instead of 1.64 GB)."""
     r = band_half_width(box, padding)
     k = np.abs(np.arange(-r, r + 1))
     reach = np.maximum(k - 1, 0) ** 2
@@ -100,11 +87,10 @@ def sphere_rows(box: int, padding: int) -> SphereRows:
     return SphereRows(r, offsets, lengths, int(lengths.sum()))
 
 
-def band_rows(shape) -> SphereRows:
-    """The rows of a band-layout array of ``shape`` (2R+1, 2R+1, R+1) as `SphereRows` of its flat view (every row whole)."""
-    lengths = np.full(shape[:2], shape[2], dtype=np.int64)
-    offsets = (np.arange(shape[0] * shape[1], dtype=np.int64) * shape[2]).reshape(shape[:2])
-    return SphereRows((shape[0] - 1) // 2, offsets, lengths, int(np.prod(shape)))
+def fft_order_index(n: int, p: int) -> np.ndarray:
+    """(n,) the index, in FFT order on an axis of p ≥ n (the centre at 0), of each index of a centred axis of n (its
+    centre at n // 2): what `centred_blocks` moves as slices, as one index array."""
+    return (np.arange(n) - n // 2) % p
 
 
 AXIS0_CHUNK_BYTES = 16 << 20  # the rows transformed at once along axis 0 of a padded spectrum
@@ -129,7 +115,7 @@ def _fill_band(volume, padding: int, data) -> None:
     lo, hi = min(r, p // 2), min(r, p // 2 - 1)  # frequencies −lo … hi exist on the centred axes
     kx = min(r, p // 2)
     correction = (np.sinc((np.arange(n) - n // 2) / p) ** 2).astype(np.float32)
-    place = (np.arange(n) - n // 2) % p  # the FFT-order index of each centred index
+    place = fft_order_index(n, p)
     rows = np.zeros((n, n, p), dtype=np.float32)  # the padded cube's rows that hold the volume
     rows[:, :, place] = volume / (correction[:, None, None] * correction[None, :, None] * correction[None, None, :])
     along_x = b.rfftn(rows, axes=(2,), overwrite=True)[:, :, : kx + 1]

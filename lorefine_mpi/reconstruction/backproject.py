@@ -20,7 +20,7 @@ inversion run in single precision (the back-end's FFTs), which changes the maps 
 
 Memory: the accumulators and the padded grids of the weighting (P³/2 voxels each, 0.54 GB for a complex one
 at box 256) are the largest arrays of a run. The accumulators hold the half ball that insertion reaches
-(`projection.fourier.SphereRows`: 0.80 GiB at box 256, half the band layout's box); the weighting's FFTs go
+(`projection.fourier.sphere_rows`: 0.80 GiB at box 256, half the band layout's box); the weighting's FFTs go
 a plane at a time (`_blob_convolution`: the same 1D transforms in the same order as a 3D FFT, so the same
 bits, without a real volume or a second spectrum); the data is laid out in the weighting's work grid once
 that is done, and with ``consume`` the data accumulator goes to single precision first and the factors sit
@@ -92,11 +92,9 @@ def _blob_convolution(work) -> None:
     pocketfft (inverse: along z, y, then x, scaled by 1/P³ in the last pass; forward: x, z, y), so the same numbers,
     one plane at a time instead of a real volume and a second spectrum."""
     b, p = backend(), work.shape[0]
-    scale = np.float32(1.0 / float(p) ** 3)
     fourier.fft_axis0_in_place(work, inverse=True)
     for z in range(p):
-        real = b.irfftn(work[z], (p, p), axes=(0, 1), scaled=False)
-        real *= scale
+        real = _real_plane(work, z)
         real *= blob_multiplier_plane(p, z)
         work[z] = b.rfftn(real, axes=(1,))
     fourier.fft_axis0_in_place(work)
@@ -107,16 +105,21 @@ def _blob_convolution(work) -> None:
 def _centred_inverse(spectrum, n: int) -> np.ndarray:
     """The centred cube (n, n, n) float32 of ``irfftn(spectrum)`` (P, P, P//2+1 → P³, its centre at index 0): the same
     transforms as irfftn (`_blob_convolution`), ``spectrum`` overwritten, and only the n planes that are kept inverted."""
-    b, p = backend(), spectrum.shape[0]
-    scale = np.float32(1.0 / float(p) ** 3)
     fourier.fft_axis0_in_place(spectrum, inverse=True)
-    keep = (np.arange(n) - n // 2) % p  # the FFT-order index of each centred index
+    keep = fourier.fft_order_index(n, spectrum.shape[0])
     volume = np.empty((n, n, n), dtype=np.float32)
     for c, z in enumerate(keep):
-        plane = b.irfftn(spectrum[z], (p, p), axes=(0, 1), scaled=False)
-        plane *= scale
-        volume[c] = plane[np.ix_(keep, keep)]
+        volume[c] = _real_plane(spectrum, z)[np.ix_(keep, keep)]
     return volume
+
+
+def _real_plane(spectrum, z: int) -> np.ndarray:
+    """Plane z (P, P) float32 of ``irfftn(spectrum)`` once the inverse FFT along axis 0 is done in place: the rest of
+    pocketfft's irfftn (along y, then x) and its 1/P³, which it applies in its last pass."""
+    p = spectrum.shape[0]
+    plane = backend().irfftn(spectrum[z], (p, p), axes=(0, 1), scaled=False)
+    plane *= np.float32(1.0 / float(p) ** 3)
+    return plane
 
 
 def _inside(array, dtype, shape) -> np.ndarray:
@@ -158,7 +161,7 @@ class BackProjector:
     """Accumulators for one map. box: N (even); padding: P / N.
 
     data: (S,) complex128 and weight: (S,) float64, the padded half spectrum in the ball layout
-    `projection.fourier.SphereRows` (the band layout's rows cut to the half ball that insertion reaches: half its
+    `projection.fourier.sphere_rows` (the band layout's rows cut to the half ball that insertion reaches: half its
     memory); `band` gives either in the band layout. steps: (data, weight) grid every inserted term is rounded to, so
     that sums are exact in any order (`refine.engine.ExactSum`); (0, 0): not rounded.
     """
@@ -285,9 +288,11 @@ class BackProjector:
             np.multiply(weight, factors, out=work.real)
             work.imag[...] = 0
             _blob_convolution(work)
+            # |·| a plane at a time, twice (for the largest, then for the division): no padded grid of it; writing it into
+            # the work grid's own real part instead was 10 % slower at box 256 (numpy buffers the overlapping planes)
             largest = max(float(np.abs(plane).max()) for plane in work)
             floor = np.float32(weight_floor * largest if largest > 0 else 1.0)
-            for z, plane in enumerate(work):  # a plane at a time: no padded grid of |·|
+            for z, plane in enumerate(work):
                 spread = np.abs(plane)
                 np.maximum(spread, floor, out=spread)
                 np.divide(factors[z], spread, out=factors[z], where=weight[z] > 0)
