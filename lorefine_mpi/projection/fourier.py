@@ -120,17 +120,21 @@ def _fill_band(volume, padding: int, data) -> None:
     rows[:, :, place] = volume / (correction[:, None, None] * correction[None, :, None] * correction[None, None, :])
     along_x = b.rfftn(rows, axes=(2,), overwrite=True)[:, :, : kx + 1]
     del rows
-    columns = np.zeros((p, n, kx + 1), dtype=np.complex64)  # z, then the rows of y that hold the volume
-    columns[place] = along_x
-    del along_x
-    fft_axis0_in_place(columns)
     wanted = [(z, r + z) for z in range(hi + 1)] + [(p + z, r + z) for z in range(-lo, 0)]  # (FFT-order kz, band row)
-    plane = np.zeros((p, kx + 1), dtype=np.complex64)
-    for z, row in wanted:
-        plane[place] = columns[z]
-        spectrum = b.fft(plane, 0)
-        data[row, r - lo : r, : kx + 1] = spectrum[p - lo :]
-        data[row, r : r + hi + 1, : kx + 1] = spectrum[: hi + 1]
+    # The transforms along z and y act on each kx apart: a slab of kx at a time, so that the padded (P, N, kx) columns
+    # are never whole (257 MiB at box 256)
+    step = max(1, AXIS0_CHUNK_BYTES // (p * n * 8))
+    for x0 in range(0, kx + 1, step):
+        x1 = min(x0 + step, kx + 1)
+        columns = np.zeros((p, n, x1 - x0), dtype=np.complex64)  # z, then the rows of y that hold the volume
+        columns[place] = along_x[:, :, x0:x1]
+        fft_axis0_in_place(columns)
+        plane = np.zeros((p, x1 - x0), dtype=np.complex64)
+        for z, row in wanted:
+            plane[place] = columns[z]
+            spectrum = b.fft(plane, 0)
+            data[row, r - lo : r, x0:x1] = spectrum[p - lo :]
+            data[row, r : r + hi + 1, x0:x1] = spectrum[: hi + 1]
 
 
 def centred_blocks(n: int, p: int) -> list:

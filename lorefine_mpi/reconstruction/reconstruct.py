@@ -103,6 +103,7 @@ def distributed_half_maps(ctx, new_accumulator, backproject, weight_floor: float
         ctx.reduce_half(accumulator.data, half)
         ctx.reduce_half(accumulator.weight, half)
         if ctx.rank == ctx.half_owner(half):
+            release_freed_memory()  # the insertion's work arrays, free: the gridding's grids are laid out in pages of their own
             mine[half] = accumulator.reconstruct(weight_floor, gridding_iterations, consume=True)
         del accumulator
         release_freed_memory()

@@ -93,7 +93,7 @@ def finish_run(cfg, ctx, *, folder: layout.RunFolder, source, consensus_poses, p
                 mrc.write_map(folder.consensus_half(h), maps[f"half{h}"], voxel_size_angstrom)
     summary = {"modules": {}, "voxel_size_angstrom": voxel_size_angstrom,  # rank 0's: it alone reads results.h5 here
                "dataset": dataset_facts(cfg, folder, source, voxel_size_angstrom) if ctx.is_root else None}
-    results = {}
+    sharpened = {}
     if ctx.is_root:
         timings["consensus_half_maps_s"] = round(time.time() - clock, 2)
         clock = time.time()
@@ -108,7 +108,7 @@ def finish_run(cfg, ctx, *, folder: layout.RunFolder, source, consensus_poses, p
             pp.write_relion_star(module.postprocess_star, result, half1=relion_path(module.half(1), cfg), half2=relion_path(module.half(2), cfg),
                                  mask=relion_path(module.mask, cfg), command=f"the module {name} of lorefine refine {cfg.source}")
             plot_before_after_png(module / "fsc_before_after.png", before, result.fsc, name)
-            results[name] = result
+            sharpened[name] = result.sharpened  # the local resolution's plots draw on it; the rest of the result is written
             summary["modules"][name] = {
                 "resolution_before_angstrom": fsc_mod.resolution_shell_at(before, 0.143)[1],
                 "resolution_after_angstrom": result.resolution_angstrom,
@@ -120,6 +120,7 @@ def finish_run(cfg, ctx, *, folder: layout.RunFolder, source, consensus_poses, p
                 log.warning("%s: post-processing: %s", name, warning)
             log.info("%s: masked FSC 0.143 %.2f Å (consensus) -> %.2f Å (refined), B-factor %s", name,
                      summary["modules"][name]["resolution_before_angstrom"], result.resolution_angstrom, bfactor_text(summary["modules"][name]))
+            del h1, h2, result, before
             release_freed_memory()  # each module's post-processing is a phase of its own (process_memory)
         timings["postprocess_s"] = round(time.time() - clock, 2)
     del maps
@@ -133,7 +134,7 @@ def finish_run(cfg, ctx, *, folder: layout.RunFolder, source, consensus_poses, p
             h2, _ = mrc.read_map(module.half(2))
             local = locres_mod.local_resolution(ctx, h1, h2, voxel_size_angstrom, settings, support=mask, seed=cfg.seed)
             if ctx.is_root:
-                locres_mod.write_outputs(module.path, local, results[name].sharpened, voxel_size_angstrom, mask, f"{name}: local resolution")
+                locres_mod.write_outputs(module.path, local, sharpened[name], voxel_size_angstrom, mask, f"{name}: local resolution")
                 stats = locres_mod.summary(local, mask)
                 summary["modules"][name]["locres_median_angstrom"] = stats.get("median_angstrom")
                 log.info("%s: local resolution in the mask, median %s Å (%d windows)", name,

@@ -78,24 +78,39 @@ def frequency_radius_sq(n: int) -> np.ndarray:
     return (np.rint(k)[:, None, None] ** 2 + np.rint(k)[None, :, None] ** 2 + kr[None, None, :] ** 2).astype(np.int64)
 
 
+def frequency_radius_sq_plane(n: int, z: int) -> np.ndarray:
+    """Plane z (n, n//2+1) of `frequency_radius_sq` (the same numbers)."""
+    k = np.fft.fftfreq(n) * n
+    kr = np.arange(n // 2 + 1)
+    return (np.rint(k)[z] ** 2 + np.rint(k)[:, None] ** 2 + kr[None, :] ** 2).astype(np.int64)
+
+
 def shell_index(n: int) -> np.ndarray:
     """(n, n, n//2+1) int64: the shell ``round(|k|)`` of each ``rfftn`` coefficient."""
     return np.rint(np.sqrt(frequency_radius_sq(n))).astype(np.int64)
 
 
 def shell_sums(values, shells, n_shells: int) -> np.ndarray:
-    """Sum of ``values`` (any shape matching ``shells``, real) per shell 0 … n_shells − 1 (others dropped)."""
+    """Sum of ``values`` (any shape matching ``shells``, real) per shell 0 … n_shells − 1 (others dropped). The shells
+    beyond are counted into bins of their own and cut off, so no copy of the kept values is made (the same sums)."""
     s = shells.ravel()
-    keep = s < n_shells
-    return np.bincount(s[keep], np.asarray(values).ravel()[keep], minlength=n_shells)[:n_shells]
+    return np.bincount(s, np.asarray(values).ravel(), minlength=n_shells)[:n_shells]
 
 
 def fsc_curve(ft1, ft2, shells, n_shells: int) -> np.ndarray:
     """RELION's getFSC: ``Σ Re(F1* F2) / sqrt(Σ|F1|² Σ|F2|²)`` per shell over the stored half spectrum.
-    ft1, ft2: ``rfftn`` spectra (N, N, N//2+1) complex; shells: `shell_index`. Returns (n_shells,)."""
-    cross = shell_sums((np.conj(ft1) * ft2).real, shells, n_shells)
-    p1 = shell_sums(np.abs(ft1) ** 2, shells, n_shells)
-    p2 = shell_sums(np.abs(ft2) ** 2, shells, n_shells)
+    ft1, ft2: ``rfftn`` spectra (N, N, N//2+1) complex; shells: `shell_index`. Returns (n_shells,).
+    Each sum's terms are computed a plane at a time into one real buffer (no complex temporaries of the volume)."""
+    terms = np.empty(np.shape(ft1), dtype=np.float64)
+
+    def summed(term):
+        for z in range(len(terms)):
+            terms[z] = term(ft1[z], ft2[z])
+        return shell_sums(terms, shells, n_shells)
+
+    cross = summed(lambda a, b: (np.conj(a) * b).real)
+    p1 = summed(lambda a, b: np.abs(a) ** 2)
+    p2 = summed(lambda a, b: np.abs(b) ** 2)
     with np.errstate(invalid="ignore", divide="ignore"):
         curve = np.where(p1 * p2 > 0, cross / np.sqrt(p1 * p2), 0.0)
     if not curve[0] > 0:  # the DC term of masked or zero-mean maps
@@ -103,17 +118,25 @@ def fsc_curve(ft1, ft2, shells, n_shells: int) -> np.ndarray:
     return curve
 
 
+def spectrum(volume, mask=None) -> np.ndarray:
+    """``rfftn`` (complex128) of ``volume`` in double precision, times ``mask`` when given: the only double-precision
+    copy of the volume is the transform's own input, freed with it."""
+    v = np.asarray(volume, dtype=np.float64)
+    return np.fft.rfftn(v if mask is None else np.multiply(v, mask, dtype=np.float64))
+
+
 def randomise_phases_beyond(volume, shell: int, rng) -> np.ndarray:
     """``volume`` (N, N, N) with the phase of every coefficient with ``|k|² ≥ shell²`` replaced by a
-    uniform random one (RELION's randomizePhasesBeyond). rng: numpy Generator. Returns float64."""
-    v = np.asarray(volume, dtype=np.float64)
-    ft = np.fft.rfftn(v)
-    beyond = frequency_radius_sq(v.shape[0]) >= shell * shell
-    phases = rng.random(ft.shape)
+    uniform random one (RELION's randomizePhasesBeyond). rng: numpy Generator, drawn a plane at a time in the order of
+    one draw of the whole spectrum (the same numbers). Returns float64."""
+    n = np.shape(volume)[0]
+    ft = spectrum(volume)
+    beyond = frequency_radius_sq(n) >= shell * shell
     for z in range(len(ft)):  # a plane at a time: the same numbers without volumes of temporaries
-        ft[z] = np.where(beyond[z], np.abs(ft[z]) * np.exp(2j * np.pi * phases[z]), ft[z])
-    del phases, beyond
-    return np.fft.irfftn(ft, s=v.shape, axes=(0, 1, 2))
+        phases = rng.random(ft.shape[1:])
+        ft[z] = np.where(beyond[z], np.abs(ft[z]) * np.exp(2j * np.pi * phases), ft[z])
+    del beyond
+    return np.fft.irfftn(ft, s=(n, n, n), axes=(0, 1, 2))
 
 
 def first_shell_below(curve, threshold: float) -> int | None:
@@ -137,27 +160,24 @@ def fsc(map1, map2, voxel_size_angstrom: float, mask=None, seed: int = 0, random
     """FSC of two (N, N, N) maps; with a mask, the phase-randomisation-corrected masked FSC (module
     docstring). randomise_from_angstrom: randomise from this resolution instead of where the unmasked
     FSC drops below 0.8 (RELION's --randomize_at_A). seed: the phase randomisation's random stream."""
-    a = np.asarray(map1, dtype=np.float64)
-    b = np.asarray(map2, dtype=np.float64)
-    n = a.shape[0]
+    n = np.shape(map1)[0]
     shells = shell_index(n)
     m = n // 2 + 1
     freq = np.arange(m) / (n * voxel_size_angstrom)
-    unmasked = fsc_curve(np.fft.rfftn(a), np.fft.rfftn(b), shells, m)
+    unmasked = fsc_curve(spectrum(map1), spectrum(map2), shells, m)
     if mask is None:
         return FSCResult(freq, unmasked)
-    mk = np.asarray(mask, dtype=np.float64)
-    masked = fsc_curve(np.fft.rfftn(a * mk), np.fft.rfftn(b * mk), shells, m)
+    masked = fsc_curve(spectrum(map1, mask), spectrum(map2, mask), shells, m)
     if randomise_from_angstrom is not None:
         start = int(n * voxel_size_angstrom / randomise_from_angstrom)
     else:
         start = first_shell_below(unmasked, RANDOMISE_BELOW_FSC)
     if start is None or start < 1 or start >= m:
         return FSCResult(freq, masked.copy(), unmasked, np.zeros(m), None, masked)
-    rng = np.random.default_rng(seed)
-    ra = randomise_phases_beyond(a, start, rng)
-    rb = randomise_phases_beyond(b, start, rng)
-    randomised = fsc_curve(np.fft.rfftn(ra * mk), np.fft.rfftn(rb * mk), shells, m)
+    rng = np.random.default_rng(seed)  # one stream: half 1's phases, then half 2's
+    random1 = spectrum(randomise_phases_beyond(map1, start, rng), mask)
+    random2 = spectrum(randomise_phases_beyond(map2, start, rng), mask)
+    randomised = fsc_curve(random1, random2, shells, m)
     return FSCResult(freq, corrected_fsc(masked, randomised, start), unmasked, randomised, start, masked)
 
 

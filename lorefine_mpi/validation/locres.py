@@ -29,7 +29,9 @@ import time
 import numpy as np
 import scipy.fft
 import scipy.ndimage
+import scipy.spatial
 
+from lorefine_mpi.process_memory import release_freed_memory
 from lorefine_mpi.validation import fsc as fsc_mod
 
 THRESHOLD = 0.143
@@ -95,9 +97,20 @@ def window_centres(box: int, radius_px: float, step_px: int, support=None) -> np
         inside = np.asarray(support) > 0
         if not inside.any():
             return np.zeros((0, 3), dtype=np.int64)
-        distance = scipy.ndimage.distance_transform_edt(~inside)  # px to the nearest supported voxel
-        centres = centres[distance[centres[:, 0], centres[:, 1], centres[:, 2]] <= step_px * np.sqrt(3) / 2 + 1]
+        centres = centres[distance_to_support(inside, centres) <= step_px * np.sqrt(3) / 2 + 1]
     return centres.astype(np.int64)
+
+
+def distance_to_support(inside, points) -> np.ndarray:
+    """Euclidean distance (px) from each of ``points`` (k, 3) voxel indices to the nearest voxel where ``inside`` (N, N, N)
+    bool is True: 0 inside, else the distance to the nearest voxel of its surface (a voxel of the support with a neighbour
+    outside it, or on the box's faces), where the nearest supported voxel of an outside point always lies (a step from an
+    inner voxel towards the point would be supported and nearer). The same distances as a Euclidean distance transform
+    of the box, without its maps (768 MB at box 256)."""
+    points = np.asarray(points, dtype=np.int64).reshape(-1, 3)
+    surface = np.argwhere(inside & ~scipy.ndimage.binary_erosion(inside))
+    distance, _ = scipy.spatial.cKDTree(surface).query(points)
+    return np.where(inside[points[:, 0], points[:, 1], points[:, 2]], 0.0, distance)
 
 
 def _boxes(padded, centres, d):
@@ -130,12 +143,22 @@ def crossing_angstrom(curves, d: int, voxel_size_angstrom: float, threshold: flo
 def centre_resolutions(half1, half2, random1, random2, centres, voxel_size_angstrom: float, settings: LocresSettings) -> np.ndarray:
     """Local resolution (Å) at ``centres`` (k, 3) from the half maps and their phase-randomised copies."""
     n = half1.shape[0]
+    d = settings.in_voxels(voxel_size_angstrom, n)[3]
+    return padded_centre_resolutions([padded(v, d) for v in (half1, half2, random1, random2)], centres, voxel_size_angstrom, settings, n)
+
+
+def padded(volume, d: int) -> np.ndarray:
+    """``volume`` in single precision, padded by d // 2 on every side (what `_boxes` cuts windows of D from)."""
+    return np.pad(np.asarray(volume, dtype=np.float32), d // 2)
+
+
+def padded_centre_resolutions(pads, centres, voxel_size_angstrom: float, settings: LocresSettings, n: int) -> np.ndarray:
+    """`centre_resolutions` from the four maps already `padded` (half 1, half 2, their phase-randomised copies); n: the box."""
     radius, edge, _, d = settings.in_voxels(voxel_size_angstrom, n)
     w = window(d, radius, edge).astype(np.float32)
     shells = fsc_mod.shell_index(d)
     m = d // 2 + 1
     randomise_from = max(1, int(d * voxel_size_angstrom / settings.randomise_from_angstrom))
-    pads = [np.pad(np.asarray(v, dtype=np.float32), d // 2) for v in (half1, half2, random1, random2)]
     batch = max(1, MEMORY_ELEMENTS // d**3)
     out = np.empty(len(centres))
     s = shells.ravel()
@@ -162,29 +185,24 @@ def centre_resolutions(half1, half2, random1, random2, centres, voxel_size_angst
 
 
 def assemble_map(box: int, centres, resolution_angstrom, radius_px: float, edge_px: float, d: int) -> np.ndarray:
-    """RELION's weighting: ``Σ_c w_c(x) / Σ_c w_c(x) / res_c`` by FFT convolution of the centre grid
-    with the window; 0 where no window reaches. Returns (N, N, N) float32 Å."""
-    kernel = window(d, radius_px, edge_px, size=d + 1)  # odd size, centre at index d // 2
-    grids = np.zeros((2,) + (box,) * 3)  # the centres (1 each), and 1 / resolution at each
-    z, y, x = np.asarray(centres).T
-    grids[0, z, y, x] = 1.0
-    grids[1, z, y, x] = 1.0 / np.asarray(resolution_angstrom)
-    total, frequency = _convolve_same(grids, kernel)
+    """RELION's weighting ``Σ_c w_c(x) / Σ_c w_c(x) / res_c``: the window (size D + 1, its centre at D // 2) added
+    at every centre in turn, cut at the box's faces; 0 where no window reaches. Returns (N, N, N) float32 Å.
+    (Summed window by window: two maps of the box, where a convolution by FFT of the centre grid held six of a
+    larger box.)"""
+    kernel = window(d, radius_px, edge_px, size=d + 1)
+    total = np.zeros((box,) * 3)
+    frequency = np.zeros((box,) * 3)
+    for centre, resolution in zip(np.asarray(centres), np.asarray(resolution_angstrom, dtype=np.float64)):
+        low = centre - d // 2
+        start, stop = np.maximum(low, 0), np.minimum(low + d + 1, box)
+        inside = tuple(slice(a, b) for a, b in zip(start, stop))
+        piece = kernel[tuple(slice(a, b) for a, b in zip(start - low, stop - low))]
+        total[inside] += piece
+        frequency[inside] += piece * (1.0 / resolution)
     reached = total > 1e-6
     out = np.zeros((box,) * 3, dtype=np.float32)
     out[reached] = (total[reached] / np.maximum(frequency[reached], 1e-12)).astype(np.float32)
     return out
-
-
-def _convolve_same(volumes, kernel) -> np.ndarray:
-    """Linear convolution of each volume (v, N, N, N) with the kernel (K, K, K), K odd, centred on the volumes
-    (scipy.signal.fftconvolve's ``mode="same"``), by FFTs of one zero-padded size (no wrap-around)."""
-    n, k = volumes.shape[1], kernel.shape[0]
-    shape = [scipy.fft.next_fast_len(n + k - 1, real=True)] * 3
-    kernel_ft = scipy.fft.rfftn(kernel, s=shape, workers=1)
-    start = (k - 1) // 2
-    centred = (slice(start, start + n),) * 3
-    return np.stack([scipy.fft.irfftn(scipy.fft.rfftn(v, s=shape, workers=1) * kernel_ft, s=shape, workers=1)[centred] for v in volumes])
 
 
 def local_resolution(ctx, half1, half2, voxel_size_angstrom: float, settings: LocresSettings = LocresSettings(), *,
@@ -194,20 +212,20 @@ def local_resolution(ctx, half1, half2, voxel_size_angstrom: float, settings: Lo
     it with the same arguments; the result is returned on the root rank, None elsewhere.
     support: optional (N, N, N) mask; only windows near its non-zero voxels are computed."""
     started = time.time()
-    h1 = np.asarray(half1, dtype=np.float64)
-    h2 = np.asarray(half2, dtype=np.float64)
-    n = h1.shape[0]
+    n = np.shape(half1)[0]
     radius, edge, step, d = settings.in_voxels(voxel_size_angstrom, n)
     centres = window_centres(n, radius, step, support)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # one stream: half 1's phases, then half 2's
     shell = max(1, int(n * voxel_size_angstrom / settings.randomise_from_angstrom))
-    random1 = fsc_mod.randomise_phases_beyond(h1, shell, rng)
-    random2 = fsc_mod.randomise_phases_beyond(h2, shell, rng)
+    # The four maps the windows are cut from, each kept only padded in single precision (one double-precision map at a time)
+    pads = [padded(half1, d), padded(half2, d)]
+    pads += [padded(fsc_mod.randomise_phases_beyond(half, shell, rng), d) for half in (half1, half2)]
+    release_freed_memory()  # the randomisation's spectra, free: their pages are not the windows' (process_memory)
     mine = np.array_split(np.arange(len(centres)), ctx.size)[ctx.rank]
     resolution = np.zeros(len(centres))
     if len(mine):
-        resolution[mine] = centre_resolutions(h1, h2, random1, random2, centres[mine], voxel_size_angstrom, settings)
-    del h1, h2, random1, random2  # before the map is assembled: four maps in double precision
+        resolution[mine] = padded_centre_resolutions(pads, centres[mine], voxel_size_angstrom, settings, n)
+    del pads  # before the map is assembled
     ctx.reduce_sum(resolution)
     if not ctx.is_root:
         return None

@@ -105,13 +105,19 @@ class PostprocessResult:
         }
 
 
-def guinier_values(ft, shells, n: int) -> np.ndarray:
-    """ln(mean |F|) per shell 0 … N/2 over the stored coefficients of ``ft``; NaN where it is zero."""
+def guinier_values(ft, shells, n: int, counts=None) -> np.ndarray:
+    """ln(mean |F|) per shell 0 … N/2 over the stored coefficients of ``ft``; NaN where it is zero. counts: the
+    coefficients per shell (`shell_counts`), when already known."""
     m = n // 2 + 1
     total = fsc_mod.shell_sums(np.abs(ft), shells, m)
-    count = fsc_mod.shell_sums(np.ones(ft.shape), shells, m)
+    count = shell_counts(shells, n) if counts is None else counts
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(total > 0, np.log(total / np.maximum(count, 1)), np.nan)
+
+
+def shell_counts(shells, n: int) -> np.ndarray:
+    """The stored coefficients per shell 0 … N/2 (float64)."""
+    return np.bincount(shells.ravel(), minlength=n // 2 + 1)[: n // 2 + 1].astype(np.float64)
 
 
 def fsc_weights(fsc_true) -> np.ndarray:
@@ -127,11 +133,11 @@ def fsc_weights(fsc_true) -> np.ndarray:
     return weights
 
 
-def fsc_weighted(ft, fsc_true, shells, n: int) -> np.ndarray:
+def fsc_weighted(ft, fsc_true, shells, n: int, in_place: bool = False) -> np.ndarray:
     """``ft`` (an (N, N, N//2+1) spectrum, its shell indices ``shells``) times `fsc_weights` per shell, zero beyond
-    Nyquist: relion_postprocess's FSC weighting."""
-    weights = fsc_weights(fsc_true)
-    return ft * np.where(shells <= n // 2, weights[np.minimum(shells, n // 2)], 0.0)
+    Nyquist: relion_postprocess's FSC weighting. in_place: ``ft`` itself is multiplied (the same numbers)."""
+    factor = np.append(fsc_weights(fsc_true), 0.0)[np.minimum(shells, n // 2 + 1)]
+    return np.multiply(ft, factor, out=ft if in_place else None)
 
 
 def fit_bfactor(s2, ln_amplitude, lowres_angstrom: float, highres_angstrom: float):
@@ -170,11 +176,9 @@ def postprocess(half1, half2, mask, voxel_size_angstrom: float, *, bfactor="auto
     high-resolution end in Å (None, the default: the resolution; 0: where the FSC weighting ends, as
     relion_postprocess by default). lowpass_angstrom: default the resolution.
     """
-    h1 = np.asarray(half1, dtype=np.float64)
-    h2 = np.asarray(half2, dtype=np.float64)
-    n = h1.shape[0]
+    n = np.shape(half1)[0]
     warnings = []
-    curve = fsc_mod.fsc(h1, h2, voxel_size_angstrom, mask=mask, seed=seed, randomise_from_angstrom=randomise_from_angstrom)
+    curve = fsc_mod.fsc(half1, half2, voxel_size_angstrom, mask=mask, seed=seed, randomise_from_angstrom=randomise_from_angstrom)
     shell, resolution = fsc_mod.resolution_shell_at(curve, 0.143)
     fsc_true = curve.fsc
     mask_used = True
@@ -192,11 +196,14 @@ def postprocess(half1, half2, mask, voxel_size_angstrom: float, *, bfactor="auto
     interpolated = fsc_mod.resolution_at(fsc_mod.FSCResult(curve.spatial_frequency_inv_angstrom, fsc_true), 0.143)
 
     shells = fsc_mod.shell_index(n)
-    radius = np.sqrt(fsc_mod.frequency_radius_sq(n))
-    ft = np.fft.rfftn(0.5 * (h1 + h2))
-    ln_in = guinier_values(ft, shells, n)
-    ft = fsc_weighted(ft, fsc_true, shells, n)
-    ln_weighted = guinier_values(ft, shells, n)
+    counts = shell_counts(shells, n)
+    average = np.add(half1, half2, dtype=np.float64)
+    average *= 0.5
+    ft = np.fft.rfftn(average)
+    del average
+    ln_in = guinier_values(ft, shells, n, counts)
+    fsc_weighted(ft, fsc_true, shells, n, in_place=True)
+    ln_weighted = guinier_values(ft, shells, n, counts)
     m = n // 2 + 1
     s2 = (np.arange(m) / (n * voxel_size_angstrom)) ** 2
     fit = (None, None, None, 0, None)
@@ -213,14 +220,18 @@ def postprocess(half1, half2, mask, voxel_size_angstrom: float, *, bfactor="auto
             b, fit, source = 0.0, (None, None, None, points, None), "not estimated"
     else:
         b, source = float(bfactor), "given"
-    s2_voxel = (radius / (n * voxel_size_angstrom)) ** 2
-    nyquist = radius <= n / 2
-    ft = ft * np.where(nyquist, np.exp(-(b / 4.0) * s2_voxel), 0.0)
-    ln_sharpened = guinier_values(ft, shells, n)
     lowpass = resolution if lowpass_angstrom is None else float(lowpass_angstrom)
+    for z in range(len(ft)):  # the B-factor, then the low-pass, a plane at a time (the same numbers as on the volume)
+        radius = np.sqrt(fsc_mod.frequency_radius_sq_plane(n, z))
+        s2_voxel = (radius / (n * voxel_size_angstrom)) ** 2
+        ft[z] *= np.where(radius <= n / 2, np.exp(-(b / 4.0) * s2_voxel), 0.0)
+    ln_sharpened = guinier_values(ft, shells, n, counts)
+    del shells
     if np.isfinite(lowpass):
-        ft = ft * lowpass_weights(n, voxel_size_angstrom, lowpass, radius)
-    sharpened = np.fft.irfftn(ft, s=h1.shape, axes=(0, 1, 2)).astype(np.float32)
+        for z in range(len(ft)):
+            ft[z] *= lowpass_weights(n, voxel_size_angstrom, lowpass, np.sqrt(fsc_mod.frequency_radius_sq_plane(n, z)))
+    sharpened = np.fft.irfftn(ft, s=(n, n, n), axes=(0, 1, 2)).astype(np.float32)
+    del ft
     guinier = GuinierPlot(s2[1:], ln_in[1:], ln_weighted[1:], ln_sharpened[1:], fit[0], fit[1], fit[2],
                           (fit_lowres_angstrom, highres) if bfactor == "auto" else None, fit[3], fit[4])
     masked = None if mask is None else (sharpened * np.asarray(mask, dtype=np.float32))

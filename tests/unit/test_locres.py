@@ -3,6 +3,7 @@ a map whose two halves are blurred differently, and the same answer when the cen
 
 import numpy as np
 import pytest
+import scipy.ndimage
 
 from lorefine_mpi.refine.distributor import Distributor
 from lorefine_mpi.validation import fsc as fsc_mod
@@ -109,17 +110,38 @@ def test_split_over_ranks_gives_the_serial_answer():
     assert len(serial.centres_px) < len(locres.window_centres(n, 2.0, 3))  # the support leaves out empty corners
 
 
-@pytest.mark.parametrize("n, k", [(16, 5), (24, 9), (20, 3)])
-def test_convolution_is_the_direct_sum_centred_on_the_volume(n, k):
-    """`locres._convolve_same` against the convolution summed term by term (zero outside the volume)."""
-    rng = np.random.default_rng(n + k)
-    volumes = rng.normal(size=(2, n, n, n))
-    kernel = rng.normal(size=(k, k, k))
-    got = locres._convolve_same(volumes, kernel)
-    padded = np.pad(volumes, ((0, 0),) + ((k // 2, k // 2),) * 3)
-    expected = np.zeros_like(volumes)
-    for a in range(k):
-        for b in range(k):
-            for c in range(k):  # out[x] = Σ_j kernel[j] · v[x + k//2 − j]
-                expected += kernel[a, b, c] * padded[:, k - 1 - a : k - 1 - a + n, k - 1 - b : k - 1 - b + n, k - 1 - c : k - 1 - c + n]
-    np.testing.assert_allclose(got, expected, atol=1e-9)
+@pytest.mark.parametrize("n, radius, edge", [(16, 1.5, 2.0), (24, 2.0, 3.0), (20, 1.0, 1.5)])
+def test_the_map_is_the_window_weighted_mean_of_the_centres(n, radius, edge):
+    """`locres.assemble_map` against RELION's definition summed voxel by voxel from the window's formula:
+    ``Σ_c w(|x − c|) / Σ_c w(|x − c|) / res_c``, 0 where no window reaches (centres near the faces included)."""
+    rng = np.random.default_rng(n)
+    d = int(np.ceil(2 * (radius + edge))) + 2
+    d += d % 2
+    centres = rng.integers(0, n, size=(7, 3))
+    centres[0] = (0, n - 1, 2)  # a window cut by the faces
+    resolution = rng.uniform(4.0, 20.0, size=len(centres))
+    got = locres.assemble_map(n, centres, resolution, radius, edge, d)
+    grid = np.stack(np.meshgrid(*(np.arange(n),) * 3, indexing="ij"), -1).astype(np.float64)
+    total, frequency = np.zeros((n,) * 3), np.zeros((n,) * 3)
+    for c, res in zip(centres, resolution):
+        r = np.sqrt(((grid - c) ** 2).sum(-1))
+        w = np.where(r <= radius, 1.0, np.where(r >= radius + edge, 0.0, 0.5 + 0.5 * np.cos(np.pi * (r - radius) / edge)))
+        total += w
+        frequency += w / res
+    reached = total > 1e-6
+    expected = np.zeros((n,) * 3)
+    expected[reached] = total[reached] / frequency[reached]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert (got[~reached] == 0).all() and (~reached).any()
+
+@pytest.mark.parametrize("n", [16, 22])
+def test_distance_to_the_support_is_the_euclidean_distance_transform(n):
+    """`locres.distance_to_support` (a k-d tree of the support's surface) against scipy's distance transform of the box, at
+    every voxel, for a support of two blobs, one touching a face."""
+    rng = np.random.default_rng(n)
+    grid = np.stack(np.meshgrid(*(np.arange(n),) * 3, indexing="ij"), -1)
+    inside = (((grid - (n // 3, n // 2, n // 2)) ** 2).sum(-1) < (n / 5) ** 2) | (((grid - (n - 2, 3, n // 2)) ** 2).sum(-1) < 9)
+    inside &= rng.random(inside.shape) > 0.1  # holes: inner voxels with outside neighbours
+    expected = scipy.ndimage.distance_transform_edt(~inside)
+    points = grid.reshape(-1, 3)
+    np.testing.assert_array_equal(locres.distance_to_support(inside, points), expected.reshape(-1))

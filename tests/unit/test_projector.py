@@ -117,11 +117,16 @@ def test_ctf_matches_the_formula_pixel_by_pixel():
             assert got[iy, ix] == pytest.approx(-np.sin(chi) * np.exp(-50 * k2 / 4), abs=1e-5)
 
 
+@pytest.mark.parametrize("chunk_bytes", [None, 6000])  # the default (one slab here), or slabs of a few kx and rows
 @pytest.mark.parametrize("box,padding,radius", [(16, 2, None), (20, 2, 6.5), (12, 3, None)])  # padded 32, 40, 36
-def test_the_reference_band_is_the_padded_cubes_3d_fft_bit_for_bit(box, padding, radius):
-    """prepare_volume's band (a plane at a time, only the rows that hold the volume) against the direct way: the
-    pre-corrected volume zero-padded into a P³ cube in FFT order, scipy's 3D rfftn, each band voxel read by its index."""
+def test_the_reference_band_is_the_padded_cubes_3d_fft_bit_for_bit(box, padding, radius, chunk_bytes, monkeypatch):
+    """prepare_volume's band (a plane at a time, only the rows that hold the volume, a slab of kx at a time) against the
+    direct way: the pre-corrected volume zero-padded into a P³ cube in FFT order, scipy's 3D rfftn, each band voxel read
+    by its index."""
     import scipy.fft
+
+    if chunk_bytes is not None:
+        monkeypatch.setattr(fourier, "AXIS0_CHUNK_BYTES", chunk_bytes)
 
     v = np.random.default_rng(box).normal(size=(box, box, box)).astype(np.float32)
     p = padding * box
