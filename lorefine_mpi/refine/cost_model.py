@@ -28,9 +28,10 @@ charges the ranks that wait for rank 0 (MPI ranks wait spinning, so their CPU is
 
 Memory (peak, bytes), fitted on the ranks' measured private memory (RssAnon) and shared memory (RssShmem):
 
-    rank 0        a0 + a1·P³ + a2·N      (a half map's accumulators and gridding; the particle tables; maps and masks)
-    rank 1        r0 + r1·P³ + r2·N      (the other half map's gridding, when R ≥ 2)
-    other ranks   w0 + w1·P³ + w2·N      (accumulators of their share of the back-projection, when R ≥ 3)
+    rank 0        a0 + a1·P³ + a2·B + a3·N   (a half map's accumulators and gridding; a batch of images; the particle tables)
+    rank 1        r0 + r1·P³ + r2·B + r3·N   (the other half map's gridding, when R ≥ 2)
+    other ranks   w0 + w1·P³ + w2·B + w3·N   (accumulators of their share of the back-projection, when R ≥ 3)
+    (B = min(N, 256)·b²: the pixels of the batch of images a rank holds at once)
     shared        h1·B   (B: bytes of the largest stage's band-limited reference volumes, one copy per node)
     node          Σ of its ranks' private peaks + shared
 
@@ -191,9 +192,15 @@ COMPONENTS = {
 MEMORY_ROLES = ("rank 0", "rank 1", "other ranks", "shared")
 
 
+IMAGE_BATCH = 256  # the images a rank holds at once in a search or a back-projection (`refine.engine`'s largest block)
+
+
 def role_features(shape: RunShape) -> dict:
-    """The features of a rank's private memory: a constant, the padded volume's voxels P³, the particles."""
-    return {"constant": 1.0, "per_padded_voxel": float((shape.padding * shape.box_px) ** 3), "per_particle": float(shape.n_particles)}
+    """The features of a rank's private memory: a constant, the padded volume's voxels P³ (the accumulators and the
+    gridding's grids), the pixels of a batch of images min(N, 256)·b² (the images, their CTFs and projections, the
+    insertion's work arrays: what made the memory grow more slowly than P³ from box 64 to 256), the particles."""
+    return {"constant": 1.0, "per_padded_voxel": float((shape.padding * shape.box_px) ** 3),
+            "per_batch_px": float(min(shape.n_particles, IMAGE_BATCH) * shape.box_px**2), "per_particle": float(shape.n_particles)}
 
 
 def shared_bytes(shape: RunShape) -> float:

@@ -292,12 +292,13 @@ class RefineEngine:
             return band.band_from_resolution(cfg.search.max_resolution_angstrom, self.voxel, box), weights, "as configured"
         return band.signal_band(frc, samples, box), weights, f"from the FRC of {len(ids)} images with the other half's projections of the module"
 
-    def reference_halves(self, state: StageState, consensus_halves):
+    def reference_halves(self, state: StageState):
         """The half maps (consensus frame) of the reference the stage's module is searched against: the
-        consensus halves in iteration 1, the module's half maps of the previous iteration after."""
+        consensus halves in iteration 1 (read from ``OUT/consensus/``, None when the run has none: a band given), the
+        module's half maps of the previous iteration after. Read when needed: no rank keeps maps between stages."""
         iteration = state.stage.iteration
         if iteration == 1:
-            return consensus_halves
+            return self.read_consensus_halves()
         folder = self.folder.module_folder(state.stage.module_name, iteration - 1)
         return tuple(mrc.read_map(folder.half(h))[0] for h in (1, 2))
 
@@ -401,20 +402,18 @@ class RefineEngine:
                                         f"{stage.name}: each particle's pose uncertainty")
         log.info("%s: map %s, half-map FSC 0.143 at %.2f Å (masked)", stage.name, folder.map, fsc_mod.resolution_at(curve, 0.143))
 
-    def write_consensus_halves(self, half_maps) -> tuple:
+    def write_consensus_halves(self, half_maps) -> None:
         """The half maps (half1, half2) of the consensus poses, written to ``OUT/consensus/`` (the band of the
-        first iteration's searches is found against them); returns them."""
+        first iteration's searches is found against them)."""
         folder = self._store_consensus_halves(tuple(half_maps))
         log.info("consensus half maps (the consensus poses) in %s", folder)
-        return tuple(half_maps)
 
-    def given_consensus_halves(self) -> tuple:
+    def given_consensus_halves(self) -> None:
         """The half maps of ``consensus_half_maps``, copied to ``OUT/consensus/`` (where a run that reconstructs
-        them writes its own); returns (half1, half2)."""
+        them writes its own)."""
         maps = tuple(mrc.read_map(path)[0] for path in self.cfg.consensus_half_maps)
         folder = self._store_consensus_halves(maps)
         log.info("consensus half maps as given (%s, %s), copied to %s", *self.cfg.consensus_half_maps, folder)
-        return maps
 
     def _store_consensus_halves(self, maps) -> Path:
         """Write (half1, half2) as ``OUT/consensus/half1.mrc`` and ``half2.mrc``; returns the folder."""
@@ -424,7 +423,7 @@ class RefineEngine:
         return self.folder.consensus_folder
 
     def read_consensus_halves(self) -> tuple | None:
-        """The consensus half maps a resumed run wrote already, or None."""
+        """The consensus half maps the run wrote (``OUT/consensus/``), or None."""
         if not self.folder.consensus_half(2).exists():
             return None
         return tuple(mrc.read_map(self.folder.consensus_half(h))[0] for h in (1, 2))

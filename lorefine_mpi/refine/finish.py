@@ -224,8 +224,7 @@ def write_motion_outputs(run: layout.RunFolder, analysis, image_names, masks, vo
     combined, _ = mrc.read_map(run.combined())
     rest = combined * (1.0 - np.clip(sum(masks), 0.0, 1.0))
     for c in range(min(components, len(analysis.eigenvalues))):
-        frames = motion_mod.component_frames(analysis, module_maps, rest, c, voxel_size_angstrom)
-        for f, frame in enumerate(frames, 1):
+        for f, frame in enumerate(motion_mod.component_frames(analysis, module_maps, rest, c, voxel_size_angstrom), 1):
             mrc.write_map(folder / f"pc{c + 1}_frame{f}.mrc", frame, voxel_size_angstrom)
 
 

@@ -147,22 +147,19 @@ class _Run:
     def __init__(self, cfg, dist, recorder, engine):
         self.cfg, self.dist, self.recorder, self.engine = cfg, dist, recorder, engine
         self.exact = None
-        self.consensus_maps = None  # rank 0: the consensus poses' half maps, the first iteration's reference for the band
 
     # -- the consensus poses' half maps -------------------------------------------------------
     def consensus_halves(self) -> bool:
         """Half maps of the consensus poses (``OUT/consensus/``), for the first iteration's search bands: the
-        ones given (``consensus_half_maps``) or reconstructed; read back when a resumed run made them already.
-        Rank 0 keeps them. False when a stop was asked."""
+        ones given (``consensus_half_maps``) or reconstructed; kept only in ``OUT/consensus/`` (rank 0 reads them for
+        each band: `RefineEngine.reference_halves`). False when a stop was asked."""
         dist, engine, recorder = self.dist, self.engine, self.recorder
         if dist.on_root(lambda: recorder.has_flag("consensus_halves") and engine.read_consensus_halves() is not None):
-            if dist.is_root:
-                self.consensus_maps = engine.read_consensus_halves()
             return True
         if self.cfg.consensus_half_maps:  # the consensus's own (RELION's Refine3D), nothing to reconstruct
             if dist.is_root:
                 recorder.writing()
-                self.consensus_maps = engine.given_consensus_halves()
+                engine.given_consensus_halves()
             recorder.set_flag("consensus_halves")
             return True
         half_maps = self.half_maps(engine.consensus_poses, "consensus half maps")
@@ -170,7 +167,8 @@ class _Run:
             return False
         if dist.is_root:
             recorder.writing()
-            self.consensus_maps = engine.write_consensus_halves(half_maps)
+            engine.write_consensus_halves(half_maps)
+        del half_maps
         recorder.set_flag("consensus_halves")
         return True
 
@@ -227,7 +225,7 @@ class _Run:
     def _band(self, state):
         """Rank 0: the stage's search band and whitening weights (`RefineEngine.search_band`), recorded."""
         engine, stage = self.engine, state.stage
-        band_px, weights, how = engine.search_band(state, engine.reference_halves(state, self.consensus_maps))
+        band_px, weights, how = engine.search_band(state, engine.reference_halves(state))
         self.recorder.set_stage_attribute(stage, "search_band_px", band_px)
         log.info("%s: search band %.1f px = %.2f Å (Nyquist %.2f Å), %s", stage.name, band_px, engine.box * engine.voxel / band_px,
                  2 * engine.voxel, how)

@@ -152,20 +152,20 @@ def move_volume(volume, rotation_deg, shift_angstrom, centre_px, voxel_size_angs
 
 
 def component_frames(analysis: MotionAnalysis, module_maps, rest, component: int, voxel_size_angstrom: float,
-                     sigmas=FRAME_SIGMAS) -> list[np.ndarray]:
-    """Maps of the complex with its modules at ``mean + s · sqrt(eigenvalue) · component`` for each s in
-    ``sigmas``: the reference module (0) stays, module k is moved by its relative motion about its centre,
-    ``rest`` (what lies outside every mask) stays. module_maps: K (N, N, N) maps, each the module alone."""
+                     sigmas=FRAME_SIGMAS):
+    """Maps (float32) of the complex with its modules at ``mean + s · sqrt(eigenvalue) · component`` for each s in
+    ``sigmas``, one after the other (a generator: one frame in memory at a time): the reference module (0) stays,
+    module k is moved by its relative motion about its centre, ``rest`` (what lies outside every mask) stays.
+    module_maps: K (N, N, N) maps, each the module alone."""
     sd = np.sqrt(analysis.eigenvalues[component])
-    frames = []
     for s in sigmas:
         value = analysis.mean + s * sd * analysis.components[:, component]
         frame = np.asarray(rest, dtype=np.float64) + module_maps[0]
         for p, (_, k) in enumerate(analysis.pairs):
             rot, shift = value[6 * p : 6 * p + 3], value[6 * p + 3 : 6 * p + 6]
-            frame = frame + move_volume(module_maps[k], rot, shift, analysis.centres_px[k], voxel_size_angstrom)
-        frames.append(frame.astype(np.float32))
-    return frames
+            frame += move_volume(module_maps[k], rot, shift, analysis.centres_px[k], voxel_size_angstrom)
+        yield frame.astype(np.float32)
+        del frame
 
 
 # -- outputs ---------------------------------------------------------------------------------------

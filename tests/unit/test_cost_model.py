@@ -22,7 +22,7 @@ def coefficients(seed=0) -> dict:
     rng = np.random.default_rng(seed)
     out = {name: {term: float(rng.uniform(0.5, 2.0)) * 1e-9 for term in terms} for name, (terms, _) in cost.COMPONENTS.items()}
     for role in ("rank 0", "rank 1", "other ranks"):
-        out[role] = {"constant": 3e8, "per_padded_voxel": float(rng.uniform(10, 40)), "per_particle": 2e3}
+        out[role] = {"constant": 3e8, "per_padded_voxel": float(rng.uniform(10, 40)), "per_batch_px": 40.0, "per_particle": 2e3}
     out["shared"] = {"per_byte": 1.0}
     return out
 
