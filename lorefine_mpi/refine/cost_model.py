@@ -28,10 +28,10 @@ charges the ranks that wait for rank 0 (MPI ranks wait spinning, so their CPU is
 
 Memory (peak, bytes), fitted on the ranks' measured private memory (RssAnon) and shared memory (RssShmem):
 
-    rank 0        a0 + a1·P³ + a2·B + a3·N   (a half map's accumulators and gridding; a batch of images; the particle tables)
-    rank 1        r0 + r1·P³ + r2·B + r3·N   (the other half map's gridding, when R ≥ 2)
-    other ranks   w0 + w1·P³ + w2·B + w3·N   (accumulators of their share of the back-projection, when R ≥ 3)
-    (B = min(N, 256)·b²: the pixels of the batch of images a rank holds at once)
+    rank 0        a0 + a1·P³ + a2·I + a3·M·b³   (a half map's accumulators and gridding; the insertion; masks and maps)
+    rank 1        r0 + r1·P³ + r2·I + r3·M·b³   (the other half map's gridding, when R ≥ 2)
+    other ranks   w0 + w1·P³ + w2·I + w3·M·b³   (accumulators of their share of the back-projection, when R ≥ 3)
+    (I = min(min(N, 256)·S_b, 2^21): the samples of one insertion call, S_b an image's half-spectrum pixels within Nyquist)
     shared        h1·B   (B: bytes of the largest stage's band-limited reference volumes, one copy per node)
     node          Σ of its ranks' private peaks + shared
 
@@ -47,6 +47,7 @@ import math
 import numpy as np
 
 from lorefine_mpi.projection import fourier
+from lorefine_mpi.reconstruction.backproject import INSERT_SAMPLES
 from lorefine_mpi.refine import cost
 from lorefine_mpi.refine.cost import BAND_SAMPLE, PRIOR_SAMPLE
 from lorefine_mpi.refine.cost import GIB as GiB
@@ -192,15 +193,18 @@ COMPONENTS = {
 MEMORY_ROLES = ("rank 0", "rank 1", "other ranks", "shared")
 
 
-IMAGE_BATCH = 256  # the images a rank holds at once in a search or a back-projection (`refine.engine`'s largest block)
+IMAGE_BATCH = 256  # the images a rank back-projects at once (`refine.engine`'s largest block)
 
 
 def role_features(shape: RunShape) -> dict:
-    """The features of a rank's private memory: a constant, the padded volume's voxels P³ (the accumulators and the
-    gridding's grids), the pixels of a batch of images min(N, 256)·b² (the images, their CTFs and projections, the
-    insertion's work arrays: what made the memory grow more slowly than P³ from box 64 to 256), the particles."""
-    return {"constant": 1.0, "per_padded_voxel": float((shape.padding * shape.box_px) ** 3),
-            "per_batch_px": float(min(shape.n_particles, IMAGE_BATCH) * shape.box_px**2), "per_particle": float(shape.n_particles)}
+    """The features of a rank's private memory: a constant; the padded volume's voxels P³ (the accumulators and the
+    gridding's grids); the samples of one insertion call, min(min(N, 256) · the pixels of an image's half spectrum within
+    Nyquist, `INSERT_SAMPLES`) (the insertion's work arrays, which stop growing at that cap: what made the memory grow more
+    slowly than P³ from box 64 to 256); the modules' voxels M·b³ (their masks and maps). No term in N: from 500 to 4,000
+    particles the measured peaks do not move (`docs/scale.md`)."""
+    samples = min(min(shape.n_particles, IMAGE_BATCH) * len(fourier.band_grid(shape.box_px).kx), INSERT_SAMPLES)
+    return {"constant": 1.0, "per_padded_voxel": float((shape.padding * shape.box_px) ** 3), "per_insert_sample": float(samples),
+            "per_module_voxel": float(len(shape.modules) * shape.box_px**3)}
 
 
 def shared_bytes(shape: RunShape) -> float:

@@ -286,8 +286,10 @@ class RefineEngine:
             fvol = fourier.prepare_volume(volumes.recentre(other * self.masks[index], centre), cfg.reconstruction.padding)
             references[rows] = fourier.project(fvol, prelim.matrices[ids[rows]], origin[rows], ctf=None if ctf is None else ctf[rows])
             del fvol  # before the other half's: one padded spectrum at a time
-        frc, samples = band.fourier_ring_correlation(images, references, box)
-        weights = band.whitening_weights(images, references, box)
+        totals = band.ring_totals(images, references, box)
+        del images, references
+        frc, samples = band.frc_of(totals, len(ids), box)
+        weights = band.whitening_of(totals, len(ids), box)
         if not options.is_auto(cfg.search.max_resolution_angstrom):
             return band.band_from_resolution(cfg.search.max_resolution_angstrom, self.voxel, box), weights, "as configured"
         return band.signal_band(frc, samples, box), weights, f"from the FRC of {len(ids)} images with the other half's projections of the module"

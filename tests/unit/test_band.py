@@ -57,3 +57,18 @@ def test_the_max_resolution_key_takes_auto_or_a_resolution():
     for bad in (-3, 0, "fast", True, None):
         with pytest.raises(InputError, match="search.max_resolution_angstrom: must be auto or a resolution"):
             checked_value("search.max_resolution_angstrom", bad)
+
+
+@pytest.mark.parametrize("box, n", [(16, 37), (22, 5)])
+def test_ring_totals_image_by_image_are_the_sums_of_the_whole_products_bit_for_bit(box, n):
+    """`band.ring_totals` (a running total per pixel, image by image) against `band.ring_sums` of the products of every
+    image at once (numpy's sum over the images' axis), in single-precision spectra as the search band makes them."""
+    rng = np.random.default_rng(box + n)
+    shape = (n, box, box // 2 + 1)
+    x = (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64) * np.float32(10.0) ** rng.uniform(-3, 3, (n, 1, 1))
+    m = (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
+    x, m = x.astype(np.complex64), m.astype(np.complex64)
+    cross, power_x, power_m = band.ring_totals(x, m, box)
+    np.testing.assert_array_equal(cross, band.ring_sums((x * np.conj(m)).real, box))
+    np.testing.assert_array_equal(power_x, band.ring_sums(np.abs(x) ** 2, box))
+    np.testing.assert_array_equal(power_m, band.ring_sums(np.abs(m) ** 2, box))

@@ -22,7 +22,7 @@ def coefficients(seed=0) -> dict:
     rng = np.random.default_rng(seed)
     out = {name: {term: float(rng.uniform(0.5, 2.0)) * 1e-9 for term in terms} for name, (terms, _) in cost.COMPONENTS.items()}
     for role in ("rank 0", "rank 1", "other ranks"):
-        out[role] = {"constant": 3e8, "per_padded_voxel": float(rng.uniform(10, 40)), "per_batch_px": 40.0, "per_particle": 2e3}
+        out[role] = {"constant": 3e8, "per_padded_voxel": float(rng.uniform(10, 40)), "per_insert_sample": 400.0, "per_module_voxel": 20.0}
     out["shared"] = {"per_byte": 1.0}
     return out
 
@@ -116,3 +116,15 @@ def test_slurm_request_rounds_memory_and_time_up():
     assert cost.slurm_request(est) == "--nodes=1 --ntasks-per-node=4 --mem-per-cpu=1G --time=0-01:45:00"
     est = cost.Estimate(work_seconds={}, wall_seconds=100.0, memory={"node": 4 * 1.1 * 2**30 / cost.MEMORY_MARGIN}, shape=s)
     assert cost.slurm_request(est) == "--nodes=1 --ntasks-per-node=4 --mem-per-cpu=1280M --time=0-00:30:00"
+
+
+def test_the_insertion_term_stops_growing_at_the_insertion_cap():
+    """The memory feature of the insertion's work arrays: one call's samples, min(N, 256) images, at most INSERT_SAMPLES."""
+    from lorefine_mpi.reconstruction.backproject import INSERT_SAMPLES
+
+    def samples(**changes):
+        return cost.role_features(shape(**changes))["per_insert_sample"]
+
+    assert samples(box_px=64, n_particles=200) == pytest.approx(2 * samples(box_px=64, n_particles=100))
+    assert samples(box_px=64, n_particles=4000) == samples(box_px=64, n_particles=256) < INSERT_SAMPLES
+    assert samples(box_px=256, n_particles=500) == samples(box_px=256, n_particles=100000) == INSERT_SAMPLES
