@@ -71,18 +71,21 @@ def _finite(value: float):
     return float(value) if np.isfinite(value) else None
 
 
+def _axis_squares(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """k² of the full axes (FFT order) and of the half axis of an ``rfftn`` spectrum (k in voxels), float64."""
+    return np.rint(np.fft.fftfreq(n) * n) ** 2, np.arange(n // 2 + 1, dtype=np.float64) ** 2
+
+
 def frequency_radius_sq(n: int) -> np.ndarray:
     """(n, n, n//2+1) int64: kx² + ky² + kz² of each ``rfftn`` coefficient (k in voxels, FFT order)."""
-    k = np.fft.fftfreq(n) * n
-    kr = np.arange(n // 2 + 1)
-    return (np.rint(k)[:, None, None] ** 2 + np.rint(k)[None, :, None] ** 2 + kr[None, None, :] ** 2).astype(np.int64)
+    k2, half = _axis_squares(n)
+    return (k2[:, None, None] + k2[None, :, None] + half[None, None, :]).astype(np.int64)
 
 
 def frequency_radius_sq_plane(n: int, z: int) -> np.ndarray:
-    """Plane z (n, n//2+1) of `frequency_radius_sq` (the same numbers)."""
-    k = np.fft.fftfreq(n) * n
-    kr = np.arange(n // 2 + 1)
-    return (np.rint(k)[z] ** 2 + np.rint(k)[:, None] ** 2 + kr[None, :] ** 2).astype(np.int64)
+    """Plane z (n, n//2+1) of `frequency_radius_sq`."""
+    k2, half = _axis_squares(n)
+    return (k2[z] + k2[:, None] + half[None, :]).astype(np.int64)
 
 
 def shell_index(n: int) -> np.ndarray:

@@ -14,7 +14,7 @@ samples, and near ``support`` when given):
        is interpolated rather than read at the last shell as RELION does on its full-box FSC), and at
        most ``lowest`` (50 Å, RELION's --locres_minres).
 The map: as RELION, every voxel takes the window-weighted mean of the centres' spatial frequencies,
-``res(x) = Σ_c w_c(x) / Σ_c w_c(x) / res_c`` (two FFT convolutions of the centre grid with the window);
+``res(x) = Σ_c w_c(x) / Σ_c w_c(x) / res_c`` (the window added at every centre in turn);
 voxels no window reaches are 0.
 
 The centres are split over the ranks of a context (``rank``, ``size``, ``reduce_sum``); the same
@@ -140,20 +140,14 @@ def crossing_angstrom(curves, d: int, voxel_size_angstrom: float, threshold: flo
     return np.minimum(res, lowest)
 
 
-def centre_resolutions(half1, half2, random1, random2, centres, voxel_size_angstrom: float, settings: LocresSettings) -> np.ndarray:
-    """Local resolution (Å) at ``centres`` (k, 3) from the half maps and their phase-randomised copies."""
-    n = half1.shape[0]
-    d = settings.in_voxels(voxel_size_angstrom, n)[3]
-    return padded_centre_resolutions([padded(v, d) for v in (half1, half2, random1, random2)], centres, voxel_size_angstrom, settings, n)
-
-
 def padded(volume, d: int) -> np.ndarray:
     """``volume`` in single precision, padded by d // 2 on every side (what `_boxes` cuts windows of D from)."""
     return np.pad(np.asarray(volume, dtype=np.float32), d // 2)
 
 
-def padded_centre_resolutions(pads, centres, voxel_size_angstrom: float, settings: LocresSettings, n: int) -> np.ndarray:
-    """`centre_resolutions` from the four maps already `padded` (half 1, half 2, their phase-randomised copies); n: the box."""
+def centre_resolutions(pads, centres, voxel_size_angstrom: float, settings: LocresSettings, n: int) -> np.ndarray:
+    """Local resolution (Å) at ``centres`` (k, 3) from the half maps and their phase-randomised copies, each `padded`
+    (half 1, half 2, then their copies); n: the box."""
     radius, edge, _, d = settings.in_voxels(voxel_size_angstrom, n)
     w = window(d, radius, edge).astype(np.float32)
     shells = fsc_mod.shell_index(d)
@@ -224,7 +218,7 @@ def local_resolution(ctx, half1, half2, voxel_size_angstrom: float, settings: Lo
     mine = np.array_split(np.arange(len(centres)), ctx.size)[ctx.rank]
     resolution = np.zeros(len(centres))
     if len(mine):
-        resolution[mine] = padded_centre_resolutions(pads, centres[mine], voxel_size_angstrom, settings, n)
+        resolution[mine] = centre_resolutions(pads, centres[mine], voxel_size_angstrom, settings, n)
     del pads  # before the map is assembled
     ctx.reduce_sum(resolution)
     if not ctx.is_root:

@@ -51,7 +51,7 @@ def test_batched_windows_equal_one_window_at_a_time():
     r1, r2 = fsc_mod.randomise_phases_beyond(h1, shell, rng), fsc_mod.randomise_phases_beyond(h2, shell, rng)
     radius, edge, step, d = settings.in_voxels(voxel, n)
     centres = locres.window_centres(n, radius, step)
-    batched = locres.centre_resolutions(h1, h2, r1, r2, centres, voxel, settings)
+    batched = locres.centre_resolutions([locres.padded(v, d) for v in (h1, h2, r1, r2)], centres, voxel, settings, n)
     w = locres.window(d, radius, edge)
     shells = fsc_mod.shell_index(d)
     expected = []
