@@ -26,7 +26,7 @@ from lorefine_mpi.errors import EXIT_BUG, EXIT_INPUT_ERROR, EXIT_STOPPED, InputE
 from lorefine_mpi.parallel import scheduler
 from lorefine_mpi.parallel.shared import SharedArray
 from lorefine_mpi.parallel.watchdog import Watchdog
-from lorefine_mpi.refine.distributor import Distributor
+from lorefine_mpi.refine.distributor import Distributor, block_of
 
 MOVE_TAG = 13  # `move_to_root`'s messages (the scheduler's are 11 and 12)
 _LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "PMI_FD", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE")
@@ -144,7 +144,7 @@ class MPIDistributor(Distributor):
     def half_share(self, n: int) -> np.ndarray:
         if self.size == 1:
             return np.arange(n)
-        return np.array_split(np.arange(n), self.half_comm.Get_size())[self.half_comm.Get_rank()]
+        return block_of(n, self.half_comm.Get_size(), self.half_comm.Get_rank())
 
     def reduce_half(self, array: np.ndarray, half: int) -> None:
         if half not in self.my_halves():

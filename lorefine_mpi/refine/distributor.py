@@ -28,6 +28,11 @@ from lorefine_mpi.errors import EXIT_BUG, EXIT_STOPPED, InputError, describe_os_
 from lorefine_mpi.io.runlock import LockRefresher
 
 
+def block_of(n: int, parts: int, index: int) -> np.ndarray:
+    """Block ``index`` of ``range(n)`` cut into ``parts`` consecutive blocks of sizes differing by at most one."""
+    return np.array_split(np.arange(n), parts)[index]
+
+
 class Distributor:
     """One process: rank 0 of 1. Subclasses for many processes override the collectives (module docstring)."""
 
@@ -64,7 +69,7 @@ class Distributor:
 
     def share(self, n: int) -> np.ndarray:
         """This rank's consecutive share of ``range(n)`` (fixed blocks, the same split on every call)."""
-        return np.array_split(np.arange(n), self.size)[self.rank]
+        return block_of(n, self.size, self.rank)
 
     # -- the two half maps: one accumulator per process ------------------------------------------------------------------
     def my_halves(self) -> tuple[int, ...]:

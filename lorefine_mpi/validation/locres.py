@@ -17,7 +17,7 @@ The map: as RELION, every voxel takes the window-weighted mean of the centres' s
 ``res(x) = Σ_c w_c(x) / Σ_c w_c(x) / res_c`` (the window added at every centre in turn);
 voxels no window reaches are 0.
 
-The centres are split over the ranks of a context (``rank``, ``size``, ``reduce_sum``); the same
+The centres are split over the ranks of a context (``share``, ``reduce_sum``, ``is_root``); the same
 centres and the same random phases on every rank make the result independent of the number of ranks.
 """
 
@@ -215,7 +215,7 @@ def local_resolution(ctx, half1, half2, voxel_size_angstrom: float, settings: Lo
     pads = [padded(half1, d), padded(half2, d)]
     pads += [padded(fsc_mod.randomise_phases_beyond(half, shell, rng), d) for half in (half1, half2)]
     release_freed_memory()  # the randomisation's spectra, free: their pages are not the windows' (process_memory)
-    mine = np.array_split(np.arange(len(centres)), ctx.size)[ctx.rank]
+    mine = ctx.share(len(centres))
     resolution = np.zeros(len(centres))
     if len(mine):
         resolution[mine] = centre_resolutions(pads, centres[mine], voxel_size_angstrom, settings, n)

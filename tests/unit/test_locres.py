@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from lorefine_mpi.refine.distributor import Distributor
+from lorefine_mpi.refine.distributor import Distributor, block_of
 from lorefine_mpi.validation import fsc as fsc_mod
 from lorefine_mpi.validation import locres
 
@@ -84,6 +84,9 @@ class RankOf:
 
     def __init__(self, rank, size, shared):
         self.rank, self.size, self.is_root, self.shared = rank, size, rank == 0, shared
+
+    def share(self, n):
+        return block_of(n, self.size, self.rank)
 
     def reduce_sum(self, array):
         if self.is_root:
