@@ -52,9 +52,7 @@ def stage_search(run: Path, iteration: int, k: int, truth_map=None, rest_poses=N
     for j, given in (rest_poses or {}).items():
         now[j] = given
     state = e.begin_stage(state.stage, model, maps, now)
-    folder = layout.RunFolder.of(cfg, run)
-    consensus_halves = tuple(mrc.read_map(folder.consensus_half(h))[0] for h in (1, 2)) if iteration == 1 else None
-    band_px, weights, _ = e.search_band(state, e.reference_halves(state, consensus_halves))
+    band_px, weights, _ = e.search_band(state, e.reference_halves(state))
     print(f"iteration {iteration}, module {state.stage.module_name}: band {band_px:.1f} px", flush=True)
     return e.stage_search(state, band_px, weights), e
 

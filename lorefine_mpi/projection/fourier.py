@@ -223,7 +223,14 @@ def project(fvol: FourierVolume, matrices, shifts_px=None, ctf=None, max_radius_
     """
     radius = fvol.radius_px if max_radius_px is None else min(max_radius_px, fvol.radius_px)
     grid = band_grid(fvol.box, radius)
-    out = grid.unpack(project_band(fvol, matrices, grid))
+    return finish_projections(grid, project_band(fvol, matrices, grid), shifts_px, ctf)
+
+
+def finish_projections(grid: BandGrid, samples, shifts_px=None, ctf=None) -> np.ndarray:
+    """`project`'s spectra (n, N, N//2+1) complex64 from its samples at the pixels of ``grid`` (n, M) (`project_band`):
+    unpacked, shifted (RELION origins ``shifts_px`` (n, 2) or None) and multiplied by ``ctf`` (n, N, N//2+1) or None.
+    Image by image, so the samples of many poses may be finished a few at a time with the same result."""
+    out = grid.unpack(samples)
     if shifts_px is not None:
         out = shift_images_ft(out, shifts_px)
     if ctf is not None:

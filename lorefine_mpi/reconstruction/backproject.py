@@ -35,6 +35,7 @@ import numpy as np
 from scipy.special import iv, jv
 
 from lorefine_mpi.kernels import backend
+from lorefine_mpi.process_memory import release_freed_memory
 from lorefine_mpi.projection import fourier
 
 BLOB_RADIUS_VOXELS = 3.8  # RELION's 1.9 × 2, whatever the padding (BackProjector: tab_ftblob of radius 2 × blob_radius)
@@ -154,7 +155,18 @@ def lowpass_at_nyquist(volume) -> np.ndarray:
     return backend().irfftn(spectrum, v.shape).astype(np.float32, copy=False)
 
 
-INSERT_SAMPLES = 1 << 21  # samples per call of the scatter: 323 images at box 128, 81 at box 256 (~190 MB of work arrays)
+BATCH_BYTES = 16 << 20  # a batch of the back-projection: about this many bytes of its images' spectra
+MAX_BATCH_IMAGES = 256
+
+
+def image_batch(box: int) -> int:
+    """Images a batch of the back-projection reads, transforms and inserts (`refine.engine`): at most
+    `MAX_BATCH_IMAGES`, about `BATCH_BYTES` of their spectra (256 images up to box 128, 63 at box 256), so that the
+    batch's arrays stay about 0.1 GB at any box."""
+    return int(max(1, min(MAX_BATCH_IMAGES, BATCH_BYTES // (box * (box // 2 + 1) * 8))))
+
+
+INSERT_SAMPLES = 1 << 20  # samples per call of the scatter: 161 images at box 128, 40 at box 256 (~95 MB of work arrays)
 
 
 class BackProjector:
@@ -244,8 +256,9 @@ class BackProjector:
         (iterative gridding) below which it is not trusted. Beyond radius N/2 of the centre the map fades to
         its mean value there (`soft_mask_outside`, as RELION's reconstruction ends), before the low-pass at Nyquist.
         consume: the accumulators are used up (`clear` before the next use): ``data`` goes to single precision (the
-        precision the reconstruction reads it in) and the weighting's factors are kept in the memory of ``weight``, so that
-        at its peak the reconstruction holds 1.3 GB at box 256 instead of 1.9.
+        precision the reconstruction reads it in), the weighting's factors are kept in the memory of ``weight``, and both
+        are released once read, so that at its peak the reconstruction holds 1.3 GB at box 256 instead of 1.9, and 0.8 GB
+        from the inverse FFT on.
         """
         p, n = self.box * self.padding, self.box
         shape = (p, p, p // 2 + 1)
@@ -259,6 +272,9 @@ class BackProjector:
         data = self._fft_layout(self.data, work)  # the weighting's work grid, free again
         data *= factors
         del factors
+        if consume:  # both accumulators read: their memory (0.5 GB at box 256) given back before the inverse FFT's
+            self.data = self.weight = np.zeros(0)
+            release_freed_memory()
         volume = _centred_inverse(data, n)
         del data, work
         correction = (np.sinc((np.arange(n) - n // 2) / p) ** 2).astype(np.float32)
@@ -269,8 +285,10 @@ class BackProjector:
 
     def clear(self) -> None:
         """Both accumulators back to 0 (for the next use, after `reconstruct` with ``consume``)."""
-        if self.data.dtype != np.complex128:
+        if self.data.dtype != np.complex128 or self.data.size != self.rows.size:
             self.data = np.zeros(self.rows.size, dtype=np.complex128)
+        if self.weight.size != self.rows.size:
+            self.weight = np.zeros(self.rows.size, dtype=np.float64)
         self.data.fill(0)
         self.weight.fill(0)
 

@@ -201,7 +201,8 @@ def estimate(cfg: Config, n: int, box: int, voxel: float, mask_fill=None) -> Cos
                       "score cube": (cube, f"{where}.cone_half_angle_deg")},
     ]
     if auto_band:
-        phases[2]["band sample"] = (min(n, BAND_SAMPLE) * spectrum * 20.0, "search.max_resolution_angstrom")
+        # the sample's projections, kept in the band's pixels while its images are worked through in parts
+        phases[2]["band sample"] = (min(n, BAND_SAMPLE) * spectrum * 8.0, "search.max_resolution_angstrom")
     else:
         from lorefine_mpi.search.band import band_from_resolution
 

@@ -47,7 +47,7 @@ import math
 import numpy as np
 
 from lorefine_mpi.projection import fourier
-from lorefine_mpi.reconstruction.backproject import INSERT_SAMPLES
+from lorefine_mpi.reconstruction.backproject import INSERT_SAMPLES, image_batch
 from lorefine_mpi.refine import cost
 from lorefine_mpi.refine.cost import BAND_SAMPLE, PRIOR_SAMPLE
 from lorefine_mpi.refine.cost import GIB as GiB
@@ -193,16 +193,13 @@ COMPONENTS = {
 MEMORY_ROLES = ("rank 0", "rank 1", "other ranks", "shared")
 
 
-IMAGE_BATCH = 256  # the images a rank back-projects at once (`refine.engine`'s largest block)
-
-
 def role_features(shape: RunShape) -> dict:
     """The features of a rank's private memory: a constant; the padded volume's voxels P³ (the accumulators and the
-    gridding's grids); the samples of one insertion call, min(min(N, 256) · the pixels of an image's half spectrum within
-    Nyquist, `INSERT_SAMPLES`) (the insertion's work arrays, which stop growing at that cap: what made the memory grow more
+    gridding's grids); the samples of one insertion call, min(min(N, B) · the pixels of an image's half spectrum within
+    Nyquist, `INSERT_SAMPLES`) (B: the images of a back-projection batch, `image_batch`; the insertion's work arrays, which stop growing at that cap: what made the memory grow more
     slowly than P³ from box 64 to 256); the modules' voxels M·b³ (their masks and maps). No term in N: from 500 to 4,000
     particles the measured peaks do not move (`docs/scale.md`)."""
-    samples = min(min(shape.n_particles, IMAGE_BATCH) * len(fourier.band_grid(shape.box_px).kx), INSERT_SAMPLES)
+    samples = min(min(shape.n_particles, image_batch(shape.box_px)) * len(fourier.band_grid(shape.box_px).kx), INSERT_SAMPLES)
     return {"constant": 1.0, "per_padded_voxel": float((shape.padding * shape.box_px) ** 3), "per_insert_sample": float(samples),
             "per_module_voxel": float(len(shape.modules) * shape.box_px**3)}
 

@@ -41,7 +41,7 @@ from lorefine_mpi.io import mrc
 from lorefine_mpi.io.star import read_star, relative_image_names, write_star
 from lorefine_mpi.projection import fourier
 from lorefine_mpi.projection.source import ParticleSource
-from lorefine_mpi.reconstruction.backproject import BackProjector
+from lorefine_mpi.reconstruction.backproject import BackProjector, image_batch
 from lorefine_mpi.reconstruction.reconstruct import backproject_into, half_subsets, with_full
 from lorefine_mpi.refine import layout, partition
 from lorefine_mpi.search import band, local, options, prior
@@ -120,6 +120,7 @@ def max_poses(cfg) -> int:
 
 
 BAND_SAMPLE = 1000  # particles compared with the module's projections to find the search's band
+BAND_PART_BYTES = 32 << 20  # the band's images, CTFs and projections are made this many bytes of spectra at a time
 
 
 def sample_particles(n: int, seed: int, size: int = BAND_SAMPLE) -> np.ndarray:
@@ -269,25 +270,33 @@ class RefineEngine:
         weight per frequency radius (N//2+1,) (`band.whitening_weights`) and how the band was found: a
         resolution given, or ``auto``: where a sample of images stops matching the module's projections
         (`search.band`), each image compared with the reference reconstructed from the *other* half of the
-        particles (with the same half, its own noise would seem to match). reference_halves: the (half1,
-        half2) maps of the stage's reference, consensus frame (`reference_halves`), or None when the band is
-        given (the whitening then compares the images with the stage's reference itself). Deterministic."""
+        particles (with the same half, its own noise would seem to match). reference_halves: the stage's
+        reference's half maps, consensus frame, as a function of the half (`reference_halves`), or None when the band
+        is given (the whitening then compares the images with the stage's reference itself). The sample is worked
+        through `BAND_PART_BYTES` of spectra at a time (each half's projections gathered in one call: their samples do
+        not depend on how many poses a call has then), its sums in the sample's order. Deterministic."""
         cfg, box, index = self.cfg, self.box, state.stage.index
         prelim, centre = state.prelim, state.centre_px
         ids = sample_particles(self.n, cfg.seed)
-        images = self.source.spectra(ids)
         origin = volumes.recentre_origins(prelim.matrices[ids], prelim.origin_px[ids], centre)
-        ctf = self.source.ctf(ids)
-        references = np.zeros_like(images)
+        grid = fourier.band_grid(box)
+        samples = np.zeros((len(ids), len(grid.kx)), dtype=np.complex64)  # the projections' samples in the band
         # each half's images against the other half's map; without half maps (a band given), the stage's reference
-        pairs = zip((1, 2), reference_halves[::-1]) if reference_halves is not None else [(None, state.model)]
+        pairs = [(1, 2), (2, 1)] if reference_halves is not None else [(None, None)]
         for half, other in pairs:
             rows = np.arange(len(ids)) if half is None else np.nonzero(self.subset[ids] == half)[0]
-            fvol = fourier.prepare_volume(volumes.recentre(other * self.masks[index], centre), cfg.reconstruction.padding)
-            references[rows] = fourier.project(fvol, prelim.matrices[ids[rows]], origin[rows], ctf=None if ctf is None else ctf[rows])
+            volume = state.model if other is None else reference_halves(other)  # read when needed: one map at a time
+            fvol = fourier.prepare_volume(volumes.recentre(volume * self.masks[index], centre), cfg.reconstruction.padding)
+            del volume
+            samples[rows] = fourier.project_band(fvol, prelim.matrices[ids[rows]], grid)
             del fvol  # before the other half's: one padded spectrum at a time
-        totals = band.ring_totals(images, references, box)
-        del images, references
+        totals = band.pixel_totals(box)
+        per_part = max(1, BAND_PART_BYTES // (box * (box // 2 + 1) * 8))  # images a part (their spectra, CTFs, projections)
+        for part in np.split(np.arange(len(ids)), range(per_part, len(ids), per_part)):  # in the sample's order: the same sums
+            references = fourier.finish_projections(grid, samples[part], origin[part], self.source.ctf(ids[part]))
+            band.add_pixel_totals(totals, self.source.spectra(ids[part]), references)
+        del samples
+        totals = band.rings_of_totals(totals)
         frc, samples = band.frc_of(totals, len(ids), box)
         weights = band.whitening_of(totals, len(ids), box)
         if not options.is_auto(cfg.search.max_resolution_angstrom):
@@ -295,14 +304,17 @@ class RefineEngine:
         return band.signal_band(frc, samples, box), weights, f"from the FRC of {len(ids)} images with the other half's projections of the module"
 
     def reference_halves(self, state: StageState):
-        """The half maps (consensus frame) of the reference the stage's module is searched against: the
-        consensus halves in iteration 1 (read from ``OUT/consensus/``, None when the run has none: a band given), the
-        module's half maps of the previous iteration after. Read when needed: no rank keeps maps between stages."""
+        """The half maps (consensus frame) of the reference the stage's module is searched against, as a function of the
+        half (1 or 2) that reads that map when called: the consensus halves in iteration 1 (``OUT/consensus/``; None when
+        the run has none: a band given), the module's half maps of the previous iteration after. Read when needed, one
+        at a time: no rank keeps maps between stages."""
         iteration = state.stage.iteration
         if iteration == 1:
-            return self.read_consensus_halves()
+            if not self.has_consensus_halves():
+                return None
+            return lambda half: mrc.read_map(self.folder.consensus_half(half))[0]
         folder = self.folder.module_folder(state.stage.module_name, iteration - 1)
-        return tuple(mrc.read_map(folder.half(h))[0] for h in (1, 2))
+        return lambda half: mrc.read_map(folder.half(half))[0]
 
     def stage_search(self, state: StageState, band_radius_px=None, spectral_weight=None) -> "StageSearch":
         """The stage's searcher: its reference volumes (up to the band) allocated (collectively under MPI)
@@ -345,7 +357,7 @@ class RefineEngine:
 
     def image_bounds(self, ids) -> tuple[float, float]:
         """(max L1 norm of the images, max |CTF|) over the particles ``ids`` (0, 0 for none)."""
-        return self.source.l1_bound(ids, BLOCK_MAX), self.source.ctf_bound(ids)
+        return self.source.l1_bound(ids, image_batch(self.box)), self.source.ctf_bound(ids)
 
     def reconstruction_poses(self, state: StageState, poses: Poses) -> Poses:
         """The refined poses in the module's recentred frame, where it is rebuilt (sharper: the centre
@@ -367,10 +379,10 @@ class RefineEngine:
         """Add the particles ``ids`` (any batch: the terms are on the exact-sum grid, so the grouping does not
         matter) at the poses ``centred`` (`reconstruction_poses`) to ``accumulator``."""
         if centred.weights is None or centred.weights.shape[1] == 1:  # one pose a particle: its estimate
-            backproject_into(accumulator, self.source, ids, matrices=centred.matrices, origin_px=centred.origin_px, batch=BLOCK_MAX)
+            backproject_into(accumulator, self.source, ids, matrices=centred.matrices, origin_px=centred.origin_px, batch=image_batch(self.box))
         else:
             backproject_into(accumulator, self.source, ids, matrices=centred.posterior_matrices, origin_px=centred.posterior_origin_px,
-                             weights=centred.weights, batch=BLOCK_MAX)
+                             weights=centred.weights, batch=image_batch(self.box))
 
     def rebuild(self, state: StageState, half_maps) -> dict:
         """The module's maps {'half1', 'half2', 'full'} (N, N, N) float32 from its half maps (recentred frame,
@@ -424,11 +436,10 @@ class RefineEngine:
             mrc.write_map(self.folder.consensus_half(h), volume, self.voxel)
         return self.folder.consensus_folder
 
-    def read_consensus_halves(self) -> tuple | None:
-        """The consensus half maps the run wrote (``OUT/consensus/``), or None."""
-        if not self.folder.consensus_half(2).exists():
-            return None
-        return tuple(mrc.read_map(self.folder.consensus_half(h))[0] for h in (1, 2))
+    def has_consensus_halves(self) -> bool:
+        """Whether the run has written its consensus half maps (``OUT/consensus/``; written whole, each under a temporary
+        name first)."""
+        return self.folder.consensus_half(1).exists() and self.folder.consensus_half(2).exists()
 
     # -- combine --------------------------------------------------------------------------------
     def combine(self, model, maps) -> np.ndarray:

@@ -154,7 +154,7 @@ class _Run:
         ones given (``consensus_half_maps``) or reconstructed; kept only in ``OUT/consensus/`` (rank 0 reads them for
         each band: `RefineEngine.reference_halves`). False when a stop was asked."""
         dist, engine, recorder = self.dist, self.engine, self.recorder
-        if dist.on_root(lambda: recorder.has_flag("consensus_halves") and engine.read_consensus_halves() is not None):
+        if dist.on_root(lambda: recorder.has_flag("consensus_halves") and engine.has_consensus_halves()):
             return True
         if self.cfg.consensus_half_maps:  # the consensus's own (RELION's Refine3D), nothing to reconstruct
             if dist.is_root:
@@ -210,9 +210,12 @@ class _Run:
             log.info("%s: %d particles in %d units (%d to do), module centre (%.2f, %.2f, %.2f) px",
                      stage.name, len(unit_of_particle), len(members), len(pending), *state.centre_px)
         if pending:
+            release_freed_memory()  # what the stages before freed: the band's sample is laid out afresh (process_memory)
             band_px, weights = dist.on_root(lambda: self._band(state))
+            release_freed_memory()  # the band's sample and its padded spectra, before the search's references
             search = engine.stage_search(state, band_px, weights)
             search.use_prior(*self.prior_widths(stage, search))
+            release_freed_memory()  # the prior pilot's score cubes, before the units'
             progress = ProgressLog(f"{stage.name}: search", sum(len(members[u]) for u in pending))
             with recorder.cpu_clock(stage, "search"):
                 finished = dist.run_units(pending, lambda unit: search.search_unit(members[unit]), recorder.unit_writer(stage, members, progress))
@@ -328,7 +331,7 @@ class _Run:
             progress = ProgressLog(f"{what}: back-projection of half {half} (rank 0's blocks)", len(mine)) if dist.is_root else None
             # the order of the additions does not matter (exact sums): batches as large as the reader's, for the
             # scatter's locality (its tiles fill better with more images per call)
-            for ids in np.array_split(mine, max(1, -(-len(mine) // eng.BLOCK_MAX))):
+            for ids in np.array_split(mine, max(1, -(-len(mine) // eng.image_batch(engine.box)))):
                 if dist.stop_requested:
                     break
                 engine.backproject(poses, ids, accumulator)

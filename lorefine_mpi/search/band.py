@@ -45,15 +45,32 @@ def _rings_of(total, box: int) -> np.ndarray:
 
 def ring_totals(images_ft, references_ft, box: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`ring_sums` of Re X·M̄, |X|² and |M|² over images and references (both (n, N, N//2+1) spectra): (N//2+1,) each.
-    Summed image by image into one double-precision total per pixel, the order of numpy's sum over the images' axis
-    (so the same numbers as `ring_sums` of the whole products), without the products of every image at once (at box 256
-    and 1,000 images each was 260–530 MB)."""
+    Summed image by image into one double-precision total per pixel (`add_pixel_totals`), the order of numpy's sum
+    over the images' axis (so the same numbers as `ring_sums` of the whole products), without the products of every
+    image at once (at box 256 and 1,000 images each was 260–530 MB)."""
+    return rings_of_totals(add_pixel_totals(pixel_totals(box), images_ft, references_ft))
+
+
+def pixel_totals(box: int) -> np.ndarray:
+    """An empty running total (3, N, N//2+1) float64 of Re X·M̄, |X|² and |M|² per pixel (`add_pixel_totals`)."""
+    return np.zeros((3, box, box // 2 + 1))
+
+
+def add_pixel_totals(totals, images_ft, references_ft) -> np.ndarray:
+    """Add images and references (both (n, N, N//2+1) spectra) to ``totals`` (`pixel_totals`) image by image, in
+    order: the images given in consecutive parts make the same totals bit for bit as all at once. Returns totals."""
+    box = totals.shape[1]
     x, m = np.asarray(images_ft), np.asarray(references_ft)
-    totals = np.zeros((3, box, box // 2 + 1))
     for xi, mi in zip(x.reshape(-1, box, box // 2 + 1), m.reshape(-1, box, box // 2 + 1)):
         totals[0] += (xi * np.conj(mi)).real
         totals[1] += np.abs(xi) ** 2
         totals[2] += np.abs(mi) ** 2
+    return totals
+
+
+def rings_of_totals(totals) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ring sums (`ring_sums`) of a running total (`add_pixel_totals`): (cross, power X, power M), (N//2+1,) each."""
+    box = totals.shape[1]
     return tuple(_rings_of(total, box) for total in totals)
 
 

@@ -68,3 +68,28 @@ def test_the_same_run_ignoring_the_ctf_misses_the_truth(dataset):
     print("CTF ignored: median angle %.2f°, origin %.2f px (90%%: %.2f px), map correlation %.3f" % found)
     assert not close_to_the_truth(*found), found
     assert found[3] < 0.8
+
+
+def test_the_search_band_is_the_same_worked_through_in_parts_of_any_size(dataset, monkeypatch):
+    """`RefineEngine.search_band` makes the sample's images, CTFs and projections `BAND_PART_BYTES` at a time and sums
+    them in the sample's order: parts of one image and one part of every image give the same band and the same whitening
+    weights to float32 rounding (numpy's complex products of the phase shift are not bit for bit the same in arrays
+    laid out differently) (with each particle's CTF, half maps that differ, particles of both halves in every part)."""
+    from lorefine_mpi.config import load_config
+    from lorefine_mpi.refine import engine as eng
+
+    cfg = load_config(dataset / "lorefine.yaml")
+    engine = eng.RefineEngine(cfg)
+    assert engine.use_ctf
+    stage = eng.Stage("iteration_01/module1", 1, 0, cfg.modules[0].name)
+    state = engine.begin_stage(stage, engine.consensus, [engine.consensus] * len(cfg.modules), [engine.consensus_poses] * len(cfg.modules))
+    noise = np.random.default_rng(0).normal(0.0, engine.consensus.std(), (2, *engine.consensus.shape)).astype(np.float32)
+    halves = {h: engine.consensus + noise[h - 1] for h in (1, 2)}
+    found = {}
+    for part_bytes in (1, 1 << 40):
+        monkeypatch.setattr(eng, "BAND_PART_BYTES", part_bytes)
+        found[part_bytes] = engine.search_band(state, lambda half: halves[half])
+    (band_one, weights_one, _), (band_all, weights_all, _) = found.values()
+    assert band_one == band_all
+    np.testing.assert_allclose(weights_one, weights_all, rtol=1e-6, atol=0)
+    assert 0 < band_all <= engine.box // 2

@@ -119,7 +119,7 @@ def test_slurm_request_rounds_memory_and_time_up():
 
 
 def test_the_insertion_term_stops_growing_at_the_insertion_cap():
-    """The memory feature of the insertion's work arrays: one call's samples, min(N, 256) images, at most INSERT_SAMPLES."""
+    """The memory feature of the insertion's work arrays: one call's samples, min(N, a batch's images) images, at most INSERT_SAMPLES."""
     from lorefine_mpi.reconstruction.backproject import INSERT_SAMPLES
 
     def samples(**changes):
