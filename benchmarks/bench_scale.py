@@ -353,7 +353,7 @@ def module_shape(search, pixels: float):
     from lorefine_mpi.refine import cost
 
     pilot = cost.evaluations(search, "simultaneous") if cost.learns_prior(search) else 0.0
-    return cost_model.ModuleShape(cost.evaluations(search), pilot, pixels)
+    return cost_model.ModuleShape(cost.evaluations(search), pilot, pixels, float(cost.grid_directions(search.angular_step_deg)))
 
 
 def projections(measured, coefficients, fraction: float) -> list[str]:

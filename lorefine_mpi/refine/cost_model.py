@@ -55,12 +55,14 @@ from lorefine_mpi.refine.cost import GIB as GiB
 
 @dataclasses.dataclass(frozen=True)
 class ModuleShape:
-    """One module's search: its CCC evaluations per particle (search; flat-prior pilot, 0 when no width is learned)
-    and its 2D mask pixels on the working grid (`mask_pixels`)."""
+    """One module's search: its CCC evaluations per particle (search; flat-prior pilot, 0 when no width is learned),
+    its 2D mask pixels on the working grid (`mask_pixels`), and the directions of the even grid its stages project
+    (`cost.grid_directions` at its angular step; 0 when not known, as in records made before it was a feature)."""
 
     evaluations: float
     pilot_evaluations: float
     mask_pixels: float
+    directions: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +126,7 @@ def run_shape(cfg, summary, *, ranks_per_node: int = 1, nodes: int = 1, band_px:
         # the search's own mask (`refine.preflight`) on each iteration's working grid, on average
         pixels = float(np.mean([mask_pixels(module.mask_diameter_px, box, b) for b in found]))
         pilot = cost.evaluations(search, "simultaneous") if cost.learns_prior(search) else 0.0
-        modules.append(ModuleShape(cost.evaluations(search), pilot, pixels))
+        modules.append(ModuleShape(cost.evaluations(search), pilot, pixels, float(cost.grid_directions(search.angular_step_deg))))
         bands.append(band)
     post = cfg.postprocess
     iterations = cfg.iterations if isinstance(cfg.iterations, int) else cfg.convergence.max_iterations
@@ -154,6 +156,9 @@ COMPONENTS = {
     "search": ({
         "per_image_px": lambda s: s.n_particles * s.stages * s.box_px**2,
         "per_candidate_px": lambda s: s.n_particles * s.iterations * sum(m.evaluations * m.mask_pixels for m in s.modules),
+        # each stage projects the grid's directions once into its reference cache, whatever N (given enough particles to
+        # touch them all): the search's cost per particle falls as N grows
+        "per_direction_px": lambda s: s.iterations * sum(m.directions for m in s.modules) * (s.band_px or s.box_px / 2) ** 2,
     }, "ranks"),
     "prior pilot": ({
         "per_candidate_px": lambda s: s.iterations * min(s.n_particles, PRIOR_SAMPLE) * sum(m.pilot_evaluations * m.mask_pixels for m in s.modules),
