@@ -272,15 +272,15 @@ class RefineEngine:
         (`search.band`), each image compared with the reference reconstructed from the *other* half of the
         particles (with the same half, its own noise would seem to match). reference_halves: the stage's
         reference's half maps, consensus frame, as a function of the half (`reference_halves`), or None when the band
-        is given (the whitening then compares the images with the stage's reference itself). The sample is worked
-        through `BAND_PART_BYTES` of spectra at a time (each half's projections gathered in one call: their samples do
-        not depend on how many poses a call has then), its sums in the sample's order. Deterministic."""
+        is given (the whitening then compares the images with the stage's reference itself). Each half's projections are
+        gathered in one call and kept as their samples within the band; the images, the CTFs and the finished projections
+        are made `BAND_PART_BYTES` of spectra at a time and summed image by image in the sample's order. Deterministic."""
         cfg, box, index = self.cfg, self.box, state.stage.index
         prelim, centre = state.prelim, state.centre_px
         ids = sample_particles(self.n, cfg.seed)
         origin = volumes.recentre_origins(prelim.matrices[ids], prelim.origin_px[ids], centre)
         grid = fourier.band_grid(box)
-        samples = np.zeros((len(ids), len(grid.kx)), dtype=np.complex64)  # the projections' samples in the band
+        projected = np.zeros((len(ids), len(grid.kx)), dtype=np.complex64)  # the projections' samples in the band
         # each half's images against the other half's map; without half maps (a band given), the stage's reference
         pairs = [(1, 2), (2, 1)] if reference_halves is not None else [(None, None)]
         for half, other in pairs:
@@ -288,14 +288,14 @@ class RefineEngine:
             volume = state.model if other is None else reference_halves(other)  # read when needed: one map at a time
             fvol = fourier.prepare_volume(volumes.recentre(volume * self.masks[index], centre), cfg.reconstruction.padding)
             del volume
-            samples[rows] = fourier.project_band(fvol, prelim.matrices[ids[rows]], grid)
+            projected[rows] = fourier.project_band(fvol, prelim.matrices[ids[rows]], grid)
             del fvol  # before the other half's: one padded spectrum at a time
         totals = band.pixel_totals(box)
         per_part = max(1, BAND_PART_BYTES // (box * (box // 2 + 1) * 8))  # images a part (their spectra, CTFs, projections)
         for part in np.split(np.arange(len(ids)), range(per_part, len(ids), per_part)):  # in the sample's order: the same sums
-            references = fourier.finish_projections(grid, samples[part], origin[part], self.source.ctf(ids[part]))
+            references = fourier.finish_projections(grid, projected[part], origin[part], self.source.ctf(ids[part]))
             band.add_pixel_totals(totals, self.source.spectra(ids[part]), references)
-        del samples
+        del projected
         totals = band.rings_of_totals(totals)
         frc, samples = band.frc_of(totals, len(ids), box)
         weights = band.whitening_of(totals, len(ids), box)
