@@ -108,8 +108,7 @@ def prepare(dcfg, resume: bool) -> None:
     if n_voxels < 8 * count:
         raise InputError(f"mask: the density inside it ({n_voxels} voxels above {prb.DENSITY_FRACTION:g} of its maximum) is too small "
                          f"for {count} probes; expected at least {8 * count} voxels")
-    labels, centres = prb.cut_probes(density, count, cfg.seed)
-    masks = prb.soft_region_masks(density, labels, count)
+    labels, masks, count = probes_large_enough(density, count, cfg.seed, voxel, options.is_auto(s.probes))
     folder.mkdir(parents=True, exist_ok=True)
     for p, m in enumerate(masks):
         mrc.write_map(folder / f"{probe_name(p)}.mrc", m, voxel)
@@ -131,6 +130,29 @@ def prepare(dcfg, resume: bool) -> None:
         probe_config["consensus_half_maps"] = list(cfg.consensus_half_maps)
     atomic_write_text(folder / PROBE_CONFIG, "# the probes of lorefine discover as refine modules (written by discover)\n"
                       + yaml.safe_dump(probe_config, sort_keys=False))
+
+
+def probes_large_enough(density, count: int, seed: int, voxel: float, auto: bool):
+    """(labels, soft masks, count) of the probes cut from ``density`` (`probes.cut_probes`, `probes.soft_region_masks`).
+    Each probe is refined as a module, so each must hold `refine.preflight.MIN_MODULE_VOLUME_ANGSTROM3`: with ``probes:
+    auto`` (``auto``) the count is lowered until every probe's mask does (k-means makes regions of similar mass, not
+    volume, so a dense one can fall short of the average); a count given, or a particle too small for two probes, is a
+    one-line error."""
+    from lorefine_mpi.refine.preflight import MIN_MODULE_VOLUME_ANGSTROM3 as least
+
+    while True:
+        labels, _ = prb.cut_probes(density, count, seed)
+        masks = prb.soft_region_masks(density, labels, count)
+        smallest = min(float(m.sum()) for m in masks) * voxel**3
+        if smallest >= least:
+            return labels, masks, count
+        if not auto:
+            raise InputError(f"discover.probes: {count} probes make one of {smallest:,.0f} Å³; each probe is refined as a module, which needs "
+                             f"at least {least:,.0f} Å³: expected fewer probes (or auto)")
+        if count <= 2:
+            raise InputError(f"consensus_map: the particle's density is too small to cut into two probes of at least {least:,.0f} Å³ each "
+                             f"(the smallest module lorefine refines); expected a larger particle")
+        count -= 1
 
 
 def sample_ids(n: int, seed: int, size: int) -> np.ndarray:

@@ -191,3 +191,22 @@ def test_probes_whose_learned_shift_is_nil_are_one_module_whatever_their_coheren
     c, g = grouped([0, 0, 0, 1, 1, 1, 1])
     assert g.n_modules == 2
     assert coh.group_probes(c, g.null_sigma, moving=False).n_modules == 1
+
+
+def test_auto_probes_are_fewer_when_a_probe_would_be_smaller_than_a_module_may_be():
+    """Each probe is refined as a module (at least 10,000 Å³): `probes: auto` lowers the count until every probe's mask
+    holds that; a count given that makes a smaller probe is a one-line error naming discover.probes."""
+    from lorefine_mpi.discover.run import probes_large_enough
+    from lorefine_mpi.refine.preflight import MIN_MODULE_VOLUME_ANGSTROM3
+
+    density = prb.density_weights(two_blobs())
+    voxel = 2.3  # the whole mask holds about 14.6 modules' worth: 24 probes cannot all be large enough
+    whole = sum(float(m.sum()) for m in prb.soft_region_masks(density, prb.cut_probes(density, 1, seed=1)[0], 1)) * voxel**3
+    assert 12 * MIN_MODULE_VOLUME_ANGSTROM3 < whole < 24 * MIN_MODULE_VOLUME_ANGSTROM3
+    labels, masks, count = probes_large_enough(density, 24, 1, voxel, auto=True)
+    assert 2 <= count < 24 and len(masks) == count and labels.max() == count - 1
+    assert min(float(m.sum()) for m in masks) * voxel**3 >= MIN_MODULE_VOLUME_ANGSTROM3
+    with pytest.raises(InputError, match="^discover.probes: 24 probes make one of"):
+        probes_large_enough(density, 24, 1, voxel, auto=False)
+    with pytest.raises(InputError, match="too small to cut into two probes"):
+        probes_large_enough(density, 24, 1, 0.5, auto=True)
