@@ -273,6 +273,12 @@ def swap_quadrants(images) -> np.ndarray:
     return out
 
 
+def spectra_in(nbytes: int, box: int) -> int:
+    """How many images' spectra (lorefine's rfft2 layout, complex64: box·(box//2+1)·8 bytes each) fit in ``nbytes``,
+    at least 1: the size of a batch of images worked through a bounded amount of memory at a time."""
+    return max(1, int(nbytes) // (box * (box // 2 + 1) * np.dtype(np.complex64).itemsize))
+
+
 def to_fourier(images) -> np.ndarray:
     """Real images (..., N, N) → lorefine's rfft2 layout (..., N, N//2+1) complex64."""
     images = np.asarray(images, dtype=np.float32)

@@ -163,7 +163,7 @@ def image_batch(box: int) -> int:
     """Images a batch of the back-projection reads, transforms and inserts (`refine.engine`): at most
     `MAX_BATCH_IMAGES`, about `BATCH_BYTES` of their spectra (256 images up to box 128, 63 at box 256), so that the
     batch's arrays stay about 0.1 GB at any box."""
-    return int(max(1, min(MAX_BATCH_IMAGES, BATCH_BYTES // (box * (box // 2 + 1) * 8))))
+    return min(MAX_BATCH_IMAGES, fourier.spectra_in(BATCH_BYTES, box))
 
 
 INSERT_SAMPLES = 1 << 20  # samples per call of the scatter: 161 images at box 128, 40 at box 256 (~95 MB of work arrays)

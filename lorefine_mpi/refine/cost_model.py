@@ -9,10 +9,11 @@ Notation: N particles, b box (px), p padding, P = p·b, I iterations, M modules,
 consensus half maps are reconstructed (0 when given), q reconstruction.max_poses, E_m and E'_m the CCC evaluations per
 particle of module m's search and of its prior's pilot (a flat-prior search of every candidate), both counted by
 `refine.cost.evaluations`, J_m the pixels of module m's round 2D mask (the search's own, `refine.preflight`) on the
-search's working grid (`mask_pixels`), g gridding iterations, R ranks, n nodes.
+search's working grid (`mask_pixels`), D_m the directions of module m's grid (`refine.cost.grid_directions`), B_s the
+search band (px), g gridding iterations, R ranks, n nodes.
 
     component        feature(s)                                   runs on
-    search           N·I·M·b²,  N·I·Σ_m E_m·J_m                   every rank (work units handed out)
+    search           N·I·M·b²,  N·I·Σ_m E_m·J_m,  I·Σ_m D_m·B_s²  every rank (work units handed out)
     prior pilot      I·Σ_m min(N, 300)·E'_m·J_m                   every rank (fixed units)
     band             S·min(N, 1000)·b²,  S·P³·log2 P              rank 0
     stage set-up     n·V·P³·log2 P   (V reference volumes)        the leader of each node (the others wait)
@@ -31,7 +32,8 @@ Memory (peak, bytes), fitted on the ranks' measured private memory (RssAnon) and
     rank 0        a0 + a1·P³ + a2·I + a3·M·b³   (a half map's accumulators and gridding; the insertion; masks and maps)
     rank 1        r0 + r1·P³ + r2·I + r3·M·b³   (the other half map's gridding, when R ≥ 2)
     other ranks   w0 + w1·P³ + w2·I + w3·M·b³   (accumulators of their share of the back-projection, when R ≥ 3)
-    (I = min(min(N, 256)·S_b, 2^21): the samples of one insertion call, S_b an image's half-spectrum pixels within Nyquist)
+    (I = min(min(N, B)·S_b, 2^20): the samples of one insertion call, B the images of a back-projection batch
+     (`reconstruction.backproject.image_batch`), S_b an image's half-spectrum pixels within Nyquist)
     shared        h1·B   (B: bytes of the largest stage's band-limited reference volumes, one copy per node)
     node          Σ of its ranks' private peaks + shared
 
@@ -201,9 +203,10 @@ MEMORY_ROLES = ("rank 0", "rank 1", "other ranks", "shared")
 def role_features(shape: RunShape) -> dict:
     """The features of a rank's private memory: a constant; the padded volume's voxels P³ (the accumulators and the
     gridding's grids); the samples of one insertion call, min(min(N, B) · the pixels of an image's half spectrum within
-    Nyquist, `INSERT_SAMPLES`) (B: the images of a back-projection batch, `image_batch`; the insertion's work arrays, which stop growing at that cap: what made the memory grow more
-    slowly than P³ from box 64 to 256); the modules' voxels M·b³ (their masks and maps). No term in N: from 500 to 4,000
-    particles the measured peaks do not move (`docs/scale.md`)."""
+    Nyquist, `INSERT_SAMPLES`), B the images of a back-projection batch (`image_batch`) (the insertion's work arrays,
+    which stop growing at that cap: what made the memory grow more slowly than P³ from box 64 to 256); the modules'
+    voxels M·b³ (their masks and maps). No term in N: from 500 to 4,000 particles the measured peaks do not move
+    (`docs/scale.md`)."""
     samples = min(min(shape.n_particles, image_batch(shape.box_px)) * len(fourier.band_grid(shape.box_px).kx), INSERT_SAMPLES)
     return {"constant": 1.0, "per_padded_voxel": float((shape.padding * shape.box_px) ** 3), "per_insert_sample": float(samples),
             "per_module_voxel": float(len(shape.modules) * shape.box_px**3)}

@@ -291,7 +291,7 @@ class RefineEngine:
             projected[rows] = fourier.project_band(fvol, prelim.matrices[ids[rows]], grid)
             del fvol  # before the other half's: one padded spectrum at a time
         totals = band.pixel_totals(box)
-        per_part = max(1, BAND_PART_BYTES // (box * (box // 2 + 1) * 8))  # images a part (their spectra, CTFs, projections)
+        per_part = fourier.spectra_in(BAND_PART_BYTES, box)  # images a part (their spectra, CTFs, projections)
         for part in np.split(np.arange(len(ids)), range(per_part, len(ids), per_part)):  # in the sample's order: the same sums
             references = fourier.finish_projections(grid, projected[part], origin[part], self.source.ctf(ids[part]))
             band.add_pixel_totals(totals, self.source.spectra(ids[part]), references)
