@@ -21,7 +21,10 @@ than 0.3 of its σ, where any noise in an estimate costs more than the consensus
 curves per module.
 
 Every module of the set is reported, with the names and masks of the set's lorefine.yaml (any number of modules;
-a set without one: gt_module_1.mrc … named as `lorefine simulate` names them). Last, a summary with one line per
+a set without one: gt_module_1.mrc … named as `lorefine simulate` names them). With --match-masks (a run whose modules
+are not the set's, e.g. the masks `lorefine discover` found), each true module is reported with the run's module
+whose mask matches it best (one to one, the Hungarian assignment on the Dice coefficient of hard labels, as
+discover_accuracy.py scores them); the match and its Dice are printed. Last, a summary with one line per
 module (its share of the mass, the masked correlation of the consensus map, of lorefine's map after each iteration
 and of the true-pose map, the room, FSC 0.5 of lorefine's last map and of the true-pose map, the median angle
 and projected-centre errors from the consensus to lorefine's last iteration) and, when this script ran lorefine,
@@ -41,6 +44,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from compare_groundtruth import masked_correlation, module_list  # noqa: E402
+from discover_accuracy import dice_table  # noqa: E402
 
 from lorefine_mpi.config.schema import Config  # noqa: E402
 from lorefine_mpi.geometry import (
@@ -135,6 +139,23 @@ def iteration_folders(run: Path, name: str):
     return [(int(f.parent.name.split("_")[1]), f) for f in folders] + [(len(folders) + 1, run / name)]
 
 
+def matched_modules(data: Path, run: Path) -> dict[int, str]:
+    """{k: the name of the run's module matched to the set's module k} (--match-masks; module docstring), printed."""
+    from scipy.optimize import linear_sum_assignment
+
+    modules = yaml.safe_load((run / "config.yaml").read_text())["modules"]
+    true = module_list(data)
+    _, dice = dice_table([mrc.read_map(m["mask"])[0] for m in modules], [mrc.read_map(data / f"mask_module_{k}.mrc")[0] for _, k in true])
+    matched = {}
+    for i, j in zip(*linear_sum_assignment(-dice)):
+        matched[true[j][1]] = modules[i]["name"]
+        print(f"run module {modules[i]['name']} ({modules[i]['mask']}) <-> true {true[j][0]}: Dice {dice[i, j]:.3f}")
+    missing = [name for name, k in true if k not in matched]
+    if missing:
+        raise SystemExit(f"--match-masks: no run module matched to true module(s) {', '.join(missing)}")
+    return matched
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dataset")
@@ -145,6 +166,7 @@ def main(argv=None):
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
     p.add_argument("--work", help="folder for the run and the ceiling maps (default DATASET/accuracy)")
     p.add_argument("--png", help="write the FSC curves per module into this folder")
+    p.add_argument("--match-masks", action="store_true", help="report each true module with the run's module whose mask matches it best")
     args = p.parse_args(argv)
     data = Path(args.dataset).resolve()
     work = Path(args.work).resolve() if args.work else data / "accuracy"
@@ -156,6 +178,7 @@ def main(argv=None):
     consensus_table = read_star(data / "particles.star")
     print(f"{data.name}: {len(consensus_table)} particles, box {box}, {voxel:g} Å/px; run {run}"
           + (f" ({', '.join(args.set)})" if args.set else ""))
+    run_name = matched_modules(data, run) if args.match_masks else {k: name for name, k in module_list(data)}
     print(f"{'module':7} {'map':16} {'masked corr':>11} {'room':>7} {'FSC 0.5':>8} {'FSC 0.5-1 Nyq':>13} "
           f"{'angle':>7} {'origin':>7} {'centre':>7} {'rms angle':>9} {'least/most moved':>16}")
     summary = []
@@ -167,7 +190,7 @@ def main(argv=None):
         curves = {"consensus": low[3], "true poses": high[3]}
         motion = np.rad2deg(rotations.geodesic_angle(consensus_table.matrices, truth.matrices))
         rows = [("consensus", low, pose_errors(consensus_table, truth, centre, motion))]
-        for iteration, folder in iteration_folders(run, name):
+        for iteration, folder in iteration_folders(run, run_name[k]):
             figures = map_figures(mrc.read_map(folder / "map.mrc")[0], truth_map, mask, voxel)
             rows.append((f"lorefine it. {iteration}", figures, pose_errors(read_star(folder / "particles.star"), truth, centre, motion)))
             curves[f"lorefine iteration {iteration}"] = figures[3]
