@@ -349,13 +349,6 @@ def paper_search():
     return dataclasses.replace(SearchConfig(), strategy="separate", **rr.PAPER_RANGES)
 
 
-def module_shape(search, pixels: float):
-    from lorefine_mpi.refine import cost
-
-    pilot = cost.evaluations(search, "simultaneous") if cost.learns_prior(search) else 0.0
-    return cost_model.ModuleShape(cost.evaluations(search), pilot, pixels, float(cost.grid_directions(search.angular_step_deg)))
-
-
 def projections(measured, coefficients, fraction: float) -> list[str]:
     """The model's figures for the paper's Table 2 run and a facility run (assumptions printed with them); fraction: the
     band (of Nyquist) assumed, the fitted runs' (`band_fraction`). The facility run's three modules are the three-module
@@ -367,7 +360,7 @@ def projections(measured, coefficients, fraction: float) -> list[str]:
     pixels = cost_model.mask_pixels(PAPER_TABLE2["mask_diameter_px"], box, band)
     for iterations in (1, 2):
         for nodes, per_node in ((1, 1), (1, 64)):
-            shape = cost_model.RunShape(n_particles=PAPER_TABLE2["n_particles"], box_px=box, modules=(module_shape(search, pixels),),
+            shape = cost_model.RunShape(n_particles=PAPER_TABLE2["n_particles"], box_px=box, modules=(cost_model.module_shape(search, pixels),),
                                         iterations=iterations, ranks_per_node=per_node, nodes=nodes, band_px=band)
             lines.append(projection_line(f"paper Table 2: {shape.n_particles} × {box}², 1 module (40 px mask), {iterations} it.", shape,
                                          coefficients))

@@ -67,6 +67,13 @@ class ModuleShape:
     directions: float = 0.0
 
 
+def module_shape(search, pixels: float) -> ModuleShape:
+    """A module's `ModuleShape` for its search settings (`config.schema.SearchConfig` or a module's effective search)
+    and its mask's pixels on the working grid (`mask_pixels`)."""
+    pilot = cost.evaluations(search, "simultaneous") if cost.learns_prior(search) else 0.0
+    return ModuleShape(cost.evaluations(search), pilot, pixels, float(cost.grid_directions(search.angular_step_deg)))
+
+
 @dataclasses.dataclass(frozen=True)
 class RunShape:
     n_particles: int
@@ -127,8 +134,7 @@ def run_shape(cfg, summary, *, ranks_per_node: int = 1, nodes: int = 1, band_px:
         band = max(found)
         # the search's own mask (`refine.preflight`) on each iteration's working grid, on average
         pixels = float(np.mean([mask_pixels(module.mask_diameter_px, box, b) for b in found]))
-        pilot = cost.evaluations(search, "simultaneous") if cost.learns_prior(search) else 0.0
-        modules.append(ModuleShape(cost.evaluations(search), pilot, pixels, float(cost.grid_directions(search.angular_step_deg))))
+        modules.append(module_shape(search, pixels))
         bands.append(band)
     post = cfg.postprocess
     iterations = cfg.iterations if isinstance(cfg.iterations, int) else cfg.convergence.max_iterations
