@@ -31,8 +31,17 @@ the particle is one module whatever the coherence.
 
 **Modules.** Average-linkage clustering of the distance 1 − C (`scipy.cluster.hierarchy`), cut where the mean
 coherence between two groups falls below τ. Each group of two or more probes is a module (its probes move together,
-significantly); a probe coherent with no other (its own noise, too little signal) joins the module its motion agrees
-with most when that agreement is beyond noise (`JOIN_Z` σ_null), else the module of the nearest grouped probe. No group of two: nothing moves coherently relative to the consensus, one module (the particle is rigid).
+significantly); a probe coherent with no other (its own noise, too little signal) joins, of the modules it touches,
+the one its motion agrees with most when that agreement is beyond noise (`JOIN_Z` σ_null), else the module of the
+nearest grouped probe. A rigid module is one connected piece of density, so a lone probe's agreement with a module
+it does not touch (a few σ_null, from one probe) is not taken as evidence against that. No group of two: nothing moves
+coherently relative to the consensus, one module (the particle is rigid).
+
+**Placed by motion, or by position.** A probe grouped, or joined by its agreement, is placed by its motion; a probe
+joined by the nearest grouped probe is placed by its position only (`Grouping.by_motion` False), and its motion says
+nothing about where its voxels belong. Such a probe often straddles a seam between modules (a blend of two motions is
+coherent with neither), so its voxels are not given to one module whole: each goes to the module of the nearest voxel
+of a probe placed by motion (`probes.module_labels`), which splits a seam probe between the modules on either side.
 """
 
 from __future__ import annotations
@@ -107,13 +116,15 @@ class Grouping:
 
     labels: (P,) the module of each probe (0…K−1, modules ordered by their first probe); threshold: τ; null_sigma:
     σ_null; linkage: scipy's (P−1, 4) average-linkage matrix of 1 − C; coherent: (P,) bool, the probes in a group of
-    two or more at the cut (the others joined a module afterwards)."""
+    two or more at the cut (the others joined a module afterwards); by_motion: (P,) bool, the probes placed by their
+    motion (coherent, or joined by their agreement), not by their position only (module docstring)."""
 
     labels: np.ndarray
     threshold: float
     null_sigma: float
     linkage: np.ndarray
     coherent: np.ndarray
+    by_motion: np.ndarray
 
     @property
     def n_modules(self) -> int:
@@ -135,10 +146,11 @@ def moves(shift_widths_px, floor_px: float = RIGID_SHIFT_PX) -> bool:
 
 
 def group_probes(c, sigma: float, min_coherence: float = MIN_COHERENCE, null_z: float = NULL_Z, centres_px=None,
-                 moving: bool = True) -> Grouping:
+                 moving: bool = True, touching=None) -> Grouping:
     """The modules from the coherence matrix ``c`` (P, P) and the null's spread ``sigma`` (module docstring); centres_px:
     (P, 3) the probes' centres (xyz px), for the probes whose motion agrees with no module (`JOIN_Z`), or None;
-    moving: `moves` (False: one module whatever the coherence)."""
+    moving: `moves` (False: one module whatever the coherence); touching: (P, P) bool, the probes that touch
+    (`probes.touching`): a lone probe joins by its motion only a module it touches; None: any module."""
     from scipy.cluster import hierarchy
     from scipy.spatial.distance import squareform
 
@@ -153,20 +165,25 @@ def group_probes(c, sigma: float, min_coherence: float = MIN_COHERENCE, null_z: 
     groups = [g for g in np.unique(clusters) if sizes[g] >= 2]
     coherent = np.isin(clusters, groups)
     if len(groups) <= 1 or not moving:
-        return Grouping(np.zeros(p, dtype=int), threshold, sigma, linkage, coherent)
+        return Grouping(np.zeros(p, dtype=int), threshold, sigma, linkage, coherent, np.ones(p, dtype=bool))
+    by_motion = coherent.copy()
     labels = np.full(p, -1)
     for k, g in enumerate(groups):
         labels[clusters == g] = k
     grouped_probes = np.nonzero(labels >= 0)[0]
     for probe in np.nonzero(labels < 0)[0]:  # a probe coherent with no other joins the module it agrees with most
-        agreement = [c[probe, labels == k].mean() for k in range(len(groups))]
+        agreement = np.array([c[probe, labels == k].mean() for k in range(len(groups))])
+        if touching is not None:  # of the modules it touches
+            touched = np.isin(np.arange(len(groups)), labels[np.asarray(touching)[probe] & (labels >= 0)])
+            agreement = np.where(touched, agreement, -np.inf)
         if max(agreement) >= JOIN_Z * sigma or centres_px is None:
             labels[probe] = int(np.argmax(agreement))
+            by_motion[probe] = max(agreement) >= JOIN_Z * sigma
         else:  # its motion agrees with no module beyond noise: the module of the nearest grouped probe (modules are compact)
             distance = np.linalg.norm(np.asarray(centres_px)[grouped_probes] - np.asarray(centres_px)[probe], axis=1)
             labels[probe] = labels[grouped_probes[int(np.argmin(distance))]]
     order = {old: new for new, old in enumerate(dict.fromkeys(labels.tolist()))}  # modules in order of their first probe
-    return Grouping(np.array([order[v] for v in labels]), threshold, sigma, linkage, coherent)
+    return Grouping(np.array([order[v] for v in labels]), threshold, sigma, linkage, coherent, by_motion)
 
 
 def module_order(labels) -> np.ndarray:

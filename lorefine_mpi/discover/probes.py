@@ -125,6 +125,39 @@ def cut_probes(density, k: int, seed: int):
     return volume.reshape(density.shape), centres
 
 
+def touching(probe_labels, n_probes: int) -> np.ndarray:
+    """(P, P) bool: the probes that touch (a voxel of one face-adjacent to a voxel of the other), False on the diagonal.
+    probe_labels: (N, N, N) int, −1 outside the density (`cut_probes`)."""
+    labels = np.asarray(probe_labels)
+    touch = np.zeros((n_probes, n_probes), dtype=bool)
+    for axis in range(3):
+        a = np.moveaxis(labels, axis, 0)
+        first, second = a[:-1].ravel(), a[1:].ravel()
+        both = (first >= 0) & (second >= 0) & (first != second)
+        touch[first[both], second[both]] = True
+    return touch | touch.T
+
+
+def module_labels(probe_labels, probe_module, by_motion) -> np.ndarray:
+    """(N, N, N) int16: the module of every density voxel, −1 outside. probe_labels: (N, N, N) the probes (`cut_probes`);
+    probe_module: (P,) each probe's module; by_motion: (P,) bool, the probes placed by their motion
+    (`coherence.Grouping.by_motion`). A voxel of a probe placed by motion takes its probe's module; a voxel of any other
+    probe the module of the nearest voxel of a probe placed by motion (Euclidean), so that a probe whose motion said
+    nothing is split at its voxels among the modules around it instead of given whole to one."""
+    from scipy import ndimage
+
+    probe_labels = np.asarray(probe_labels)
+    probe_module, by_motion = np.asarray(probe_module), np.asarray(by_motion, dtype=bool)
+    inside = probe_labels >= 0
+    index = np.clip(probe_labels, 0, None)
+    modules = np.where(inside, probe_module[index], -1).astype(np.int16)
+    known = inside & by_motion[index]
+    if known.all() or not known.any():
+        return modules
+    nearest = ndimage.distance_transform_edt(~known, return_distances=False, return_indices=True)
+    return np.where(inside, modules[tuple(nearest)], -1).astype(np.int16)
+
+
 def soft_region_masks(density, labels, n_regions: int) -> list:
     """One soft mask per region of a label volume (``labels``: (N, N, N) int, −1 outside, 0…n_regions−1 inside), float32.
 

@@ -17,28 +17,33 @@ def _top_view(consensus, labels):
     return top, label
 
 
-def write_report_png(path, consensus, probe_labels, grouping, c, centres_px) -> None:
+def write_report_png(path, consensus, probe_labels, grouping, c, centres_px, module_voxels) -> None:
     """consensus: (N, N, N) the map; probe_labels: (N, N, N) int, −1 outside the density; grouping:
-    `discover.coherence.Grouping`; c: (P, P) coherence; centres_px: (P, 3) xyz px from the box centre."""
+    `discover.coherence.Grouping`; c: (P, P) coherence; centres_px: (P, 3) xyz px from the box centre; module_voxels:
+    (N, N, N) int, each voxel's module (`probes.module_labels`). In the modules' panel a probe placed by its position
+    (not its motion) has a white label: its voxels went to the modules around it."""
     from lorefine_mpi.discover.coherence import module_order
 
     plt = pyplot()
     n = consensus.shape[0]
     modules = grouping.labels
-    top, label = _top_view(consensus, probe_labels)
     fig, axes = plt.subplots(2, 2, figsize=(11, 10))
-    cmap = plt.get_cmap("tab20")
-    for ax, title, colour_of in ((axes[0, 0], f"{len(modules)} probes (max projection along z)", lambda p: p),
-                                 (axes[0, 1], f"{grouping.n_modules} module(s)", lambda p: modules[p])):
+    probe_colours, module_colours = plt.get_cmap("tab20"), plt.get_cmap("tab10")
+    placed = int((~grouping.by_motion).sum())
+    for ax, title, volume, cmap, colour_of in (
+            (axes[0, 0], f"{len(modules)} probes (max projection along z)", probe_labels, probe_colours, lambda p: probe_colours(p % 20)),
+            (axes[0, 1], f"{grouping.n_modules} module(s)" + (f"; {placed} probe(s) in white placed by position" if placed else ""),
+             module_voxels, module_colours, lambda p: module_colours(modules[p] % 10) if grouping.by_motion[p] else "white")):
+        top, label = _top_view(consensus, volume)
         ax.imshow(top, cmap="gray", origin="lower")
         overlay = np.full(label.shape + (4,), 0.0)
         inside = label >= 0
-        overlay[inside] = cmap(np.array([colour_of(p) for p in label[inside]]) % 20)
+        overlay[inside] = cmap(label[inside] % cmap.N)
         overlay[inside, 3] = 0.45
         ax.imshow(overlay, origin="lower")
         for p, (x, y, _) in enumerate(centres_px):
             ax.text(x + n // 2, y + n // 2, str(p + 1), ha="center", va="center", fontsize=8,
-                    bbox={"boxstyle": "round", "fc": cmap(colour_of(p) % 20), "alpha": 0.9})
+                    bbox={"boxstyle": "round", "fc": colour_of(p), "alpha": 0.9})
         ax.set_title(title)
         ax.set_xlabel("x (px)")
         ax.set_ylabel("y (px)")

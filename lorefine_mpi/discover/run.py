@@ -10,7 +10,8 @@
                 the probes' pairwise coherence weighted by the posterior spreads, its null from permuted particles
                 (`discover.coherence`)
     modules     rank 0: average-linkage clustering of 1 − coherence cut at the null's threshold; groups of two or
-                more probes are modules, one when nothing moves coherently
+                more probes are modules, one when nothing moves coherently; the voxels of a probe placed by its
+                position only (coherent with nothing) go to the module of the nearest voxel placed by motion
     outputs     rank 0: ``masks/moduleK.mrc`` (soft masks), ``bodies.star`` (RELION multi-body, two modules or more),
                 ``lorefine.yaml`` (refine with these modules), ``discover.json`` and ``report.png``
 
@@ -200,15 +201,16 @@ def search_probes(probe_cfg, dist, recorder) -> dict | None:
 
 
 # -- coherence, modules, outputs ----------------------------------------------------------------------------------
-def measure_coherence(measured: dict, seed: int, settings, shift_widths_px=()) -> tuple[np.ndarray, coh.Grouping]:
+def measure_coherence(measured: dict, seed: int, settings, shift_widths_px=(), touching=None) -> tuple[np.ndarray, coh.Grouping]:
     """(coherence (P, P), `coherence.Grouping`) of the probes' motions (`discover.coherence`), the common points every
-    probe's centre; shift_widths_px: the probes' learned shift priors (px, None where not learned), `coherence.moves`."""
+    probe's centre; shift_widths_px: the probes' learned shift priors (px, None where not learned), `coherence.moves`;
+    touching: (P, P) bool, the probes that touch (`probes.touching`), or None."""
     points = measured["centres_px"]
     d = coh.displacements_px(measured["matrices"], measured["origin_px"], measured["consensus_matrices"], measured["consensus_origin_px"], points)
     v = coh.displacement_variances(measured["angle_spread_rad"], measured["shift_spread_px"], measured["centres_px"], points)
     c = coh.coherence_matrix(d, v)
     sigma = coh.null_sigma(d, v, seed)
-    return c, coh.group_probes(c, sigma, settings.min_coherence, settings.null_z, measured["centres_px"], coh.moves(shift_widths_px))
+    return c, coh.group_probes(c, sigma, settings.min_coherence, settings.null_z, measured["centres_px"], coh.moves(shift_widths_px), touching)
 
 
 def group_and_write(dcfg, probe_cfg, measured: dict, write_page: bool) -> dict:
@@ -218,13 +220,13 @@ def group_and_write(dcfg, probe_cfg, measured: dict, write_page: bool) -> dict:
     cfg, voxel = dcfg.base, measured["voxel"]
     results = Path(probe_cfg.output) / "results.h5"
     widths = [(stage_prior_sigma(results, stage_name(1, m.name)) or (None, None))[1] for m in probe_cfg.modules]
-    c, grouping = measure_coherence(measured, cfg.seed, dcfg.settings, widths)
+    labels_volume = mrc.read_map(out / PROBES_FOLDER / "labels.mrc")[0].astype(np.int16)
+    c, grouping = measure_coherence(measured, cfg.seed, dcfg.settings, widths, prb.touching(labels_volume, len(probe_cfg.modules)))
     if not coh.moves(widths):
         log.info("discover: the probes do not move (median learned shift width %.3f px < %g px): one module",
                  float(np.median([w for w in widths if w is not None])), coh.RIGID_SHIFT_PX)
-    labels_volume = mrc.read_map(out / PROBES_FOLDER / "labels.mrc")[0].astype(np.int16)
     density = prb.density_weights(measured["consensus"], None if dcfg.mask is None else mrc.read_map(dcfg.mask)[0])
-    module_of_voxel = np.where(labels_volume >= 0, grouping.labels[np.clip(labels_volume, 0, None)], -1)
+    module_of_voxel = prb.module_labels(labels_volume, grouping.labels, grouping.by_motion)
     module_masks = prb.soft_region_masks(density, module_of_voxel, grouping.n_modules)
     (out / MASKS_FOLDER).mkdir(exist_ok=True)
     mask_paths = []
@@ -240,7 +242,7 @@ def group_and_write(dcfg, probe_cfg, measured: dict, write_page: bool) -> dict:
         "probes": len(grouping.labels), "particles_searched": int(measured["matrices"].shape[1]),
         "probe_centres_px": measured["centres_px"].round(3).tolist(), "probe_module": grouping.labels.tolist(),
         "coherence": c.round(4).tolist(), "null_sigma": grouping.null_sigma, "threshold": grouping.threshold,
-        "coherent_probes": grouping.coherent.tolist(), "modules": grouping.n_modules, "probe_shift_width_px": widths,
+        "coherent_probes": grouping.coherent.tolist(), "probes_placed_by_motion": grouping.by_motion.tolist(), "modules": grouping.n_modules, "probe_shift_width_px": widths,
         "moving": coh.moves(widths), "module_mass_fraction": masses,
         "criterion": "average-linkage clustering of 1 - coherence, cut at coherence tau = max(null_z * null_sigma, min_coherence); "
                      "every group of >= 2 probes is a module, one module when there is no such group or only one",
@@ -251,12 +253,16 @@ def group_and_write(dcfg, probe_cfg, measured: dict, write_page: bool) -> dict:
     log.info("discover: %d module(s) from %d probes (coherence threshold %.3f = max(%g × null σ %.3f, %g)); probe → module %s",
              grouping.n_modules, len(grouping.labels), grouping.threshold, dcfg.settings.null_z, grouping.null_sigma,
              dcfg.settings.min_coherence, " ".join(str(v + 1) for v in grouping.labels))
+    placed = np.nonzero(~grouping.by_motion)[0]
+    if len(placed):
+        log.info("discover: probe(s) %s moved coherently with no module: their voxels go to the module of the nearest probe that did",
+                 " ".join(str(p + 1) for p in placed))
     for k, mass in enumerate(masses):
         log.info("discover: %s: %d probes, %.0f %% of the density, mask %s", module_name(k), int((grouping.labels == k).sum()), 100 * mass, mask_paths[k])
     if write_page:
         from lorefine_mpi.discover.report import write_report_png
 
-        write_report_png(out / "report.png", measured["consensus"], labels_volume, grouping, c, measured["centres_px"])
+        write_report_png(out / "report.png", measured["consensus"], labels_volume, grouping, c, measured["centres_px"], module_of_voxel)
     log.info("discover: next: lorefine refine %s", out / "lorefine.yaml")
     return summary
 

@@ -117,6 +117,7 @@ def test_three_modules_and_a_noisy_probe_joins_the_module_it_agrees_with():
     assert not g.coherent[7] and g.coherent[:7].all()
     assert g.n_modules == 3
     assert list(g.labels) == groups
+    assert g.by_motion.all()  # joined by its agreement (beyond JOIN_Z σ), not by its position
 
 
 def test_a_rigid_particle_is_one_module():
@@ -210,3 +211,64 @@ def test_auto_probes_are_fewer_when_a_probe_would_be_smaller_than_a_module_may_b
         probes_large_enough(density, 24, 1, voxel, auto=False)
     with pytest.raises(InputError, match="too small to cut into two probes"):
         probes_large_enough(density, 24, 1, 0.5, auto=True)
+
+
+def test_a_probe_placed_by_position_is_split_among_the_modules_around_it():
+    """A seam probe whose motion agrees with no module (a blend of two) is not given whole to one: each of its voxels
+    goes to the module of the nearest voxel of a probe placed by motion; probes placed by motion keep all theirs."""
+    n = 24
+    x = prb.voxel_positions_px((n, n, n))[:, 0].reshape(n, n, n)
+    probes = np.clip(((x + 10) // 4).astype(int), 0, 4)  # five slabs along x: probes 0…4, 4 px thick (the last wider)
+    probes[np.abs(prb.voxel_positions_px((n, n, n))[:, 1:]).max(1).reshape(n, n, n) > 5] = -1  # a bar, −1 around it
+    module = np.array([0, 0, 1, 1, 1])  # probe 2, the seam, was joined to module 1 by its position
+    by_motion = np.array([True, True, False, True, True])
+    labels = prb.module_labels(probes, module, by_motion)
+    assert labels.dtype == np.int16 and np.array_equal(labels < 0, probes < 0)
+    for p in (0, 1, 3, 4):
+        assert (labels[probes == p] == module[p]).all()
+    seam = probes == 2  # x ∈ [−2, 2): its voxels nearer probe 1 (x < 0) to module 0, the others to module 1
+    assert np.array_equal(labels[seam], np.where(x[seam] < 0, 0, 1))
+    everything = prb.module_labels(probes, module, np.ones(5, bool))
+    assert np.array_equal(everything, np.where(probes >= 0, module[np.clip(probes, 0, None)], -1))
+
+
+def test_probes_joined_by_their_nearest_neighbour_are_not_placed_by_motion():
+    groups = [0, 0, 0, 1, 1, 1]
+    d, centres = motions(groups + [-1], seed=4)
+    v = np.full(d.shape[:2], 0.1)
+    c = coh.coherence_matrix(d, v)
+    g = coh.group_probes(c, coh.null_sigma(d, v, seed=1), centres_px=centres)
+    assert list(g.by_motion) == [True] * 6 + [False]
+    rigid = coh.group_probes(c, g.null_sigma, centres_px=centres, moving=False)
+    assert rigid.by_motion.all()
+
+
+def test_probes_touch_where_their_voxels_are_face_neighbours():
+    labels = np.full((6, 6, 6), -1)
+    labels[1:3, 1:3, 1:3] = 0
+    labels[3:5, 1:3, 1:3] = 1  # beside probe 0 along z
+    labels[1:3, 1:3, 4:6] = 2  # one empty voxel away from probe 0 along x
+    labels[3, 3, 4] = 2  # touches probe 1 only along a diagonal: not a face
+    touch = prb.touching(labels, 3)
+    assert touch.tolist() == [[False, True, False], [True, False, False], [False, False, False]]
+
+
+def test_a_lone_probe_joins_by_its_motion_only_a_module_it_touches():
+    """A rigid module is one piece of density: a lone probe that agrees (a few σ_null) with a module it does not touch,
+    and not with the one around it, is placed by position (its voxels go to its neighbours), not given to the far one."""
+    c = np.zeros((7, 7))
+    c[:3, :3] = c[3:6, 3:6] = 0.5
+    c[6, 3:6] = c[3:6, 6] = 0.06  # 6σ with module 1 ...
+    c[6, :3] = c[:3, 6] = -0.08  # ... and negative with module 0, around it
+    np.fill_diagonal(c, 1.0)
+    sigma = 0.01
+    centres = np.array([[0, 0, 0], [4, 0, 0], [0, 4, 0], [20, 0, 0], [24, 0, 0], [20, 4, 0], [-3, -3, 0]], dtype=float)
+    anywhere = coh.group_probes(c, sigma, centres_px=centres)
+    assert anywhere.labels[6] == anywhere.labels[3] and anywhere.by_motion[6]
+    touch = np.zeros((7, 7), dtype=bool)
+    touch[6, 0] = touch[0, 6] = True
+    near = coh.group_probes(c, sigma, centres_px=centres, touching=touch)
+    assert near.labels[6] == near.labels[0] and not near.by_motion[6]
+    touch[6, 3] = touch[3, 6] = True  # once it touches module 1 too, its motion decides
+    both = coh.group_probes(c, sigma, centres_px=centres, touching=touch)
+    assert both.labels[6] == both.labels[3] and both.by_motion[6]
