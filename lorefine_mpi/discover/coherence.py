@@ -32,16 +32,18 @@ the particle is one module whatever the coherence.
 **Modules.** Average-linkage clustering of the distance 1 − C (`scipy.cluster.hierarchy`), cut where the mean
 coherence between two groups falls below τ. Each group of two or more probes is a module (its probes move together,
 significantly); a probe coherent with no other (its own noise, too little signal) joins, of the modules it touches,
-the one its motion agrees with most when that agreement is beyond noise (`JOIN_Z` σ_null), else the module of the
-nearest grouped probe. A rigid module is one connected piece of density, so a lone probe's agreement with a module
-it does not touch (a few σ_null, from one probe) is not taken as evidence against that. No group of two: nothing moves
-coherently relative to the consensus, one module (the particle is rigid).
+the one its motion agrees with most when that agreement is beyond noise (`JOIN_Z` σ_null): a rigid module is one
+connected piece of density, so a lone probe's agreement with a module it does not touch (a few σ_null, from one probe)
+is not taken as evidence against that. Otherwise it is placed by its position, in the module whose probes it shares
+most faces with (or, touching none, that of the nearest grouped probe). No group of two: nothing moves coherently
+relative to the consensus, one module (the particle is rigid).
 
 **Placed by motion, or by position.** A probe grouped, or joined by its agreement, is placed by its motion; a probe
-joined by the nearest grouped probe is placed by its position only (`Grouping.by_motion` False), and its motion says
-nothing about where its voxels belong. Such a probe often straddles a seam between modules (a blend of two motions is
-coherent with neither), so its voxels are not given to one module whole: each goes to the module of the nearest voxel
-of a probe placed by motion (`probes.module_labels`), which splits a seam probe between the modules on either side.
+placed by its position only (`Grouping.by_motion` False) has a motion that says nothing about where its voxels belong;
+its contact does. Lying inside a module (at least `probes.WHOLE_CONTACT_SHARE` of its faces shared with that module's
+probes), it goes to that module whole. Otherwise it straddles a seam (a blend of two motions is coherent with neither),
+and each of its voxels goes to the module of the nearest voxel of a probe placed by motion (`probes.module_labels`):
+the seam probe is split between the modules on either side.
 """
 
 from __future__ import annotations
@@ -50,11 +52,13 @@ import dataclasses
 
 import numpy as np
 
+from lorefine_mpi.discover.probes import contact_shares
+
 NULL_Z = 5.0  # the threshold in standard deviations of the coherence of unrelated motion
 MIN_COHERENCE = 0.1  # the threshold's floor: probes of one module agree at least this well
 NULL_PERMUTATIONS = 8
 RIGID_SHIFT_PX = 0.25  # the probes' median learned shift width below which nothing moves (a quarter of a pixel)
-JOIN_Z = 3.0  # a probe in no group joins the module it agrees with most when that agreement is this many σ_null; else the nearest
+JOIN_Z = 3.0  # a probe in no group joins the touching module it agrees with most when that agreement is this many σ_null
 
 
 def displacements_px(matrices, origin_px, consensus_matrices, consensus_origin_px, points_px) -> np.ndarray:
@@ -146,11 +150,12 @@ def moves(shift_widths_px, floor_px: float = RIGID_SHIFT_PX) -> bool:
 
 
 def group_probes(c, sigma: float, min_coherence: float = MIN_COHERENCE, null_z: float = NULL_Z, centres_px=None,
-                 moving: bool = True, touching=None) -> Grouping:
+                 moving: bool = True, contact=None) -> Grouping:
     """The modules from the coherence matrix ``c`` (P, P) and the null's spread ``sigma`` (module docstring); centres_px:
     (P, 3) the probes' centres (xyz px), for the probes whose motion agrees with no module (`JOIN_Z`), or None;
-    moving: `moves` (False: one module whatever the coherence); touching: (P, P) bool, the probes that touch
-    (`probes.touching`): a lone probe joins by its motion only a module it touches; None: any module."""
+    moving: `moves` (False: one module whatever the coherence); contact: (P, P) the faces each pair of probes shares
+    (`probes.contacts`): a lone probe joins by its motion only a module it touches, and one placed by position the module
+    it shares most faces with; None: any module, and the nearest grouped probe's."""
     from scipy.cluster import hierarchy
     from scipy.spatial.distance import squareform
 
@@ -173,13 +178,19 @@ def group_probes(c, sigma: float, min_coherence: float = MIN_COHERENCE, null_z: 
     grouped_probes = np.nonzero(labels >= 0)[0]
     for probe in np.nonzero(labels < 0)[0]:  # a probe coherent with no other joins the module it agrees with most
         agreement = np.array([c[probe, labels == k].mean() for k in range(len(groups))])
-        if touching is not None:  # of the modules it touches
-            touched = np.isin(np.arange(len(groups)), labels[np.asarray(touching)[probe] & (labels >= 0)])
+        if contact is not None:  # of the modules it touches
+            touched = np.isin(np.arange(len(groups)), labels[(np.asarray(contact)[probe] > 0) & (labels >= 0)])
             agreement = np.where(touched, agreement, -np.inf)
         if max(agreement) >= JOIN_Z * sigma or centres_px is None:
             labels[probe] = int(np.argmax(agreement))
             by_motion[probe] = max(agreement) >= JOIN_Z * sigma
-        else:  # its motion agrees with no module beyond noise: the module of the nearest grouped probe (modules are compact)
+            continue
+        # its motion agrees with no module beyond noise: placed by position, in the module it shares most faces with
+        # among the probes placed by motion, else that of the nearest grouped probe (modules are compact)
+        shares = None if contact is None else contact_shares(contact, probe, labels, (labels >= 0) & by_motion)
+        if shares is not None and shares.sum() > 0:
+            labels[probe] = int(np.argmax(shares))
+        else:
             distance = np.linalg.norm(np.asarray(centres_px)[grouped_probes] - np.asarray(centres_px)[probe], axis=1)
             labels[probe] = labels[grouped_probes[int(np.argmin(distance))]]
     order = {old: new for new, old in enumerate(dict.fromkeys(labels.tolist()))}  # modules in order of their first probe

@@ -25,6 +25,7 @@ PROBE_DIAMETER_RESOLUTIONS = 4.0  # a probe's diameter in resolution elements (a
 MIN_PROBES, MAX_PROBES = 12, 24
 KMEANS_ITERATIONS = 100
 REGION_EDGE_PX = 1.0  # the Gaussian σ of the soft seam between neighbouring probes or modules (`soft_region_masks`)
+WHOLE_CONTACT_SHARE = 0.8  # a probe placed by position goes whole to a module holding this share of its contact (`module_labels`)
 
 
 def density_weights(consensus, mask=None) -> np.ndarray:
@@ -125,25 +126,37 @@ def cut_probes(density, k: int, seed: int):
     return volume.reshape(density.shape), centres
 
 
-def touching(probe_labels, n_probes: int) -> np.ndarray:
-    """(P, P) bool: the probes that touch (a voxel of one face-adjacent to a voxel of the other), False on the diagonal.
-    probe_labels: (N, N, N) int, −1 outside the density (`cut_probes`)."""
+def contacts(probe_labels, n_probes: int) -> np.ndarray:
+    """(P, P) int64: how many voxel faces each pair of probes shares (a voxel of one face-adjacent to a voxel of the
+    other), symmetric, 0 on the diagonal; > 0 where two probes touch. probe_labels: (N, N, N) int, −1 outside the density
+    (`cut_probes`)."""
     labels = np.asarray(probe_labels)
-    touch = np.zeros((n_probes, n_probes), dtype=bool)
+    count = np.zeros((n_probes, n_probes), dtype=np.int64)
     for axis in range(3):
         a = np.moveaxis(labels, axis, 0)
         first, second = a[:-1].ravel(), a[1:].ravel()
         both = (first >= 0) & (second >= 0) & (first != second)
-        touch[first[both], second[both]] = True
-    return touch | touch.T
+        np.add.at(count, (first[both], second[both]), 1)
+    return count + count.T
+
+
+def contact_shares(contact, probe: int, probe_module, placed) -> np.ndarray:
+    """(K,) the share of a probe's contact (faces, `contacts`) with the probes ``placed`` (P,) bool that lies on each
+    module's (K = probe_module.max() + 1); all zeros when it touches none of them."""
+    probe_module = np.asarray(probe_module)
+    k = int(probe_module.max()) + 1
+    faces = np.bincount(probe_module[placed], weights=np.asarray(contact)[probe][placed], minlength=k)
+    return faces / faces.sum() if faces.sum() > 0 else faces
 
 
 def module_labels(probe_labels, probe_module, by_motion) -> np.ndarray:
     """(N, N, N) int16: the module of every density voxel, −1 outside. probe_labels: (N, N, N) the probes (`cut_probes`);
     probe_module: (P,) each probe's module; by_motion: (P,) bool, the probes placed by their motion
-    (`coherence.Grouping.by_motion`). A voxel of a probe placed by motion takes its probe's module; a voxel of any other
-    probe the module of the nearest voxel of a probe placed by motion (Euclidean), so that a probe whose motion said
-    nothing is split at its voxels among the modules around it instead of given whole to one."""
+    (`coherence.Grouping.by_motion`). A voxel of a probe placed by motion takes its probe's module. A probe placed by
+    position only goes whole to the module that holds at least `WHOLE_CONTACT_SHARE` of its contact with the probes
+    placed by motion (it lies inside that module, touching another at most along an edge); otherwise (it straddles a
+    seam) each of its voxels takes the module of the nearest voxel of a probe placed by motion (Euclidean), which splits
+    it between the modules on either side instead of giving it whole to one."""
     from scipy import ndimage
 
     probe_labels = np.asarray(probe_labels)
@@ -151,11 +164,20 @@ def module_labels(probe_labels, probe_module, by_motion) -> np.ndarray:
     inside = probe_labels >= 0
     index = np.clip(probe_labels, 0, None)
     modules = np.where(inside, probe_module[index], -1).astype(np.int16)
-    known = inside & by_motion[index]
-    if known.all() or not known.any():
+    if by_motion.all() or not by_motion.any():
         return modules
-    nearest = ndimage.distance_transform_edt(~known, return_distances=False, return_indices=True)
-    return np.where(inside, modules[tuple(nearest)], -1).astype(np.int16)
+    contact = contacts(probe_labels, len(probe_module))
+    split = np.zeros(len(probe_module), dtype=bool)
+    for p in np.nonzero(~by_motion)[0]:
+        shares = contact_shares(contact, p, probe_module, by_motion)
+        if shares.max() >= WHOLE_CONTACT_SHARE:
+            modules[probe_labels == p] = int(np.argmax(shares))
+        else:
+            split[p] = True
+    if not split.any():
+        return modules
+    nearest = ndimage.distance_transform_edt(~(inside & by_motion[index]), return_distances=False, return_indices=True)
+    return np.where(inside & split[index], modules[tuple(nearest)], modules).astype(np.int16)
 
 
 def soft_region_masks(density, labels, n_regions: int) -> list:

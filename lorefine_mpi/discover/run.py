@@ -201,16 +201,16 @@ def search_probes(probe_cfg, dist, recorder) -> dict | None:
 
 
 # -- coherence, modules, outputs ----------------------------------------------------------------------------------
-def measure_coherence(measured: dict, seed: int, settings, shift_widths_px=(), touching=None) -> tuple[np.ndarray, coh.Grouping]:
+def measure_coherence(measured: dict, seed: int, settings, shift_widths_px=(), contact=None) -> tuple[np.ndarray, coh.Grouping]:
     """(coherence (P, P), `coherence.Grouping`) of the probes' motions (`discover.coherence`), the common points every
     probe's centre; shift_widths_px: the probes' learned shift priors (px, None where not learned), `coherence.moves`;
-    touching: (P, P) bool, the probes that touch (`probes.touching`), or None."""
+    contact: (P, P) the faces each pair of probes shares (`probes.contacts`), or None."""
     points = measured["centres_px"]
     d = coh.displacements_px(measured["matrices"], measured["origin_px"], measured["consensus_matrices"], measured["consensus_origin_px"], points)
     v = coh.displacement_variances(measured["angle_spread_rad"], measured["shift_spread_px"], measured["centres_px"], points)
     c = coh.coherence_matrix(d, v)
     sigma = coh.null_sigma(d, v, seed)
-    return c, coh.group_probes(c, sigma, settings.min_coherence, settings.null_z, measured["centres_px"], coh.moves(shift_widths_px), touching)
+    return c, coh.group_probes(c, sigma, settings.min_coherence, settings.null_z, measured["centres_px"], coh.moves(shift_widths_px), contact)
 
 
 def group_and_write(dcfg, probe_cfg, measured: dict, write_page: bool) -> dict:
@@ -221,7 +221,8 @@ def group_and_write(dcfg, probe_cfg, measured: dict, write_page: bool) -> dict:
     results = Path(probe_cfg.output) / "results.h5"
     widths = [(stage_prior_sigma(results, stage_name(1, m.name)) or (None, None))[1] for m in probe_cfg.modules]
     labels_volume = mrc.read_map(out / PROBES_FOLDER / "labels.mrc")[0].astype(np.int16)
-    c, grouping = measure_coherence(measured, cfg.seed, dcfg.settings, widths, prb.touching(labels_volume, len(probe_cfg.modules)))
+    contact = prb.contacts(labels_volume, len(probe_cfg.modules))
+    c, grouping = measure_coherence(measured, cfg.seed, dcfg.settings, widths, contact)
     if not coh.moves(widths):
         log.info("discover: the probes do not move (median learned shift width %.3f px < %g px): one module",
                  float(np.median([w for w in widths if w is not None])), coh.RIGID_SHIFT_PX)
@@ -253,10 +254,8 @@ def group_and_write(dcfg, probe_cfg, measured: dict, write_page: bool) -> dict:
     log.info("discover: %d module(s) from %d probes (coherence threshold %.3f = max(%g × null σ %.3f, %g)); probe → module %s",
              grouping.n_modules, len(grouping.labels), grouping.threshold, dcfg.settings.null_z, grouping.null_sigma,
              dcfg.settings.min_coherence, " ".join(str(v + 1) for v in grouping.labels))
-    placed = np.nonzero(~grouping.by_motion)[0]
-    if len(placed):
-        log.info("discover: probe(s) %s moved coherently with no module: their voxels go to the module of the nearest probe that did",
-                 " ".join(str(p + 1) for p in placed))
+    if not grouping.by_motion.all():
+        log.info("discover: placed by position (their motion coherent with no module): %s", describe_placed(grouping, contact))
     for k, mass in enumerate(masses):
         log.info("discover: %s: %d probes, %.0f %% of the density, mask %s", module_name(k), int((grouping.labels == k).sum()), 100 * mass, mask_paths[k])
     if write_page:
@@ -265,6 +264,20 @@ def group_and_write(dcfg, probe_cfg, measured: dict, write_page: bool) -> dict:
         write_report_png(out / "report.png", measured["consensus"], labels_volume, grouping, c, measured["centres_px"], module_of_voxel)
     log.info("discover: next: lorefine refine %s", out / "lorefine.yaml")
     return summary
+
+
+def describe_placed(grouping, contact) -> str:
+    """Where the probes placed by position went (`probes.module_labels`): e.g. ``probe 12 inside module2, probe 3 split
+    between module1 and module2``."""
+    parts = []
+    for p in np.nonzero(~grouping.by_motion)[0]:
+        shares = prb.contact_shares(contact, p, grouping.labels, grouping.by_motion)
+        if shares.max() >= prb.WHOLE_CONTACT_SHARE:
+            parts.append(f"{probe_name(p)} inside {module_name(int(np.argmax(shares)))}")
+        else:
+            parts.append(f"{probe_name(p)} split between {' and '.join(module_name(k) for k in np.nonzero(shares > 0)[0])}"
+                         if shares.sum() > 0 else f"{probe_name(p)} split among the nearest modules")
+    return ", ".join(parts)
 
 
 def write_refine_config(dcfg, path: Path, mask_paths) -> None:

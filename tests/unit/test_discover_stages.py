@@ -213,9 +213,11 @@ def test_auto_probes_are_fewer_when_a_probe_would_be_smaller_than_a_module_may_b
         probes_large_enough(density, 24, 1, 0.5, auto=True)
 
 
-def test_a_probe_placed_by_position_is_split_among_the_modules_around_it():
+def test_a_probe_placed_by_position_is_split_at_a_seam_and_whole_inside_a_module():
     """A seam probe whose motion agrees with no module (a blend of two) is not given whole to one: each of its voxels
-    goes to the module of the nearest voxel of a probe placed by motion; probes placed by motion keep all theirs."""
+    goes to the module of the nearest voxel of a probe placed by motion. A probe placed by position that lies inside one
+    module (at least WHOLE_CONTACT_SHARE of its faces on that module's probes) goes to it whole. Probes placed by motion
+    keep all their voxels."""
     n = 24
     x = prb.voxel_positions_px((n, n, n))[:, 0].reshape(n, n, n)
     probes = np.clip(((x + 10) // 4).astype(int), 0, 4)  # five slabs along x: probes 0…4, 4 px thick (the last wider)
@@ -228,6 +230,12 @@ def test_a_probe_placed_by_position_is_split_among_the_modules_around_it():
         assert (labels[probes == p] == module[p]).all()
     seam = probes == 2  # x ∈ [−2, 2): its voxels nearer probe 1 (x < 0) to module 0, the others to module 1
     assert np.array_equal(labels[seam], np.where(x[seam] < 0, 0, 1))
+    inside = np.array([0, 0, 0, 1, 1])  # now probe 2 lies inside module 0 (its faces on probe 1 and on probe 3 …
+    half = probes.copy()
+    half[(probes == 3) & (prb.voxel_positions_px((n, n, n))[:, 1].reshape(n, n, n) < 4)] = 1  # … but most of probe 3 is probe 1's)
+    shares = prb.contact_shares(prb.contacts(half, 5), 2, inside, by_motion)
+    assert shares[0] >= prb.WHOLE_CONTACT_SHARE
+    assert (prb.module_labels(half, inside, by_motion)[half == 2] == 0).all()
     everything = prb.module_labels(probes, module, np.ones(5, bool))
     assert np.array_equal(everything, np.where(probes >= 0, module[np.clip(probes, 0, None)], -1))
 
@@ -243,14 +251,13 @@ def test_probes_joined_by_their_nearest_neighbour_are_not_placed_by_motion():
     assert rigid.by_motion.all()
 
 
-def test_probes_touch_where_their_voxels_are_face_neighbours():
+def test_probe_contacts_count_the_voxel_faces_they_share():
     labels = np.full((6, 6, 6), -1)
     labels[1:3, 1:3, 1:3] = 0
-    labels[3:5, 1:3, 1:3] = 1  # beside probe 0 along z
+    labels[3:5, 1:3, 1:3] = 1  # beside probe 0 along z: 2 × 2 faces
     labels[1:3, 1:3, 4:6] = 2  # one empty voxel away from probe 0 along x
     labels[3, 3, 4] = 2  # touches probe 1 only along a diagonal: not a face
-    touch = prb.touching(labels, 3)
-    assert touch.tolist() == [[False, True, False], [True, False, False], [False, False, False]]
+    assert prb.contacts(labels, 3).tolist() == [[0, 4, 0], [4, 0, 0], [0, 0, 0]]
 
 
 def test_a_lone_probe_joins_by_its_motion_only_a_module_it_touches():
@@ -265,10 +272,10 @@ def test_a_lone_probe_joins_by_its_motion_only_a_module_it_touches():
     centres = np.array([[0, 0, 0], [4, 0, 0], [0, 4, 0], [20, 0, 0], [24, 0, 0], [20, 4, 0], [-3, -3, 0]], dtype=float)
     anywhere = coh.group_probes(c, sigma, centres_px=centres)
     assert anywhere.labels[6] == anywhere.labels[3] and anywhere.by_motion[6]
-    touch = np.zeros((7, 7), dtype=bool)
-    touch[6, 0] = touch[0, 6] = True
-    near = coh.group_probes(c, sigma, centres_px=centres, touching=touch)
+    faces = np.zeros((7, 7), dtype=int)
+    faces[6, 0] = faces[0, 6] = 40
+    near = coh.group_probes(c, sigma, centres_px=centres, contact=faces)
     assert near.labels[6] == near.labels[0] and not near.by_motion[6]
-    touch[6, 3] = touch[3, 6] = True  # once it touches module 1 too, its motion decides
-    both = coh.group_probes(c, sigma, centres_px=centres, touching=touch)
+    faces[6, 3] = faces[3, 6] = 5  # once it touches module 1 too, its motion decides
+    both = coh.group_probes(c, sigma, centres_px=centres, contact=faces)
     assert both.labels[6] == both.labels[3] and both.by_motion[6]
