@@ -66,7 +66,7 @@ def main():
     if args.ctf:
         du = rng.uniform(1e4, 3e4, n)
         ctf_all = ctf_model.ctf_2d(box, 2.0, du, du - 200, 0.3, 200, 2.0, 0.07)
-        ctf = lambda rows, extra: ctf_model.ctf_2d(box, 2.0, du[rows], du[rows] - 200, 0.3 + extra, 200, 2.0, 0.07)  # noqa: E731
+        ctf = lambda rows, extra, pixels=None: ctf_model.ctf_2d(box, 2.0, du[rows], du[rows] - 200, 0.3 + extra, 200, 2.0, 0.07, pixels=pixels)  # noqa: E731
     images = fourier.project(fvol, truth, o0 + rng.normal(0, 1, (n, 2)), ctf=None if ctf is None else ctf_all)
     images = fourier.to_fourier(fourier.to_real(images, box) + rng.normal(0, 1, (n, box, box)).astype(np.float32) * 2)
     prior = None if args.prior == "none" else "auto"

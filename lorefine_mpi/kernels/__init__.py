@@ -117,11 +117,13 @@ class Backend(abc.ABC):
 
     # -- the CTF ------------------------------------------------------------------------------
     def ctf(self, kx, ky, pixel_size_angstrom, defocus_u_angstrom, defocus_v_angstrom, defocus_angle_rad, voltage_kv, cs_mm,
-            amplitude_contrast, phase_shift_rad, bfactor_angstrom2, scale):
+            amplitude_contrast, phase_shift_rad, bfactor_angstrom2, scale, box=None):
         """RELION's CTF (`projection.ctf`) of n particles at the frequencies ``kx``, ``ky`` (…) in cycles per box:
-        every parameter an (n, 1, 1) float64 array; returns (n, …) float32."""
+        every parameter an (n, 1, …) float64 array (one 1 per axis of kx); returns (n, …) float32. box: the image's box
+        (default ``kx.shape[0]``, kx the whole rfft2 grid; give it for a selection of its frequencies). Elementwise, so
+        the CTF at a selection is the same numbers as the whole grid's at those frequencies."""
         xp = self.xp
-        box = kx.shape[0]
+        box = kx.shape[0] if box is None else box
         kx = kx[None] / (box * pixel_size_angstrom)
         ky = ky[None] / (box * pixel_size_angstrom)
         k2 = kx**2 + ky**2

@@ -30,9 +30,11 @@ def ctf_2d(
     phase_shift_rad=0.0,
     bfactor_angstrom2=0.0,
     scale=1.0,
+    pixels=None,
 ) -> np.ndarray:
     """CTFs of n particles: (n, N, N//2+1) float32 in lorefine's rfft2 layout (the formula above, computed by the
-    array back-end, `kernels.Backend.ctf`).
+    array back-end, `kernels.Backend.ctf`); with ``pixels`` ((M,) indices into the flattened (N, N//2+1) grid, e.g. a
+    search band's), (n, M) at those pixels only: the same numbers as the whole grid's there, at a fraction of the cost.
 
     Every parameter is a scalar or an (n,) array (per particle): pixel size Å, defocus U/V Å, astigmatism
     angle rad, voltage kV, Cs mm, amplitude contrast Q0 (fraction), phase shift rad, B-factor Å², scale.
@@ -55,11 +57,13 @@ def ctf_2d(
         )
     )
     kx, ky = image_frequencies(int(box_px))
-    return backend().ctf(kx, ky, *(p[:, None, None] for p in params))
+    if pixels is None:
+        return backend().ctf(kx, ky, *(p[:, None, None] for p in params))
+    return backend().ctf(kx.reshape(-1)[pixels], ky.reshape(-1)[pixels], *(p[:, None] for p in params), box=int(box_px))
 
 
-def ctf_for_table(table, indices, box_px, extra_angle_rad=0.0) -> np.ndarray:
-    """CTFs (k, N, N//2+1) float32 of the particles ``indices`` of a ParticleTable.
+def ctf_for_table(table, indices, box_px, extra_angle_rad=0.0, pixels=None) -> np.ndarray:
+    """CTFs (k, N, N//2+1) float32 of the particles ``indices`` of a ParticleTable ((k, M) at ``pixels``: `ctf_2d`).
 
     extra_angle_rad: scalar or (k,), added to each astigmatism angle (used when images are turned).
     """
@@ -78,4 +82,5 @@ def ctf_for_table(table, indices, box_px, extra_angle_rad=0.0) -> np.ndarray:
         table.phase_shift_rad[idx],
         table.ctf_bfactor_angstrom2[idx],
         table.ctf_scale[idx],
+        pixels=pixels,
     )

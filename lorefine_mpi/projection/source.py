@@ -34,12 +34,12 @@ class ParticleSource:
         """The particles' images (k, N, N//2+1) complex64, lorefine's rfft2 layout."""
         return fourier.to_fourier(self.images(ids))
 
-    def ctf(self, ids, extra_angle_rad=0.0) -> np.ndarray | None:
+    def ctf(self, ids, extra_angle_rad=0.0, pixels=None) -> np.ndarray | None:
         """CTFs (k, N, N//2+1) float32 of the particles ``ids`` (astigmatism angle turned by ``extra_angle_rad``,
-        scalar or (k,)), or None without a CTF."""
+        scalar or (k,)), or None without a CTF; (k, M) at ``pixels`` only (`projection.ctf.ctf_2d`)."""
         if not self.use_ctf:
             return None
-        return ctf_model.ctf_for_table(self.table, ids, self.box, extra_angle_rad)
+        return ctf_model.ctf_for_table(self.table, ids, self.box, extra_angle_rad, pixels)
 
     def ctf_bound(self, ids) -> float:
         """An upper bound of |CTF| over the particles ``ids``: |scale| · the B-factor envelope's largest value (1 without

@@ -465,7 +465,7 @@ class StageSearch:
         """The search's input for the particles ``ids`` (ascending)."""
         e, prelim, centre = self.engine, self.state.prelim, self.state.centre_px
         images_ft = e.source.spectra(ids)
-        ctf = None if not e.use_ctf else lambda rows, extra: e.source.ctf(ids[rows], extra)
+        ctf = None if not e.use_ctf else lambda rows, extra, pixels=None: e.source.ctf(ids[rows], extra, pixels)
         rest_ft = None
         if self.rest:
             ctf_all = None if ctf is None else ctf(np.arange(len(ids)), 0.0)

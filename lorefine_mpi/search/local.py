@@ -180,8 +180,9 @@ class UnitInput:
     images_ft: (p, N, N//2+1) complex64, the experimental images, lorefine's rfft2 layout (raw frame).
     matrices: (p, 3, 3) preliminary poses of the target module. origin_px: (p, 2) preliminary origins
         in the recentred frame (the module's centre at the box centre).
-    ctf: callable ``ctf(rows, extra_angle_rad) -> (k, N, N//2+1) float32`` giving the CTF of the unit's
-        particles ``rows`` with the astigmatism angle turned by ``extra_angle_rad`` (k,), or None (no CTF).
+    ctf: callable ``ctf(rows, extra_angle_rad, pixels=None) -> (k, N, N//2+1) float32`` giving the CTF of the unit's
+        particles ``rows`` with the astigmatism angle turned by ``extra_angle_rad`` (k,), or None (no CTF); with
+        ``pixels`` (M,) (indices into the flattened grid: the search band's), (k, M) at those pixels only.
     rest_ft: (p, N, N//2+1) complex64, ``CTF ⊛ P[V_rest]`` at the rest's preliminary poses, raw frame, or
         None (only the band of the search is used).
     seeds: (p,) int, one seed per particle (the separate strategy's random angles).
@@ -505,7 +506,7 @@ class UnitSearch:
             templates = [shared[c.direction_ids] for c in cands]
         else:  # (r, M) band samples, each particle's CTF applied to them
             references = self.cache.rows("references", ids, n_dirs, self._references)
-            ctfs = [unit.ctf(np.array([i]), np.array([c.beta_centre_rad]))[0].reshape(-1)[work.image_index] for i, c in enumerate(cands)]
+            ctfs = [unit.ctf(np.array([i]), np.array([c.beta_centre_rad]), work.image_index)[0] for i, c in enumerate(cands)]
             templates = work.templates_of([references[c.direction_ids] * ctf for c, ctf in zip(cands, ctfs)], normalise)
         working = [self._working_image(unit, i) for i in range(p)]
         rest_scale[:] = [k for _, _, k in working]
@@ -543,7 +544,7 @@ class UnitSearch:
         if unit.rest_ft is not None:
             rest = work.crop(unit.rest_ft[i])
             if self.settings.mode.subtracts_rest:
-                ctf = 1.0 if unit.ctf is None else work.grid.unpack(unit.ctf(np.array([i]), np.zeros(1))[0].reshape(-1)[work.image_index])
+                ctf = 1.0 if unit.ctf is None else work.grid.unpack(unit.ctf(np.array([i]), np.zeros(1), work.image_index)[0])
                 target = work.grid.unpack(fourier.project_band(self.fvol, unit.matrices[i : i + 1], work.grid))[0]
                 target = fourier.shift_images_ft(target[None], unit.origin_px[i : i + 1] * work.scale)[0] * ctf * work.band_weight
                 _, k = fit_rest_scale(image, target, rest)

@@ -55,7 +55,7 @@ def synthetic_unit(module_map, n, rng, ctf=False):
         dv = du * rng.uniform(0.8, 0.95, n)
         angle = rng.uniform(0, np.pi, n)
         c = ctf_model.ctf_2d(box, 4.0, du, dv, angle, 300, 2.7, 0.1)
-        ctf_fn = lambda rows, extra: ctf_model.ctf_2d(box, 4.0, du[rows], dv[rows], angle[rows] + extra, 300, 2.7, 0.1)  # noqa: E731
+        ctf_fn = lambda rows, extra, pixels=None: ctf_model.ctf_2d(box, 4.0, du[rows], dv[rows], angle[rows] + extra, 300, 2.7, 0.1, pixels=pixels)  # noqa: E731
     images = fourier.project(fvol, truth, o_true, ctf=c)
     return fvol, local.UnitInput(images, a0, o0, ctf_fn, None, np.arange(n)), truth, o_true
 

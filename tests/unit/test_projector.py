@@ -117,6 +117,21 @@ def test_ctf_matches_the_formula_pixel_by_pixel():
             assert got[iy, ix] == pytest.approx(-np.sin(chi) * np.exp(-50 * k2 / 4), abs=1e-5)
 
 
+@pytest.mark.parametrize("box", [64, 96])
+def test_the_ctf_at_selected_pixels_is_the_whole_grids_bit_for_bit(box):
+    """The search asks for the CTF at its band's pixels only (`ctf_2d(..., pixels=)`): the same numbers as the whole
+    grid's at those pixels, for several particles with astigmatism, phase shift and B-factor."""
+    rng = np.random.default_rng(box)
+    n = 3
+    args = (box, 1.4, rng.uniform(8000, 25000, n), rng.uniform(8000, 25000, n), rng.uniform(-3, 3, n), 300.0, 2.7, 0.1,
+            rng.uniform(0, 1, n), np.array([0.0, 30.0, 80.0]), np.array([1.0, 0.9, 1.1]))
+    whole = ctf.ctf_2d(*args)
+    pixels = np.sort(rng.choice(box * (box // 2 + 1), size=box * 7, replace=False))
+    selected = ctf.ctf_2d(*args, pixels=pixels)
+    assert selected.shape == (n, len(pixels)) and selected.dtype == np.float32
+    assert np.array_equal(selected, whole.reshape(n, -1)[:, pixels])
+
+
 @pytest.mark.parametrize("chunk_bytes", [None, 6000])  # the default (one slab here), or slabs of a few kx and rows
 @pytest.mark.parametrize("box,padding,radius", [(16, 2, None), (20, 2, 6.5), (12, 3, None)])  # padded 32, 40, 36
 def test_the_reference_band_is_the_padded_cubes_3d_fft_bit_for_bit(box, padding, radius, chunk_bytes, monkeypatch):

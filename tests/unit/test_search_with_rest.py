@@ -43,8 +43,8 @@ def complex_particles():
     du = rng.uniform(10000, 20000, n)
     dv, angle = du * rng.uniform(0.8, 0.95, n), rng.uniform(0, np.pi, n)
 
-    def ctf(rows, extra):
-        return ctf_model.ctf_2d(BOX, 4.0, du[rows], dv[rows], angle[rows] + extra, 300, 2.7, 0.1)
+    def ctf(rows, extra, pixels=None):
+        return ctf_model.ctf_2d(BOX, 4.0, du[rows], dv[rows], angle[rows] + extra, 300, 2.7, 0.1, pixels=pixels)
 
     every = ctf(np.arange(n), 0.0)
     target_ft = fourier.project(target_fvol, truth, volumes.recentre_origins(truth, o_true, centre), ctf=every)
