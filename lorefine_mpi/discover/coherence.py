@@ -35,8 +35,10 @@ significantly); a probe coherent with no other (its own noise, too little signal
 the one its motion agrees with most when that agreement is beyond noise (`JOIN_Z` σ_null): a rigid module is one
 connected piece of density, so a lone probe's agreement with a module it does not touch (a few σ_null, from one probe)
 is not taken as evidence against that. Otherwise it is placed by its position, in the module whose probes it shares
-most faces with (or, touching none, that of the nearest grouped probe). No group of two: nothing moves coherently
-relative to the consensus, one module (the particle is rigid).
+most faces with (or, touching none, that of the nearest grouped probe). Each lone probe is judged against the grouped
+probes (and, by position, against every probe placed by motion), never against another lone probe's outcome, so no
+lone probe's place depends on the others' or on their order. No group of two: nothing moves coherently relative to
+the consensus, one module (the particle is rigid).
 
 **Placed by motion, or by position.** A probe grouped, or joined by its agreement, is placed by its motion; a probe
 placed by its position only (`Grouping.by_motion` False) has a motion that says nothing about where its voxels belong;
@@ -175,19 +177,28 @@ def group_probes(c, sigma: float, min_coherence: float = MIN_COHERENCE, null_z: 
     labels = np.full(p, -1)
     for k, g in enumerate(groups):
         labels[clusters == g] = k
-    grouped_probes = np.nonzero(labels >= 0)[0]
-    for probe in np.nonzero(labels < 0)[0]:  # a probe coherent with no other joins the module it agrees with most
-        agreement = np.array([c[probe, labels == k].mean() for k in range(len(groups))])
-        if contact is not None:  # of the modules it touches
-            touched = np.isin(np.arange(len(groups)), labels[(np.asarray(contact)[probe] > 0) & (labels >= 0)])
+    grouped_probes = np.nonzero(coherent)[0]
+    lone = np.nonzero(~coherent)[0]
+    # Two passes, each against what the pass before settled, so that no lone probe's place depends on another's (nor on
+    # their order): first the lone probes placed by their motion (against the grouped probes), then those by position.
+    joined = {}
+    for probe in lone:  # a probe coherent with no other joins, of the modules it touches, the one it agrees with most
+        agreement = np.array([c[probe, coherent & (labels == k)].mean() for k in range(len(groups))])
+        if contact is not None:
+            touched = np.isin(np.arange(len(groups)), labels[(np.asarray(contact)[probe] > 0) & coherent])
             agreement = np.where(touched, agreement, -np.inf)
         if max(agreement) >= JOIN_Z * sigma or centres_px is None:
-            labels[probe] = int(np.argmax(agreement))
+            joined[probe] = int(np.argmax(agreement))
             by_motion[probe] = max(agreement) >= JOIN_Z * sigma
+    for probe, module in joined.items():
+        labels[probe] = module
+    placed = (labels >= 0) & by_motion
+    for probe in lone:
+        if labels[probe] >= 0:
             continue
         # its motion agrees with no module beyond noise: placed by position, in the module it shares most faces with
         # among the probes placed by motion, else that of the nearest grouped probe (modules are compact)
-        shares = None if contact is None else contact_shares(contact, probe, labels, (labels >= 0) & by_motion)
+        shares = None if contact is None else contact_shares(contact, probe, np.where(placed, labels, 0), placed)
         if shares is not None and shares.sum() > 0:
             labels[probe] = int(np.argmax(shares))
         else:

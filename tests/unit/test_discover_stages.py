@@ -279,3 +279,21 @@ def test_a_lone_probe_joins_by_its_motion_only_a_module_it_touches():
     faces[6, 3] = faces[3, 6] = 5  # once it touches module 1 too, its motion decides
     both = coh.group_probes(c, sigma, centres_px=centres, contact=faces)
     assert both.labels[6] == both.labels[3] and both.by_motion[6]
+
+
+def test_where_a_lone_probe_goes_does_not_depend_on_the_other_lone_probes_or_their_order():
+    """Lone probes are judged against the grouped probes only: probe 7 agrees with module 1 at 2 σ_null, and with lone
+    probe 6 (which joins module 1 by its motion) at 0.09; counting 6 in module 1 would lift 7 over 3 σ_null, but only
+    when 6 is looked at first. Either order places 7 by position."""
+    c = np.zeros((8, 8))
+    c[:3, :3] = c[3:6, 3:6] = 0.5
+    c[6, 3:6] = c[3:6, 6] = 0.05  # 5 σ with module 1: joins it by motion
+    c[7, 3:6] = c[3:6, 7] = 0.02  # 2 σ
+    c[6, 7] = c[7, 6] = 0.09  # below τ = 0.1: no group of two
+    np.fill_diagonal(c, 1.0)
+    centres = np.array([[0, 0, 0], [4, 0, 0], [0, 4, 0], [20, 0, 0], [24, 0, 0], [20, 4, 0], [22, 2, 0], [21, 1, 0]], dtype=float)
+    for order in (np.arange(8), np.array([0, 1, 2, 3, 4, 5, 7, 6])):
+        g = coh.group_probes(c[np.ix_(order, order)], 0.01, centres_px=centres[order])
+        where = {int(p): (int(g.labels[i]), bool(g.by_motion[i])) for i, p in enumerate(order)}
+        assert not g.coherent[6] and not g.coherent[7]
+        assert where[6] == (where[3][0], True) and where[7] == (where[3][0], False), order
