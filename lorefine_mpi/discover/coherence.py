@@ -192,13 +192,12 @@ def group_probes(c, sigma: float, min_coherence: float = MIN_COHERENCE, null_z: 
             by_motion[probe] = max(agreement) >= JOIN_Z * sigma
     for probe, module in joined.items():
         labels[probe] = module
-    placed = (labels >= 0) & by_motion
     for probe in lone:
         if labels[probe] >= 0:
             continue
         # its motion agrees with no module beyond noise: placed by position, in the module it shares most faces with
         # among the probes placed by motion, else that of the nearest grouped probe (modules are compact)
-        shares = None if contact is None else contact_shares(contact, probe, np.where(placed, labels, 0), placed)
+        shares = None if contact is None else contact_shares(contact, probe, labels, by_motion)  # every probe placed by motion has its module
         if shares is not None and shares.sum() > 0:
             labels[probe] = int(np.argmax(shares))
         else:

@@ -149,14 +149,23 @@ def contact_shares(contact, probe: int, probe_module, placed) -> np.ndarray:
     return faces / faces.sum() if faces.sum() > 0 else faces
 
 
-def module_labels(probe_labels, probe_module, by_motion) -> np.ndarray:
+def placed_whole(contact, probe: int, probe_module, by_motion) -> int | None:
+    """The module a probe placed by position goes to whole: the one holding at least `WHOLE_CONTACT_SHARE` of its contact
+    (`contacts`) with the probes placed by motion (``by_motion`` (P,) bool), where it lies inside; None when no module
+    does (it straddles a seam and is split, `module_labels`)."""
+    shares = contact_shares(contact, probe, probe_module, by_motion)
+    return int(np.argmax(shares)) if shares.max() >= WHOLE_CONTACT_SHARE else None
+
+
+def module_labels(probe_labels, probe_module, by_motion, contact=None) -> np.ndarray:
     """(N, N, N) int16: the module of every density voxel, −1 outside. probe_labels: (N, N, N) the probes (`cut_probes`);
     probe_module: (P,) each probe's module; by_motion: (P,) bool, the probes placed by their motion
     (`coherence.Grouping.by_motion`). A voxel of a probe placed by motion takes its probe's module. A probe placed by
     position only goes whole to the module that holds at least `WHOLE_CONTACT_SHARE` of its contact with the probes
     placed by motion (it lies inside that module, touching another at most along an edge); otherwise (it straddles a
     seam) each of its voxels takes the module of the nearest voxel of a probe placed by motion (Euclidean), which splits
-    it between the modules on either side instead of giving it whole to one."""
+    it between the modules on either side instead of giving it whole to one. contact: `contacts` of ``probe_labels``
+    when already counted, or None."""
     from scipy import ndimage
 
     probe_labels = np.asarray(probe_labels)
@@ -166,14 +175,14 @@ def module_labels(probe_labels, probe_module, by_motion) -> np.ndarray:
     modules = np.where(inside, probe_module[index], -1).astype(np.int16)
     if by_motion.all() or not by_motion.any():
         return modules
-    contact = contacts(probe_labels, len(probe_module))
+    contact = contacts(probe_labels, len(probe_module)) if contact is None else contact
     split = np.zeros(len(probe_module), dtype=bool)
     for p in np.nonzero(~by_motion)[0]:
-        shares = contact_shares(contact, p, probe_module, by_motion)
-        if shares.max() >= WHOLE_CONTACT_SHARE:
-            modules[probe_labels == p] = int(np.argmax(shares))
-        else:
+        whole = placed_whole(contact, p, probe_module, by_motion)
+        if whole is None:
             split[p] = True
+        else:
+            modules[probe_labels == p] = whole
     if not split.any():
         return modules
     nearest = ndimage.distance_transform_edt(~(inside & by_motion[index]), return_distances=False, return_indices=True)

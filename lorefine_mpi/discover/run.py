@@ -227,7 +227,7 @@ def group_and_write(dcfg, probe_cfg, measured: dict, write_page: bool) -> dict:
         log.info("discover: the probes do not move (median learned shift width %.3f px < %g px): one module",
                  float(np.median([w for w in widths if w is not None])), coh.RIGID_SHIFT_PX)
     density = prb.density_weights(measured["consensus"], None if dcfg.mask is None else mrc.read_map(dcfg.mask)[0])
-    module_of_voxel = prb.module_labels(labels_volume, grouping.labels, grouping.by_motion)
+    module_of_voxel = prb.module_labels(labels_volume, grouping.labels, grouping.by_motion, contact)
     module_masks = prb.soft_region_masks(density, module_of_voxel, grouping.n_modules)
     (out / MASKS_FOLDER).mkdir(exist_ok=True)
     mask_paths = []
@@ -271,12 +271,13 @@ def describe_placed(grouping, contact) -> str:
     between module1 and module2``."""
     parts = []
     for p in np.nonzero(~grouping.by_motion)[0]:
-        shares = prb.contact_shares(contact, p, grouping.labels, grouping.by_motion)
-        if shares.max() >= prb.WHOLE_CONTACT_SHARE:
-            parts.append(f"{probe_name(p)} inside {module_name(int(np.argmax(shares)))}")
+        whole = prb.placed_whole(contact, p, grouping.labels, grouping.by_motion)
+        touched = np.nonzero(prb.contact_shares(contact, p, grouping.labels, grouping.by_motion) > 0)[0]
+        if whole is not None:
+            parts.append(f"{probe_name(p)} inside {module_name(whole)}")
         else:
-            parts.append(f"{probe_name(p)} split between {' and '.join(module_name(k) for k in np.nonzero(shares > 0)[0])}"
-                         if shares.sum() > 0 else f"{probe_name(p)} split among the nearest modules")
+            parts.append(f"{probe_name(p)} split between {' and '.join(module_name(k) for k in touched)}"
+                         if len(touched) else f"{probe_name(p)} split among the nearest modules")
     return ", ".join(parts)
 
 
